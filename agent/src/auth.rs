@@ -1,0 +1,115 @@
+//! Bearer-token authentication of client calls. Tokens are random, stored only as sha256
+//! hashes, and compared in constant time.
+
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use tonic::{Request, Status};
+
+use crate::identity::AuthFile;
+
+/// A fresh random token: 32 bytes, hex.
+pub fn new_token() -> String {
+    let mut bytes = [0u8; 32];
+    rand::thread_rng().fill_bytes(&mut bytes);
+    hex::encode(bytes)
+}
+
+/// The stored form of a token.
+pub fn hash_token(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// An authenticated caller.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Caller {
+    /// User name.
+    pub user: String,
+    /// Access level ("superuser" for the admin).
+    pub access: String,
+}
+
+/// Checks callers' bearer tokens against the known users.
+#[derive(Clone, Debug)]
+pub struct Authenticator {
+    users: AuthFile,
+}
+
+impl Authenticator {
+    /// An authenticator for `users`.
+    pub fn new(users: AuthFile) -> Self {
+        Self { users }
+    }
+
+    /// The caller of `request`, or `Unauthenticated` saying what was wrong.
+    pub fn authenticate<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
+        let header = request.metadata().get("authorization").ok_or_else(|| {
+            Status::unauthenticated("no credentials: send `authorization: Bearer <token>`")
+        })?;
+        let token = header
+            .to_str()
+            .ok()
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(|| {
+                Status::unauthenticated("malformed authorization header: expected `Bearer <token>`")
+            })?;
+        let hash = hash_token(token.trim());
+        self.users
+            .users
+            .iter()
+            .find(|u| constant_time_eq(u.token_sha256.as_bytes(), hash.as_bytes()))
+            .map(|u| Caller {
+                user: u.name.clone(),
+                access: u.access.clone(),
+            })
+            .ok_or_else(|| Status::unauthenticated("invalid token"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::UserEntry;
+
+    fn authenticator(token: &str) -> Authenticator {
+        Authenticator::new(AuthFile {
+            users: vec![UserEntry {
+                name: "admin".into(),
+                token_sha256: hash_token(token),
+                access: "superuser".into(),
+            }],
+        })
+    }
+
+    fn request(header: Option<&str>) -> Request<()> {
+        let mut request = Request::new(());
+        if let Some(h) = header {
+            request
+                .metadata_mut()
+                .insert("authorization", h.parse().unwrap());
+        }
+        request
+    }
+
+    #[test]
+    fn accepts_the_right_token_only() {
+        let token = new_token();
+        let auth = authenticator(&token);
+        let caller = auth
+            .authenticate(&request(Some(&format!("Bearer {token}"))))
+            .unwrap();
+        assert_eq!(caller.user, "admin");
+        for bad in [
+            None,
+            Some("Bearer nope"),
+            Some(token.as_str()),
+            Some("Basic x"),
+        ] {
+            let status = auth.authenticate(&request(bad)).unwrap_err();
+            assert_eq!(status.code(), tonic::Code::Unauthenticated, "{bad:?}");
+        }
+    }
+}

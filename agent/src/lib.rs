@@ -1,0 +1,12 @@
+//! Starling's daemons. `ctld` is a controller node: storage and Raft (via `starling-raft`), the
+//! gRPC services on one TLS port (`Raft` for peers, `Controller` for clients, health and
+//! reflection) and an HTTPS side port for metrics and health. `agentd` (the machine agent) lands
+//! with the agents issue.
+
+pub mod auth;
+pub mod controller_service;
+pub mod http;
+pub mod identity;
+pub mod init;
+pub mod node;
+pub mod pki;

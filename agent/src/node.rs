@@ -1,0 +1,170 @@
+//! `ctld run`: one controller node — storage, Raft, the gRPC services on one TLS port, and the
+//! HTTPS side port — until the shutdown future completes.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use metrics_exporter_prometheus::PrometheusHandle;
+use starling_raft::{Node, PeerChannels, PeerDialer, RaftHandle, RaftService, RaftTiming};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, instrument, warn};
+
+use crate::controller_service::ControllerService;
+use crate::http;
+use crate::identity::DataDir;
+use crate::pki::{self, CertKeyPem};
+
+/// Largest client request a node accepts.
+const CLIENT_MESSAGE_BYTES_MAX: usize = 16 * 1024 * 1024;
+
+/// What `ctld run` was asked to do.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// The node's data dir.
+    pub data_dir: DataDir,
+    /// Raft timing.
+    pub timing: RaftTiming,
+}
+
+/// Runs the node until `shutdown` completes, then stops serving and shuts Raft down.
+#[instrument(skip_all, fields(data_dir = %options.data_dir.root().display()))]
+pub async fn run(
+    options: RunOptions,
+    prometheus: PrometheusHandle,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
+    let data_dir = &options.data_dir;
+    let identity = data_dir.read_identity()?;
+    let auth_file = data_dir.read_auth()?;
+    let ca = CertKeyPem {
+        cert: data_dir.read_pem(&data_dir.ca_cert())?,
+        key: data_dir.read_pem(&data_dir.ca_key())?,
+    };
+    let node_cert = CertKeyPem {
+        cert: data_dir.read_pem(&data_dir.node_cert())?,
+        key: data_dir.read_pem(&data_dir.node_key())?,
+    };
+    info!(
+        controller = %identity.controller_name,
+        controller_uuid = %identity.controller_uuid,
+        node_id = identity.node_id,
+        version = %identity.version,
+        "starting controller node"
+    );
+
+    let (log_store, state_machine, state) =
+        starling_raft::store::open_sled(&data_dir.state(), &identity.controller_uuid)
+            .map_err(|e| anyhow::anyhow!("{e}"))
+            .with_context(|| {
+                format!(
+                    "cannot open the node's state in {}",
+                    data_dir.root().display()
+                )
+            })?;
+
+    // Bind both ports before starting Raft so a port clash fails fast.
+    let grpc_listener = TcpListener::bind(&identity.address)
+        .await
+        .with_context(|| format!("cannot listen on {}", identity.address))?;
+    let http_listener = TcpListener::bind(&identity.http_address)
+        .await
+        .with_context(|| format!("cannot listen on {}", identity.http_address))?;
+
+    let channels = PeerChannels::new(PeerDialer::new(
+        pki::peer_client_tls(&ca.cert, &node_cert),
+        Duration::from_secs(2),
+    ));
+    let handle = RaftHandle::start(
+        identity.node_id,
+        &identity.controller_uuid,
+        &identity.version,
+        &options.timing,
+        channels,
+        log_store,
+        state_machine,
+        state,
+    )
+    .await
+    .context("cannot start raft")?;
+
+    let stop = CancellationToken::new();
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<starling_proto::controller::controller_server::ControllerServer<ControllerService>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(starling_proto::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("cannot build the reflection service")?;
+    let controller = starling_proto::controller::controller_server::ControllerServer::new(
+        ControllerService::new(handle.clone(), identity.clone(), auth_file, ca.clone()),
+    )
+    .max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX);
+    let grpc = tonic::transport::Server::builder()
+        .tls_config(pki::server_tls(&ca.cert, &node_cert))
+        .context("invalid TLS configuration")?
+        .tcp_nodelay(true)
+        .add_service(RaftService::new(handle.clone()).into_server())
+        .add_service(controller)
+        .add_service(health_service)
+        .add_service(reflection)
+        .serve_with_incoming_shutdown(
+            TcpListenerStream::new(grpc_listener),
+            stop.clone().cancelled_owned(),
+        );
+    let grpc_task = tokio::spawn(grpc);
+    let http_task = tokio::spawn(http::serve(
+        http_listener,
+        pki::http_server_tls(&node_cert)?,
+        handle.clone(),
+        prometheus.clone(),
+        stop.clone().cancelled_owned(),
+    ));
+    tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            // Histograms are summarized on render; upkeep keeps their memory bounded.
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            while !stop.is_cancelled() {
+                tick.tick().await;
+                prometheus.run_upkeep();
+            }
+        }
+    });
+    info!(address = %identity.address, http_address = %identity.http_address, "serving");
+
+    if identity.bootstrap {
+        let members: BTreeMap<u64, Node> = identity
+            .initial_members
+            .iter()
+            .map(|m| (m.id, Node::new(m.address.clone())))
+            .collect();
+        if !members.contains_key(&identity.node_id) {
+            bail!(
+                "identity of node {} does not list it among the initial members",
+                identity.node_id
+            );
+        }
+        handle
+            .initialize_if_new(members)
+            .await
+            .context("cannot initialize the raft group")?;
+    }
+
+    shutdown.await;
+    info!("shutting down");
+    stop.cancel();
+    if let Err(e) = grpc_task.await {
+        warn!(error = %e, "grpc server task failed");
+    }
+    if let Err(e) = http_task.await {
+        warn!(error = %e, "side port task failed");
+    }
+    handle.shutdown().await;
+    info!("stopped");
+    Ok(())
+}

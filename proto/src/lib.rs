@@ -1,0 +1,23 @@
+//! Starling's wire format (gRPC services) and the durable encoding of Raft log entries,
+//! snapshots and commands. Generated from `proto/starling/*.proto`; nothing here is hand-written
+//! except this module tree.
+#![allow(missing_docs, clippy::all, clippy::pedantic)]
+
+/// Replicated commands and their results.
+pub mod command {
+    tonic::include_proto!("starling.command");
+}
+
+/// The Raft peer service and the log/snapshot encodings.
+pub mod raft {
+    tonic::include_proto!("starling.raft");
+}
+
+/// The client API.
+pub mod controller {
+    tonic::include_proto!("starling.controller");
+}
+
+/// The encoded file descriptor set, for gRPC reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/starling_descriptor.bin"));

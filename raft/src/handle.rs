@@ -1,0 +1,583 @@
+//! `RaftHandle`: what the daemon needs from consensus — start a node, propose a command from any
+//! node (forwarded to the leader), linearizable reads, membership changes and status.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::{ChangeMembers, Config, ServerState, SnapshotPolicy};
+use starling_proto::command::{Command, CommandResult};
+use starling_proto::raft as pb;
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use crate::network::{Network, PeerChannels};
+use crate::store::StateView;
+use crate::type_config::{Node, NodeId, Raft, Request};
+
+/// Raft timing and sizes; all configurable from `ctld run`.
+#[derive(Clone, Debug)]
+pub struct RaftTiming {
+    /// Leader heartbeat period; openraft 0.9 also uses it as the AppendEntries RPC timeout.
+    pub heartbeat_ms: u64,
+    /// Lower bound of the randomized election timeout.
+    pub election_timeout_min_ms: u64,
+    /// Upper bound of the randomized election timeout.
+    pub election_timeout_max_ms: u64,
+    /// Deadline for sending one snapshot chunk.
+    pub install_snapshot_timeout_ms: u64,
+    /// Largest snapshot chunk sent to a follower.
+    pub snapshot_chunk_bytes_max: u64,
+    /// A snapshot is built after this many entries were applied since the last one.
+    pub snapshot_logs_since_last: u64,
+    /// Entries kept in the log after a snapshot, so a briefly lagging follower needs no snapshot.
+    pub logs_kept_after_snapshot: u64,
+}
+
+impl Default for RaftTiming {
+    fn default() -> Self {
+        Self {
+            heartbeat_ms: 150,
+            election_timeout_min_ms: 1000,
+            election_timeout_max_ms: 2000,
+            install_snapshot_timeout_ms: 10_000,
+            snapshot_chunk_bytes_max: 1024 * 1024,
+            snapshot_logs_since_last: 10_000,
+            logs_kept_after_snapshot: 5_000,
+        }
+    }
+}
+
+impl RaftTiming {
+    /// The validated openraft configuration for these settings.
+    pub fn to_config(&self, cluster_name: &str) -> Result<Config, openraft::ConfigError> {
+        Config {
+            cluster_name: cluster_name.to_string(),
+            heartbeat_interval: self.heartbeat_ms,
+            election_timeout_min: self.election_timeout_min_ms,
+            election_timeout_max: self.election_timeout_max_ms,
+            install_snapshot_timeout: self.install_snapshot_timeout_ms,
+            snapshot_max_chunk_size: self.snapshot_chunk_bytes_max,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(self.snapshot_logs_since_last),
+            max_in_snapshot_log_to_keep: self.logs_kept_after_snapshot,
+            // Several hundred entries per AppendEntries so one fdatasync covers many writes.
+            max_payload_entries: 1024,
+            ..Default::default()
+        }
+        .validate()
+    }
+}
+
+/// Why a proposal or a read did not complete. The caller decides whether to retry.
+#[derive(Debug, thiserror::Error)]
+pub enum ProposeError {
+    /// No leader is known, or the leader could not be reached, before the deadline.
+    #[error(
+        "no leader reachable before the deadline (last leader hint: {leader_hint:?}): {reason}"
+    )]
+    Unavailable {
+        /// The last leader this node heard of.
+        leader_hint: Option<NodeId>,
+        /// What went wrong on the last attempt.
+        reason: String,
+    },
+    /// This node is not the leader (returned by the leader-only calls).
+    #[error("not the leader (leader hint: {leader_hint:?})")]
+    NotLeader {
+        /// The leader this node knows of.
+        leader_hint: Option<NodeId>,
+    },
+    /// The Raft node stopped or its storage failed.
+    #[error("raft node failed: {0}")]
+    Fatal(String),
+}
+
+/// Why a Raft node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The timing settings are inconsistent (e.g. election timeout not above the heartbeat).
+    #[error("invalid raft settings: {0}")]
+    Config(#[from] openraft::ConfigError),
+    /// The node failed while starting (storage could not be read).
+    #[error("raft node failed to start: {0}")]
+    Fatal(#[from] openraft::error::Fatal<NodeId>),
+}
+
+/// A committed command: its result and the index of the entry that carried it.
+#[derive(Debug, Clone)]
+pub struct Proposed {
+    /// What the state machine returned.
+    pub result: CommandResult,
+    /// The log index of the command's entry.
+    pub log_index: u64,
+}
+
+/// One controller node's consensus handle. Cheap to clone.
+#[derive(Clone)]
+pub struct RaftHandle {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    raft: Raft,
+    node_id: NodeId,
+    controller_uuid: String,
+    version: String,
+    channels: PeerChannels,
+    state: StateView,
+}
+
+/// How long a proposal may wait for a leader before answering `Unavailable`.
+pub const PROPOSE_DEADLINE: Duration = Duration::from_secs(20);
+
+impl RaftHandle {
+    /// Starts the Raft node on the given stores.
+    pub async fn start<LS, SM>(
+        node_id: NodeId,
+        controller_uuid: &str,
+        version: &str,
+        timing: &RaftTiming,
+        channels: PeerChannels,
+        log_store: LS,
+        state_machine: SM,
+        state: StateView,
+    ) -> Result<Self, StartError>
+    where
+        LS: openraft::storage::RaftLogStorage<crate::type_config::TypeConfig>,
+        SM: openraft::storage::RaftStateMachine<crate::type_config::TypeConfig>,
+    {
+        let config = Arc::new(timing.to_config(controller_uuid)?);
+        let network = Network::new(controller_uuid, channels.clone());
+        let raft = Raft::new(node_id, config, network, log_store, state_machine).await?;
+        let handle = Self {
+            inner: Arc::new(Inner {
+                raft,
+                node_id,
+                controller_uuid: controller_uuid.to_string(),
+                version: version.to_string(),
+                channels,
+                state,
+            }),
+        };
+        handle.spawn_metrics_exporter();
+        Ok(handle)
+    }
+
+    /// The openraft instance (for the peer service).
+    pub fn raft(&self) -> &Raft {
+        &self.inner.raft
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> NodeId {
+        self.inner.node_id
+    }
+
+    /// The controller this node belongs to.
+    pub fn controller_uuid(&self) -> &str {
+        &self.inner.controller_uuid
+    }
+
+    /// The applied state.
+    pub fn state(&self) -> &StateView {
+        &self.inner.state
+    }
+
+    /// The peer channel cache.
+    pub fn channels(&self) -> &PeerChannels {
+        &self.inner.channels
+    }
+
+    /// Initializes the group with `members` as voters if this node has never been part of one.
+    /// Every initial member may call this: the first to reach the others wins, and later calls on
+    /// an initialized node are no-ops.
+    pub async fn initialize_if_new(
+        &self,
+        members: BTreeMap<NodeId, Node>,
+    ) -> Result<(), ProposeError> {
+        let raft = &self.inner.raft;
+        if raft.is_initialized().await.map_err(fatal)? {
+            return Ok(());
+        }
+        match raft.initialize(members).await {
+            Ok(()) => {
+                info!("initialized the raft group");
+                Ok(())
+            }
+            Err(RaftError::APIError(e)) => {
+                debug!(error = %e, "initialize not needed");
+                Ok(())
+            }
+            Err(RaftError::Fatal(e)) => Err(fatal(e)),
+        }
+    }
+
+    /// Proposes `command` through the leader, forwarding from a follower, retrying (the request id
+    /// makes retries idempotent) until `deadline`.
+    pub async fn propose(&self, mut command: Command) -> Result<Proposed, ProposeError> {
+        if command.request_id.is_empty() {
+            command.request_id = uuid::Uuid::new_v4().to_string();
+        }
+        let deadline = Instant::now() + PROPOSE_DEADLINE;
+        let mut backoff = Duration::from_millis(20);
+        let mut leader_hint = None;
+        let mut reason = String::from("no attempt made");
+        while Instant::now() < deadline {
+            match self.propose_local(command.clone()).await {
+                Ok(done) => return Ok(done),
+                Err(ProposeError::NotLeader {
+                    leader_hint: Some(leader),
+                }) if leader != self.inner.node_id => {
+                    leader_hint = Some(leader);
+                    match self.forward(leader, &command, deadline).await {
+                        Ok(done) => return Ok(done),
+                        Err(e) => reason = e,
+                    }
+                }
+                Err(ProposeError::NotLeader { leader_hint: hint }) => {
+                    leader_hint = hint;
+                    reason = "no leader elected yet".into();
+                }
+                Err(e @ ProposeError::Fatal(_)) => return Err(e),
+                Err(ProposeError::Unavailable { reason: r, .. }) => reason = r,
+            }
+            tokio::time::sleep(backoff.min(deadline.saturating_duration_since(Instant::now())))
+                .await;
+            backoff = (backoff * 2).min(Duration::from_millis(500));
+        }
+        metrics::counter!("starling_raft_proposals_failed_total").increment(1);
+        Err(ProposeError::Unavailable {
+            leader_hint,
+            reason,
+        })
+    }
+
+    /// Proposes on this node only; `NotLeader` when it is not the leader.
+    pub async fn propose_local(&self, command: Command) -> Result<Proposed, ProposeError> {
+        match self.inner.raft.client_write(Request(command)).await {
+            Ok(response) => Ok(Proposed {
+                result: response.data.0,
+                log_index: response.log_id.index,
+            }),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                Err(ProposeError::NotLeader {
+                    leader_hint: f.leader_id,
+                })
+            }
+            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
+                Err(ProposeError::Unavailable {
+                    leader_hint: None,
+                    reason: e.to_string(),
+                })
+            }
+            Err(RaftError::Fatal(e)) => Err(fatal(e)),
+        }
+    }
+
+    async fn forward(
+        &self,
+        leader: NodeId,
+        command: &Command,
+        deadline: Instant,
+    ) -> Result<Proposed, String> {
+        let address = self
+            .node_address(leader)
+            .ok_or_else(|| format!("leader {leader} is not in the membership"))?;
+        let mut client = self
+            .inner
+            .channels
+            .client(leader, &address)
+            .map_err(|e| e.to_string())?;
+        let mut request = tonic::Request::new(pb::ForwardRequest {
+            controller_uuid: self.inner.controller_uuid.clone(),
+            command: Some(command.clone()),
+        });
+        request.set_timeout(deadline.saturating_duration_since(Instant::now()));
+        let response = client
+            .forward(request)
+            .await
+            .map_err(|s| format!("forwarding to leader {leader}: {}", s.message()))?
+            .into_inner();
+        Ok(Proposed {
+            result: response.result.unwrap_or_default(),
+            log_index: response.log_index,
+        })
+    }
+
+    /// The index a linearizable read must wait for; only the leader answers.
+    pub async fn read_index_local(&self) -> Result<u64, ProposeError> {
+        match self.inner.raft.ensure_linearizable().await {
+            Ok(log_id) => Ok(log_id.map(|l| l.index).unwrap_or(0)),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
+                Err(ProposeError::NotLeader {
+                    leader_hint: f.leader_id,
+                })
+            }
+            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e))) => {
+                Err(ProposeError::Unavailable {
+                    leader_hint: Some(self.inner.node_id),
+                    reason: e.to_string(),
+                })
+            }
+            Err(RaftError::Fatal(e)) => Err(fatal(e)),
+        }
+    }
+
+    /// Waits until this node's applied state reflects every write committed before the call
+    /// (read index from the leader, then wait to apply it), so a local read after it is
+    /// linearizable.
+    pub async fn linearizable_barrier(&self) -> Result<(), ProposeError> {
+        let deadline = Instant::now() + PROPOSE_DEADLINE;
+        let mut backoff = Duration::from_millis(20);
+        let mut leader_hint = None;
+        let mut reason = String::from("no attempt made");
+        while Instant::now() < deadline {
+            let index = match self.read_index_local().await {
+                Ok(index) => Some(index),
+                Err(ProposeError::NotLeader {
+                    leader_hint: Some(leader),
+                }) if leader != self.inner.node_id => {
+                    leader_hint = Some(leader);
+                    match self.remote_read_index(leader, deadline).await {
+                        Ok(index) => Some(index),
+                        Err(e) => {
+                            reason = e;
+                            None
+                        }
+                    }
+                }
+                Err(e @ ProposeError::Fatal(_)) => return Err(e),
+                Err(e) => {
+                    reason = e.to_string();
+                    None
+                }
+            };
+            if let Some(index) = index {
+                let timeout = deadline.saturating_duration_since(Instant::now());
+                return self
+                    .inner
+                    .raft
+                    .wait(Some(timeout))
+                    .applied_index_at_least(Some(index), "linearizable read")
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| ProposeError::Unavailable {
+                        leader_hint,
+                        reason: format!("waiting to apply index {index}: {e}"),
+                    });
+            }
+            tokio::time::sleep(backoff.min(deadline.saturating_duration_since(Instant::now())))
+                .await;
+            backoff = (backoff * 2).min(Duration::from_millis(500));
+        }
+        Err(ProposeError::Unavailable {
+            leader_hint,
+            reason,
+        })
+    }
+
+    async fn remote_read_index(&self, leader: NodeId, deadline: Instant) -> Result<u64, String> {
+        let address = self
+            .node_address(leader)
+            .ok_or_else(|| format!("leader {leader} is not in the membership"))?;
+        let mut client = self
+            .inner
+            .channels
+            .client(leader, &address)
+            .map_err(|e| e.to_string())?;
+        let mut request = tonic::Request::new(pb::ReadIndexRequest {
+            controller_uuid: self.inner.controller_uuid.clone(),
+        });
+        request.set_timeout(deadline.saturating_duration_since(Instant::now()));
+        client
+            .read_index(request)
+            .await
+            .map(|r| r.into_inner().read_index)
+            .map_err(|s| format!("read index from leader {leader}: {}", s.message()))
+    }
+
+    /// The peer address of `node` in the current membership.
+    pub fn node_address(&self, node: NodeId) -> Option<String> {
+        let metrics = self.inner.raft.metrics().borrow().clone();
+        metrics
+            .membership_config
+            .membership()
+            .get_node(&node)
+            .map(|n| n.addr.clone())
+    }
+
+    /// The current membership: voter ids and every node (voters and learners) with its address.
+    pub fn membership(&self) -> (BTreeSet<NodeId>, BTreeMap<NodeId, String>) {
+        let metrics = self.inner.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership();
+        let voters = membership.voter_ids().collect();
+        let nodes = membership
+            .nodes()
+            .map(|(id, node)| (*id, node.addr.clone()))
+            .collect();
+        (voters, nodes)
+    }
+
+    /// The leader this node knows of.
+    pub fn current_leader(&self) -> Option<NodeId> {
+        self.inner.raft.metrics().borrow().current_leader
+    }
+
+    /// This node's own view, as the `NodeStatus` peer RPC reports it.
+    pub fn node_status(&self) -> pb::NodeStatusResponse {
+        let metrics = self.inner.raft.metrics().borrow().clone();
+        pb::NodeStatusResponse {
+            node_id: self.inner.node_id,
+            state: state_name(metrics.state).to_string(),
+            term: metrics.current_term,
+            leader_id: metrics.current_leader,
+            last_log_index: metrics.last_log_index.unwrap_or(0),
+            applied_index: metrics.last_applied.map(|l| l.index).unwrap_or(0),
+            version: self.inner.version.clone(),
+            snapshot_index: metrics.snapshot.map(|l| l.index),
+            purged_index: metrics.purged.map(|l| l.index),
+        }
+    }
+
+    /// Replication progress the leader knows: matched index per node. Empty on followers.
+    pub fn matched_indexes(&self) -> BTreeMap<NodeId, u64> {
+        let metrics = self.inner.raft.metrics().borrow().clone();
+        metrics
+            .replication
+            .map(|r| {
+                r.into_iter()
+                    .map(|(id, matched)| (id, matched.map(|l| l.index).unwrap_or(0)))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Asks node `id` for its own status over the peer service.
+    pub async fn peer_status(
+        &self,
+        id: NodeId,
+        address: &str,
+        timeout: Duration,
+    ) -> Result<pb::NodeStatusResponse, String> {
+        if id == self.inner.node_id {
+            return Ok(self.node_status());
+        }
+        let mut client = self
+            .inner
+            .channels
+            .client(id, address)
+            .map_err(|e| e.to_string())?;
+        let mut request = tonic::Request::new(pb::NodeStatusRequest {
+            controller_uuid: self.inner.controller_uuid.clone(),
+        });
+        request.set_timeout(timeout);
+        client
+            .node_status(request)
+            .await
+            .map(|r| r.into_inner())
+            .map_err(|s| s.message().to_string())
+    }
+
+    /// Adds `id` as a learner (leader only) without waiting for it to catch up.
+    pub async fn add_learner(&self, id: NodeId, address: &str) -> Result<(), ProposeError> {
+        self.inner
+            .raft
+            .add_learner(id, Node::new(address), false)
+            .await
+            .map(|_| ())
+            .map_err(membership_error)
+    }
+
+    /// Promotes learners to voters or removes nodes (leader only); one joint change.
+    pub async fn change_voters(
+        &self,
+        add: BTreeSet<NodeId>,
+        remove: BTreeSet<NodeId>,
+    ) -> Result<(), ProposeError> {
+        let raft = &self.inner.raft;
+        if !add.is_empty() {
+            raft.change_membership(ChangeMembers::AddVoterIds(add), false)
+                .await
+                .map_err(membership_error)?;
+        }
+        if !remove.is_empty() {
+            raft.change_membership(ChangeMembers::RemoveVoters(remove.clone()), false)
+                .await
+                .map_err(membership_error)?;
+            raft.change_membership(ChangeMembers::RemoveNodes(remove), false)
+                .await
+                .map_err(membership_error)?;
+        }
+        Ok(())
+    }
+
+    /// Stops the Raft node.
+    pub async fn shutdown(&self) {
+        if let Err(e) = self.inner.raft.shutdown().await {
+            warn!(error = %e, "raft shutdown failed");
+        }
+    }
+
+    fn spawn_metrics_exporter(&self) {
+        let mut rx = self.inner.raft.metrics();
+        let node_id = self.inner.node_id;
+        tokio::spawn(async move {
+            let mut last_leader = None;
+            loop {
+                {
+                    let m = rx.borrow_and_update().clone();
+                    metrics::gauge!("starling_raft_term").set(m.current_term as f64);
+                    metrics::gauge!("starling_raft_leader_id")
+                        .set(m.current_leader.map(|l| l as f64).unwrap_or(-1.0));
+                    metrics::gauge!("starling_raft_is_leader").set(
+                        if m.current_leader == Some(node_id) {
+                            1.0
+                        } else {
+                            0.0
+                        },
+                    );
+                    metrics::gauge!("starling_raft_last_log_index")
+                        .set(m.last_log_index.unwrap_or(0) as f64);
+                    metrics::gauge!("starling_raft_applied_index")
+                        .set(m.last_applied.map(|l| l.index).unwrap_or(0) as f64);
+                    if m.current_leader.is_some() && m.current_leader != last_leader {
+                        metrics::counter!("starling_raft_leader_changes_total").increment(1);
+                        info!(leader = ?m.current_leader, term = m.current_term, "leader changed");
+                    }
+                    last_leader = m.current_leader;
+                }
+                if rx.changed().await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
+}
+
+fn state_name(state: ServerState) -> &'static str {
+    match state {
+        ServerState::Leader => "leader",
+        ServerState::Follower => "follower",
+        ServerState::Candidate => "candidate",
+        ServerState::Learner => "learner",
+        ServerState::Shutdown => "shutdown",
+    }
+}
+
+fn fatal(e: impl std::fmt::Display) -> ProposeError {
+    ProposeError::Fatal(e.to_string())
+}
+
+fn membership_error(e: RaftError<NodeId, ClientWriteError<NodeId, Node>>) -> ProposeError {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => ProposeError::NotLeader {
+            leader_hint: f.leader_id,
+        },
+        RaftError::APIError(e) => ProposeError::Unavailable {
+            leader_hint: None,
+            reason: e.to_string(),
+        },
+        RaftError::Fatal(e) => fatal(e),
+    }
+}
