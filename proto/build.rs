@@ -2,6 +2,7 @@
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
+        "proto/starling/model.proto",
         "proto/starling/command.proto",
         "proto/starling/raft.proto",
         "proto/starling/controller.proto",

@@ -12,7 +12,7 @@ use starling_raft::{propose_error_status, RaftHandle};
 use tonic::{Request, Response, Status};
 use tracing::{info, instrument, warn};
 
-use crate::auth::Authenticator;
+use crate::auth::{Authenticator, Caller};
 use crate::identity::{AuthFile, NodeIdentity};
 use crate::init::node_files;
 use crate::pki::{self, CertKeyPem};
@@ -47,7 +47,7 @@ impl ControllerService {
         }
     }
 
-    fn require_superuser<T>(&self, request: &Request<T>) -> Result<(), Status> {
+    fn require_superuser<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
         let caller = self.auth.authenticate(request)?;
         if caller.access != "superuser" {
             return Err(Status::permission_denied(format!(
@@ -55,8 +55,16 @@ impl ControllerService {
                 caller.user
             )));
         }
-        Ok(())
+        Ok(caller)
     }
+}
+
+/// Milliseconds since the Unix epoch, for commands' `proposed_unix_ms`.
+pub fn now_unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 /// Maps a state-machine rule violation to a status; `Ok` results pass.
@@ -176,7 +184,7 @@ impl Controller for ControllerService {
         &self,
         request: Request<pb::SetControllerConfigRequest>,
     ) -> Result<Response<pb::SetControllerConfigResponse>, Status> {
-        self.require_superuser(&request)?;
+        let caller = self.require_superuser(&request)?;
         let message = request.into_inner();
         if message.values.is_empty() {
             return Err(Status::invalid_argument("no KEY=VALUE given"));
@@ -188,6 +196,8 @@ impl Controller for ControllerService {
                     values: message.values,
                 },
             )),
+            proposed_unix_ms: now_unix_ms(),
+            caller: caller.user,
         };
         let proposed = self
             .handle
@@ -283,6 +293,211 @@ impl Controller for ControllerService {
             .map_err(|e| propose_error_status(&e))?;
         info!(removed = node_id, "removed node");
         Ok(Response::new(pb::RemoveNodeResponse {}))
+    }
+
+    async fn add_model(
+        &self,
+        request: Request<pb::AddModelRequest>,
+    ) -> Result<Response<pb::ModelInfo>, Status> {
+        self.auth.authenticate(&request)?;
+        Err(Status::unimplemented(
+            "models are not served yet (issue: models)",
+        ))
+    }
+
+    async fn list_models(
+        &self,
+        request: Request<pb::ListModelsRequest>,
+    ) -> Result<Response<pb::ListModelsResponse>, Status> {
+        self.auth.authenticate(&request)?;
+        Err(Status::unimplemented(
+            "models are not served yet (issue: models)",
+        ))
+    }
+
+    async fn show_model(
+        &self,
+        request: Request<pb::ModelRef>,
+    ) -> Result<Response<pb::ModelInfo>, Status> {
+        self.auth.authenticate(&request)?;
+        Err(Status::unimplemented(
+            "models are not served yet (issue: models)",
+        ))
+    }
+
+    async fn destroy_model(
+        &self,
+        request: Request<pb::DestroyModelRequest>,
+    ) -> Result<Response<pb::DestroyModelResponse>, Status> {
+        self.auth.authenticate(&request)?;
+        Err(Status::unimplemented(
+            "models are not served yet (issue: models)",
+        ))
+    }
+
+    async fn add_machine(
+        &self,
+        request: Request<pb::AddMachineRequest>,
+    ) -> Result<Response<pb::AddMachineResponse>, Status> {
+        self.auth.authenticate(&request)?;
+        Err(Status::unimplemented(
+            "models are not served yet (issue: models)",
+        ))
+    }
+
+    async fn remove_machine(
+        &self,
+        request: Request<pb::RemoveMachineRequest>,
+    ) -> Result<Response<pb::RemoveMachineResponse>, Status> {
+        self.auth.authenticate(&request)?;
+        Err(Status::unimplemented(
+            "models are not served yet (issue: models)",
+        ))
+    }
+
+    async fn upload_charm(
+        &self,
+        request: Request<tonic::Streaming<pb::CharmChunk>>,
+    ) -> Result<Response<pb::UploadCharmResponse>, Status> {
+        self.auth.authenticate(&request)?;
+        Err(Status::unimplemented(
+            "models are not served yet (issue: models)",
+        ))
+    }
+
+    type DownloadCharmStream = futures::stream::BoxStream<'static, Result<pb::CharmChunk, Status>>;
+
+    async fn download_charm(
+        &self,
+        request: Request<pb::DownloadCharmRequest>,
+    ) -> Result<Response<Self::DownloadCharmStream>, Status> {
+        self.auth.authenticate(&request)?;
+        Err(Status::unimplemented(
+            "models are not served yet (issue: models)",
+        ))
+    }
+
+    async fn deploy(
+        &self,
+        request: Request<pb::DeployRequest>,
+    ) -> Result<Response<pb::DeployResponse>, Status> {
+        self.auth.authenticate(&request)?;
+        Err(Status::unimplemented(
+            "models are not served yet (issue: models)",
+        ))
+    }
+
+    async fn add_unit(
+        &self,
+        request: Request<pb::AddUnitRequest>,
+    ) -> Result<Response<pb::AddUnitResponse>, Status> {
+        self.auth.authenticate(&request)?;
+        Err(Status::unimplemented(
+            "models are not served yet (issue: models)",
+        ))
+    }
+
+    async fn remove_unit(
+        &self,
+        request: Request<pb::RemoveUnitRequest>,
+    ) -> Result<Response<pb::RemoveUnitResponse>, Status> {
+        self.auth.authenticate(&request)?;
+        Err(Status::unimplemented(
+            "models are not served yet (issue: models)",
+        ))
+    }
+
+    async fn integrate(
+        &self,
+        request: Request<pb::IntegrateRequest>,
+    ) -> Result<Response<pb::IntegrateResponse>, Status> {
+        self.auth.authenticate(&request)?;
+        Err(Status::unimplemented(
+            "models are not served yet (issue: models)",
+        ))
+    }
+
+    async fn remove_relation(
+        &self,
+        request: Request<pb::RemoveRelationRequest>,
+    ) -> Result<Response<pb::RemoveRelationResponse>, Status> {
+        self.auth.authenticate(&request)?;
+        Err(Status::unimplemented(
+            "models are not served yet (issue: models)",
+        ))
+    }
+
+    async fn get_application_config(
+        &self,
+        request: Request<pb::GetApplicationConfigRequest>,
+    ) -> Result<Response<pb::ApplicationConfig>, Status> {
+        self.auth.authenticate(&request)?;
+        Err(Status::unimplemented(
+            "models are not served yet (issue: models)",
+        ))
+    }
+
+    async fn set_application_config(
+        &self,
+        request: Request<pb::SetApplicationConfigRequest>,
+    ) -> Result<Response<pb::SetApplicationConfigResponse>, Status> {
+        self.auth.authenticate(&request)?;
+        Err(Status::unimplemented(
+            "models are not served yet (issue: models)",
+        ))
+    }
+
+    async fn status(
+        &self,
+        request: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::FullStatus>, Status> {
+        self.auth.authenticate(&request)?;
+        Err(Status::unimplemented(
+            "models are not served yet (issue: models)",
+        ))
+    }
+
+    type DebugLogStream =
+        futures::stream::BoxStream<'static, Result<starling_proto::model::LogRecord, Status>>;
+
+    async fn debug_log(
+        &self,
+        request: Request<pb::DebugLogRequest>,
+    ) -> Result<Response<Self::DebugLogStream>, Status> {
+        self.auth.authenticate(&request)?;
+        Err(Status::unimplemented(
+            "models are not served yet (issue: models)",
+        ))
+    }
+
+    async fn add_user(
+        &self,
+        request: Request<pb::AddUserRequest>,
+    ) -> Result<Response<pb::AddUserResponse>, Status> {
+        self.auth.authenticate(&request)?;
+        Err(Status::unimplemented(
+            "models are not served yet (issue: models)",
+        ))
+    }
+
+    async fn set_model_access(
+        &self,
+        request: Request<pb::SetModelAccessRequest>,
+    ) -> Result<Response<pb::SetModelAccessResponse>, Status> {
+        self.auth.authenticate(&request)?;
+        Err(Status::unimplemented(
+            "models are not served yet (issue: models)",
+        ))
+    }
+
+    async fn who_am_i(
+        &self,
+        request: Request<pb::WhoAmIRequest>,
+    ) -> Result<Response<pb::WhoAmIResponse>, Status> {
+        self.auth.authenticate(&request)?;
+        Err(Status::unimplemented(
+            "models are not served yet (issue: models)",
+        ))
     }
 }
 

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use metrics_exporter_prometheus::PrometheusHandle;
-use starling_raft::{Node, PeerChannels, PeerDialer, RaftHandle, RaftService, RaftTiming};
+use starling_raft::{
+    Node, NodeOptions, PeerChannels, PeerDialer, RaftHandle, RaftService, RaftTiming,
+};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
@@ -78,18 +80,16 @@ pub async fn run(
         pki::peer_client_tls(&ca.cert, &node_cert),
         Duration::from_secs(2),
     ));
-    let handle = RaftHandle::start(
-        identity.node_id,
-        &identity.controller_uuid,
-        &identity.version,
-        &options.timing,
+    let raft_options = NodeOptions {
+        node_id: identity.node_id,
+        controller_uuid: identity.controller_uuid.clone(),
+        version: identity.version.clone(),
+        timing: options.timing.clone(),
         channels,
-        log_store,
-        state_machine,
-        state,
-    )
-    .await
-    .context("cannot start raft")?;
+    };
+    let handle = RaftHandle::start(raft_options, log_store, state_machine, state)
+        .await
+        .context("cannot start raft")?;
 
     let stop = CancellationToken::new();
     let (health_reporter, health_service) = tonic_health::server::health_reporter();

@@ -3,6 +3,11 @@
 //! except this module tree.
 #![allow(missing_docs, clippy::all, clippy::pedantic)]
 
+/// Models and their entities, and the exported model description.
+pub mod model {
+    tonic::include_proto!("starling.model");
+}
+
 /// Replicated commands and their results.
 pub mod command {
     tonic::include_proto!("starling.command");

@@ -227,7 +227,7 @@ mod tests {
                 log_id,
                 payload: EntryPayload::Normal(Request(Command {
                     request_id: "r1".into(),
-                    op: None,
+                    ..Default::default()
                 })),
             },
             openraft::Entry {

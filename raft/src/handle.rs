@@ -51,8 +51,8 @@ impl Default for RaftTiming {
 
 impl RaftTiming {
     /// The validated openraft configuration for these settings.
-    pub fn to_config(&self, cluster_name: &str) -> Result<Config, openraft::ConfigError> {
-        Config {
+    pub fn to_config(&self, cluster_name: &str) -> Result<Config, Box<openraft::ConfigError>> {
+        let config = Config {
             cluster_name: cluster_name.to_string(),
             heartbeat_interval: self.heartbeat_ms,
             election_timeout_min: self.election_timeout_min_ms,
@@ -64,8 +64,8 @@ impl RaftTiming {
             // Several hundred entries per AppendEntries so one fdatasync covers many writes.
             max_payload_entries: 1024,
             ..Default::default()
-        }
-        .validate()
+        };
+        config.validate().map_err(Box::new)
     }
 }
 
@@ -98,10 +98,10 @@ pub enum ProposeError {
 pub enum StartError {
     /// The timing settings are inconsistent (e.g. election timeout not above the heartbeat).
     #[error("invalid raft settings: {0}")]
-    Config(#[from] openraft::ConfigError),
+    Config(#[from] Box<openraft::ConfigError>),
     /// The node failed while starting (storage could not be read).
     #[error("raft node failed to start: {0}")]
-    Fatal(#[from] openraft::error::Fatal<NodeId>),
+    Fatal(#[from] Box<openraft::error::Fatal<NodeId>>),
 }
 
 /// A committed command: its result and the index of the entry that carried it.
@@ -111,6 +111,21 @@ pub struct Proposed {
     pub result: CommandResult,
     /// The log index of the command's entry.
     pub log_index: u64,
+}
+
+/// Who a Raft node is and how it talks to its peers.
+#[derive(Clone)]
+pub struct NodeOptions {
+    /// This node's Raft id.
+    pub node_id: NodeId,
+    /// The controller the node belongs to; peers naming another controller are refused.
+    pub controller_uuid: String,
+    /// The version the node advertises.
+    pub version: String,
+    /// Timing and sizes.
+    pub timing: RaftTiming,
+    /// The peer channel cache (and the mTLS identity it dials with).
+    pub channels: PeerChannels,
 }
 
 /// One controller node's consensus handle. Cheap to clone.
@@ -132,13 +147,9 @@ struct Inner {
 pub const PROPOSE_DEADLINE: Duration = Duration::from_secs(20);
 
 impl RaftHandle {
-    /// Starts the Raft node on the given stores.
+    /// Starts the Raft node `options` on the given stores.
     pub async fn start<LS, SM>(
-        node_id: NodeId,
-        controller_uuid: &str,
-        version: &str,
-        timing: &RaftTiming,
-        channels: PeerChannels,
+        options: NodeOptions,
         log_store: LS,
         state_machine: SM,
         state: StateView,
@@ -147,15 +158,24 @@ impl RaftHandle {
         LS: openraft::storage::RaftLogStorage<crate::type_config::TypeConfig>,
         SM: openraft::storage::RaftStateMachine<crate::type_config::TypeConfig>,
     {
-        let config = Arc::new(timing.to_config(controller_uuid)?);
-        let network = Network::new(controller_uuid, channels.clone());
-        let raft = Raft::new(node_id, config, network, log_store, state_machine).await?;
+        let NodeOptions {
+            node_id,
+            controller_uuid,
+            version,
+            timing,
+            channels,
+        } = options;
+        let config = Arc::new(timing.to_config(&controller_uuid)?);
+        let network = Network::new(&controller_uuid, channels.clone());
+        let raft = Raft::new(node_id, config, network, log_store, state_machine)
+            .await
+            .map_err(Box::new)?;
         let handle = Self {
             inner: Arc::new(Inner {
                 raft,
                 node_id,
-                controller_uuid: controller_uuid.to_string(),
-                version: version.to_string(),
+                controller_uuid,
+                version,
                 channels,
                 state,
             }),

@@ -10,7 +10,7 @@ pub mod service;
 pub mod store;
 pub mod type_config;
 
-pub use handle::{ProposeError, Proposed, RaftHandle, RaftTiming, StartError};
+pub use handle::{NodeOptions, ProposeError, Proposed, RaftHandle, RaftTiming, StartError};
 pub use network::{PeerChannels, PeerDialer};
 pub use service::{propose_error_status, RaftService};
 pub use type_config::{Node, NodeId, TypeConfig};

@@ -1,0 +1,363 @@
+//! Applying committed commands to the replicated state, shared by every backend: an
+//! `ApplyBatch` reads through to the backend, keeps its own writes in an overlay (so later
+//! commands in the batch see earlier ones), and yields one `WriteSet` to commit atomically.
+//! Deterministic: the same state and commands give the same writes on every node.
+
+use std::collections::BTreeMap;
+
+use prost::Message;
+use starling_proto::command::{self as cmd, Command, CommandResult};
+use starling_proto::raft as pb;
+
+use crate::keys;
+use crate::model::controller_config;
+use crate::state::{KeyValues, StateRead, WriteSet};
+use crate::StorageError;
+
+/// Bounds on what applying keeps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ApplyLimits {
+    /// Most idempotency records kept; the oldest (by log index) are evicted beyond it.
+    pub request_records_max: u64,
+}
+
+impl Default for ApplyLimits {
+    fn default() -> Self {
+        ApplyLimits {
+            request_records_max: 100_000,
+        }
+    }
+}
+
+/// A successful result.
+pub fn ok_result() -> CommandResult {
+    CommandResult {
+        result: Some(cmd::command_result::Result::Ok(cmd::Ok {})),
+    }
+}
+
+/// A refused command's result.
+pub fn error_result(code: cmd::command_error::Code, message: impl Into<String>) -> CommandResult {
+    CommandResult {
+        result: Some(cmd::command_result::Result::Error(cmd::CommandError {
+            code: code as i32,
+            message: message.into(),
+        })),
+    }
+}
+
+/// One batch of committed entries being applied over a backend.
+pub struct ApplyBatch<'r, R: StateRead + ?Sized> {
+    base: &'r R,
+    writes: WriteSet,
+    limits: ApplyLimits,
+}
+
+impl<'r, R: StateRead + ?Sized> ApplyBatch<'r, R> {
+    /// Starts a batch over `base`.
+    pub fn new(base: &'r R, limits: ApplyLimits) -> Self {
+        ApplyBatch {
+            base,
+            writes: WriteSet::new(),
+            limits,
+        }
+    }
+
+    /// Applies one command carried by the log entry at `log_index`. A command whose request id
+    /// was already applied returns the first result and changes nothing.
+    pub fn apply_command(
+        &mut self,
+        log_index: u64,
+        command: &Command,
+    ) -> Result<CommandResult, StorageError> {
+        let request_id = command.request_id.as_str();
+        if !request_id.is_empty() {
+            let key = keys::request_key(request_id);
+            if let Some(bytes) = self.get(&key)? {
+                return CommandResult::decode(bytes.as_slice())
+                    .map_err(|e| StorageError::corrupt("state", &key, e));
+            }
+        }
+        let result = self.execute(command);
+        if !request_id.is_empty() {
+            self.record_request(log_index, request_id, &result)?;
+        }
+        Ok(result)
+    }
+
+    /// Records the log id of the last entry of the batch.
+    pub fn set_last_applied(&mut self, log_id: &pb::LogId) {
+        self.put(keys::LAST_APPLIED.to_vec(), log_id.encode_to_vec());
+    }
+
+    /// Records a membership carried by an entry of the batch.
+    pub fn set_last_membership(&mut self, membership: &pb::StoredMembership) {
+        self.put(keys::LAST_MEMBERSHIP.to_vec(), membership.encode_to_vec());
+    }
+
+    /// The writes to commit as one atomic batch.
+    pub fn into_writes(self) -> WriteSet {
+        self.writes
+    }
+
+    fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        self.writes.insert(key, Some(value));
+    }
+
+    fn delete(&mut self, key: Vec<u8>) {
+        self.writes.insert(key, None);
+    }
+
+    fn execute(&mut self, command: &Command) -> CommandResult {
+        use cmd::command::Op;
+        use cmd::command_error::Code;
+        match &command.op {
+            Some(Op::SetControllerConfig(set)) => {
+                // Sorted, so every node reports the same first error.
+                let values: BTreeMap<String, String> = set
+                    .values
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                match controller_config::check_update(&values) {
+                    Ok(writes) => {
+                        for write in writes {
+                            let key = keys::config_key(&write.key);
+                            match write.value {
+                                Some(value) => self.put(key, value.into_bytes()),
+                                None => self.delete(key),
+                            }
+                        }
+                        ok_result()
+                    }
+                    Err(e) => error_result(Code::InvalidArgument, e.to_string()),
+                }
+            }
+            // Model operations are declared in the protocol but not applied here yet
+            // (FIXME: model rules); refusing them is deterministic on every node.
+            Some(_) => error_result(
+                Code::FailedPrecondition,
+                "this operation is not implemented by the controller's state machine yet",
+            ),
+            None => error_result(
+                Code::InvalidArgument,
+                "command has no operation (written by a newer version?)",
+            ),
+        }
+    }
+
+    fn record_request(
+        &mut self,
+        log_index: u64,
+        request_id: &str,
+        result: &CommandResult,
+    ) -> Result<(), StorageError> {
+        self.put(keys::request_key(request_id), result.encode_to_vec());
+        self.put(
+            keys::request_index_key(log_index),
+            request_id.as_bytes().to_vec(),
+        );
+        let mut count = match self.get(keys::REQUEST_RECORDS)? {
+            Some(bytes) => u64::from_be_bytes(bytes.as_slice().try_into().map_err(|_| {
+                StorageError::corrupt("state", keys::REQUEST_RECORDS, "not a be u64")
+            })?),
+            None => 0,
+        } + 1;
+        if count > self.limits.request_records_max {
+            let excess =
+                usize::try_from(count - self.limits.request_records_max).unwrap_or(usize::MAX);
+            for (index_key, old_id) in self.scan_prefix(keys::REQUEST_INDEX_PREFIX, excess)? {
+                self.delete(keys::join(keys::REQUEST_PREFIX, &old_id));
+                self.delete(index_key);
+                count -= 1;
+            }
+        }
+        self.put(keys::REQUEST_RECORDS.to_vec(), count.to_be_bytes().to_vec());
+        Ok(())
+    }
+}
+
+impl<R: StateRead + ?Sized> StateRead for ApplyBatch<'_, R> {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        match self.writes.get(key) {
+            Some(value) => Ok(value.clone()),
+            None => self.base.get(key),
+        }
+    }
+
+    fn scan_prefix(&self, prefix: &[u8], limit: usize) -> Result<KeyValues, StorageError> {
+        let pending: Vec<(&Vec<u8>, &Option<Vec<u8>>)> = self
+            .writes
+            .range(prefix.to_vec()..)
+            .take_while(|(key, _)| key.starts_with(prefix))
+            .collect();
+        let deletes = pending.iter().filter(|(_, v)| v.is_none()).count();
+        // Enough base rows that, after dropping the ones deleted here, `limit` remain if they exist.
+        let base = self
+            .base
+            .scan_prefix(prefix, limit.saturating_add(deletes))?;
+        let mut merged: BTreeMap<Vec<u8>, Vec<u8>> = base.into_iter().collect();
+        for (key, value) in pending {
+            match value {
+                Some(value) => merged.insert(key.clone(), value.clone()),
+                None => merged.remove(key),
+            };
+        }
+        Ok(merged.into_iter().take(limit).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mem::MemStore;
+    use crate::state::read_stored_config;
+    use crate::StateBackend;
+    use starling_proto::command::SetControllerConfig;
+
+    fn set(request_id: &str, values: &[(&str, &str)]) -> Command {
+        Command {
+            request_id: request_id.into(),
+            op: Some(cmd::command::Op::SetControllerConfig(SetControllerConfig {
+                values: values
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            })),
+            ..Default::default()
+        }
+    }
+
+    fn apply(
+        store: &MemStore,
+        limits: ApplyLimits,
+        index: u64,
+        command: &Command,
+    ) -> CommandResult {
+        let mut batch = ApplyBatch::new(store, limits);
+        let result = batch.apply_command(index, command).expect("applies");
+        store.state_commit(batch.into_writes()).expect("commits");
+        result
+    }
+
+    fn is_ok(result: &CommandResult) -> bool {
+        matches!(result.result, Some(cmd::command_result::Result::Ok(_)))
+    }
+
+    #[test]
+    fn invalid_update_changes_nothing() {
+        let store = MemStore::new();
+        let result = apply(
+            &store,
+            ApplyLimits::default(),
+            1,
+            &set("", &[("backups-to-keep", "3"), ("nope", "1")]),
+        );
+        match result.result {
+            Some(cmd::command_result::Result::Error(e)) => {
+                assert_eq!(e.code, cmd::command_error::Code::InvalidArgument as i32);
+                assert!(e.message.contains("unknown controller-config key \"nope\""));
+            }
+            other => panic!("expected an error, got {other:?}"),
+        }
+        assert!(read_stored_config(&store).expect("reads").is_empty());
+    }
+
+    #[test]
+    fn repeated_request_id_returns_first_result_and_changes_nothing() {
+        let store = MemStore::new();
+        let limits = ApplyLimits::default();
+        assert!(is_ok(&apply(
+            &store,
+            limits,
+            1,
+            &set("r1", &[("custom.a", "1")])
+        )));
+        // A different payload under the same id is not applied.
+        assert!(is_ok(&apply(
+            &store,
+            limits,
+            2,
+            &set("r1", &[("custom.a", "2")])
+        )));
+        assert_eq!(read_stored_config(&store).expect("reads")["custom.a"], "1");
+        // The refusal of a bad command is remembered too.
+        let bad = apply(&store, limits, 3, &set("r2", &[("x", "1")]));
+        assert!(!is_ok(&bad));
+        assert_eq!(
+            apply(&store, limits, 4, &set("r2", &[("custom.b", "1")])),
+            bad
+        );
+        assert!(!read_stored_config(&store)
+            .expect("reads")
+            .contains_key("custom.b"));
+        // No request id: applied every time.
+        assert!(is_ok(&apply(
+            &store,
+            limits,
+            5,
+            &set("", &[("custom.a", "3")])
+        )));
+        assert!(is_ok(&apply(
+            &store,
+            limits,
+            6,
+            &set("", &[("custom.a", "4")])
+        )));
+        assert_eq!(read_stored_config(&store).expect("reads")["custom.a"], "4");
+    }
+
+    #[test]
+    fn later_commands_in_a_batch_see_earlier_ones() {
+        let store = MemStore::new();
+        let mut batch = ApplyBatch::new(&store, ApplyLimits::default());
+        let first = batch
+            .apply_command(1, &set("r", &[("custom.a", "1")]))
+            .expect("applies");
+        let second = batch
+            .apply_command(2, &set("r", &[("custom.a", "2")]))
+            .expect("applies");
+        assert_eq!(first, second);
+        store.state_commit(batch.into_writes()).expect("commits");
+        assert_eq!(read_stored_config(&store).expect("reads")["custom.a"], "1");
+    }
+
+    #[test]
+    fn idempotency_records_are_bounded_oldest_first() {
+        let store = MemStore::new();
+        let limits = ApplyLimits {
+            request_records_max: 3,
+        };
+        // Half in single batches, half in one batch, to exercise the overlay scan.
+        for index in 1..=4 {
+            apply(&store, limits, index, &set(&format!("r{index}"), &[]));
+        }
+        let mut batch = ApplyBatch::new(&store, limits);
+        for index in 5..=8 {
+            batch
+                .apply_command(index, &set(&format!("r{index}"), &[]))
+                .expect("applies");
+        }
+        store.state_commit(batch.into_writes()).expect("commits");
+        let ids: Vec<String> = store
+            .scan_prefix(keys::REQUEST_INDEX_PREFIX, usize::MAX)
+            .expect("scans")
+            .into_iter()
+            .map(|(_, id)| String::from_utf8(id).expect("utf-8"))
+            .collect();
+        assert_eq!(ids, ["r6", "r7", "r8"]);
+        let records = store
+            .scan_prefix(keys::REQUEST_PREFIX, usize::MAX)
+            .expect("scans");
+        assert_eq!(records.len(), 3);
+        assert_eq!(
+            store.get(keys::REQUEST_RECORDS).expect("reads"),
+            Some(3u64.to_be_bytes().to_vec())
+        );
+        // An evicted id is applied again (the bound is the documented trade-off).
+        assert!(store
+            .get(&keys::request_key("r1"))
+            .expect("reads")
+            .is_none());
+    }
+}
