@@ -6,6 +6,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/starling/command.proto",
         "proto/starling/raft.proto",
         "proto/starling/controller.proto",
+        "proto/starling/agent.proto",
     ];
     for file in files {
         println!("cargo:rerun-if-changed={file}");
@@ -16,7 +17,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         out_dir.join("starling_descriptor.bin"),
         prost::Message::encode_to_vec(&descriptors),
     )?;
+    // BTreeMap for every proto map: prost encodes maps in iteration order, and replicated
+    // records, snapshots and model digests must be the same bytes on every node.
     tonic_prost_build::configure()
+        .btree_map(".")
         .build_server(true)
         .build_client(true)
         .compile_fds(descriptors)?;

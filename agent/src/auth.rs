@@ -5,7 +5,12 @@ use rand::RngCore;
 use sha2::{Digest, Sha256};
 use tonic::{Request, Status};
 
+use starling_raft::store::StateView;
+
 use crate::identity::AuthFile;
+
+/// The controller access of a user who may do everything.
+pub const SUPERUSER: &str = "superuser";
 
 /// A fresh random token: 32 bytes, hex.
 pub fn new_token() -> String {
@@ -32,16 +37,23 @@ pub struct Caller {
     pub access: String,
 }
 
-/// Checks callers' bearer tokens against the known users.
+/// Checks callers' bearer tokens against the bootstrap users (`auth.yaml`) and the users added
+/// since, which live in the replicated state.
 #[derive(Clone, Debug)]
 pub struct Authenticator {
     users: AuthFile,
+    state: Option<StateView>,
 }
 
 impl Authenticator {
-    /// An authenticator for `users`.
-    pub fn new(users: AuthFile) -> Self {
-        Self { users }
+    /// An authenticator for the bootstrap `users` and, when given, the replicated users in `state`.
+    pub fn new(users: AuthFile, state: Option<StateView>) -> Self {
+        Self { users, state }
+    }
+
+    /// Whether `name` is one of the bootstrap users.
+    pub fn is_bootstrap_user(&self, name: &str) -> bool {
+        self.users.users.iter().any(|u| u.name == name)
     }
 
     /// The caller of `request`, or `Unauthenticated` saying what was wrong.
@@ -57,15 +69,32 @@ impl Authenticator {
                 Status::unauthenticated("malformed authorization header: expected `Bearer <token>`")
             })?;
         let hash = hash_token(token.trim());
-        self.users
+        if let Some(user) = self
+            .users
             .users
             .iter()
             .find(|u| constant_time_eq(u.token_sha256.as_bytes(), hash.as_bytes()))
-            .map(|u| Caller {
-                user: u.name.clone(),
-                access: u.access.clone(),
-            })
-            .ok_or_else(|| Status::unauthenticated("invalid token"))
+        {
+            return Ok(Caller {
+                user: user.name.clone(),
+                access: user.access.clone(),
+            });
+        }
+        if let Some(state) = &self.state {
+            let users = state
+                .users()
+                .map_err(|e| Status::internal(format!("cannot read users: {e}")))?;
+            if let Some(user) = users
+                .iter()
+                .find(|u| constant_time_eq(u.token_sha256.as_bytes(), hash.as_bytes()))
+            {
+                return Ok(Caller {
+                    user: user.name.clone(),
+                    access: user.controller_access.clone(),
+                });
+            }
+        }
+        Err(Status::unauthenticated("invalid token"))
     }
 }
 
@@ -75,13 +104,16 @@ mod tests {
     use crate::identity::UserEntry;
 
     fn authenticator(token: &str) -> Authenticator {
-        Authenticator::new(AuthFile {
-            users: vec![UserEntry {
-                name: "admin".into(),
-                token_sha256: hash_token(token),
-                access: "superuser".into(),
-            }],
-        })
+        Authenticator::new(
+            AuthFile {
+                users: vec![UserEntry {
+                    name: "admin".into(),
+                    token_sha256: hash_token(token),
+                    access: SUPERUSER.into(),
+                }],
+            },
+            None,
+        )
     }
 
     fn request(header: Option<&str>) -> Request<()> {

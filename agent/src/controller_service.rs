@@ -12,9 +12,10 @@ use starling_raft::{propose_error_status, RaftHandle};
 use tonic::{Request, Response, Status};
 use tracing::{info, instrument, warn};
 
-use crate::auth::{Authenticator, Caller};
+use crate::auth::{Authenticator, Caller, SUPERUSER};
 use crate::identity::{AuthFile, NodeIdentity};
 use crate::init::node_files;
+use crate::model_service::ModelService;
 use crate::pki::{self, CertKeyPem};
 
 /// How long `ShowController` waits for each member's own status.
@@ -28,6 +29,7 @@ pub struct ControllerService {
     auth: Authenticator,
     auth_file: AuthFile,
     ca: CertKeyPem,
+    models: ModelService,
 }
 
 impl ControllerService {
@@ -38,18 +40,26 @@ impl ControllerService {
         auth_file: AuthFile,
         ca: CertKeyPem,
     ) -> Self {
+        let auth = Authenticator::new(auth_file.clone(), Some(handle.state().clone()));
+        let models = ModelService::new(
+            handle.clone(),
+            identity.clone(),
+            auth.clone(),
+            ca.cert.clone(),
+        );
         Self {
             handle,
             identity,
-            auth: Authenticator::new(auth_file.clone()),
+            auth,
             auth_file,
             ca,
+            models,
         }
     }
 
     fn require_superuser<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
         let caller = self.auth.authenticate(request)?;
-        if caller.access != "superuser" {
+        if caller.access != SUPERUSER {
             return Err(Status::permission_denied(format!(
                 "user {:?} may not manage the controller (superuser access needed)",
                 caller.user
@@ -299,205 +309,144 @@ impl Controller for ControllerService {
         &self,
         request: Request<pb::AddModelRequest>,
     ) -> Result<Response<pb::ModelInfo>, Status> {
-        self.auth.authenticate(&request)?;
-        Err(Status::unimplemented(
-            "models are not served yet (issue: models)",
-        ))
+        self.models.add_model(request).await
     }
 
     async fn list_models(
         &self,
         request: Request<pb::ListModelsRequest>,
     ) -> Result<Response<pb::ListModelsResponse>, Status> {
-        self.auth.authenticate(&request)?;
-        Err(Status::unimplemented(
-            "models are not served yet (issue: models)",
-        ))
+        self.models.list_models(request).await
     }
 
     async fn show_model(
         &self,
         request: Request<pb::ModelRef>,
     ) -> Result<Response<pb::ModelInfo>, Status> {
-        self.auth.authenticate(&request)?;
-        Err(Status::unimplemented(
-            "models are not served yet (issue: models)",
-        ))
+        self.models.show_model(request).await
     }
 
     async fn destroy_model(
         &self,
         request: Request<pb::DestroyModelRequest>,
     ) -> Result<Response<pb::DestroyModelResponse>, Status> {
-        self.auth.authenticate(&request)?;
-        Err(Status::unimplemented(
-            "models are not served yet (issue: models)",
-        ))
+        self.models.destroy_model(request).await
     }
 
     async fn add_machine(
         &self,
         request: Request<pb::AddMachineRequest>,
     ) -> Result<Response<pb::AddMachineResponse>, Status> {
-        self.auth.authenticate(&request)?;
-        Err(Status::unimplemented(
-            "models are not served yet (issue: models)",
-        ))
+        self.models.add_machine(request).await
     }
 
     async fn remove_machine(
         &self,
         request: Request<pb::RemoveMachineRequest>,
     ) -> Result<Response<pb::RemoveMachineResponse>, Status> {
-        self.auth.authenticate(&request)?;
-        Err(Status::unimplemented(
-            "models are not served yet (issue: models)",
-        ))
+        self.models.remove_machine(request).await
     }
 
     async fn upload_charm(
         &self,
         request: Request<tonic::Streaming<pb::CharmChunk>>,
     ) -> Result<Response<pb::UploadCharmResponse>, Status> {
-        self.auth.authenticate(&request)?;
-        Err(Status::unimplemented(
-            "models are not served yet (issue: models)",
-        ))
+        self.models.upload_charm(request).await
     }
 
-    type DownloadCharmStream = futures::stream::BoxStream<'static, Result<pb::CharmChunk, Status>>;
+    type DownloadCharmStream = crate::model_service::ChunkStream;
 
     async fn download_charm(
         &self,
         request: Request<pb::DownloadCharmRequest>,
     ) -> Result<Response<Self::DownloadCharmStream>, Status> {
-        self.auth.authenticate(&request)?;
-        Err(Status::unimplemented(
-            "models are not served yet (issue: models)",
-        ))
+        self.models.download_charm(request).await
     }
 
     async fn deploy(
         &self,
         request: Request<pb::DeployRequest>,
     ) -> Result<Response<pb::DeployResponse>, Status> {
-        self.auth.authenticate(&request)?;
-        Err(Status::unimplemented(
-            "models are not served yet (issue: models)",
-        ))
+        self.models.deploy(request).await
     }
 
     async fn add_unit(
         &self,
         request: Request<pb::AddUnitRequest>,
     ) -> Result<Response<pb::AddUnitResponse>, Status> {
-        self.auth.authenticate(&request)?;
-        Err(Status::unimplemented(
-            "models are not served yet (issue: models)",
-        ))
+        self.models.add_unit(request).await
     }
 
     async fn remove_unit(
         &self,
         request: Request<pb::RemoveUnitRequest>,
     ) -> Result<Response<pb::RemoveUnitResponse>, Status> {
-        self.auth.authenticate(&request)?;
-        Err(Status::unimplemented(
-            "models are not served yet (issue: models)",
-        ))
+        self.models.remove_unit(request).await
     }
 
     async fn integrate(
         &self,
         request: Request<pb::IntegrateRequest>,
     ) -> Result<Response<pb::IntegrateResponse>, Status> {
-        self.auth.authenticate(&request)?;
-        Err(Status::unimplemented(
-            "models are not served yet (issue: models)",
-        ))
+        self.models.integrate(request).await
     }
 
     async fn remove_relation(
         &self,
         request: Request<pb::RemoveRelationRequest>,
     ) -> Result<Response<pb::RemoveRelationResponse>, Status> {
-        self.auth.authenticate(&request)?;
-        Err(Status::unimplemented(
-            "models are not served yet (issue: models)",
-        ))
+        self.models.remove_relation(request).await
     }
 
     async fn get_application_config(
         &self,
         request: Request<pb::GetApplicationConfigRequest>,
     ) -> Result<Response<pb::ApplicationConfig>, Status> {
-        self.auth.authenticate(&request)?;
-        Err(Status::unimplemented(
-            "models are not served yet (issue: models)",
-        ))
+        self.models.get_application_config(request).await
     }
 
     async fn set_application_config(
         &self,
         request: Request<pb::SetApplicationConfigRequest>,
     ) -> Result<Response<pb::SetApplicationConfigResponse>, Status> {
-        self.auth.authenticate(&request)?;
-        Err(Status::unimplemented(
-            "models are not served yet (issue: models)",
-        ))
+        self.models.set_application_config(request).await
     }
 
     async fn status(
         &self,
         request: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::FullStatus>, Status> {
-        self.auth.authenticate(&request)?;
-        Err(Status::unimplemented(
-            "models are not served yet (issue: models)",
-        ))
+        self.models.status(request).await
     }
 
-    type DebugLogStream =
-        futures::stream::BoxStream<'static, Result<starling_proto::model::LogRecord, Status>>;
+    type DebugLogStream = crate::model_service::LogStream;
 
     async fn debug_log(
         &self,
         request: Request<pb::DebugLogRequest>,
     ) -> Result<Response<Self::DebugLogStream>, Status> {
-        self.auth.authenticate(&request)?;
-        Err(Status::unimplemented(
-            "models are not served yet (issue: models)",
-        ))
+        self.models.debug_log(request).await
     }
 
     async fn add_user(
         &self,
         request: Request<pb::AddUserRequest>,
     ) -> Result<Response<pb::AddUserResponse>, Status> {
-        self.auth.authenticate(&request)?;
-        Err(Status::unimplemented(
-            "models are not served yet (issue: models)",
-        ))
+        self.models.add_user(request).await
     }
 
     async fn set_model_access(
         &self,
         request: Request<pb::SetModelAccessRequest>,
     ) -> Result<Response<pb::SetModelAccessResponse>, Status> {
-        self.auth.authenticate(&request)?;
-        Err(Status::unimplemented(
-            "models are not served yet (issue: models)",
-        ))
+        self.models.set_model_access(request).await
     }
 
     async fn who_am_i(
         &self,
         request: Request<pb::WhoAmIRequest>,
     ) -> Result<Response<pb::WhoAmIResponse>, Status> {
-        self.auth.authenticate(&request)?;
-        Err(Status::unimplemented(
-            "models are not served yet (issue: models)",
-        ))
+        self.models.who_am_i(request).await
     }
 }
 

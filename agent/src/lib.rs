@@ -3,10 +3,12 @@
 //! reflection) and an HTTPS side port for metrics and health. `agentd` (the machine agent) lands
 //! with the agents issue.
 
+pub mod agent_config;
 pub mod auth;
 pub mod controller_service;
 pub mod http;
 pub mod identity;
 pub mod init;
+pub mod model_service;
 pub mod node;
 pub mod pki;

@@ -23,6 +23,11 @@ pub mod controller {
     tonic::include_proto!("starling.controller");
 }
 
+/// The machine agents' API.
+pub mod agent {
+    tonic::include_proto!("starling.agent");
+}
+
 /// The encoded file descriptor set, for gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/starling_descriptor.bin"));

@@ -325,6 +325,35 @@ impl RaftHandle {
         })
     }
 
+    /// Waits until this node has applied `index` (read-your-writes after a forwarded proposal).
+    pub async fn wait_applied(&self, index: u64) -> Result<(), ProposeError> {
+        if self.inner.state.applied_index() >= index {
+            return Ok(());
+        }
+        self.inner
+            .raft
+            .wait(Some(PROPOSE_DEADLINE))
+            .applied_index_at_least(Some(index), "read your write")
+            .await
+            .map(|_| ())
+            .map_err(|e| ProposeError::Unavailable {
+                leader_hint: self.current_leader(),
+                reason: format!("waiting to apply index {index}: {e}"),
+            })
+    }
+
+    /// Waits at most `timeout` for this node to apply anything past `index`; returns the applied
+    /// index then (unchanged on timeout).
+    pub async fn wait_applied_past(&self, index: u64, timeout: Duration) -> u64 {
+        let _ = self
+            .inner
+            .raft
+            .wait(Some(timeout))
+            .applied_index_at_least(Some(index + 1), "watch")
+            .await;
+        self.inner.state.applied_index()
+    }
+
     /// The index a linearizable read must wait for; only the leader answers.
     pub async fn read_index_local(&self) -> Result<u64, ProposeError> {
         match self.inner.raft.ensure_linearizable().await {

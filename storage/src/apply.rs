@@ -10,9 +10,11 @@ use starling_proto::command::{self as cmd, Command, CommandResult};
 use starling_proto::raft as pb;
 
 use crate::keys;
-use crate::model::controller_config;
-use crate::state::{KeyValues, StateRead, WriteSet};
+use crate::model::{controller_config, ErrorKind, ModelError};
+use crate::state::{KeyValues, Overlay, StateRead, WriteSet};
 use crate::StorageError;
+
+mod models;
 
 /// Bounds on what applying keeps.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -31,9 +33,31 @@ impl Default for ApplyLimits {
 
 /// A successful result.
 pub fn ok_result() -> CommandResult {
+    ok_result_with(cmd::Ok::default())
+}
+
+/// A successful result carrying what the command created.
+pub fn ok_result_with(ok: cmd::Ok) -> CommandResult {
     CommandResult {
-        result: Some(cmd::command_result::Result::Ok(cmd::Ok {})),
+        result: Some(cmd::command_result::Result::Ok(ok)),
     }
+}
+
+/// The status code a broken model rule is reported with.
+pub fn error_code(error: &ModelError) -> cmd::command_error::Code {
+    use cmd::command_error::Code;
+    match error.kind() {
+        ErrorKind::InvalidArgument => Code::InvalidArgument,
+        ErrorKind::NotFound => Code::NotFound,
+        ErrorKind::AlreadyExists => Code::AlreadyExists,
+        ErrorKind::FailedPrecondition => Code::FailedPrecondition,
+        ErrorKind::PermissionDenied => Code::PermissionDenied,
+    }
+}
+
+/// A refused command's result for a broken model rule.
+pub fn model_error_result(error: &ModelError) -> CommandResult {
+    error_result(error_code(error), error.to_string())
 }
 
 /// A refused command's result.
@@ -48,8 +72,7 @@ pub fn error_result(code: cmd::command_error::Code, message: impl Into<String>) 
 
 /// One batch of committed entries being applied over a backend.
 pub struct ApplyBatch<'r, R: StateRead + ?Sized> {
-    base: &'r R,
-    writes: WriteSet,
+    overlay: Overlay<'r, R>,
     limits: ApplyLimits,
 }
 
@@ -57,8 +80,7 @@ impl<'r, R: StateRead + ?Sized> ApplyBatch<'r, R> {
     /// Starts a batch over `base`.
     pub fn new(base: &'r R, limits: ApplyLimits) -> Self {
         ApplyBatch {
-            base,
-            writes: WriteSet::new(),
+            overlay: Overlay::new(base),
             limits,
         }
     }
@@ -78,7 +100,7 @@ impl<'r, R: StateRead + ?Sized> ApplyBatch<'r, R> {
                     .map_err(|e| StorageError::corrupt("state", &key, e));
             }
         }
-        let result = self.execute(command);
+        let result = self.execute(command)?;
         if !request_id.is_empty() {
             self.record_request(log_index, request_id, &result)?;
         }
@@ -97,18 +119,18 @@ impl<'r, R: StateRead + ?Sized> ApplyBatch<'r, R> {
 
     /// The writes to commit as one atomic batch.
     pub fn into_writes(self) -> WriteSet {
-        self.writes
+        self.overlay.into_writes()
     }
 
     fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
-        self.writes.insert(key, Some(value));
+        self.overlay.put(key, value);
     }
 
     fn delete(&mut self, key: Vec<u8>) {
-        self.writes.insert(key, None);
+        self.overlay.delete(key);
     }
 
-    fn execute(&mut self, command: &Command) -> CommandResult {
+    fn execute(&mut self, command: &Command) -> Result<CommandResult, StorageError> {
         use cmd::command::Op;
         use cmd::command_error::Code;
         match &command.op {
@@ -128,21 +150,21 @@ impl<'r, R: StateRead + ?Sized> ApplyBatch<'r, R> {
                                 None => self.delete(key),
                             }
                         }
-                        ok_result()
+                        Ok(ok_result())
                     }
-                    Err(e) => error_result(Code::InvalidArgument, e.to_string()),
+                    Err(e) => Ok(error_result(Code::InvalidArgument, e.to_string())),
                 }
             }
-            // Model operations are declared in the protocol but not applied here yet
-            // (FIXME: model rules); refusing them is deterministic on every node.
-            Some(_) => error_result(
-                Code::FailedPrecondition,
-                "this operation is not implemented by the controller's state machine yet",
-            ),
-            None => error_result(
+            Some(op) => {
+                // Each model command runs in its own overlay: a refusal leaves the batch as it was.
+                let (result, writes) = models::apply_model_op(&self.overlay, command, op)?;
+                self.overlay.extend(writes);
+                Ok(result)
+            }
+            None => Ok(error_result(
                 Code::InvalidArgument,
                 "command has no operation (written by a newer version?)",
-            ),
+            )),
         }
     }
 
@@ -179,31 +201,16 @@ impl<'r, R: StateRead + ?Sized> ApplyBatch<'r, R> {
 
 impl<R: StateRead + ?Sized> StateRead for ApplyBatch<'_, R> {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
-        match self.writes.get(key) {
-            Some(value) => Ok(value.clone()),
-            None => self.base.get(key),
-        }
+        self.overlay.get(key)
     }
 
-    fn scan_prefix(&self, prefix: &[u8], limit: usize) -> Result<KeyValues, StorageError> {
-        let pending: Vec<(&Vec<u8>, &Option<Vec<u8>>)> = self
-            .writes
-            .range(prefix.to_vec()..)
-            .take_while(|(key, _)| key.starts_with(prefix))
-            .collect();
-        let deletes = pending.iter().filter(|(_, v)| v.is_none()).count();
-        // Enough base rows that, after dropping the ones deleted here, `limit` remain if they exist.
-        let base = self
-            .base
-            .scan_prefix(prefix, limit.saturating_add(deletes))?;
-        let mut merged: BTreeMap<Vec<u8>, Vec<u8>> = base.into_iter().collect();
-        for (key, value) in pending {
-            match value {
-                Some(value) => merged.insert(key.clone(), value.clone()),
-                None => merged.remove(key),
-            };
-        }
-        Ok(merged.into_iter().take(limit).collect())
+    fn scan_prefix_from(
+        &self,
+        prefix: &[u8],
+        start: &[u8],
+        limit: usize,
+    ) -> Result<KeyValues, StorageError> {
+        self.overlay.scan_prefix_from(prefix, start, limit)
     }
 }
 

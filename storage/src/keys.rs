@@ -8,6 +8,21 @@
 //! | `sys/last_applied` | encoded `raft::LogId` of the last applied entry |
 //! | `sys/last_membership` | encoded `raft::StoredMembership` |
 //! | `sys/request_records` | be u64: how many `req/` records exist |
+//! | `m/<uuid>/model` | `model.Model` |
+//! | `m/<uuid>/machine/<be u64 id>` | `model.Machine` |
+//! | `m/<uuid>/app/<name>` | `model.Application` |
+//! | `m/<uuid>/unit/<app>/<be u64 n>` | `model.Unit` (`/` ends the app name, so one app's units are one prefix) |
+//! | `m/<uuid>/rel/<be u64 id>` | `model.Relation` |
+//! | `m/<uuid>/hist/<entity>` | `model.StatusHistory` (`unit-web-0`, `unit-web-0/agent`, `machine-0`, ...) |
+//! | `m/<uuid>/log/<be u64 seq>` | `model.LogRecord` |
+//! | `mname/<owner>/<name>` | the model's uuid (UTF-8): the name index |
+//! | `user/<name>` | `model.User` |
+//! | `blob/<digest>` | `model.Blob`: a complete, verified blob |
+//! | `blobdata/<digest>/<be u64 offset>` | raw bytes of one chunk (staged or complete) |
+//! | `blobstage/<digest>` | `model.BlobUpload`: an upload in progress |
+//!
+//! Numbers are big-endian so key order is numeric order. Model and application records are
+//! prost-encoded; proto maps are BTreeMaps (proto/build.rs), so equal records are equal bytes.
 
 /// Controller-config values.
 pub const CONFIG_PREFIX: &[u8] = b"cfg/";
@@ -45,4 +60,134 @@ pub fn request_key(request_id: &str) -> Vec<u8> {
 /// The key of an idempotency record's index entry.
 pub fn request_index_key(log_index: u64) -> Vec<u8> {
     join(REQUEST_INDEX_PREFIX, &log_index.to_be_bytes())
+}
+
+/// Everything of one model: `m/<uuid>/`.
+pub fn model_prefix(uuid: &str) -> Vec<u8> {
+    format!("m/{uuid}/").into_bytes()
+}
+
+/// `m/<uuid>/<rest>`.
+fn model_key(uuid: &str, rest: &[u8]) -> Vec<u8> {
+    join(&model_prefix(uuid), rest)
+}
+
+/// The model record.
+pub fn model_record_key(uuid: &str) -> Vec<u8> {
+    model_key(uuid, b"model")
+}
+
+/// All machines of a model.
+pub fn machine_prefix(uuid: &str) -> Vec<u8> {
+    model_key(uuid, b"machine/")
+}
+
+/// One machine.
+pub fn machine_key(uuid: &str, id: u64) -> Vec<u8> {
+    join(&machine_prefix(uuid), &id.to_be_bytes())
+}
+
+/// All applications of a model.
+pub fn application_prefix(uuid: &str) -> Vec<u8> {
+    model_key(uuid, b"app/")
+}
+
+/// One application.
+pub fn application_key(uuid: &str, name: &str) -> Vec<u8> {
+    join(&application_prefix(uuid), name.as_bytes())
+}
+
+/// All units of a model.
+pub fn unit_prefix(uuid: &str) -> Vec<u8> {
+    model_key(uuid, b"unit/")
+}
+
+/// All units of one application.
+pub fn application_unit_prefix(uuid: &str, application: &str) -> Vec<u8> {
+    let mut key = join(&unit_prefix(uuid), application.as_bytes());
+    key.push(b'/');
+    key
+}
+
+/// One unit.
+pub fn unit_key(uuid: &str, application: &str, number: u64) -> Vec<u8> {
+    join(
+        &application_unit_prefix(uuid, application),
+        &number.to_be_bytes(),
+    )
+}
+
+/// All relations of a model.
+pub fn relation_prefix(uuid: &str) -> Vec<u8> {
+    model_key(uuid, b"rel/")
+}
+
+/// One relation.
+pub fn relation_key(uuid: &str, id: u64) -> Vec<u8> {
+    join(&relation_prefix(uuid), &id.to_be_bytes())
+}
+
+/// All status histories of a model.
+pub fn history_prefix(uuid: &str) -> Vec<u8> {
+    model_key(uuid, b"hist/")
+}
+
+/// One entity's status history.
+pub fn history_key(uuid: &str, entity: &str) -> Vec<u8> {
+    join(&history_prefix(uuid), entity.as_bytes())
+}
+
+/// The model's log.
+pub fn log_prefix(uuid: &str) -> Vec<u8> {
+    model_key(uuid, b"log/")
+}
+
+/// One model-log record.
+pub fn log_key(uuid: &str, seq: u64) -> Vec<u8> {
+    join(&log_prefix(uuid), &seq.to_be_bytes())
+}
+
+/// The model-name index.
+pub const MODEL_NAME_PREFIX: &[u8] = b"mname/";
+
+/// One entry of the model-name index.
+pub fn model_name_key(owner: &str, name: &str) -> Vec<u8> {
+    join(MODEL_NAME_PREFIX, format!("{owner}/{name}").as_bytes())
+}
+
+/// Controller users.
+pub const USER_PREFIX: &[u8] = b"user/";
+
+/// One user.
+pub fn user_key(name: &str) -> Vec<u8> {
+    join(USER_PREFIX, name.as_bytes())
+}
+
+/// Complete blobs.
+pub const BLOB_PREFIX: &[u8] = b"blob/";
+
+/// A complete blob's header.
+pub fn blob_key(digest: &str) -> Vec<u8> {
+    join(BLOB_PREFIX, digest.as_bytes())
+}
+
+/// All chunks of one blob.
+pub fn blob_data_prefix(digest: &str) -> Vec<u8> {
+    format!("blobdata/{digest}/").into_bytes()
+}
+
+/// The chunk of a blob starting at `offset`.
+pub fn blob_data_key(digest: &str, offset: u64) -> Vec<u8> {
+    join(&blob_data_prefix(digest), &offset.to_be_bytes())
+}
+
+/// An upload in progress.
+pub fn blob_stage_key(digest: &str) -> Vec<u8> {
+    join(b"blobstage/", digest.as_bytes())
+}
+
+/// The big-endian number that ends `key` (a machine id, unit number, sequence or offset).
+pub fn trailing_u64(key: &[u8]) -> Option<u64> {
+    let start = key.len().checked_sub(8)?;
+    Some(u64::from_be_bytes(key[start..].try_into().ok()?))
 }

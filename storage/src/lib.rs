@@ -5,15 +5,18 @@
 pub mod apply;
 pub mod backend;
 pub mod error;
+pub mod export;
 pub mod keys;
 pub mod mem;
 pub mod model;
+pub mod records;
 pub mod state;
 pub mod store;
 
 pub use apply::{ApplyBatch, ApplyLimits};
 pub use backend::{LogBackend, RaftMetaKey, StateBackend};
 pub use error::StorageError;
+pub use export::{description_digest, export_model, import_model, ImportError};
 pub use mem::MemStore;
-pub use state::{AppliedState, KeyValues, StateImage, StateRead, WriteSet};
+pub use state::{AppliedState, KeyValues, Overlay, StateImage, StateRead, WriteSet};
 pub use store::Store;

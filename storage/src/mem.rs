@@ -106,11 +106,16 @@ impl StateRead for MemStore {
         Ok(self.lock().state.get(key).cloned())
     }
 
-    fn scan_prefix(&self, prefix: &[u8], limit: usize) -> Result<KeyValues, StorageError> {
+    fn scan_prefix_from(
+        &self,
+        prefix: &[u8],
+        start: &[u8],
+        limit: usize,
+    ) -> Result<KeyValues, StorageError> {
         Ok(self
             .lock()
             .state
-            .range(prefix.to_vec()..)
+            .range(start.max(prefix).to_vec()..)
             .take_while(|(key, _)| key.starts_with(prefix))
             .take(limit)
             .map(|(k, v)| (k.clone(), v.clone()))

@@ -17,7 +17,92 @@ pub trait StateRead {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError>;
 
     /// Up to `limit` pairs whose key starts with `prefix`, in key order.
-    fn scan_prefix(&self, prefix: &[u8], limit: usize) -> Result<KeyValues, StorageError>;
+    fn scan_prefix(&self, prefix: &[u8], limit: usize) -> Result<KeyValues, StorageError> {
+        self.scan_prefix_from(prefix, prefix, limit)
+    }
+
+    /// Up to `limit` pairs whose key starts with `prefix` and is `>= start`, in key order (paging
+    /// through a prefix without reading what came before).
+    fn scan_prefix_from(
+        &self,
+        prefix: &[u8],
+        start: &[u8],
+        limit: usize,
+    ) -> Result<KeyValues, StorageError>;
+}
+
+/// Reads through to a base state, keeping its own writes on top: later reads see earlier writes.
+/// `ApplyBatch` is one over the backend; each model command runs in one over the batch, so a
+/// refused command leaves the batch untouched.
+pub struct Overlay<'r, R: StateRead + ?Sized> {
+    base: &'r R,
+    writes: WriteSet,
+}
+
+impl<'r, R: StateRead + ?Sized> Overlay<'r, R> {
+    /// An overlay with no writes yet.
+    pub fn new(base: &'r R) -> Self {
+        Overlay {
+            base,
+            writes: WriteSet::new(),
+        }
+    }
+
+    /// Sets `key` to `value`.
+    pub fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        self.writes.insert(key, Some(value));
+    }
+
+    /// Deletes `key`.
+    pub fn delete(&mut self, key: Vec<u8>) {
+        self.writes.insert(key, None);
+    }
+
+    /// Adds `writes` on top of this overlay's.
+    pub fn extend(&mut self, writes: WriteSet) {
+        self.writes.extend(writes);
+    }
+
+    /// The writes made so far.
+    pub fn into_writes(self) -> WriteSet {
+        self.writes
+    }
+}
+
+impl<R: StateRead + ?Sized> StateRead for Overlay<'_, R> {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        match self.writes.get(key) {
+            Some(value) => Ok(value.clone()),
+            None => self.base.get(key),
+        }
+    }
+
+    fn scan_prefix_from(
+        &self,
+        prefix: &[u8],
+        start: &[u8],
+        limit: usize,
+    ) -> Result<KeyValues, StorageError> {
+        let start = start.max(prefix);
+        let pending: Vec<(&Vec<u8>, &Option<Vec<u8>>)> = self
+            .writes
+            .range(start.to_vec()..)
+            .take_while(|(key, _)| key.starts_with(prefix))
+            .collect();
+        let deletes = pending.iter().filter(|(_, v)| v.is_none()).count();
+        // Enough base rows that, after dropping the ones deleted here, `limit` remain if they exist.
+        let base = self
+            .base
+            .scan_prefix_from(prefix, start, limit.saturating_add(deletes))?;
+        let mut merged: BTreeMap<Vec<u8>, Vec<u8>> = base.into_iter().collect();
+        for (key, value) in pending {
+            match value {
+                Some(value) => merged.insert(key.clone(), value.clone()),
+                None => merged.remove(key),
+            };
+        }
+        Ok(merged.into_iter().take(limit).collect())
+    }
 }
 
 /// Keys and values, in key order.

@@ -338,10 +338,16 @@ impl StateRead for Store {
             .map(|v| v.to_vec()))
     }
 
-    fn scan_prefix(&self, prefix: &[u8], limit: usize) -> Result<KeyValues, StorageError> {
+    fn scan_prefix_from(
+        &self,
+        prefix: &[u8],
+        start: &[u8],
+        limit: usize,
+    ) -> Result<KeyValues, StorageError> {
         self.inner
             .state
-            .scan_prefix(prefix)
+            .range(start.max(prefix)..)
+            .take_while(|row| row.as_ref().map_or(true, |(k, _)| k.starts_with(prefix)))
             .take(limit)
             .map(|row| {
                 let (k, v) = row.map_err(|e| StorageError::sled(STATE_TREE, "scan", e))?;

@@ -5,8 +5,9 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use starling_proto::model::{Blob, LogRecord, Model, ModelDescription, User};
 use starling_storage::state::read_effective_config;
-use starling_storage::{StateRead, StorageError as BackendError};
+use starling_storage::{records, StateRead, StorageError as BackendError};
 
 /// Read-only access to the applied state. Reads see whole applied batches, never half of one.
 #[derive(Clone)]
@@ -51,5 +52,78 @@ impl StateView {
     /// The index of the last applied log entry (0 before anything was applied).
     pub fn applied_index(&self) -> u64 {
         self.applied_index.load(Ordering::Acquire)
+    }
+
+    /// Every model, ordered by owner then name.
+    pub fn list_models(&self) -> Result<Vec<Model>, BackendError> {
+        records::read_models(self.reader.as_ref())
+    }
+
+    /// The model with this uuid.
+    pub fn model(&self, uuid: &str) -> Result<Option<Model>, BackendError> {
+        records::read_model(self.reader.as_ref(), uuid)
+    }
+
+    /// `owner`'s model called `name`.
+    pub fn model_by_name(&self, owner: &str, name: &str) -> Result<Option<Model>, BackendError> {
+        match records::read_model_uuid(self.reader.as_ref(), owner, name)? {
+            Some(uuid) => self.model(&uuid),
+            None => Ok(None),
+        }
+    }
+
+    /// The whole model (machines, applications, units, relations, status history), as
+    /// migration exports it: for `status` and `show-model`.
+    pub fn model_description(&self, uuid: &str) -> Result<Option<ModelDescription>, BackendError> {
+        starling_storage::export_model(self.reader.as_ref(), uuid)
+    }
+
+    /// A complete blob's header (size, chunk offsets); `None` while uploading or unknown.
+    pub fn blob(&self, digest: &str) -> Result<Option<Blob>, BackendError> {
+        records::read_blob(self.reader.as_ref(), digest)
+    }
+
+    /// Up to `len` bytes (at most `records::BLOB_RANGE_BYTES_MAX`) of a complete blob from
+    /// `offset`; `None` if there is no such complete blob, empty past its end.
+    pub fn blob_range(
+        &self,
+        digest: &str,
+        offset: u64,
+        len: u64,
+    ) -> Result<Option<Vec<u8>>, BackendError> {
+        let reader = self.reader.as_ref();
+        match records::read_blob(reader, digest)? {
+            Some(blob) => records::read_blob_range(reader, &blob, offset, len).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// A controller user.
+    pub fn user(&self, name: &str) -> Result<Option<User>, BackendError> {
+        records::read_user(self.reader.as_ref(), name)
+    }
+
+    /// Every controller user, by name.
+    pub fn users(&self) -> Result<Vec<User>, BackendError> {
+        records::read_users(self.reader.as_ref())
+    }
+
+    /// Up to `limit` records of the model's log after sequence number `after_seq` (0: from the
+    /// oldest kept), oldest first.
+    pub fn model_log(
+        &self,
+        uuid: &str,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<LogRecord>, BackendError> {
+        records::read_log(self.reader.as_ref(), uuid, after_seq, limit)
+    }
+
+    /// The sequence number of the model's last log record (0 when none was ever appended),
+    /// `None` if there is no such model.
+    pub fn last_log_seq(&self, uuid: &str) -> Result<Option<u64>, BackendError> {
+        Ok(self
+            .model(uuid)?
+            .map(|model| model.next_log_seq.saturating_sub(1)))
     }
 }

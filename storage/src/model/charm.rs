@@ -300,12 +300,19 @@ config:
             reason("name: x\ncommand: y\nprovides:\n  db: {interface: My_Sql}")
                 .contains("interface \"My_Sql\"")
         );
-        assert!(reason("name: x\ncommand: y\nprovides:\n  Db: {interface: a}")
-            .contains("endpoint name \"Db\""));
+        assert!(
+            reason("name: x\ncommand: y\nprovides:\n  Db: {interface: a}")
+                .contains("endpoint name \"Db\"")
+        );
         assert!(reason("name: x\ncommand: y\nhooks:\n  'in stall': z").contains("hook name"));
-        assert!(reason("name: x\ncommand: y\nconfig:\n  options:\n    'A b': {default: 1}")
-            .contains("config option"));
-        let big = format!("name: x\ncommand: y\n# {}\n", "x".repeat(METADATA_BYTES_MAX));
+        assert!(
+            reason("name: x\ncommand: y\nconfig:\n  options:\n    'A b': {default: 1}")
+                .contains("config option")
+        );
+        let big = format!(
+            "name: x\ncommand: y\n# {}\n",
+            "x".repeat(METADATA_BYTES_MAX)
+        );
         assert!(reason(&big).contains("at most 65536"));
     }
 }

@@ -252,6 +252,7 @@ mod tests {
                 reason
             }
             Ok(write) => panic!("{key}={value} accepted as {write:?}"),
+            Err(other) => panic!("{key}={value}: unexpected {other:?}"),
         }
     }
 

@@ -227,7 +227,9 @@ pub enum ModelError {
         staged: u64,
     },
     /// The staged bytes do not hash to the digest; the upload was discarded.
-    #[error("blob {expected}: uploaded bytes hash to {actual}; the upload was discarded, upload again")]
+    #[error(
+        "blob {expected}: uploaded bytes hash to {actual}; the upload was discarded, upload again"
+    )]
     BlobDigestMismatch {
         /// The digest the upload claimed.
         expected: String,

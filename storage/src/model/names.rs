@@ -315,7 +315,9 @@ mod tests {
         assert!(reason(check_model_name("web-")).contains("between"));
         assert!(reason(check_model_name("we--b")).contains("between"));
         assert_eq!(
-            check_application_name("we b").expect_err("space").to_string(),
+            check_application_name("we b")
+                .expect_err("space")
+                .to_string(),
             "invalid application name \"we b\": it contains ' '; use only a-z, 0-9 and '-'"
         );
     }
@@ -381,7 +383,10 @@ mod tests {
     #[test]
     fn entities() {
         assert_eq!(parse_entity("model").expect("valid"), Entity::Model);
-        assert_eq!(parse_entity("machine-3").expect("valid"), Entity::Machine(3));
+        assert_eq!(
+            parse_entity("machine-3").expect("valid"),
+            Entity::Machine(3)
+        );
         assert_eq!(
             parse_entity("unit-my-app-12").expect("valid"),
             Entity::Unit {
@@ -393,7 +398,15 @@ mod tests {
             parse_entity("application-web").expect("valid"),
             Entity::Application("web".into())
         );
-        for bad in ["", "models", "machine-", "machine-01", "unit-web", "unit--0", "host-1"] {
+        for bad in [
+            "",
+            "models",
+            "machine-",
+            "machine-01",
+            "unit-web",
+            "unit--0",
+            "host-1",
+        ] {
             assert!(parse_entity(bad).is_err(), "{bad:?}");
         }
     }

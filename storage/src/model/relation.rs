@@ -170,7 +170,10 @@ pub fn match_relation(
 
 fn side_matches(side: &EndpointRef, endpoint: &RelationEndpoint) -> bool {
     side.application == endpoint.application
-        && side.endpoint.as_ref().is_none_or(|e| *e == endpoint.endpoint)
+        && side
+            .endpoint
+            .as_ref()
+            .is_none_or(|e| *e == endpoint.endpoint)
 }
 
 /// Finds the relation `remove-relation a b` names among `existing`.
@@ -250,7 +253,10 @@ mod tests {
     #[test]
     fn unique_interface_match_is_found() {
         let m = integrate("haproxy", &haproxy(), "wordpress", &wordpress(), &[]).expect("match");
-        assert_eq!(relation_key(&m.endpoints), "haproxy:backend wordpress:website");
+        assert_eq!(
+            relation_key(&m.endpoints),
+            "haproxy:backend wordpress:website"
+        );
         assert_eq!(m.interface, "http");
     }
 
@@ -280,19 +286,23 @@ mod tests {
         assert!(text.contains("haproxy:backend (requires http)"), "{text}");
         assert!(text.contains("mysql:db (provides mysql)"), "{text}");
         // Same interface but same role does not match.
-        let err = integrate("wordpress:db", &wordpress(), "haproxy", &haproxy(), &[])
-            .expect_err("none");
+        let err =
+            integrate("wordpress:db", &wordpress(), "haproxy", &haproxy(), &[]).expect_err("none");
         assert!(matches!(err, ModelError::NoMatchingRelation { .. }));
         let err = integrate("wordpress:nope", &wordpress(), "mysql", &mysql(), &[])
             .expect_err("unknown endpoint");
         assert!(matches!(err, ModelError::EndpointNotFound { .. }));
-        assert!(err.to_string().contains("(it has: website, db, backup-db, cluster)"));
+        assert!(err
+            .to_string()
+            .contains("(it has: website, db, backup-db, cluster)"));
     }
 
     #[test]
     fn self_relations_only_through_peers() {
         let err = integrate("haproxy", &haproxy(), "haproxy", &haproxy(), &[]).expect_err("self");
-        assert!(err.to_string().contains("only relate to itself through a peer"));
+        assert!(err
+            .to_string()
+            .contains("only relate to itself through a peer"));
         let m = integrate("mysql", &mysql(), "mysql", &mysql(), &[]).expect("peer");
         assert_eq!(relation_key(&m.endpoints), "mysql:cluster");
         let m = integrate(

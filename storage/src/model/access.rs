@@ -1,0 +1,113 @@
+//! Model access levels: read < write < admin. A model's owner is always admin; a controller
+//! superuser is admin on every model; everyone else has what `SetModelAccess` granted.
+
+use starling_proto::model::{Access, Model, ModelUser};
+
+use super::ModelError;
+
+/// The access `user` has to `model`; `superuser` says whether the user is a controller
+/// superuser. `Access::Unspecified` means none.
+pub fn access_of(model: &Model, user: &str, superuser: bool) -> Access {
+    if superuser || model.owner == user {
+        return Access::Admin;
+    }
+    model
+        .users
+        .iter()
+        .find(|u| u.name == user)
+        .map_or(Access::Unspecified, ModelUser::access)
+}
+
+/// Refuses unless `user` has at least `needed` access to `model`.
+pub fn require_access(
+    model: &Model,
+    user: &str,
+    superuser: bool,
+    needed: Access,
+) -> Result<(), ModelError> {
+    if access_of(model, user, superuser) as i32 >= needed as i32 {
+        return Ok(());
+    }
+    Err(ModelError::PermissionDenied {
+        user: user.to_owned(),
+        model: model.name.clone(),
+        needed: access_name(needed),
+    })
+}
+
+/// The lowercase name of an access level ("read", "write", "admin", "none").
+pub fn access_name(access: Access) -> &'static str {
+    match access {
+        Access::Unspecified => "none",
+        Access::Read => "read",
+        Access::Write => "write",
+        Access::Admin => "admin",
+    }
+}
+
+/// Grants `user` `access` to `model` (`Access::Unspecified` revokes). The owner's admin access
+/// cannot be changed. Users stay sorted by name so the record encodes the same everywhere.
+pub fn set_access(model: &mut Model, user: &str, access: Access) -> Result<(), ModelError> {
+    if model.owner == user {
+        return Err(ModelError::OwnerAccess {
+            model: model.name.clone(),
+            user: user.to_owned(),
+        });
+    }
+    model.users.retain(|u| u.name != user);
+    if access != Access::Unspecified {
+        model.users.push(ModelUser {
+            name: user.to_owned(),
+            access: access as i32,
+        });
+        model.users.sort_by(|a, b| a.name.cmp(&b.name));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn model() -> Model {
+        Model {
+            name: "prod".into(),
+            owner: "alice".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn levels_are_ordered_and_the_owner_is_admin() {
+        let mut m = model();
+        assert_eq!(access_of(&m, "alice", false), Access::Admin);
+        assert_eq!(access_of(&m, "bob", false), Access::Unspecified);
+        assert_eq!(access_of(&m, "root", true), Access::Admin);
+        set_access(&mut m, "bob", Access::Write).expect("grant");
+        require_access(&m, "bob", false, Access::Read).expect("write ≥ read");
+        require_access(&m, "bob", false, Access::Write).expect("write");
+        let err = require_access(&m, "bob", false, Access::Admin).expect_err("not admin");
+        assert_eq!(
+            err.to_string(),
+            "user \"bob\" needs admin access to model \"prod\""
+        );
+        assert!(require_access(&m, "carol", false, Access::Read).is_err());
+    }
+
+    #[test]
+    fn grants_replace_revoke_and_keep_order() {
+        let mut m = model();
+        set_access(&mut m, "zed", Access::Read).expect("grant");
+        set_access(&mut m, "bob", Access::Read).expect("grant");
+        set_access(&mut m, "bob", Access::Admin).expect("raise");
+        let names: Vec<&str> = m.users.iter().map(|u| u.name.as_str()).collect();
+        assert_eq!(names, ["bob", "zed"]);
+        assert_eq!(access_of(&m, "bob", false), Access::Admin);
+        set_access(&mut m, "bob", Access::Unspecified).expect("revoke");
+        assert_eq!(access_of(&m, "bob", false), Access::Unspecified);
+        assert!(matches!(
+            set_access(&mut m, "alice", Access::Read),
+            Err(ModelError::OwnerAccess { .. })
+        ));
+    }
+}

@@ -1,0 +1,324 @@
+//! Rules for what lives in a model: destroying it, removing machines, placing and removing
+//! units, unit leadership, application config, status history and the model log's bound.
+
+use std::collections::BTreeMap;
+
+use starling_proto::model::{Application, Life, Machine, Model, Status, StatusHistory, Unit};
+
+use super::names;
+use super::ModelError;
+
+/// The name every controller's own model has; it is never destroyed or migrated.
+pub const CONTROLLER_MODEL_NAME: &str = "controller";
+/// Status-history entries kept per entity when the controller config does not say.
+pub const STATUS_HISTORY_SIZE_DEFAULT: usize = 20;
+/// Model-log records kept when the controller config does not say.
+pub const MODEL_LOG_MAX_RECORDS_DEFAULT: u64 = 10_000;
+
+/// Whether the model may be destroyed: never the controller model; with machines left, only
+/// with `force`.
+pub fn check_destroy_model(
+    model: &Model,
+    machines: Vec<String>,
+    force: bool,
+) -> Result<(), ModelError> {
+    if model.name == CONTROLLER_MODEL_NAME {
+        return Err(ModelError::ControllerModel);
+    }
+    if !machines.is_empty() && !force {
+        return Err(ModelError::ModelHasMachines {
+            model: model.name.clone(),
+            machines,
+        });
+    }
+    Ok(())
+}
+
+/// Whether a machine may be removed with `units_on_it` placed there: only with `force`, which
+/// removes those units too. Returns the units to remove.
+pub fn check_remove_machine(
+    machine: &str,
+    units_on_it: Vec<String>,
+    force: bool,
+) -> Result<Vec<String>, ModelError> {
+    if !units_on_it.is_empty() && !force {
+        return Err(ModelError::MachineHasUnits {
+            machine: machine.to_owned(),
+            units: units_on_it,
+        });
+    }
+    Ok(units_on_it)
+}
+
+/// Whether a unit may be placed on machine `id`, found as `machine`: it must exist and be alive.
+pub fn check_placement(id: &str, machine: Option<&Machine>) -> Result<(), ModelError> {
+    names::parse_machine_id(id)?;
+    let machine = machine.ok_or_else(|| ModelError::MachineNotFound {
+        machine: id.to_owned(),
+    })?;
+    if machine.life() != Life::Alive {
+        return Err(ModelError::MachineNotAlive {
+            machine: id.to_owned(),
+            life: machine.life().as_str_name().to_ascii_lowercase(),
+        });
+    }
+    Ok(())
+}
+
+/// A new unit of `application` on `machine`, numbered from the application's `next_unit`
+/// (which grows by one). The first unit of an application without units is its leader.
+pub fn new_unit(application: &mut Application, machine: &str, leader: bool, now_ms: i64) -> Unit {
+    let number = application.next_unit;
+    application.next_unit += 1;
+    Unit {
+        name: names::unit_name(&application.name, number),
+        application: application.name.clone(),
+        machine: machine.to_owned(),
+        workload_status: Some(status("waiting", "waiting for machine", now_ms)),
+        agent_status: Some(status("allocating", "", now_ms)),
+        leader,
+        life: Life::Alive as i32,
+    }
+}
+
+/// A status value.
+pub fn status(current: &str, message: &str, since_unix_ms: i64) -> Status {
+    Status {
+        current: current.to_owned(),
+        message: message.to_owned(),
+        since_unix_ms,
+    }
+}
+
+/// The unit number that leads after a change: the current leader if it remains, else the
+/// lowest-numbered remaining unit (none when no unit remains).
+pub fn next_leader(current: Option<u64>, remaining: impl IntoIterator<Item = u64>) -> Option<u64> {
+    let mut lowest = None;
+    for number in remaining {
+        if Some(number) == current {
+            return current;
+        }
+        lowest = Some(lowest.map_or(number, |l: u64| l.min(number)));
+    }
+    lowest
+}
+
+/// The application's stored config after `update`: every key must be declared by the charm; an
+/// empty value removes the key (the charm's default applies again).
+pub fn updated_config(
+    application: &str,
+    declared: &BTreeMap<String, String>,
+    current: &BTreeMap<String, String>,
+    update: &BTreeMap<String, String>,
+) -> Result<BTreeMap<String, String>, ModelError> {
+    let mut config = current.clone();
+    for (key, value) in update {
+        if !declared.contains_key(key) {
+            return Err(ModelError::UnknownConfigKey {
+                application: application.to_owned(),
+                key: key.clone(),
+                known: declared.keys().cloned().collect(),
+            });
+        }
+        if value.is_empty() {
+            config.remove(key);
+        } else {
+            config.insert(key.clone(), value.clone());
+        }
+    }
+    Ok(config)
+}
+
+/// The config an application's units see: the charm's defaults with the stored values over them.
+pub fn effective_config(
+    declared: &BTreeMap<String, String>,
+    stored: &BTreeMap<String, String>,
+) -> BTreeMap<String, String> {
+    let mut config = declared.clone();
+    config.extend(stored.iter().map(|(k, v)| (k.clone(), v.clone())));
+    config
+}
+
+/// Whether `new` differs from `old` in what operators see (value or message).
+pub fn status_changed(old: Option<&Status>, new: &Status) -> bool {
+    old.is_none_or(|old| old.current != new.current || old.message != new.message)
+}
+
+/// Appends `status` to `history`, keeping only the last `keep` entries.
+pub fn push_status_history(history: &mut StatusHistory, status: Status, keep: usize) {
+    history.entries.push(status);
+    let excess = history.entries.len().saturating_sub(keep.max(1));
+    history.entries.drain(..excess);
+}
+
+/// The lowest model-log sequence number kept once the log reaches `next_seq`: records below it
+/// are evicted so at most `max_records` remain.
+pub fn log_retention_floor(next_seq: u64, max_records: u64) -> u64 {
+    next_seq.saturating_sub(max_records.max(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn machine(life: Life) -> Machine {
+        Machine {
+            id: "0".into(),
+            life: life as i32,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn destroy_model() {
+        let model = Model {
+            name: "prod".into(),
+            ..Default::default()
+        };
+        check_destroy_model(&model, vec![], false).expect("empty model");
+        let err = check_destroy_model(&model, vec!["0".into(), "3".into()], false)
+            .expect_err("machines left");
+        assert_eq!(
+            err.to_string(),
+            "model \"prod\" still has 2 machine(s) (0, 3); remove them first or destroy with --force"
+        );
+        check_destroy_model(&model, vec!["0".into()], true).expect("forced");
+        let controller = Model {
+            name: CONTROLLER_MODEL_NAME.into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            check_destroy_model(&controller, vec![], true),
+            Err(ModelError::ControllerModel)
+        );
+    }
+
+    #[test]
+    fn remove_machine() {
+        assert!(check_remove_machine("0", vec![], false)
+            .expect("empty")
+            .is_empty());
+        let err = check_remove_machine("0", vec!["web/0".into(), "db/1".into()], false)
+            .expect_err("units");
+        assert_eq!(
+            err,
+            ModelError::MachineHasUnits {
+                machine: "0".into(),
+                units: vec!["web/0".into(), "db/1".into()]
+            }
+        );
+        assert!(err.to_string().contains("web/0, db/1"));
+        assert_eq!(
+            check_remove_machine("0", vec!["web/0".into()], true).expect("forced"),
+            ["web/0"]
+        );
+    }
+
+    #[test]
+    fn placement() {
+        check_placement("0", Some(&machine(Life::Alive))).expect("alive");
+        assert_eq!(
+            check_placement("7", None),
+            Err(ModelError::MachineNotFound {
+                machine: "7".into()
+            })
+        );
+        let err = check_placement("0", Some(&machine(Life::Dying))).expect_err("dying");
+        assert!(err.to_string().contains("is not alive (it is dying)"));
+        assert!(matches!(
+            check_placement("x", None),
+            Err(ModelError::InvalidName { .. })
+        ));
+    }
+
+    #[test]
+    fn units_are_numbered_and_the_first_leads() {
+        let mut app = Application {
+            name: "web".into(),
+            next_unit: 3,
+            ..Default::default()
+        };
+        let unit = new_unit(&mut app, "1", true, 5);
+        assert_eq!(unit.name, "web/3");
+        assert_eq!(unit.machine, "1");
+        assert!(unit.leader);
+        assert_eq!(app.next_unit, 4);
+        assert_eq!(unit.workload_status.expect("set").since_unix_ms, 5);
+    }
+
+    #[test]
+    fn leadership_moves_to_the_lowest_remaining_unit() {
+        assert_eq!(next_leader(Some(2), [5, 2, 9]), Some(2));
+        assert_eq!(next_leader(Some(2), [9, 5, 7]), Some(5));
+        assert_eq!(next_leader(None, [9, 5]), Some(5));
+        assert_eq!(next_leader(Some(1), []), None);
+    }
+
+    #[test]
+    fn config_updates() {
+        let declared = BTreeMap::from([
+            ("port".to_owned(), "8080".to_owned()),
+            ("title".to_owned(), String::new()),
+        ]);
+        let current = BTreeMap::from([("port".to_owned(), "9000".to_owned())]);
+        let update = BTreeMap::from([
+            ("port".to_owned(), String::new()),
+            ("title".to_owned(), "blog".to_owned()),
+        ]);
+        let config = updated_config("web", &declared, &current, &update).expect("valid");
+        assert_eq!(
+            config,
+            BTreeMap::from([("title".to_owned(), "blog".to_owned())])
+        );
+        assert_eq!(effective_config(&declared, &config)["port"], "8080");
+        let err = updated_config(
+            "web",
+            &declared,
+            &current,
+            &BTreeMap::from([("nope".to_owned(), "1".to_owned())]),
+        )
+        .expect_err("unknown");
+        assert_eq!(
+            err.to_string(),
+            "application \"web\" has no config option \"nope\" (its charm declares: port, title)"
+        );
+        let err = updated_config(
+            "web",
+            &BTreeMap::new(),
+            &BTreeMap::new(),
+            &BTreeMap::from([("x".to_owned(), "1".to_owned())]),
+        )
+        .expect_err("none declared");
+        assert!(err.to_string().ends_with("(its charm declares: none)"));
+    }
+
+    #[test]
+    fn status_history_is_bounded() {
+        let mut history = StatusHistory::default();
+        for i in 0..25 {
+            push_status_history(&mut history, status("active", &i.to_string(), i), 20);
+        }
+        assert_eq!(history.entries.len(), 20);
+        assert_eq!(history.entries[0].message, "5");
+        assert_eq!(history.entries[19].message, "24");
+        push_status_history(&mut history, status("idle", "", 30), 3);
+        let messages: Vec<&str> = history.entries.iter().map(|s| s.message.as_str()).collect();
+        assert_eq!(messages, ["23", "24", ""]);
+        assert!(status_changed(None, &status("a", "", 0)));
+        assert!(!status_changed(
+            Some(&status("a", "m", 0)),
+            &status("a", "m", 9)
+        ));
+        assert!(status_changed(
+            Some(&status("a", "m", 0)),
+            &status("a", "n", 0)
+        ));
+    }
+
+    #[test]
+    fn log_floor() {
+        assert_eq!(log_retention_floor(5, 10_000), 0);
+        assert_eq!(log_retention_floor(10_001, 10_000), 1);
+        assert_eq!(log_retention_floor(20_000, 10_000), 10_000);
+    }
+}
