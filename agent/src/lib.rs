@@ -4,11 +4,14 @@
 //! with the agents issue.
 
 pub mod agent_config;
+pub mod agent_service;
 pub mod auth;
 pub mod controller_service;
 pub mod http;
 pub mod identity;
 pub mod init;
+pub mod machine;
 pub mod model_service;
 pub mod node;
 pub mod pki;
+pub mod presence;

@@ -673,12 +673,25 @@ impl ModelService {
         let message = request.into_inner();
         let model = self.resolve(&caller, message.model.as_ref())?;
         Self::require(&caller, &model, Access::Read, "read its status")?;
-        let description = self
-            .handle
-            .state()
+        let state = self.handle.state();
+        let mut description = state
             .model_description(&model.uuid)
             .map_err(storage_error)?
             .unwrap_or_default();
+        // Machine agent status comes from presence, computed now from every node's record.
+        let seen = state.model_presence(&model.uuid).map_err(storage_error)?;
+        let interval = crate::presence::heartbeat_interval(
+            &state.try_controller_config().map_err(storage_error)?,
+        );
+        let now = now_unix_ms();
+        for machine in &mut description.machines {
+            machine.agent_status = Some(crate::presence::machine_agent_status(
+                machine.agent_status.as_ref(),
+                seen.get(&machine.id).copied(),
+                now,
+                interval,
+            ));
+        }
         Ok(Response::new(pb::FullStatus {
             model: Some(self.model_info(model)?),
             machines: description.machines,
@@ -686,7 +699,7 @@ impl ModelService {
             units: description.units,
             relations: description.relations,
             notes: String::new(),
-            now_unix_ms: now_unix_ms(),
+            now_unix_ms: now,
         }))
     }
 

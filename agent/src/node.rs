@@ -15,10 +15,12 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, instrument, warn};
 
+use crate::agent_service::AgentService;
 use crate::controller_service::ControllerService;
 use crate::http;
 use crate::identity::DataDir;
 use crate::pki::{self, CertKeyPem};
+use crate::presence::{run_presence, PresenceTable};
 
 /// Largest client request a node accepts.
 const CLIENT_MESSAGE_BYTES_MAX: usize = 16 * 1024 * 1024;
@@ -104,12 +106,19 @@ pub async fn run(
         ControllerService::new(handle.clone(), identity.clone(), auth_file, ca.clone()),
     )
     .max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX);
+    // Agents' watch streams end on `stop`, so the server's graceful shutdown is not held up.
+    let presence = std::sync::Arc::new(PresenceTable::new());
+    let agents = AgentService::new(handle.clone(), presence.clone(), stop.clone())
+        .into_server()
+        .max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX);
+    let presence_task = tokio::spawn(run_presence(handle.clone(), presence, stop.clone()));
     let grpc = tonic::transport::Server::builder()
         .tls_config(pki::server_tls(&ca.cert, &node_cert))
         .context("invalid TLS configuration")?
         .tcp_nodelay(true)
         .add_service(RaftService::new(handle.clone()).into_server())
         .add_service(controller)
+        .add_service(agents)
         .add_service(health_service)
         .add_service(reflection)
         .serve_with_incoming_shutdown(
@@ -163,6 +172,9 @@ pub async fn run(
     }
     if let Err(e) = http_task.await {
         warn!(error = %e, "side port task failed");
+    }
+    if let Err(e) = presence_task.await {
+        warn!(error = %e, "presence task failed");
     }
     handle.shutdown().await;
     info!("stopped");

@@ -1,1 +1,16 @@
-//! placeholder
+//! Multi-process tests and benchmark tooling for Starling: a harness that runs real `ctld`
+//! processes on loopback ([`LocalCluster`]), the clients the tests and the load generator use,
+//! and the registration file `ctld init` writes.
+//!
+//! Everything here talks only to 127.0.0.1 and bounds every wait with a deadline.
+
+pub mod bins;
+pub mod client;
+pub mod local_cluster;
+pub mod registration;
+pub mod seed;
+
+pub use bins::Bins;
+pub use client::{controller_client, tls_channel, AuthedControllerClient, BearerToken};
+pub use local_cluster::{ClusterOptions, LocalCluster};
+pub use registration::Registration;

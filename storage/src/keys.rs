@@ -15,6 +15,8 @@
 //! | `m/<uuid>/rel/<be u64 id>` | `model.Relation` |
 //! | `m/<uuid>/hist/<entity>` | `model.StatusHistory` (`unit-web-0`, `unit-web-0/agent`, `machine-0`, ...) |
 //! | `m/<uuid>/log/<be u64 seq>` | `model.LogRecord` |
+//! | `m/<uuid>/agentseq/<be u64 machine>` | be u64: the last `AgentReport` status `seq` applied for the machine |
+//! | `presence/<be u64 node id>` | `model.NodePresence`: the agents heartbeating to that node |
 //! | `mname/<owner>/<name>` | the model's uuid (UTF-8): the name index |
 //! | `user/<name>` | `model.User` |
 //! | `blob/<digest>` | `model.Blob`: a complete, verified blob |
@@ -145,6 +147,19 @@ pub fn log_prefix(uuid: &str) -> Vec<u8> {
 /// One model-log record.
 pub fn log_key(uuid: &str, seq: u64) -> Vec<u8> {
     join(&log_prefix(uuid), &seq.to_be_bytes())
+}
+
+/// The last applied agent-report sequence number of one machine.
+pub fn agent_seq_key(uuid: &str, machine: u64) -> Vec<u8> {
+    join(&model_key(uuid, b"agentseq/"), &machine.to_be_bytes())
+}
+
+/// Every node's presence record.
+pub const PRESENCE_PREFIX: &[u8] = b"presence/";
+
+/// One node's presence record.
+pub fn presence_key(node_id: u64) -> Vec<u8> {
+    join(PRESENCE_PREFIX, &node_id.to_be_bytes())
 }
 
 /// The model-name index.

@@ -4,7 +4,8 @@
 
 use prost::Message;
 use starling_proto::model::{
-    Application, Blob, BlobUpload, LogRecord, Machine, Model, Relation, StatusHistory, Unit, User,
+    Application, Blob, BlobUpload, LogRecord, Machine, Model, NodePresence, Relation,
+    StatusHistory, Unit, User,
 };
 
 use crate::keys;
@@ -221,4 +222,41 @@ pub fn read_blob_range(
         out.extend_from_slice(&chunk[from..to]);
     }
     Ok(out)
+}
+
+/// The last `AgentReport` status sequence number applied for a machine (0 when none was).
+pub fn read_agent_seq(
+    state: &(impl StateRead + ?Sized),
+    uuid: &str,
+    machine: u64,
+) -> Result<u64, StorageError> {
+    let key = keys::agent_seq_key(uuid, machine);
+    match state.get(&key)? {
+        Some(bytes) => {
+            Ok(u64::from_be_bytes(bytes.as_slice().try_into().map_err(
+                |_| StorageError::corrupt("state", &key, "not a be u64"),
+            )?))
+        }
+        None => Ok(0),
+    }
+}
+
+/// Every node's presence record, by node id.
+pub fn read_presence(state: &(impl StateRead + ?Sized)) -> Result<Vec<NodePresence>, StorageError> {
+    read_records(state, keys::PRESENCE_PREFIX)
+}
+
+/// The newest heartbeat any node recorded for each machine of model `uuid`, by machine id.
+pub fn read_model_presence(
+    state: &(impl StateRead + ?Sized),
+    uuid: &str,
+) -> Result<std::collections::BTreeMap<String, i64>, StorageError> {
+    let mut newest = std::collections::BTreeMap::new();
+    for record in read_presence(state)? {
+        for entry in record.entries.into_iter().filter(|e| e.model_uuid == uuid) {
+            let seen = newest.entry(entry.machine_id).or_insert(i64::MIN);
+            *seen = (*seen).max(entry.last_seen_unix_ms);
+        }
+    }
+    Ok(newest)
 }

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use starling_proto::model::{Blob, LogRecord, Model, ModelDescription, User};
+use starling_proto::model::{Blob, LogRecord, Machine, Model, ModelDescription, Unit, User};
 use starling_storage::state::read_effective_config;
 use starling_storage::{records, StateRead, StorageError as BackendError};
 
@@ -125,5 +125,31 @@ impl StateView {
         Ok(self
             .model(uuid)?
             .map(|model| model.next_log_seq.saturating_sub(1)))
+    }
+
+    /// One machine of a model (`id` is its number).
+    pub fn machine(&self, uuid: &str, id: u64) -> Result<Option<Machine>, BackendError> {
+        records::read_machine(self.reader.as_ref(), uuid, id)
+    }
+
+    /// The newest heartbeat any node recorded for each machine of the model, by machine id
+    /// (machines never seen are absent).
+    pub fn model_presence(&self, uuid: &str) -> Result<BTreeMap<String, i64>, BackendError> {
+        records::read_model_presence(self.reader.as_ref(), uuid)
+    }
+
+    /// The last agent-report sequence number applied for a machine (0 when none was).
+    pub fn agent_seq(&self, uuid: &str, machine: u64) -> Result<u64, BackendError> {
+        records::read_agent_seq(self.reader.as_ref(), uuid, machine)
+    }
+
+    /// One unit of a model (`web/3` is application `web`, number 3).
+    pub fn unit(
+        &self,
+        uuid: &str,
+        application: &str,
+        number: u64,
+    ) -> Result<Option<Unit>, BackendError> {
+        records::read_unit(self.reader.as_ref(), uuid, application, number)
     }
 }

@@ -13,12 +13,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use sha2::{Digest, Sha256};
 use starling_proto::command::{self as cmd, command::Op, Command, CommandResult};
 use starling_proto::model::{
-    Access, Application, Blob, BlobUpload, Life, LogRecord, Machine, Model, Relation, Status,
-    StatusHistory, Unit, User,
+    Access, Application, Blob, BlobUpload, Life, LogRecord, Machine, Model, NodePresence, Relation,
+    Status, StatusHistory, Unit, User,
 };
 
 use super::{model_error_result, ok_result_with};
 use crate::keys;
+use crate::model::agent::{self as agent_rules, Ownership};
 use crate::model::deployment::{self, MODEL_LOG_MAX_RECORDS_DEFAULT, STATUS_HISTORY_SIZE_DEFAULT};
 use crate::model::names::{self, Entity};
 use crate::model::{access, charm, relation, ModelError};
@@ -38,6 +39,10 @@ pub const LOG_RECORDS_PER_COMMAND_MAX: usize = 1000;
 pub const LOG_MESSAGE_BYTES_MAX: usize = 16 * 1024;
 /// Largest status message.
 pub const STATUS_MESSAGE_BYTES_MAX: usize = 4096;
+/// Most status reports one `AgentReport` carries.
+pub const AGENT_REPORTS_PER_COMMAND_MAX: usize = 1000;
+/// Most entries one `RenewPresence` carries.
+pub const PRESENCE_ENTRIES_PER_COMMAND_MAX: usize = 100_000;
 
 /// Why a model command did not succeed.
 enum Refusal {
@@ -92,6 +97,8 @@ pub(super) fn apply_model_op<R: StateRead + ?Sized>(
         Op::CommitBlob(commit) => tx.commit_blob(commit),
         Op::AddUser(add) => tx.add_user(add),
         Op::SetModelAccess(set) => tx.set_model_access(set),
+        Op::AgentReport(report) => tx.agent_report(report),
+        Op::RenewPresence(renew) => tx.renew_presence(renew),
     };
     match outcome {
         Ok(ok) => Ok((ok_result_with(ok), tx.state.into_writes())),
@@ -256,6 +263,7 @@ impl<R: StateRead + ?Sized> Tx<'_, '_, R> {
         deployment::check_remove_machine(&machine.id, names, remove.force)?;
         let removed = self.remove_units(&model.uuid, &on_machine)?;
         self.state.delete(keys::machine_key(&model.uuid, number));
+        self.state.delete(keys::agent_seq_key(&model.uuid, number));
         self.state.delete(keys::history_key(
             &model.uuid,
             &Entity::Machine(number).to_string(),
@@ -824,6 +832,117 @@ impl<R: StateRead + ?Sized> Tx<'_, '_, R> {
             created_unix_ms: self.now_ms,
         };
         self.put(keys::user_key(&user.name), &user);
+        Ok(cmd::Ok::default())
+    }
+
+    /// How the agent of machine `machine` relates to `entity` (a status or log entity name).
+    fn ownership(&self, uuid: &str, machine: u64, entity: &str) -> Result<Ownership, Refusal> {
+        let parsed = names::parse_entity(entity)?;
+        let unit_machine = match &parsed {
+            Entity::Unit {
+                application,
+                number,
+            } => records::read_unit(&self.state, uuid, application, *number)?.map(|u| u.machine),
+            _ => None,
+        };
+        Ok(agent_rules::entity_ownership(
+            &parsed,
+            machine,
+            unit_machine.as_deref(),
+        ))
+    }
+
+    fn agent_report(&mut self, report: &cmd::AgentReport) -> Outcome {
+        let model = self.model(&report.model_uuid)?;
+        let (machine, _) = self.machine(&model.uuid, &report.machine_id)?;
+        if report.reports.len() > AGENT_REPORTS_PER_COMMAND_MAX {
+            return Err(ModelError::invalid(format!(
+                "{} status reports given, at most {AGENT_REPORTS_PER_COMMAND_MAX} per command",
+                report.reports.len()
+            ))
+            .into());
+        }
+        // Every entity is checked before anything is applied, so a foreign one refuses it all.
+        let entities = report
+            .reports
+            .iter()
+            .map(|r| r.entity.as_str())
+            .chain(report.logs.iter().map(|l| l.entity.as_str()));
+        let mut gone = BTreeSet::new();
+        for entity in entities {
+            match self.ownership(&model.uuid, machine, entity)? {
+                Ownership::Own => {}
+                Ownership::Gone => {
+                    gone.insert(entity.to_owned());
+                }
+                Ownership::Foreign => {
+                    return Err(ModelError::NotAgentEntity {
+                        machine: report.machine_id.clone(),
+                        entity: entity.to_owned(),
+                    }
+                    .into())
+                }
+            }
+        }
+        let last = records::read_agent_seq(&self.state, &model.uuid, machine)?;
+        let seqs: Vec<u64> = report.reports.iter().map(|r| r.seq).collect();
+        let mut applied = last;
+        for position in agent_rules::reports_to_apply(last, &seqs) {
+            let status = &report.reports[position];
+            applied = applied.max(status.seq);
+            if gone.contains(&status.entity) {
+                continue;
+            }
+            self.set_status(&cmd::SetStatus {
+                model_uuid: model.uuid.clone(),
+                entity: status.entity.clone(),
+                kind: status.kind.clone(),
+                status: status.status.clone(),
+            })?;
+        }
+        if applied != last {
+            self.state.put(
+                keys::agent_seq_key(&model.uuid, machine),
+                applied.to_be_bytes().to_vec(),
+            );
+        }
+        let mut last_log_seq = 0;
+        if !report.logs.is_empty() {
+            last_log_seq = self
+                .append_log(&cmd::AppendLog {
+                    model_uuid: model.uuid.clone(),
+                    records: report.logs.clone(),
+                })?
+                .last_log_seq;
+        }
+        Ok(cmd::Ok {
+            applied_seq: applied,
+            last_log_seq,
+            ..Default::default()
+        })
+    }
+
+    fn renew_presence(&mut self, renew: &cmd::RenewPresence) -> Outcome {
+        if renew.entries.len() > PRESENCE_ENTRIES_PER_COMMAND_MAX {
+            return Err(ModelError::invalid(format!(
+                "{} presence entries given, at most {PRESENCE_ENTRIES_PER_COMMAND_MAX} per command",
+                renew.entries.len()
+            ))
+            .into());
+        }
+        let key = keys::presence_key(renew.node_id);
+        // A delayed retry must not replace a newer record of the same node.
+        if let Some(stored) = records::read_record::<NodePresence>(&self.state, &key)? {
+            if stored.renewed_unix_ms > self.now_ms {
+                return Ok(cmd::Ok::default());
+            }
+        }
+        let record = NodePresence {
+            node_id: renew.node_id,
+            entries: renew.entries.clone(),
+            renewed_unix_ms: self.now_ms,
+        };
+        self.put(key, &record);
         Ok(cmd::Ok::default())
     }
 

@@ -3,6 +3,7 @@
 //! Time comes in as the command's `proposed_unix_ms`, never from a clock.
 
 pub mod access;
+pub mod agent;
 pub mod charm;
 pub mod controller_config;
 pub mod deployment;
@@ -256,6 +257,14 @@ pub enum ModelError {
         /// The owner.
         user: String,
     },
+    /// A machine agent reported about something that is not its machine or a unit on it.
+    #[error("the agent of machine {machine} may not report about {entity}")]
+    NotAgentEntity {
+        /// The reporting machine.
+        machine: String,
+        /// The entity it named.
+        entity: String,
+    },
     /// The caller's access to the model is too low.
     #[error("user {user:?} needs {needed} access to model {model:?}")]
     PermissionDenied {
@@ -302,7 +311,7 @@ impl ModelError {
             | BlobChunkOutOfOrder { .. }
             | BlobNotStaged { .. }
             | OwnerAccess { .. } => ErrorKind::FailedPrecondition,
-            PermissionDenied { .. } => ErrorKind::PermissionDenied,
+            PermissionDenied { .. } | NotAgentEntity { .. } => ErrorKind::PermissionDenied,
         }
     }
 

@@ -1,0 +1,446 @@
+//! `Session`: the machine agent's connection to its controller. Dials the endpoints in turn
+//! (backoff 100ms..5s with jitter), keeps one Watch stream open and forwards every
+//! `AgentUpdate`, heartbeats, flushes the report outbox in order, and follows a redirect to
+//! another controller by rewriting the agent config. Network trouble is never fatal; a refused
+//! credential is.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use starling_proto::agent::agent_client::AgentClient;
+use starling_proto::agent::{AgentUpdate, HeartbeatRequest, Redirect, ReportRequest, WatchRequest};
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tonic::metadata::{AsciiMetadataValue, MetadataMap};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use tonic::{Code, Request, Status};
+use tracing::{info, warn};
+
+use super::context::AgentContext;
+use super::reports::status;
+use crate::agent_config::AgentConfig;
+use crate::identity::write_yaml;
+
+/// Deadline of one unary call.
+pub const RPC_TIMEOUT: Duration = Duration::from_secs(10);
+/// Deadline of a TCP + TLS connect.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Heartbeat period until the controller says otherwise.
+pub const HEARTBEAT_DEFAULT: Duration = Duration::from_secs(5);
+/// Reconnect backoff bounds.
+pub const RECONNECT_MIN: Duration = Duration::from_millis(100);
+/// Reconnect backoff bounds.
+pub const RECONNECT_MAX: Duration = Duration::from_secs(5);
+/// How often the outbox is retried even without news.
+const FLUSH_PERIOD: Duration = Duration::from_secs(1);
+/// Batches sent per flush before the session looks at its stream again.
+const FLUSH_BATCHES_MAX: usize = 8;
+
+/// Exponential backoff with jitter: each delay is drawn from [d/2, d], d doubling up to `max`.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    min: Duration,
+    max: Duration,
+    current: Duration,
+}
+
+impl Backoff {
+    /// A backoff starting at `min`.
+    pub fn new(min: Duration, max: Duration) -> Self {
+        Self {
+            min,
+            max,
+            current: min,
+        }
+    }
+
+    /// The next delay.
+    pub fn next_delay(&mut self) -> Duration {
+        let upper = self.current;
+        self.current = (self.current * 2).min(self.max);
+        let half = upper / 2;
+        half + upper.mul_f64(rand::random::<f64>() * 0.5)
+    }
+
+    /// The next delay without jitter (restart delays are shown to the operator).
+    pub fn next_plain(&mut self) -> Duration {
+        let delay = self.current;
+        self.current = (self.current * 2).min(self.max);
+        delay
+    }
+
+    /// Back to `min`.
+    pub fn reset(&mut self) {
+        self.current = self.min;
+    }
+}
+
+/// The agent's credentials as call metadata.
+#[derive(Debug, Clone)]
+struct AuthMetadata {
+    authorization: AsciiMetadataValue,
+    model_uuid: AsciiMetadataValue,
+    machine_id: AsciiMetadataValue,
+}
+
+impl AuthMetadata {
+    fn new(config: &AgentConfig) -> Result<Self> {
+        Ok(Self {
+            authorization: format!("Bearer {}", config.credential)
+                .parse()
+                .context("the agent config's credential is not printable ASCII")?,
+            model_uuid: config
+                .model_uuid
+                .parse()
+                .context("the agent config's model-uuid is not printable ASCII")?,
+            machine_id: config
+                .machine_id
+                .parse()
+                .context("the agent config's machine-id is not printable ASCII")?,
+        })
+    }
+
+    fn apply(&self, metadata: &mut MetadataMap) {
+        metadata.insert("authorization", self.authorization.clone());
+        metadata.insert("x-model-uuid", self.model_uuid.clone());
+        metadata.insert("x-machine-id", self.machine_id.clone());
+    }
+}
+
+/// A connected client plus the agent's auth metadata.
+#[derive(Debug, Clone)]
+pub struct ControllerCaller {
+    client: AgentClient<Channel>,
+    auth: Arc<AuthMetadata>,
+}
+
+impl ControllerCaller {
+    /// The gRPC client (cheap clone of one channel).
+    pub fn client(&self) -> AgentClient<Channel> {
+        self.client.clone()
+    }
+
+    /// `message` with the auth metadata.
+    pub fn request<T>(&self, message: T) -> Request<T> {
+        let mut request = Request::new(message);
+        self.auth.apply(request.metadata_mut());
+        request
+    }
+}
+
+/// Checks what the session needs from the config before it starts (fatal when wrong).
+pub fn validate_config(config: &AgentConfig) -> Result<()> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+    AuthMetadata::new(config)?;
+    if config.api_endpoints.is_empty() {
+        bail!("the agent config has no api-endpoints");
+    }
+    let certs = CertificateDer::pem_slice_iter(config.ca_cert.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| anyhow::anyhow!("the agent config's ca-cert is not valid PEM: {e}"))?;
+    if certs.is_empty() {
+        bail!("the agent config's ca-cert holds no certificate");
+    }
+    Ok(())
+}
+
+/// Why a connection ended.
+enum Ended {
+    /// Try again (another endpoint, after a backoff).
+    Retry(String),
+    /// The model moved: the config now names the new controller.
+    Redirected,
+}
+
+/// The controller connection.
+pub struct Session {
+    ctx: Arc<AgentContext>,
+    config_path: PathBuf,
+    config: AgentConfig,
+    updates: watch::Sender<Option<AgentUpdate>>,
+    known_revision: u64,
+    heartbeat: Duration,
+}
+
+impl Session {
+    /// A session for `config` (read from `config_path`), publishing updates on `updates`.
+    pub fn new(
+        ctx: Arc<AgentContext>,
+        config_path: PathBuf,
+        config: AgentConfig,
+        updates: watch::Sender<Option<AgentUpdate>>,
+    ) -> Self {
+        Self {
+            ctx,
+            config_path,
+            config,
+            updates,
+            known_revision: 0,
+            heartbeat: HEARTBEAT_DEFAULT,
+        }
+    }
+
+    /// Runs until the controller refuses the credential (the error) or the task is dropped.
+    pub async fn run(mut self) -> Result<()> {
+        let mut backoff = Backoff::new(RECONNECT_MIN, RECONNECT_MAX);
+        let mut endpoint_idx = 0usize;
+        loop {
+            let endpoints = self.config.api_endpoints.clone();
+            let endpoint = endpoints[endpoint_idx % endpoints.len()].clone();
+            let auth = Arc::new(AuthMetadata::new(&self.config)?);
+            let ended = match connect(&endpoint, &self.config.ca_cert).await {
+                Ok(channel) => {
+                    let caller = ControllerCaller {
+                        client: AgentClient::new(channel),
+                        auth,
+                    };
+                    let ended = self.serve(&endpoint, caller, &mut backoff).await;
+                    self.ctx.set_caller(None);
+                    ended?
+                }
+                Err(reason) => Ended::Retry(reason),
+            };
+            match ended {
+                Ended::Redirected => {
+                    backoff.reset();
+                    endpoint_idx = 0;
+                }
+                Ended::Retry(reason) => {
+                    let delay = backoff.next_delay();
+                    warn!(
+                        controller = %self.config.controller_name,
+                        endpoint = %endpoint,
+                        %reason,
+                        retry_in_ms = delay.as_millis() as u64,
+                        "controller connection lost; workloads keep running"
+                    );
+                    endpoint_idx = endpoint_idx.wrapping_add(1);
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+    }
+
+    /// One connection: Watch stream, heartbeats, report flushing.
+    async fn serve(
+        &mut self,
+        endpoint: &str,
+        caller: ControllerCaller,
+        backoff: &mut Backoff,
+    ) -> Result<Ended> {
+        let mut client = caller.client();
+        let watch = tokio::time::timeout(
+            RPC_TIMEOUT,
+            client.watch(caller.request(WatchRequest {
+                known_revision: self.known_revision,
+            })),
+        )
+        .await;
+        let mut stream = match watch {
+            Err(_) => return Ok(Ended::Retry("Watch timed out".into())),
+            Ok(Err(status)) => return classify(status, "Watch"),
+            Ok(Ok(response)) => response.into_inner(),
+        };
+        info!(controller = %self.config.controller_name, %endpoint, "connected to the controller");
+        self.ctx.set_caller(Some(caller.clone()));
+        self.ctx
+            .report_status(&self.ctx.machine_entity(), "agent", status("started", ""));
+        let mut heartbeat =
+            tokio::time::interval_at(Instant::now() + self.heartbeat, self.heartbeat);
+        let mut flush_tick = tokio::time::interval(FLUSH_PERIOD);
+        loop {
+            tokio::select! {
+                message = stream.message() => match message {
+                    Ok(Some(update)) => {
+                        backoff.reset();
+                        if let Some(redirect) = update.redirect.as_ref().filter(|r| !r.api_endpoints.is_empty()) {
+                            self.follow_redirect(redirect)?;
+                            return Ok(Ended::Redirected);
+                        }
+                        self.known_revision = update.revision;
+                        if let Some(period) = heartbeat_period(update.heartbeat_interval_ms) {
+                            if period != self.heartbeat {
+                                self.heartbeat = period;
+                                heartbeat = tokio::time::interval_at(Instant::now() + period, period);
+                            }
+                        }
+                        self.updates.send_replace(Some(update));
+                    }
+                    Ok(None) => return Ok(Ended::Retry("the Watch stream ended".into())),
+                    Err(status) => return classify(status, "Watch"),
+                },
+                _ = heartbeat.tick() => {
+                    let mut client = caller.client();
+                    let call = client.heartbeat(caller.request(HeartbeatRequest {}));
+                    match tokio::time::timeout(RPC_TIMEOUT, call).await {
+                        Err(_) => return Ok(Ended::Retry("Heartbeat timed out".into())),
+                        Ok(Err(status)) => return classify(status, "Heartbeat"),
+                        Ok(Ok(response)) => {
+                            let period = heartbeat_period(response.into_inner().heartbeat_interval_ms);
+                            if let Some(period) = period.filter(|p| *p != self.heartbeat) {
+                                self.heartbeat = period;
+                                heartbeat = tokio::time::interval_at(Instant::now() + period, period);
+                            }
+                        }
+                    }
+                }
+                _ = self.ctx.outbox_ready.notified() => {
+                    if let Some(ended) = self.flush(&caller).await? {
+                        return Ok(ended);
+                    }
+                }
+                _ = flush_tick.tick() => {
+                    if let Some(ended) = self.flush(&caller).await? {
+                        return Ok(ended);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends queued reports in order until the outbox is empty (bounded per call).
+    async fn flush(&self, caller: &ControllerCaller) -> Result<Option<Ended>> {
+        for _ in 0..FLUSH_BATCHES_MAX {
+            let (reports, logs) = self.ctx.with_outbox(|o| o.batch());
+            if reports.is_empty() && logs.is_empty() {
+                return Ok(None);
+            }
+            let logs_sent = logs.len();
+            let last_seq = reports.last().map(|r| r.seq);
+            let mut client = caller.client();
+            let call = client.report(caller.request(ReportRequest { reports, logs }));
+            match tokio::time::timeout(RPC_TIMEOUT, call).await {
+                Err(_) => return Ok(Some(Ended::Retry("Report timed out".into()))),
+                Ok(Err(status)) => return classify(status, "Report").map(Some),
+                Ok(Ok(response)) => {
+                    let applied_seq = response.into_inner().applied_seq;
+                    self.ctx
+                        .with_outbox(|o| o.acknowledge(applied_seq, logs_sent));
+                    if last_seq.is_some_and(|seq| applied_seq < seq) {
+                        // The controller kept some back; try again on the next tick.
+                        return Ok(None);
+                    }
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Rewrites the agent config for the new controller (model, machine and credential stay).
+    fn follow_redirect(&mut self, redirect: &Redirect) -> Result<()> {
+        let mut config = self.config.clone();
+        config.controller_name = redirect.controller_name.clone();
+        config.controller_uuid = redirect.controller_uuid.clone();
+        config.api_endpoints = redirect.api_endpoints.clone();
+        if !redirect.ca_cert.is_empty() {
+            config.ca_cert = redirect.ca_cert.clone();
+        }
+        validate_config(&config).context("the redirect names an unusable controller")?;
+        write_yaml(&self.config_path, &config, 0o600).with_context(|| {
+            format!(
+                "cannot rewrite the agent config {}",
+                self.config_path.display()
+            )
+        })?;
+        info!(
+            from = %self.config.controller_name,
+            to = %config.controller_name,
+            endpoints = ?config.api_endpoints,
+            "the model moved: following it to the new controller"
+        );
+        self.config = config;
+        self.known_revision = 0;
+        Ok(())
+    }
+}
+
+fn heartbeat_period(ms: u64) -> Option<Duration> {
+    (ms > 0).then(|| Duration::from_millis(ms.clamp(100, 60_000)))
+}
+
+/// Unauthenticated is fatal (the credential will not start working by itself); anything else
+/// is a reason to reconnect.
+fn classify(status: Status, call: &str) -> Result<Ended> {
+    if status.code() == Code::Unauthenticated {
+        bail!(
+            "the controller refused the agent's credential ({call}: {}); the machine may have been removed or the agent config is stale",
+            status.message()
+        );
+    }
+    Ok(Ended::Retry(format!(
+        "{call}: {:?}: {}",
+        status.code(),
+        status.message()
+    )))
+}
+
+async fn connect(endpoint: &str, ca_cert: &str) -> Result<Channel, String> {
+    let host = endpoint
+        .strip_prefix('[')
+        .and_then(|rest| rest.split_once(']').map(|(h, _)| h))
+        .or_else(|| endpoint.rsplit_once(':').map(|(h, _)| h))
+        .unwrap_or(endpoint)
+        .to_string();
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(ca_cert))
+        .domain_name(host);
+    let channel = Endpoint::from_shared(format!("https://{endpoint}"))
+        .map_err(|e| format!("invalid endpoint \"{endpoint}\": {e}"))?
+        .tls_config(tls)
+        .map_err(|e| format!("invalid TLS configuration: {e}"))?
+        .connect_timeout(CONNECT_TIMEOUT)
+        // Finds a dead controller under a quiet Watch stream.
+        .http2_keep_alive_interval(Duration::from_secs(5))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .keep_alive_while_idle(true)
+        .connect()
+        .await
+        .map_err(|e| error_chain(&e))?;
+    Ok(channel)
+}
+
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        let msg = err.to_string();
+        if !msg.is_empty() && !parts.iter().any(|p| p.contains(&msg)) {
+            parts.push(msg);
+        }
+        cur = err.source();
+    }
+    parts.join(": ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_with_jitter_and_resets() {
+        let mut backoff = Backoff::new(RECONNECT_MIN, RECONNECT_MAX);
+        for _ in 0..20 {
+            let delay = backoff.next_delay();
+            assert!(
+                delay >= RECONNECT_MIN / 2 && delay <= RECONNECT_MAX,
+                "{delay:?}"
+            );
+        }
+        assert_eq!(backoff.current, RECONNECT_MAX);
+        backoff.reset();
+        assert_eq!(backoff.next_plain(), RECONNECT_MIN);
+        assert_eq!(backoff.next_plain(), RECONNECT_MIN * 2);
+    }
+
+    #[test]
+    fn unauthenticated_is_fatal_unavailable_is_not() {
+        assert!(classify(Status::unauthenticated("bad credential"), "Watch").is_err());
+        assert!(matches!(
+            classify(Status::unavailable("no leader"), "Watch"),
+            Ok(Ended::Retry(_))
+        ));
+    }
+}

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The test command of CI and of newcomers: builds the binaries the process-level tests run, then
+# runs every test of the workspace (nextest when installed, else cargo test). Extra arguments are
+# passed to the test runner, e.g. `scripts/test.sh -p starling-cluster-tests acknowledged_writes`
+# (with -p/--package only those packages run).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+echo "==> cargo build --workspace --bins"
+cargo build --workspace --bins
+
+# The whole workspace unless the caller picked packages.
+scope=(--workspace)
+for arg in "$@"; do
+    case "$arg" in -p | --package | -p=* | --package=*) scope=() ;; esac
+done
+
+if cargo nextest --version >/dev/null 2>&1; then
+    profile=default
+    [[ "${CI:-}" != "true" ]] || profile=ci
+    echo "==> cargo nextest run ${scope[*]} --no-fail-fast --profile $profile $*"
+    exec cargo nextest run "${scope[@]}" --no-fail-fast --profile "$profile" "$@"
+else
+    echo "==> cargo-nextest not installed; cargo test ${scope[*]} --no-fail-fast $*"
+    exec cargo test "${scope[@]}" --no-fail-fast "$@"
+fi
