@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# A guided tour: two local controllers, a config write, the leader of one SIGKILLed, a new leader
-# elected, the write still there, the killed node back. Everything it starts lives in temporary
+# A guided tour: two local controllers; a model on alpha with two machine agents running a
+# deployed application; the leader of alpha SIGKILLed while the workloads keep running, a new
+# leader elected, nothing lost, the killed node back. Everything it starts lives in temporary
 # dirs (its own CTL_DATA and STARLING_WORK) and is stopped on exit, whatever happens.
 #
 #   scripts/demo.sh            (STARLING_BIN_DIR to use prebuilt binaries and skip the build)
@@ -18,16 +19,26 @@ fi
 ctl="$STARLING_BIN_DIR/ctl"
 need_bin "$ctl"
 need_bin "$STARLING_BIN_DIR/ctld"
+need_bin "$STARLING_BIN_DIR/agentd"
 
 demo_dir="$(mktemp -d "${TMPDIR:-/tmp}/starling-demo.XXXXXX")"
 export STARLING_WORK="$demo_dir/work"
 export CTL_DATA="$demo_dir/ctl"
 unset CTL_CONTROLLER CTL_MODEL
 started=()
+agent_pids=()
+agent_dirs=()
 cleanup() {
-    local rc=$? name
+    local rc=$? name pid dir
     echo
-    echo "==> Cleaning up: stopping ${started[*]:-nothing}"
+    echo "==> Cleaning up: stopping agents ${agent_pids[*]:-none}, their workloads, and ${started[*]:-nothing}"
+    for pid in "${agent_pids[@]+"${agent_pids[@]}"}"; do
+        kill -TERM "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
+    for dir in "${agent_dirs[@]+"${agent_dirs[@]}"}"; do
+        stop_workloads "$dir"
+    done
     for name in "${started[@]+"${started[@]}"}"; do
         "$scripts/stop-cluster.sh" "$name" || rc=1
     done
@@ -54,6 +65,39 @@ run "$ctl" controllers
 step "Controller alpha: its Raft group"
 run "$ctl" show-controller alpha
 
+step "A model on alpha with two machines, each running its own agentd"
+run "$ctl" controller-config -c alpha agent-heartbeat-interval=1s
+run "$ctl" add-model -c alpha demo
+for machine in 0 1; do
+    config="$demo_dir/agent-$machine.yaml"
+    run "$ctl" add-machine --agent-config "$config"
+    "$STARLING_BIN_DIR/agentd" --config "$config" --data-dir "$demo_dir/machine-$machine" \
+        2>"$demo_dir/agentd-$machine.log" &
+    agent_pids+=($!)
+    agent_dirs+=("$demo_dir/machine-$machine")
+    echo "agentd for machine $machine: pid $!, log $demo_dir/agentd-$machine.log"
+done
+
+step "Deploying the counter charm with a unit on each machine"
+run "$ctl" deploy "$scripts/charms/counter" --to 0,1
+wait_for_active() {
+    local deadline=$((SECONDS + 90))
+    until "$ctl" status --format json | python3 -c 'import json,sys
+s = json.load(sys.stdin)
+units = [u for a in s["applications"].values() for u in a.get("units", {}).values()]
+ok = units and all(u["workload-status"]["current"] == "active" for u in units)
+ok = ok and all(m["agent-status"]["current"] == "started" for m in s["machines"].values())
+sys.exit(0 if ok else 1)'; do
+        ((SECONDS < deadline)) || die "units did not become active within 90s (see $demo_dir/agentd-*.log)"
+        sleep 1
+    done
+}
+wait_for_active
+run "$ctl" status
+workload_pid="$(workload_pids "$demo_dir/machine-0" | head -n 1)"
+counter_log="$(ls "$demo_dir"/machine-0/units/*/counter.log | head -n 1)"
+echo "counter/0 runs as pid $workload_pid and has written $(wc -l <"$counter_log") lines to $counter_log"
+
 step "Writing a controller-config value on alpha"
 run "$ctl" controller-config -c alpha custom.greeting="hello from the demo"
 run "$ctl" controller-config -c alpha custom.greeting
@@ -76,6 +120,12 @@ done
 [[ -n "$new_leader" ]] || die "no new leader after 60s"
 echo "new leader: node $new_leader"
 run "$ctl" show-controller alpha
+
+step "The workloads never stopped: same pid, still counting"
+kill -0 "$workload_pid" || die "workload pid $workload_pid is gone"
+echo "counter/0 still runs as pid $workload_pid; $(wc -l <"$counter_log") lines now"
+wait_for_active
+run "$ctl" status
 
 step "The value written before the failover is still there"
 value="$("$ctl" controller-config -c alpha custom.greeting)"

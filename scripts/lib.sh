@@ -154,3 +154,31 @@ print("" if c.get("leader") is None else c["leader"])' <<<"$out" 2>/dev/null || 
     done
     return 1
 }
+
+# Prints the pids (= process group ids) of the workloads an agentd data dir records, one per line.
+workload_pids() {
+    local state="$1/state.json"
+    [[ -f "$state" ]] || return 0
+    python3 - "$state" <<'PY'
+import json, sys
+for unit in json.load(open(sys.argv[1])).get("units", {}).values():
+    workload = unit.get("workload") or {}
+    if workload.get("pid"):
+        print(workload["pid"])
+PY
+}
+
+# Stops the workload process groups recorded in an agentd data dir (they outlive agentd by design).
+stop_workloads() {
+    local pid
+    for pid in $(workload_pids "$1"); do
+        kill -TERM -- "-$pid" 2>/dev/null || true
+    done
+    for pid in $(workload_pids "$1"); do
+        for _ in 1 2 3 4 5 6 7 8 9 10; do
+            kill -0 -- "-$pid" 2>/dev/null || break
+            sleep 0.2
+        done
+        kill -KILL -- "-$pid" 2>/dev/null || true
+    done
+}

@@ -25,9 +25,9 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 use tracing::{debug, instrument};
 
-use crate::auth::hash_token;
+use crate::auth::{self, hash_token};
 use crate::controller_service::{command_result_status, now_unix_ms};
-use crate::model_service::blob_chunks;
+use crate::model_service::{blob_chunks, storage_error};
 use crate::presence::{heartbeat_interval, PresenceTable};
 
 /// The one answer to every credential failure: it does not say which part was wrong.
@@ -219,14 +219,6 @@ impl DesiredCache {
     }
 }
 
-fn storage_error(e: impl std::fmt::Display) -> Status {
-    Status::internal(format!("cannot read the controller state: {e}"))
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 /// The credential, model uuid and machine id an agent call carries.
 fn agent_metadata<T>(request: &Request<T>) -> Result<(String, String, String), Status> {
     let metadata = request.metadata();
@@ -339,7 +331,7 @@ impl AgentService {
         };
         let presented = hash_token(&credential);
         if machine.credential_sha256.is_empty()
-            || !constant_time_eq(presented.as_bytes(), machine.credential_sha256.as_bytes())
+            || !auth::constant_time_eq(presented.as_bytes(), machine.credential_sha256.as_bytes())
         {
             return Err(Status::unauthenticated(BAD_CREDENTIAL));
         }

@@ -14,6 +14,7 @@ use starling_proto::controller as pb;
 use starling_proto::model::{self as m, Access};
 use starling_raft::{propose_error_status, RaftHandle};
 use starling_storage::model::charm::parse_metadata;
+use starling_storage::model::deployment::derived_application_status;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{info, instrument};
 
@@ -39,7 +40,8 @@ pub struct ModelService {
     ca_cert: String,
 }
 
-fn storage_error(e: impl std::fmt::Display) -> Status {
+/// A failed read of the replicated state, as a status.
+pub(crate) fn storage_error(e: impl std::fmt::Display) -> Status {
     Status::internal(format!("cannot read the controller state: {e}"))
 }
 
@@ -691,6 +693,15 @@ impl ModelService {
                 now,
                 interval,
             ));
+        }
+        // An application shows the most severe status of its units, as in Juju.
+        for application in &mut description.applications {
+            let units: Vec<&m::Unit> = description
+                .units
+                .iter()
+                .filter(|u| u.application == application.name)
+                .collect();
+            application.status = derived_application_status(application.status.as_ref(), &units);
         }
         Ok(Response::new(pb::FullStatus {
             model: Some(self.model_info(model)?),

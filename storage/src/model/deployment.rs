@@ -15,6 +15,30 @@ pub const STATUS_HISTORY_SIZE_DEFAULT: usize = 20;
 /// Model-log records kept when the controller config does not say.
 pub const MODEL_LOG_MAX_RECORDS_DEFAULT: u64 = 10_000;
 
+/// How severe a workload status is, for deriving an application's status from its units
+/// (Juju's order: error over blocked over maintenance over waiting over active).
+fn severity(current: &str) -> u8 {
+    match current {
+        "error" => 5,
+        "blocked" => 4,
+        "maintenance" => 3,
+        "waiting" => 2,
+        "active" => 1,
+        _ => 0,
+    }
+}
+
+/// An application's status as its units make it: the most severe unit workload status (with
+/// that unit's message), or `stored` when the application has no units.
+pub fn derived_application_status(stored: Option<&Status>, units: &[&Unit]) -> Option<Status> {
+    units
+        .iter()
+        .filter_map(|u| u.workload_status.as_ref())
+        .max_by_key(|s| (severity(&s.current), s.since_unix_ms))
+        .cloned()
+        .or_else(|| stored.cloned())
+}
+
 /// Whether the model may be destroyed: never the controller model; with machines left, only
 /// with `force`.
 pub fn check_destroy_model(
@@ -160,6 +184,22 @@ pub fn log_retention_floor(next_seq: u64, max_records: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn application_status_is_its_most_severe_unit() {
+        let unit = |current: &str, since: i64| Unit {
+            workload_status: Some(status(current, current, since)),
+            ..Default::default()
+        };
+        let stored = status("waiting", "", 0);
+        let (a, b, c) = (unit("active", 5), unit("error", 1), unit("maintenance", 9));
+        let derived = derived_application_status(Some(&stored), &[&a, &b, &c]).unwrap();
+        assert_eq!(derived.current, "error");
+        let derived = derived_application_status(Some(&stored), &[&a]).unwrap();
+        assert_eq!(derived.current, "active");
+        let derived = derived_application_status(Some(&stored), &[]).unwrap();
+        assert_eq!(derived.current, "waiting");
+    }
 
     fn machine(life: Life) -> Machine {
         Machine {
