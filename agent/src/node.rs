@@ -34,6 +34,62 @@ pub struct RunOptions {
     pub timing: RaftTiming,
 }
 
+/// The name of the model every controller has; it holds controller-level state and is never
+/// migrated.
+pub const CONTROLLER_MODEL: &str = "controller";
+
+/// Creates the controller model once the group has a leader. Every bootstrap node tries; the
+/// fixed request id makes the first one win and the others no-ops, and a later attempt that
+/// finds the model (after its idempotency record was evicted) is refused harmlessly.
+async fn ensure_controller_model(
+    handle: RaftHandle,
+    identity: crate::identity::NodeIdentity,
+    stop: CancellationToken,
+) {
+    use starling_proto::command::{command, AddModel, Command};
+    let command = Command {
+        request_id: format!("bootstrap-controller-model-{}", identity.controller_uuid),
+        op: Some(command::Op::AddModel(AddModel {
+            // The controller model shares the controller's uuid.
+            uuid: identity.controller_uuid.clone(),
+            name: CONTROLLER_MODEL.into(),
+            owner: "admin".into(),
+            cloud: identity.cloud.clone(),
+            region: identity.region.clone(),
+            config: Default::default(),
+            agent_version: identity.version.clone(),
+        })),
+        proposed_unix_ms: crate::controller_service::now_unix_ms(),
+        caller: "admin".into(),
+    };
+    // Bounded: a group that has no leader for this long has bigger problems, and the next
+    // start of a bootstrap node tries again.
+    for _ in 0..60 {
+        if stop.is_cancelled() {
+            return;
+        }
+        match handle.state().model(&identity.controller_uuid) {
+            Ok(Some(_)) => return,
+            Ok(None) => {}
+            Err(e) => {
+                warn!(error = %e, "cannot read the controller model");
+                return;
+            }
+        }
+        match handle.propose(command.clone()).await {
+            Ok(_) => {
+                info!("controller model created");
+                return;
+            }
+            Err(e) => warn!(error = %e, "cannot create the controller model yet; retrying"),
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
 /// Runs the node until `shutdown` completes, then stops serving and shuts Raft down.
 #[instrument(skip_all, fields(data_dir = %options.data_dir.root().display()))]
 pub async fn run(
@@ -162,6 +218,11 @@ pub async fn run(
             .initialize_if_new(members)
             .await
             .context("cannot initialize the raft group")?;
+        tokio::spawn(ensure_controller_model(
+            handle.clone(),
+            identity.clone(),
+            stop.clone(),
+        ));
     }
 
     shutdown.await;

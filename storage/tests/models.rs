@@ -675,11 +675,17 @@ fn users_and_model_access() {
         Access::Write
     );
     h.ok(grant("bob", Access::Unspecified));
-    assert!(records::read_model(&h.store, UUID)
+    let users = records::read_model(&h.store, UUID)
         .expect("reads")
         .expect("exists")
-        .users
-        .is_empty());
+        .users;
+    assert!(users.iter().all(|u| u.name != "bob"), "{users:?}");
+    assert!(
+        users
+            .iter()
+            .any(|u| u.name == model.owner && u.access == Access::Admin as i32),
+        "the owner stays the model's admin: {users:?}"
+    );
 }
 
 #[test]
