@@ -169,7 +169,21 @@ impl ModelService {
             .map_err(|e| propose_error_status(&e))
     }
 
-    /// Proposes `op` for `caller` and waits until this node has applied it.
+    /// The model `model_ref` names, when the caller has `needed` access to it (to do `what`).
+    fn model_for(
+        &self,
+        caller: &Caller,
+        model_ref: Option<&pb::ModelRef>,
+        needed: Access,
+        what: &str,
+    ) -> Result<m::Model, Status> {
+        let model = self.resolve(caller, model_ref)?;
+        Self::require(caller, &model, needed, what)?;
+        Ok(model)
+    }
+
+    /// Proposes `op` for `caller` (under the client's request id, or a new one) and waits until
+    /// this node has applied it.
     async fn propose(
         &self,
         caller: &Caller,
@@ -177,7 +191,7 @@ impl ModelService {
         op: command::Op,
     ) -> Result<CommandResult, Status> {
         let command = Command {
-            request_id,
+            request_id: request_id_or_new(request_id),
             op: Some(op),
             proposed_unix_ms: now_unix_ms(),
             caller: caller.user.clone(),
@@ -249,7 +263,7 @@ impl ModelService {
             config: message.config,
             agent_version: self.identity.version.clone(),
         });
-        let request_id = request_id_or_new(message.request_id);
+        let request_id = message.request_id;
         self.propose(&caller, request_id, op).await?;
         // A retried request applied the first time returns that model, whatever uuid we picked.
         let model = self
@@ -300,14 +314,12 @@ impl ModelService {
     ) -> Result<Response<pb::DestroyModelResponse>, Status> {
         let caller = self.auth.authenticate(&request)?;
         let message = request.into_inner();
-        let model = self.resolve(&caller, message.model.as_ref())?;
-        Self::require(&caller, &model, Access::Admin, "destroy it")?;
+        let model = self.model_for(&caller, message.model.as_ref(), Access::Admin, "destroy it")?;
         let op = command::Op::DestroyModel(starling_proto::command::DestroyModel {
             model_uuid: model.uuid.clone(),
             force: message.force,
         });
-        self.propose(&caller, request_id_or_new(message.request_id), op)
-            .await?;
+        self.propose(&caller, message.request_id, op).await?;
         info!(model = %model.name, "model destroyed");
         Ok(Response::new(pb::DestroyModelResponse {}))
     }
@@ -320,16 +332,18 @@ impl ModelService {
     ) -> Result<Response<pb::AddMachineResponse>, Status> {
         let caller = self.auth.authenticate(&request)?;
         let message = request.into_inner();
-        let model = self.resolve(&caller, message.model.as_ref())?;
-        Self::require(&caller, &model, Access::Write, "add machines")?;
+        let model = self.model_for(
+            &caller,
+            message.model.as_ref(),
+            Access::Write,
+            "add machines",
+        )?;
         let credential = auth::new_token();
         let op = command::Op::AddMachine(starling_proto::command::AddMachine {
             model_uuid: model.uuid.clone(),
             credential_sha256: auth::hash_token(&credential),
         });
-        let result = self
-            .propose(&caller, request_id_or_new(message.request_id), op)
-            .await?;
+        let result = self.propose(&caller, message.request_id, op).await?;
         let machine_id = Self::ok_fields(&result)
             .map(|ok| ok.machine_id.clone())
             .filter(|id| !id.is_empty())
@@ -360,15 +374,18 @@ impl ModelService {
     ) -> Result<Response<pb::RemoveMachineResponse>, Status> {
         let caller = self.auth.authenticate(&request)?;
         let message = request.into_inner();
-        let model = self.resolve(&caller, message.model.as_ref())?;
-        Self::require(&caller, &model, Access::Write, "remove machines")?;
+        let model = self.model_for(
+            &caller,
+            message.model.as_ref(),
+            Access::Write,
+            "remove machines",
+        )?;
         let op = command::Op::RemoveMachine(starling_proto::command::RemoveMachine {
             model_uuid: model.uuid,
             machine_id: message.machine_id,
             force: message.force,
         });
-        self.propose(&caller, request_id_or_new(message.request_id), op)
-            .await?;
+        self.propose(&caller, message.request_id, op).await?;
         Ok(Response::new(pb::RemoveMachineResponse {}))
     }
 
@@ -494,8 +511,7 @@ impl ModelService {
     ) -> Result<Response<pb::DeployResponse>, Status> {
         let caller = self.auth.authenticate(&request)?;
         let message = request.into_inner();
-        let model = self.resolve(&caller, message.model.as_ref())?;
-        Self::require(&caller, &model, Access::Write, "deploy")?;
+        let model = self.model_for(&caller, message.model.as_ref(), Access::Write, "deploy")?;
         let archive = read_blob(&self.handle, &message.charm_digest)?;
         let metadata = charm_metadata_from_archive(&archive)?;
         let charm = parse_metadata(&metadata)
@@ -509,9 +525,7 @@ impl ModelService {
             config: message.config,
             machines: message.to,
         });
-        let result = self
-            .propose(&caller, request_id_or_new(message.request_id), op)
-            .await?;
+        let result = self.propose(&caller, message.request_id, op).await?;
         let units = Self::ok_fields(&result)
             .map(|ok| ok.units.clone())
             .unwrap_or_default();
@@ -525,16 +539,13 @@ impl ModelService {
     ) -> Result<Response<pb::AddUnitResponse>, Status> {
         let caller = self.auth.authenticate(&request)?;
         let message = request.into_inner();
-        let model = self.resolve(&caller, message.model.as_ref())?;
-        Self::require(&caller, &model, Access::Write, "add units")?;
+        let model = self.model_for(&caller, message.model.as_ref(), Access::Write, "add units")?;
         let op = command::Op::AddUnits(starling_proto::command::AddUnits {
             model_uuid: model.uuid,
             application: message.application,
             machines: message.to,
         });
-        let result = self
-            .propose(&caller, request_id_or_new(message.request_id), op)
-            .await?;
+        let result = self.propose(&caller, message.request_id, op).await?;
         let units = Self::ok_fields(&result)
             .map(|ok| ok.units.clone())
             .unwrap_or_default();
@@ -548,14 +559,17 @@ impl ModelService {
     ) -> Result<Response<pb::RemoveUnitResponse>, Status> {
         let caller = self.auth.authenticate(&request)?;
         let message = request.into_inner();
-        let model = self.resolve(&caller, message.model.as_ref())?;
-        Self::require(&caller, &model, Access::Write, "remove units")?;
+        let model = self.model_for(
+            &caller,
+            message.model.as_ref(),
+            Access::Write,
+            "remove units",
+        )?;
         let op = command::Op::RemoveUnits(starling_proto::command::RemoveUnits {
             model_uuid: model.uuid,
             units: message.units,
         });
-        self.propose(&caller, request_id_or_new(message.request_id), op)
-            .await?;
+        self.propose(&caller, message.request_id, op).await?;
         Ok(Response::new(pb::RemoveUnitResponse {}))
     }
 
@@ -566,17 +580,19 @@ impl ModelService {
     ) -> Result<Response<pb::IntegrateResponse>, Status> {
         let caller = self.auth.authenticate(&request)?;
         let message = request.into_inner();
-        let model = self.resolve(&caller, message.model.as_ref())?;
-        Self::require(&caller, &model, Access::Write, "relate applications")?;
+        let model = self.model_for(
+            &caller,
+            message.model.as_ref(),
+            Access::Write,
+            "relate applications",
+        )?;
         let model_uuid = model.uuid.clone();
         let op = command::Op::Integrate(starling_proto::command::Integrate {
             model_uuid: model.uuid,
             endpoint_a: message.endpoint_a,
             endpoint_b: message.endpoint_b,
         });
-        let result = self
-            .propose(&caller, request_id_or_new(message.request_id), op)
-            .await?;
+        let result = self.propose(&caller, message.request_id, op).await?;
         let relation_id = Self::ok_fields(&result).and_then(|ok| ok.relation_id);
         let relation = self
             .handle
@@ -594,15 +610,18 @@ impl ModelService {
     ) -> Result<Response<pb::RemoveRelationResponse>, Status> {
         let caller = self.auth.authenticate(&request)?;
         let message = request.into_inner();
-        let model = self.resolve(&caller, message.model.as_ref())?;
-        Self::require(&caller, &model, Access::Write, "remove relations")?;
+        let model = self.model_for(
+            &caller,
+            message.model.as_ref(),
+            Access::Write,
+            "remove relations",
+        )?;
         let op = command::Op::RemoveRelation(starling_proto::command::RemoveRelation {
             model_uuid: model.uuid,
             endpoint_a: message.endpoint_a,
             endpoint_b: message.endpoint_b,
         });
-        self.propose(&caller, request_id_or_new(message.request_id), op)
-            .await?;
+        self.propose(&caller, message.request_id, op).await?;
         Ok(Response::new(pb::RemoveRelationResponse {}))
     }
 
@@ -614,8 +633,12 @@ impl ModelService {
         let caller = self.auth.authenticate(&request)?;
         self.barrier().await?;
         let message = request.into_inner();
-        let model = self.resolve(&caller, message.model.as_ref())?;
-        Self::require(&caller, &model, Access::Read, "read application config")?;
+        let model = self.model_for(
+            &caller,
+            message.model.as_ref(),
+            Access::Read,
+            "read application config",
+        )?;
         let application = self
             .handle
             .state()
@@ -653,15 +676,18 @@ impl ModelService {
     ) -> Result<Response<pb::SetApplicationConfigResponse>, Status> {
         let caller = self.auth.authenticate(&request)?;
         let message = request.into_inner();
-        let model = self.resolve(&caller, message.model.as_ref())?;
-        Self::require(&caller, &model, Access::Write, "change application config")?;
+        let model = self.model_for(
+            &caller,
+            message.model.as_ref(),
+            Access::Write,
+            "change application config",
+        )?;
         let op = command::Op::SetApplicationConfig(starling_proto::command::SetApplicationConfig {
             model_uuid: model.uuid,
             application: message.application,
             values: message.values,
         });
-        self.propose(&caller, request_id_or_new(message.request_id), op)
-            .await?;
+        self.propose(&caller, message.request_id, op).await?;
         Ok(Response::new(pb::SetApplicationConfigResponse {}))
     }
 
@@ -673,8 +699,12 @@ impl ModelService {
         let caller = self.auth.authenticate(&request)?;
         self.barrier().await?;
         let message = request.into_inner();
-        let model = self.resolve(&caller, message.model.as_ref())?;
-        Self::require(&caller, &model, Access::Read, "read its status")?;
+        let model = self.model_for(
+            &caller,
+            message.model.as_ref(),
+            Access::Read,
+            "read its status",
+        )?;
         let state = self.handle.state();
         let mut description = state
             .model_description(&model.uuid)
@@ -722,8 +752,12 @@ impl ModelService {
         let caller = self.auth.authenticate(&request)?;
         self.barrier().await?;
         let message = request.into_inner();
-        let model = self.resolve(&caller, message.model.as_ref())?;
-        Self::require(&caller, &model, Access::Read, "read its log")?;
+        let model = self.model_for(
+            &caller,
+            message.model.as_ref(),
+            Access::Read,
+            "read its log",
+        )?;
         let state = self.handle.state().clone();
         let last = state
             .last_log_seq(&model.uuid)
@@ -816,8 +850,7 @@ impl ModelService {
             token_sha256: auth::hash_token(&token),
             controller_access: controller_access.to_string(),
         });
-        self.propose(&caller, request_id_or_new(message.request_id), op)
-            .await?;
+        self.propose(&caller, message.request_id, op).await?;
         Ok(Response::new(pb::AddUserResponse { token }))
     }
 
@@ -828,15 +861,18 @@ impl ModelService {
     ) -> Result<Response<pb::SetModelAccessResponse>, Status> {
         let caller = self.auth.authenticate(&request)?;
         let message = request.into_inner();
-        let model = self.resolve(&caller, message.model.as_ref())?;
-        Self::require(&caller, &model, Access::Admin, "change who can access it")?;
+        let model = self.model_for(
+            &caller,
+            message.model.as_ref(),
+            Access::Admin,
+            "change who can access it",
+        )?;
         let op = command::Op::SetModelAccess(starling_proto::command::SetModelAccess {
             model_uuid: model.uuid,
             user: message.user,
             access: message.access,
         });
-        self.propose(&caller, request_id_or_new(message.request_id), op)
-            .await?;
+        self.propose(&caller, message.request_id, op).await?;
         Ok(Response::new(pb::SetModelAccessResponse {}))
     }
 

@@ -142,12 +142,22 @@ pub async fn run_presence(
     table: std::sync::Arc<PresenceTable>,
     stop: CancellationToken,
 ) {
+    // The interval is re-read at least every `CONFIG_POLL`, so lowering it takes effect within
+    // that time rather than after one whole old interval.
+    const CONFIG_POLL: Duration = Duration::from_secs(1);
+    let mut last_renewal = tokio::time::Instant::now();
     loop {
         let interval = heartbeat_interval(&handle.state().controller_config());
+        let due = last_renewal + interval;
+        let wake = due.min(tokio::time::Instant::now() + CONFIG_POLL);
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(interval) => {}
+            _ = tokio::time::sleep_until(wake) => {}
         }
+        if tokio::time::Instant::now() < due {
+            continue;
+        }
+        last_renewal = tokio::time::Instant::now();
         let state = handle.state().clone();
         table.retain(|model, machine| {
             // A read failure keeps the entry: dropping it would show a live agent as pending.

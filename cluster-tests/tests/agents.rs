@@ -1,0 +1,1057 @@
+//! Machine agents against a real controller (issue "Machine agents"): three real `agentd`
+//! processes run six `counter` workloads (two per machine) for a 3-node controller, and the
+//! workloads never notice the controller's trouble.
+//!
+//! Phases: every workload runs and status says so; the controller leader is SIGKILLed (same
+//! workload pids, agents reconnect, a config change made afterwards reaches the workloads); the
+//! whole controller is SIGKILLed while a workload is killed (the agent restarts it and the
+//! queued reports arrive once the controller is back); one `agentd` is SIGKILLed and restarted
+//! (its workloads are adopted, not duplicated); the agents are stopped with SIGTERM and leave
+//! their workloads running.
+//!
+//! Everything is driven through `ctl` where the contract (DESIGN.md §6) says what it prints, and
+//! through the `Controller` gRPC API where a check needs a status' `since` or a log record's
+//! time. Every agent and every workload process group the test caused is killed on drop, by
+//! pid, even when the test fails.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{anyhow, bail, ensure, Context, Result};
+use nix::sys::signal::{kill, killpg, Signal};
+use nix::unistd::{getpgrp, Pid};
+use serde_json::Value;
+use starling_cluster_tests::local_cluster::wait_bounded;
+use starling_cluster_tests::{ClusterOptions, LocalCluster};
+use starling_proto::controller::{DebugLogRequest, FullStatus, ModelRef, StatusRequest};
+use starling_proto::model::{LogLevel, LogRecord};
+use tokio::runtime::Runtime;
+use tracing::info;
+
+/// The controller's name in the client store.
+const CONTROLLER: &str = "agents";
+/// The model's short name.
+const MODEL: &str = "fleet";
+/// `-m` argument of model-scoped `ctl` commands.
+const MODEL_ARG: &str = "agents:fleet";
+/// The application the counter charm becomes.
+const APP: &str = "counter";
+/// Machines, and the machine of each unit in deploy order.
+const N_MACHINES: usize = 3;
+const PLACEMENT: &str = "0,0,1,1,2,2";
+const N_UNITS: usize = 6;
+/// Generous: the machine has two cores shared with other tests.
+const CONDITION_WAIT: Duration = Duration::from_secs(60);
+const CTL_TIMEOUT: Duration = Duration::from_secs(60);
+const AGENT_STOP_WAIT: Duration = Duration::from_secs(30);
+const RPC_TIMEOUT: Duration = Duration::from_secs(5);
+const POLL: Duration = Duration::from_millis(100);
+/// Sweeps of the drop guard (a shell may fork between a scan and a kill).
+const SWEEP_ROUNDS_MAX: usize = 50;
+/// `RUST_LOG` of the agents: status reports are logged at debug.
+const AGENT_LOG: &str = "info,starling_agent::machine::context=debug";
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
+}
+
+fn now_unix_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Polls `probe` until it returns `Ok` or `CONDITION_WAIT` passes; an `Err` means "not yet"
+/// and the last one is reported on timeout.
+fn wait_for<T>(what: &str, mut probe: impl FnMut() -> Result<T>) -> Result<T> {
+    let deadline = Instant::now() + CONDITION_WAIT;
+    loop {
+        let reason = match probe() {
+            Ok(value) => return Ok(value),
+            Err(e) => format!("{e:#}"),
+        };
+        if Instant::now() >= deadline {
+            bail!("{what}: not within {CONDITION_WAIT:?}; last: {reason}");
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+// ---------------------------------------------------------------- ctl
+
+/// What one `ctl` run printed.
+struct CtlRun {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+/// The real `ctl` with its own client store; every run is bounded by `CTL_TIMEOUT`.
+struct Ctl {
+    bin: PathBuf,
+    data: PathBuf,
+    scratch: PathBuf,
+}
+
+impl Ctl {
+    fn run(&self, args: &[&str]) -> Result<CtlRun> {
+        let out_path = self.scratch.join("ctl.out");
+        let err_path = self.scratch.join("ctl.err");
+        let mut child = Command::new(&self.bin)
+            .args(args)
+            .env("CTL_DATA", &self.data)
+            .env_remove("CTL_CONTROLLER")
+            .env_remove("CTL_MODEL")
+            .env_remove("CTL_TOKEN")
+            .env_remove("XDG_DATA_HOME")
+            .stdin(Stdio::null())
+            .stdout(File::create(&out_path)?)
+            .stderr(File::create(&err_path)?)
+            .spawn()
+            .with_context(|| format!("spawning ctl {args:?}"))?;
+        let Some(status) = wait_bounded(&mut child, CTL_TIMEOUT)? else {
+            child.kill().ok();
+            child.wait().ok();
+            bail!("ctl {args:?} did not finish within {CTL_TIMEOUT:?}");
+        };
+        Ok(CtlRun {
+            code: status.code().unwrap_or(-1),
+            stdout: std::fs::read_to_string(&out_path)?,
+            stderr: std::fs::read_to_string(&err_path)?,
+        })
+    }
+
+    /// `ctl ARGS` must exit 0; returns its stdout.
+    fn ok(&self, args: &[&str]) -> Result<String> {
+        let run = self.run(args)?;
+        ensure!(
+            run.code == 0,
+            "ctl {args:?} exited {}: {}",
+            run.code,
+            run.stderr.trim_end()
+        );
+        Ok(run.stdout)
+    }
+
+    /// `ctl status --format json` of the model.
+    fn status(&self) -> Result<Value> {
+        let stdout = self.ok(&["status", "-m", MODEL_ARG, "--format", "json"])?;
+        serde_json::from_str(&stdout).with_context(|| format!("status is not JSON:\n{stdout}"))
+    }
+}
+
+/// Checks `ctl status --format json`: the application has `N_UNITS` units, every unit's
+/// workload is `active` and every machine's agent `started`. Returns unit → machine.
+fn all_active_and_started(status: &Value) -> Result<BTreeMap<String, String>> {
+    let machines = status["machines"]
+        .as_object()
+        .context("no machines in status")?;
+    ensure!(machines.len() == N_MACHINES, "machines: {machines:?}");
+    for (id, machine) in machines {
+        let current = &machine["agent-status"]["current"];
+        ensure!(current == "started", "machine {id} agent-status {current}");
+    }
+    let units = status["applications"][APP]["units"]
+        .as_object()
+        .with_context(|| format!("no units of {APP} in status"))?;
+    ensure!(units.len() == N_UNITS, "{} units", units.len());
+    let mut placement = BTreeMap::new();
+    for (name, unit) in units {
+        let workload = &unit["workload-status"];
+        ensure!(
+            workload["current"] == "active",
+            "{name} workload-status {workload}"
+        );
+        let machine = unit["machine"].as_str().context("unit without machine")?;
+        placement.insert(name.clone(), machine.to_owned());
+    }
+    Ok(placement)
+}
+
+// ---------------------------------------------------------------- gRPC reads
+
+fn model_ref() -> Option<ModelRef> {
+    Some(ModelRef {
+        name: MODEL.to_owned(),
+        uuid: String::new(),
+    })
+}
+
+/// The model's status as node `node_id` answers it.
+fn grpc_status(rt: &Runtime, cluster: &LocalCluster, node_id: u64) -> Result<FullStatus> {
+    rt.block_on(async {
+        let mut client =
+            cluster.client_with(node_id, Some(&cluster.registration().token), RPC_TIMEOUT)?;
+        let status = client
+            .status(StatusRequest { model: model_ref() })
+            .await?
+            .into_inner();
+        Ok(status)
+    })
+}
+
+/// Every record of the model's log about `entity`, oldest first, as node `node_id` has them.
+fn grpc_log(
+    rt: &Runtime,
+    cluster: &LocalCluster,
+    node_id: u64,
+    entity: &str,
+) -> Result<Vec<LogRecord>> {
+    rt.block_on(async {
+        let mut client =
+            cluster.client_with(node_id, Some(&cluster.registration().token), RPC_TIMEOUT)?;
+        let mut stream = client
+            .debug_log(DebugLogRequest {
+                model: model_ref(),
+                replay: true,
+                tail: 0,
+                follow: false,
+                level: LogLevel::Info as i32,
+                include: vec![entity.to_owned()],
+                exclude: Vec::new(),
+            })
+            .await?
+            .into_inner();
+        let mut records = Vec::new();
+        while let Some(record) = stream.message().await? {
+            records.push(record);
+        }
+        Ok(records)
+    })
+}
+
+/// Every machine is `started` with a heartbeat seen after `after_unix_ms`, as `node_id` says.
+fn machines_heartbeat_after(
+    rt: &Runtime,
+    cluster: &LocalCluster,
+    node_id: u64,
+    after_unix_ms: i64,
+) -> Result<()> {
+    let status = grpc_status(rt, cluster, node_id)?;
+    ensure!(status.machines.len() == N_MACHINES, "{:?}", status.machines);
+    for machine in &status.machines {
+        let agent = machine.agent_status.clone().unwrap_or_default();
+        ensure!(
+            agent.current == "started" && agent.since_unix_ms > after_unix_ms,
+            "machine {}: {} since {} (want started since after {after_unix_ms})",
+            machine.id,
+            agent.current,
+            agent.since_unix_ms
+        );
+    }
+    Ok(())
+}
+
+/// The workload status of `unit` (current, since) as `node_id` says.
+fn unit_workload(
+    rt: &Runtime,
+    cluster: &LocalCluster,
+    node_id: u64,
+    unit: &str,
+) -> Result<(String, i64)> {
+    let status = grpc_status(rt, cluster, node_id)?;
+    let found = status
+        .units
+        .iter()
+        .find(|u| u.name == unit)
+        .with_context(|| format!("no {unit} in status"))?;
+    let workload = found.workload_status.clone().unwrap_or_default();
+    Ok((workload.current, workload.since_unix_ms))
+}
+
+// ---------------------------------------------------------------- processes
+
+/// A process named by pid and start time (field 22 of `/proc/<pid>/stat`), as agentd records
+/// its workloads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct WorkloadId {
+    pid: u32,
+    start_time: u64,
+}
+
+/// (state, process group, start time) of a process from `/proc/<pid>/stat`.
+fn proc_stat(pid: u32) -> Option<(String, u32, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces and parens: fields resume after the last ')'.
+    let fields: Vec<&str> = stat[stat.rfind(')')? + 1..].split_whitespace().collect();
+    // fields[0] is field 3 (state), fields[2] field 5 (pgrp), fields[19] field 22 (starttime).
+    Some((
+        fields.first()?.to_string(),
+        fields.get(2)?.parse().ok()?,
+        fields.get(19)?.parse().ok()?,
+    ))
+}
+
+/// Whether `workload` still runs: same pid, same start time, not a zombie.
+fn running(workload: WorkloadId) -> bool {
+    proc_stat(workload.pid).is_some_and(|(state, _, start_time)| {
+        state != "Z" && state != "X" && start_time == workload.start_time
+    })
+}
+
+/// Pids of live processes whose working directory is under `root` (workloads and hooks run in
+/// the unpacked charm, inside the agent's data dir).
+fn processes_under(root: &Path) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd.starts_with(root))
+        })
+        .filter(|pid| proc_stat(*pid).is_some_and(|(state, _, _)| state != "Z" && state != "X"))
+        .collect()
+}
+
+/// Process groups of the live counter workloads under `root` (one per workload, whatever
+/// `sh` forks).
+fn counter_groups(root: &Path) -> BTreeSet<u32> {
+    processes_under(root)
+        .into_iter()
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains("counter.sh"))
+        })
+        .filter_map(|pid| proc_stat(pid).map(|(_, pgrp, _)| pgrp))
+        .collect()
+}
+
+/// Whether process `pid` was started with `var` (`KEY=VALUE`) in its environment.
+fn has_env(pid: u32, var: &str) -> bool {
+    std::fs::read(format!("/proc/{pid}/environ"))
+        .is_ok_and(|env| env.split(|b| *b == 0).any(|v| v == var.as_bytes()))
+}
+
+/// Lines in a file (0 when missing).
+fn lines(path: &Path) -> usize {
+    std::fs::read_to_string(path).map_or(0, |s| s.lines().count())
+}
+
+// ---------------------------------------------------------------- the agents
+
+/// One machine: its agent config, data dir, log and running `agentd`.
+struct Machine {
+    id: String,
+    dir: PathBuf,
+    config: PathBuf,
+    data_dir: PathBuf,
+    log: PathBuf,
+    agentd: Option<Child>,
+}
+
+impl Machine {
+    /// Workloads by unit, as agentd recorded them in its state file.
+    fn recorded_workloads(&self) -> Result<BTreeMap<String, WorkloadId>> {
+        let path = self.data_dir.join("state.json");
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        let state: Value = serde_json::from_str(&text)?;
+        let mut out = BTreeMap::new();
+        for (unit, record) in state["units"].as_object().into_iter().flatten() {
+            let workload = &record["workload"];
+            if let (Some(pid), Some(start_time)) =
+                (workload["pid"].as_u64(), workload["start-time"].as_u64())
+            {
+                out.insert(
+                    unit.clone(),
+                    WorkloadId {
+                        pid: u32::try_from(pid)?,
+                        start_time,
+                    },
+                );
+            }
+        }
+        Ok(out)
+    }
+
+    fn unit_dir(&self, unit: &str) -> PathBuf {
+        self.data_dir.join("units").join(unit.replace('/', "-"))
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The endpoints of the controller connections agentd made in `log` (oldest first).
+    fn connections(log: &str) -> Vec<String> {
+        log.lines()
+            .filter(|l| l.contains("connected to the controller"))
+            .filter_map(|l| l.split("endpoint=").nth(1)?.split_whitespace().next())
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// The endpoint agentd connected to last.
+    fn endpoint(&self) -> Option<String> {
+        Self::connections(&self.log_text()).pop()
+    }
+}
+
+/// Rotates the `api-endpoints` of the agent config at `path` left by `by`, so the agents start
+/// on different nodes (each dials its endpoints in order) and a killed node always had one.
+fn rotate_endpoints(path: &Path, by: usize) -> Result<()> {
+    let text = std::fs::read_to_string(path)?;
+    let mut config: Value =
+        serde_saphyr::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    let endpoints = config["api-endpoints"]
+        .as_array_mut()
+        .context("no api-endpoints in the agent config")?;
+    let n = endpoints.len();
+    endpoints.rotate_left(by % n.max(1));
+    std::fs::write(path, serde_saphyr::to_string(&config)?)?;
+    Ok(())
+}
+
+/// The `agentd` processes of the test. On drop: every agentd is SIGKILLed and reaped, then every
+/// process group of a process left under `root` (workloads, hooks) is SIGKILLed.
+struct Fleet {
+    root: PathBuf,
+    agentd: PathBuf,
+    machines: Vec<Machine>,
+}
+
+impl Fleet {
+    fn start(&mut self, idx: usize) -> Result<()> {
+        let agentd = self.agentd.clone();
+        let machine = &mut self.machines[idx];
+        ensure!(machine.agentd.is_none(), "agentd {idx} already runs");
+        let mut log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&machine.log)?;
+        writeln!(log, "--- harness: starting agentd")?;
+        let child = Command::new(agentd)
+            .arg("--config")
+            .arg(&machine.config)
+            .arg("--data-dir")
+            .arg(&machine.data_dir)
+            .current_dir(&machine.dir)
+            .env("RUST_LOG", AGENT_LOG)
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("spawning agentd")?;
+        info!(machine = %machine.id, pid = child.id(), "agentd started");
+        machine.agentd = Some(child);
+        Ok(())
+    }
+
+    /// SIGKILLs agentd `idx` and reaps it.
+    fn kill(&mut self, idx: usize) -> Result<()> {
+        let machine = &mut self.machines[idx];
+        let mut child = machine
+            .agentd
+            .take()
+            .ok_or_else(|| anyhow!("agentd {idx} is not running"))?;
+        child.kill().ok();
+        child.wait().context("reaping agentd")?;
+        info!(machine = %machine.id, "agentd SIGKILLed");
+        Ok(())
+    }
+
+    /// SIGTERMs agentd `idx` and waits for it to exit.
+    fn terminate(&mut self, idx: usize) -> Result<ExitStatus> {
+        let machine = &mut self.machines[idx];
+        let mut child = machine
+            .agentd
+            .take()
+            .ok_or_else(|| anyhow!("agentd {idx} is not running"))?;
+        kill(Pid::from_raw(i32::try_from(child.id())?), Signal::SIGTERM)?;
+        match wait_bounded(&mut child, AGENT_STOP_WAIT)? {
+            Some(status) => Ok(status),
+            None => {
+                child.kill().ok();
+                child.wait().ok();
+                bail!("agentd {idx} did not exit within {AGENT_STOP_WAIT:?} of SIGTERM")
+            }
+        }
+    }
+
+    /// Workloads of every machine by unit.
+    fn recorded_workloads(&self) -> Result<BTreeMap<String, WorkloadId>> {
+        let mut out = BTreeMap::new();
+        for machine in &self.machines {
+            out.extend(machine.recorded_workloads()?);
+        }
+        Ok(out)
+    }
+
+    /// The machine a unit runs on.
+    fn machine_of(&self, unit: &str) -> Result<&Machine> {
+        self.machines
+            .iter()
+            .find(|m| m.unit_dir(unit).exists())
+            .ok_or_else(|| anyhow!("no machine has a unit dir for {unit}"))
+    }
+
+    /// counter.log line counts by unit.
+    fn counter_lines(&self, units: &[String]) -> Result<BTreeMap<String, usize>> {
+        units
+            .iter()
+            .map(|unit| {
+                let path = self.machine_of(unit)?.unit_dir(unit).join("counter.log");
+                Ok((unit.clone(), lines(&path)))
+            })
+            .collect()
+    }
+
+    /// Waits until every unit's counter.log holds `more` lines beyond `before`.
+    fn wait_counters_grow(&self, before: &BTreeMap<String, usize>, more: usize) -> Result<()> {
+        let units: Vec<String> = before.keys().cloned().collect();
+        wait_for(&format!("{more} more counter.log lines per unit"), || {
+            let now = self.counter_lines(&units)?;
+            for (unit, n) in &now {
+                ensure!(*n >= before[unit] + more, "{unit}: {} → {n}", before[unit]);
+            }
+            Ok(())
+        })
+    }
+
+    fn dump_log_tails(&self, n_lines: usize) {
+        for machine in &self.machines {
+            let text = machine.log_text();
+            let all: Vec<&str> = text.lines().collect();
+            eprintln!(
+                "----- agentd of machine {} ({}):\n{}",
+                machine.id,
+                machine.log.display(),
+                all[all.len().saturating_sub(n_lines)..].join("\n")
+            );
+        }
+    }
+
+    /// Kills every agentd, then every process group left under `root`, by pid.
+    fn sweep(&mut self) {
+        for machine in &mut self.machines {
+            if let Some(mut child) = machine.agentd.take() {
+                child.kill().ok();
+                child.wait().ok();
+            }
+        }
+        let own_group = getpgrp();
+        for _ in 0..SWEEP_ROUNDS_MAX {
+            let pids = processes_under(&self.root);
+            if pids.is_empty() {
+                return;
+            }
+            for pid in pids {
+                let group = proc_stat(pid).map(|(_, pgrp, _)| pgrp);
+                match group.and_then(|g| i32::try_from(g).ok()).map(Pid::from_raw) {
+                    // Workloads and hooks lead their own groups (agentd starts them so).
+                    Some(group) if group != own_group => {
+                        let _ = killpg(group, Signal::SIGKILL);
+                    }
+                    _ => {
+                        let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        eprintln!(
+            "processes still under {} after {SWEEP_ROUNDS_MAX} sweeps: {:?}",
+            self.root.display(),
+            processes_under(&self.root)
+        );
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.dump_log_tails(40);
+        }
+        self.sweep();
+    }
+}
+
+// ---------------------------------------------------------------- the test
+
+/// What every phase uses.
+struct Env<'a> {
+    rt: &'a Runtime,
+    cluster: &'a mut LocalCluster,
+    fleet: &'a mut Fleet,
+    ctl: &'a Ctl,
+}
+
+/// Workloads by unit.
+type Workloads = BTreeMap<String, WorkloadId>;
+
+#[test]
+fn workloads_outlive_controller_failures_and_agent_restarts() -> Result<()> {
+    init_tracing();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let mut cluster = rt.block_on(LocalCluster::start(ClusterOptions::new(CONTROLLER, 3)))?;
+    let work = tempfile::Builder::new()
+        .prefix("starling-agents-")
+        .tempdir()?;
+    let root = work.path().canonicalize()?;
+    let agentd = cluster.bins().dir.join("agentd");
+    ensure!(
+        agentd.is_file(),
+        "{} is missing: run `cargo build --workspace --bins`",
+        agentd.display()
+    );
+    let ctl = Ctl {
+        bin: cluster.bins().ctl.clone(),
+        data: root.join("ctl-data"),
+        scratch: root.clone(),
+    };
+    // Declared last, so dropped first: every process is swept before the files and the
+    // cluster go.
+    let mut fleet = Fleet {
+        root: root.clone(),
+        agentd,
+        machines: Vec::new(),
+    };
+    let mut env = Env {
+        rt: &rt,
+        cluster: &mut cluster,
+        fleet: &mut fleet,
+        ctl: &ctl,
+    };
+    let result = scenario(&mut env);
+    if result.is_err() {
+        fleet.dump_log_tails(40);
+        cluster.dump_log_tails(30);
+        if std::env::var_os("STARLING_KEEP_WORK").is_some() {
+            eprintln!("kept the agents' files in {}", work.keep().display());
+        }
+    }
+    result
+}
+
+fn scenario(env: &mut Env) -> Result<()> {
+    deploy(env)?;
+    let (placement, workloads) = everything_runs(env)?;
+    let units: Vec<String> = placement.keys().cloned().collect();
+    let workloads = leader_killed(env, &units, workloads)?;
+    let (leader, workloads) = controller_down(env, &units, workloads)?;
+    agent_restarted(env, leader, &placement, &workloads)?;
+    agents_stopped(env, &workloads)
+}
+
+/// A model with three machines, their running agents, and the counter charm on six units.
+fn deploy(env: &mut Env) -> Result<()> {
+    info!("--- a model with three machines, their agents and six counter units");
+    let ctl = env.ctl;
+    let registration = env.cluster.root().join("registration.yaml");
+    ctl.ok(&["register", registration.to_str().context("path")?])?;
+    ctl.ok(&[
+        "controller-config",
+        "-c",
+        CONTROLLER,
+        "agent-heartbeat-interval=500ms",
+    ])?;
+    ctl.ok(&["add-model", MODEL, "-c", CONTROLLER])?;
+    for idx in 0..N_MACHINES {
+        let dir = env.fleet.root.join(format!("machine-{idx}"));
+        std::fs::create_dir_all(&dir)?;
+        let config = dir.join("agent.yaml");
+        let id = ctl.ok(&[
+            "add-machine",
+            "-m",
+            MODEL_ARG,
+            "--agent-config",
+            config.to_str().context("path")?,
+        ])?;
+        ensure!(id.trim() == idx.to_string(), "machine id {id:?}");
+        rotate_endpoints(&config, idx)?;
+        env.fleet.machines.push(Machine {
+            id: idx.to_string(),
+            data_dir: dir.join("data"),
+            log: dir.join("agentd.log"),
+            dir,
+            config,
+            agentd: None,
+        });
+        env.fleet.start(idx)?;
+    }
+    let charm = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/charms/counter");
+    ctl.ok(&[
+        "deploy",
+        "-m",
+        MODEL_ARG,
+        charm.to_str().context("path")?,
+        "--to",
+        PLACEMENT,
+    ])?;
+    Ok(())
+}
+
+/// Every workload runs, writes, and status says so. Returns unit → machine and the workloads.
+fn everything_runs(env: &mut Env) -> Result<(BTreeMap<String, String>, Workloads)> {
+    info!("--- every workload runs, and status says so");
+    let fleet = &*env.fleet;
+    let placement = wait_for("every unit active and every machine started", || {
+        all_active_and_started(&env.ctl.status()?)
+    })?;
+    for (unit, machine_id) in &placement {
+        let machine = fleet.machine_of(unit)?;
+        ensure!(
+            &machine.id == machine_id,
+            "{unit} runs in machine {}'s data dir but status places it on {machine_id}",
+            machine.id
+        );
+    }
+    let workloads = wait_for("a running workload for every unit", || {
+        let workloads = fleet.recorded_workloads()?;
+        ensure!(workloads.len() == N_UNITS, "recorded: {workloads:?}");
+        for (unit, workload) in &workloads {
+            ensure!(running(*workload), "{unit}: {workload:?} is not running");
+        }
+        Ok(workloads)
+    })?;
+    for machine in &fleet.machines {
+        let recorded: BTreeSet<u32> = machine
+            .recorded_workloads()?
+            .values()
+            .map(|w| w.pid)
+            .collect();
+        ensure!(recorded.len() == 2, "machine {}: {recorded:?}", machine.id);
+        let groups = counter_groups(&machine.data_dir);
+        ensure!(
+            groups == recorded,
+            "machine {}: counter process groups {groups:?}, recorded {recorded:?}",
+            machine.id,
+        );
+    }
+    let units: Vec<String> = placement.keys().cloned().collect();
+    fleet.wait_counters_grow(&fleet.counter_lines(&units)?, 2)?;
+    info!(?workloads, "every workload runs");
+    Ok((placement, workloads))
+}
+
+/// The leader is SIGKILLed: the workloads keep their pids, the agents reconnect, and a config
+/// change made afterwards restarts every workload with the new value. Then the node comes back.
+/// Returns the new workloads.
+fn leader_killed(env: &mut Env, units: &[String], workloads: Workloads) -> Result<Workloads> {
+    info!("--- SIGKILL the controller leader: workloads keep their pids and keep writing");
+    let rt = env.rt;
+    let leader = rt.block_on(env.cluster.wait_for_leader(CONDITION_WAIT))?;
+    let before = env.fleet.counter_lines(units)?;
+    let leader_addr = env.cluster.grpc_addr(leader).to_owned();
+    let leader_agents: Vec<usize> = (0..N_MACHINES)
+        .filter(|idx| env.fleet.machines[*idx].endpoint().as_deref() == Some(leader_addr.as_str()))
+        .collect();
+    ensure!(
+        !leader_agents.is_empty(),
+        "no agent is connected to the leader {leader} ({leader_addr})"
+    );
+    let log_offsets: Vec<usize> = env
+        .fleet
+        .machines
+        .iter()
+        .map(|m| m.log_text().len())
+        .collect();
+    let killed_at = now_unix_ms();
+    env.cluster.kill(leader)?;
+    let new_leader = rt.block_on(
+        env.cluster
+            .wait_for_leader_other_than(Some(leader), CONDITION_WAIT),
+    )?;
+    info!(leader, new_leader, ?leader_agents, "new leader");
+    let fleet = &*env.fleet;
+    let cluster = &*env.cluster;
+    fleet.wait_counters_grow(&before, 2)?;
+    let now = fleet.recorded_workloads()?;
+    ensure!(
+        now == workloads,
+        "workloads changed across the failover: {workloads:?} → {now:?}"
+    );
+    for (unit, workload) in &workloads {
+        ensure!(running(*workload), "{unit}: {workload:?} stopped");
+    }
+
+    info!("--- agents reconnect: every machine heartbeats to a live node");
+    wait_for(
+        "the killed leader's agents to connect to another node",
+        || {
+            for idx in &leader_agents {
+                let log = fleet.machines[*idx].log_text();
+                let since_kill = Machine::connections(&log[log_offsets[*idx]..]);
+                ensure!(
+                    since_kill.iter().any(|e| *e != leader_addr),
+                    "machine {idx} connected to {since_kill:?} since the kill"
+                );
+            }
+            Ok(())
+        },
+    )?;
+    wait_for(
+        "every machine started with a heartbeat after the kill",
+        || machines_heartbeat_after(rt, cluster, new_leader, killed_at),
+    )?;
+    wait_for("status through ctl", || {
+        all_active_and_started(&env.ctl.status()?)
+    })?;
+
+    info!("--- a config change after the failover reaches every workload");
+    let changed_at = now_unix_ms();
+    env.ctl
+        .ok(&["config", "-m", MODEL_ARG, APP, "interval=2"])?;
+    let value = env.ctl.ok(&["config", "-m", MODEL_ARG, APP, "interval"])?;
+    ensure!(value.trim() == "2", "interval reads {value:?}");
+    let changed = wait_for("every workload restarted with interval=2", || {
+        let now = fleet.recorded_workloads()?;
+        ensure!(now.len() == N_UNITS, "recorded: {now:?}");
+        for (unit, workload) in &now {
+            ensure!(
+                workload.pid != workloads[unit].pid,
+                "{unit} still runs the old workload"
+            );
+            ensure!(running(*workload), "{unit}: {workload:?} is not running");
+            ensure!(
+                has_env(workload.pid, "STARLING_CONFIG_interval=2"),
+                "{unit}: {} runs without STARLING_CONFIG_interval=2",
+                workload.pid
+            );
+        }
+        Ok(now)
+    })?;
+    for unit in units {
+        let hooks_log = fleet.machine_of(unit)?.unit_dir(unit).join("hooks.log");
+        let hooks = std::fs::read_to_string(hooks_log)?;
+        ensure!(
+            hooks.contains("config-changed interval=2"),
+            "{unit} hooks.log:\n{hooks}"
+        );
+    }
+    wait_for("every unit active again after the change", || {
+        for unit in units {
+            let (current, since) = unit_workload(rt, cluster, new_leader, unit)?;
+            ensure!(
+                current == "active" && since >= changed_at,
+                "{unit}: {current} since {since} (change at {changed_at})"
+            );
+        }
+        Ok(())
+    })?;
+    wait_for("status through ctl", || {
+        all_active_and_started(&env.ctl.status()?)
+    })?;
+
+    info!(
+        node_id = leader,
+        "--- restart the killed node; it catches up"
+    );
+    env.cluster.start_node(leader)?;
+    let index = rt
+        .block_on(env.cluster.local_config(new_leader))
+        .map_err(|s| anyhow!("{s}"))?
+        .applied_index;
+    rt.block_on(env.cluster.wait_applied(leader, index, CONDITION_WAIT))?;
+    Ok(changed)
+}
+
+/// Every node is SIGKILLed; the workloads keep running, and one killed meanwhile is restarted
+/// by its agent. After the restart the queued reports arrive: the unit's exit is in the model
+/// log and its status is active again, reported after the error. Returns the leader and the
+/// workloads.
+fn controller_down(
+    env: &mut Env,
+    units: &[String],
+    workloads: Workloads,
+) -> Result<(u64, Workloads)> {
+    info!("--- SIGKILL the whole controller; kill one workload meanwhile");
+    let rt = env.rt;
+    let before = env.fleet.counter_lines(units)?;
+    env.cluster.kill_all();
+    let fleet = &*env.fleet;
+    let victim = units[2].clone();
+    let victim_machine = fleet.machine_of(&victim)?;
+    let victim_killed_at = now_unix_ms();
+    let old = workloads[&victim];
+    killpg(Pid::from_raw(i32::try_from(old.pid)?), Signal::SIGKILL)?;
+    info!(unit = %victim, pid = old.pid, "workload process group SIGKILLed");
+    let restarted = wait_for("the agent to restart the killed workload", || {
+        let now = victim_machine.recorded_workloads()?;
+        let workload = now.get(&victim).context("no workload recorded")?;
+        ensure!(
+            workload.pid != old.pid && running(*workload),
+            "{victim}: {workload:?}"
+        );
+        Ok(*workload)
+    })?;
+    fleet.wait_counters_grow(&before, 3)?;
+    let mut expected = workloads;
+    expected.insert(victim.clone(), restarted);
+    let now = fleet.recorded_workloads()?;
+    ensure!(
+        now == expected,
+        "workloads changed while the controller was down: {expected:?} → {now:?}"
+    );
+    for (unit, workload) in &expected {
+        ensure!(running(*workload), "{unit}: {workload:?} stopped");
+    }
+
+    info!("--- restart every node: the queued reports arrive");
+    let restarted_at = now_unix_ms();
+    for node_id in env.cluster.node_ids() {
+        env.cluster.start_node(node_id)?;
+    }
+    let leader = rt.block_on(env.cluster.wait_for_leader(CONDITION_WAIT))?;
+    let cluster = &*env.cluster;
+    wait_for(
+        "every machine started with a heartbeat after the restart",
+        || machines_heartbeat_after(rt, cluster, leader, restarted_at),
+    )?;
+    let entity = format!("unit-{}", victim.replace('/', "-"));
+    let exited = wait_for("the workload's exit in the model log", || {
+        grpc_log(rt, cluster, leader, &entity)?
+            .into_iter()
+            .find(|r| {
+                r.level == LogLevel::Error as i32
+                    && r.message.starts_with("workload exited")
+                    && r.time_unix_ms >= victim_killed_at
+            })
+            .with_context(|| format!("no workload exit of {entity} logged"))
+    })?;
+    info!(message = %exited.message, "the exit reached the model log");
+    let since = wait_for("the killed workload's unit to be active", || {
+        let (current, since) = unit_workload(rt, cluster, leader, &victim)?;
+        ensure!(current == "active", "{victim}: {current}");
+        Ok(since)
+    })?;
+    ensure!(
+        since >= exited.time_unix_ms,
+        "{victim} is active since {since}, before its workload exited at {}: the restart's \
+         report did not arrive after the error",
+        exited.time_unix_ms
+    );
+    // The agent's own record of what it queued, in seq order.
+    let agent_log = victim_machine.log_text();
+    let reported: Vec<&str> = agent_log
+        .lines()
+        .filter(|l| l.contains(&format!("entity=\"{entity}\" kind=\"workload\"")))
+        .filter_map(|l| l.split("current=").nth(1)?.split_whitespace().next())
+        .collect();
+    ensure!(
+        reported.ends_with(&["error", "active"]),
+        "{victim}'s agent reported {reported:?}"
+    );
+    let text = env.ctl.ok(&[
+        "debug-log",
+        "-m",
+        MODEL_ARG,
+        "--replay",
+        "--no-tail",
+        "--include",
+        &victim,
+    ])?;
+    ensure!(
+        text.lines().any(|l| l.starts_with(&format!("{entity}: "))
+            && l.contains(" ERROR ")
+            && l.contains("workload exited")),
+        "ctl debug-log shows no workload exit of {victim}:\n{text}"
+    );
+    wait_for("status through ctl", || {
+        all_active_and_started(&env.ctl.status()?)
+    })?;
+    Ok((leader, expected))
+}
+
+/// One agentd is SIGKILLed and started again: it adopts its two workloads (same pids, no
+/// duplicate, install and start not re-run) and its units stay active.
+fn agent_restarted(
+    env: &mut Env,
+    leader: u64,
+    placement: &BTreeMap<String, String>,
+    workloads: &Workloads,
+) -> Result<()> {
+    info!("--- SIGKILL one agentd and restart it: its workloads are adopted, not duplicated");
+    let idx = 1;
+    let machine_id = env.fleet.machines[idx].id.clone();
+    let machine_units: Vec<String> = placement
+        .iter()
+        .filter(|(_, m)| **m == machine_id)
+        .map(|(u, _)| u.clone())
+        .collect();
+    ensure!(machine_units.len() == 2, "{machine_units:?}");
+    env.fleet.kill(idx)?;
+    for unit in &machine_units {
+        ensure!(running(workloads[unit]), "{unit} died with its agent");
+    }
+    let log_before = env.fleet.machines[idx].log_text().len();
+    let agent_started_at = now_unix_ms();
+    env.fleet.start(idx)?;
+    let cluster = &*env.cluster;
+    wait_for("the restarted agent to heartbeat", || {
+        machines_heartbeat_after(env.rt, cluster, leader, agent_started_at)
+    })?;
+    let fleet = &*env.fleet;
+    fleet.wait_counters_grow(&fleet.counter_lines(&machine_units)?, 2)?;
+    let machine = &fleet.machines[idx];
+    let now = machine.recorded_workloads()?;
+    let expected: Workloads = machine_units
+        .iter()
+        .map(|u| (u.clone(), workloads[u]))
+        .collect();
+    ensure!(
+        now == expected,
+        "after the agent restart: {now:?}, want {expected:?}"
+    );
+    let groups = counter_groups(&machine.data_dir);
+    let pids: BTreeSet<u32> = expected.values().map(|w| w.pid).collect();
+    ensure!(
+        groups == pids,
+        "counter workloads of machine {machine_id}: {groups:?}, want exactly {pids:?}"
+    );
+    let new_log = &machine.log_text()[log_before..];
+    let adopted = new_log.matches("adopted the running workload").count();
+    ensure!(adopted == 2, "adopted {adopted} workloads:\n{new_log}");
+    for unit in &machine_units {
+        let hooks = std::fs::read_to_string(machine.unit_dir(unit).join("hooks.log"))?;
+        for hook in ["install", "start"] {
+            let runs = hooks
+                .lines()
+                .filter(|l| l.contains(&format!(" {hook} ")))
+                .count();
+            ensure!(runs == 1, "{unit} ran {hook} {runs} times:\n{hooks}");
+        }
+    }
+    wait_for("status through ctl", || {
+        all_active_and_started(&env.ctl.status()?)
+    })?;
+    Ok(())
+}
+
+/// SIGTERM stops every agent (exit 0) and leaves its workloads running; the test then kills
+/// the workloads' process groups itself.
+fn agents_stopped(env: &mut Env, workloads: &Workloads) -> Result<()> {
+    info!("--- stop the agents with SIGTERM: the workloads outlive them");
+    for idx in 0..N_MACHINES {
+        let status = env.fleet.terminate(idx)?;
+        ensure!(status.success(), "agentd {idx} exited {status}");
+    }
+    for (unit, workload) in workloads {
+        ensure!(running(*workload), "{unit} stopped with its agent");
+    }
+    for (unit, workload) in workloads {
+        killpg(Pid::from_raw(i32::try_from(workload.pid)?), Signal::SIGKILL)
+            .with_context(|| format!("killing {unit}'s workload"))?;
+    }
+    wait_for("every workload gone", || {
+        let left = counter_groups(&env.fleet.root);
+        ensure!(left.is_empty(), "still running: {left:?}");
+        Ok(())
+    })
+}
