@@ -7,6 +7,7 @@ pub mod agent;
 pub mod charm;
 pub mod controller_config;
 pub mod deployment;
+pub mod migration;
 pub mod names;
 pub mod relation;
 

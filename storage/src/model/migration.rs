@@ -1,0 +1,1663 @@
+//! The migration's phase machine and the migration master's "what next", as pure code: the
+//! persisted `MigrationRecord`, the legal `Phase` transitions, `next_action` (persisted record +
+//! observations + time → one `Action`) and the target's rules for leftover imports, Activate and
+//! drop requests. No I/O, no async, no clock: time comes in as `now_unix_ms`. DESIGN.md §5 and
+//! `docs/migration.md` describe the protocol this implements.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use super::ErrorKind;
+
+/// The persisted step of a migration (DESIGN.md §5). Forward only: see `can_transition_to`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Phase {
+    /// The record exists and prechecks run; nothing is locked yet. (Juju's NONE/PRECHECK.)
+    Precheck,
+    /// The model is locked (read-only); every agent of the model must acknowledge.
+    Quiesce,
+    /// The source streams the locked model's export; the target stages and commits it in
+    /// importing mode.
+    Import,
+    /// Digests are compared; agents prove they can log in to the target.
+    Validation,
+    /// The transfer is committed: the source model is a redirect. Point of no return.
+    Success,
+    /// The model's log is streamed to the target.
+    LogTransfer,
+    /// The source deletes the model's data, keeping the redirect.
+    Reap,
+    /// Terminal: the model lives on the target and the source is clean.
+    Done,
+    /// Any failure before SUCCESS: the target is told to drop its import.
+    Abort,
+    /// Terminal: the source model is unlocked, exactly as it was before the migration.
+    AbortDone,
+    /// Terminal: the model lives on the target; the source's cleanup is left to the operator.
+    ReapFailed,
+}
+
+impl Phase {
+    /// Every phase, in declaration order.
+    pub const ALL: [Phase; 11] = [
+        Phase::Precheck,
+        Phase::Quiesce,
+        Phase::Import,
+        Phase::Validation,
+        Phase::Success,
+        Phase::LogTransfer,
+        Phase::Reap,
+        Phase::Done,
+        Phase::Abort,
+        Phase::AbortDone,
+        Phase::ReapFailed,
+    ];
+
+    /// Whether `self → to` is a legal transition. The graph is acyclic: no phase is ever
+    /// re-entered, and nothing at or after SUCCESS leads to ABORT.
+    pub fn can_transition_to(self, to: Phase) -> bool {
+        use Phase::*;
+        matches!(
+            (self, to),
+            (Precheck, Quiesce | Abort)
+                | (Quiesce, Import | Abort)
+                | (Import, Validation | Abort)
+                | (Validation, Success | Abort)
+                | (Success, LogTransfer)
+                | (LogTransfer, Reap)
+                | (Reap, Done | ReapFailed)
+                | (Abort, AbortDone)
+        )
+    }
+
+    /// The phases `self` may move to.
+    pub fn next_phases(self) -> Vec<Phase> {
+        Phase::ALL
+            .into_iter()
+            .filter(|to| self.can_transition_to(*to))
+            .collect()
+    }
+
+    /// DONE, ABORTDONE and REAPFAILED: nothing more happens.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Phase::Done | Phase::AbortDone | Phase::ReapFailed)
+    }
+
+    /// SUCCESS and every phase after it: the transfer is committed and can never be aborted.
+    pub fn is_committed(self) -> bool {
+        matches!(
+            self,
+            Phase::Success | Phase::LogTransfer | Phase::Reap | Phase::Done | Phase::ReapFailed
+        )
+    }
+
+    /// ABORT and ABORTDONE.
+    pub fn is_aborting(self) -> bool {
+        matches!(self, Phase::Abort | Phase::AbortDone)
+    }
+
+    /// The name used in records, logs and `ctl` output (Juju's spelling).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Precheck => "PRECHECK",
+            Phase::Quiesce => "QUIESCE",
+            Phase::Import => "IMPORT",
+            Phase::Validation => "VALIDATION",
+            Phase::Success => "SUCCESS",
+            Phase::LogTransfer => "LOGTRANSFER",
+            Phase::Reap => "REAP",
+            Phase::Done => "DONE",
+            Phase::Abort => "ABORT",
+            Phase::AbortDone => "ABORTDONE",
+            Phase::ReapFailed => "REAPFAILED",
+        }
+    }
+
+    /// The phase named `name` (as `as_str` spells it).
+    pub fn parse(name: &str) -> Option<Phase> {
+        Phase::ALL.into_iter().find(|phase| phase.as_str() == name)
+    }
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a transition does to the model itself, in the same atomic write as the record's new
+/// phase. The apply layer must commit both together or neither.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ModelEffect {
+    /// The model is untouched.
+    Nothing,
+    /// PRECHECK → QUIESCE: the model becomes read-only, locked by this migration id.
+    Lock,
+    /// VALIDATION → SUCCESS: the model becomes a redirect to the target (point of no return).
+    Redirect,
+    /// ABORT → ABORTDONE: the lock held by this migration id (if any) is released.
+    Unlock,
+}
+
+/// The change to the model that goes with the transition `from → to`.
+pub fn model_effect(from: Phase, to: Phase) -> ModelEffect {
+    match (from, to) {
+        (Phase::Precheck, Phase::Quiesce) => ModelEffect::Lock,
+        (Phase::Validation, Phase::Success) => ModelEffect::Redirect,
+        (Phase::Abort, Phase::AbortDone) => ModelEffect::Unlock,
+        _ => ModelEffect::Nothing,
+    }
+}
+
+/// A migration's id, `<model-uuid>:<attempt>`; attempts of one model count up from 1.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct MigrationId {
+    /// The migrating model's uuid.
+    pub model_uuid: String,
+    /// Which attempt to migrate this model this is.
+    pub attempt: u64,
+}
+
+impl MigrationId {
+    /// The id of attempt `attempt` for model `model_uuid`.
+    pub fn new(model_uuid: impl Into<String>, attempt: u64) -> Self {
+        MigrationId {
+            model_uuid: model_uuid.into(),
+            attempt,
+        }
+    }
+
+    /// Parses `<model-uuid>:<attempt>`.
+    pub fn parse(id: &str) -> Result<Self, MigrationError> {
+        let invalid = |reason: &str| MigrationError::InvalidId {
+            id: id.to_owned(),
+            reason: reason.to_owned(),
+        };
+        let (model_uuid, attempt) = id
+            .rsplit_once(':')
+            .ok_or_else(|| invalid("expected <model-uuid>:<attempt>"))?;
+        if model_uuid.is_empty() {
+            return Err(invalid("the model uuid is empty"));
+        }
+        let attempt = attempt
+            .parse::<u64>()
+            .map_err(|_| invalid("the attempt is not a number"))?;
+        if attempt == 0 {
+            return Err(invalid("attempts count from 1"));
+        }
+        Ok(MigrationId::new(model_uuid, attempt))
+    }
+}
+
+impl fmt::Display for MigrationId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.model_uuid, self.attempt)
+    }
+}
+
+/// The controller a model migrates to: what the master dials and what the redirect names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TargetController {
+    /// The target controller's uuid.
+    pub controller_uuid: String,
+    /// Its name, as the redirect and `ctl` show it.
+    pub name: String,
+    /// Its API endpoints (`host:port`).
+    pub endpoints: Vec<String>,
+    /// Hex sha256 of its CA certificate.
+    pub ca_fingerprint: String,
+}
+
+/// One committed phase change, kept in the record for the operator (at most one per phase,
+/// since no phase is re-entered).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PhaseChange {
+    /// The phase left.
+    pub from: Phase,
+    /// The phase entered.
+    pub to: Phase,
+    /// When the change was proposed.
+    pub at_unix_ms: i64,
+    /// Why, in a sentence an operator can read.
+    pub reason: String,
+}
+
+/// Everything persisted about one migration on the source (replicated through its Raft log):
+/// what a master on any node needs to resume after a leader change.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MigrationRecord {
+    /// `<model-uuid>:<attempt>`.
+    pub id: MigrationId,
+    /// Where the model goes.
+    pub target: TargetController,
+    /// The user who started the migration.
+    pub initiated_by: String,
+    /// The model's ownership epoch when the migration started; the target activates at + 1.
+    pub ownership_epoch: u64,
+    /// The current phase.
+    pub phase: Phase,
+    /// When the current phase was entered; phase deadlines count from here.
+    pub phase_since_unix_ms: i64,
+    /// When the record was created.
+    pub started_unix_ms: i64,
+    /// When a terminal phase was entered.
+    pub ended_unix_ms: Option<i64>,
+    /// The phase ABORT was entered from (decides whether the target may hold an import).
+    pub aborted_from: Option<Phase>,
+    /// Why the migration aborted.
+    pub abort_reason: Option<String>,
+    /// An operator's abort request (`ctl abort-migration`), persisted so any master sees it.
+    pub abort_requested: Option<String>,
+    /// Hex sha256 of the source's export of the locked model.
+    pub source_digest: Option<String>,
+    /// Hex sha256 of what the target imported, as the target reported it.
+    pub target_digest: Option<String>,
+    /// Machines whose agents acknowledged the quiesce.
+    pub agents_acked: BTreeSet<String>,
+    /// Machines whose agents logged in to the target and reported success.
+    pub agents_validated: BTreeSet<String>,
+    /// Machines whose agents reported a failed validation, with the agent's reason.
+    pub agent_failures: BTreeMap<String, String>,
+    /// How far the target has acknowledged the model's log (a log sequence number; 0 = none).
+    pub log_transfer_position: u64,
+    /// Every phase change so far, oldest first.
+    pub history: Vec<PhaseChange>,
+}
+
+impl MigrationRecord {
+    /// A new record in PRECHECK: nothing locked, nothing sent.
+    pub fn new(
+        id: MigrationId,
+        target: TargetController,
+        initiated_by: impl Into<String>,
+        ownership_epoch: u64,
+        now_unix_ms: i64,
+    ) -> Self {
+        MigrationRecord {
+            id,
+            target,
+            initiated_by: initiated_by.into(),
+            ownership_epoch,
+            phase: Phase::Precheck,
+            phase_since_unix_ms: now_unix_ms,
+            started_unix_ms: now_unix_ms,
+            ended_unix_ms: None,
+            aborted_from: None,
+            abort_reason: None,
+            abort_requested: None,
+            source_digest: None,
+            target_digest: None,
+            agents_acked: BTreeSet::new(),
+            agents_validated: BTreeSet::new(),
+            agent_failures: BTreeMap::new(),
+            log_transfer_position: 0,
+            history: Vec::new(),
+        }
+    }
+
+    /// Whether the target may hold an import of this migration: the IMPORT phase is persisted
+    /// before the first chunk is sent, so a migration aborted earlier never sent anything.
+    pub fn import_may_exist(&self) -> bool {
+        match self.phase {
+            Phase::Precheck | Phase::Quiesce => false,
+            Phase::Abort | Phase::AbortDone => matches!(
+                self.aborted_from,
+                Some(Phase::Import | Phase::Validation) | None
+            ),
+            _ => true,
+        }
+    }
+}
+
+/// A refused change to a migration record. Each is matchable; `kind()` picks the gRPC code.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum MigrationError {
+    /// `from → to` is not an edge of the phase graph.
+    #[error("migration {migration_id}: cannot move from {from} to {to}")]
+    IllegalTransition {
+        /// The migration.
+        migration_id: String,
+        /// Its current phase.
+        from: Phase,
+        /// The phase asked for.
+        to: Phase,
+    },
+    /// The migration has ended; nothing about it changes any more.
+    #[error("migration {migration_id} has ended in {phase}")]
+    Ended {
+        /// The migration.
+        migration_id: String,
+        /// Its terminal phase.
+        phase: Phase,
+    },
+    /// An abort was asked for (by the operator or by the master) after SUCCESS was committed.
+    #[error(
+        "migration {migration_id} cannot be aborted: it is in {phase}, past SUCCESS, so model \
+         {model_uuid} is already active on controller {target:?} and this controller only holds a \
+         redirect to it; to move the model back, migrate it again from {target:?}"
+    )]
+    AbortAfterSuccess {
+        /// The migration.
+        migration_id: String,
+        /// The model.
+        model_uuid: String,
+        /// Its committed phase.
+        phase: Phase,
+        /// The target controller's name.
+        target: String,
+    },
+    /// An abort was requested; only ABORT may follow.
+    #[error("migration {migration_id} is being aborted ({reason}); it cannot move to {to}")]
+    AbortPending {
+        /// The migration.
+        migration_id: String,
+        /// The operator's reason.
+        reason: String,
+        /// The phase that was asked for.
+        to: Phase,
+    },
+    /// SUCCESS asked for without both digests recorded and equal.
+    #[error(
+        "migration {migration_id}: SUCCESS needs matching digests (source {source_digest:?}, \
+         target {target_digest:?})"
+    )]
+    DigestsNotConfirmed {
+        /// The migration.
+        migration_id: String,
+        /// The recorded source digest.
+        source_digest: Option<String>,
+        /// The recorded target digest.
+        target_digest: Option<String>,
+    },
+    /// A digest was reported that differs from the one recorded earlier.
+    #[error("migration {migration_id}: {side} digest {reported} differs from recorded {recorded}")]
+    DigestConflict {
+        /// The migration.
+        migration_id: String,
+        /// "source" or "target".
+        side: &'static str,
+        /// The digest recorded.
+        recorded: String,
+        /// The digest now reported.
+        reported: String,
+    },
+    /// A report that belongs to another phase (e.g. a quiesce ack during VALIDATION).
+    #[error("migration {migration_id} is in {phase}; {what} is only accepted in {expected}")]
+    WrongPhase {
+        /// The migration.
+        migration_id: String,
+        /// Its current phase.
+        phase: Phase,
+        /// What was reported.
+        what: &'static str,
+        /// The phase(s) it belongs to.
+        expected: &'static str,
+    },
+    /// A migration id that does not parse.
+    #[error("invalid migration id {id:?}: {reason}")]
+    InvalidId {
+        /// The id as given.
+        id: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The target was asked to activate or drop an import it does not hold for this id.
+    #[error("controller holds no import of migration {migration_id} ({state})")]
+    NoSuchImport {
+        /// The migration named in the request.
+        migration_id: String,
+        /// What the target holds instead.
+        state: String,
+    },
+    /// The target was asked to activate an import that is still receiving chunks.
+    #[error("the import of migration {migration_id} is not complete ({bytes} byte(s) staged)")]
+    ImportIncomplete {
+        /// The migration.
+        migration_id: String,
+        /// Bytes staged so far.
+        bytes: u64,
+    },
+    /// The target was asked to drop a model that migration already activated.
+    #[error(
+        "model of migration {migration_id} is active on this controller and cannot be dropped"
+    )]
+    AlreadyActive {
+        /// The migration.
+        migration_id: String,
+    },
+}
+
+impl MigrationError {
+    /// The kind of refusal, for mapping to a status code.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            MigrationError::InvalidId { .. } => ErrorKind::InvalidArgument,
+            MigrationError::NoSuchImport { .. } => ErrorKind::NotFound,
+            _ => ErrorKind::FailedPrecondition,
+        }
+    }
+}
+
+/// The record after moving it to `to` at `now_unix_ms`, or why that is refused. Refuses edges
+/// outside the graph, any change of an ended migration, ABORT once SUCCESS is committed, any
+/// phase but ABORT once an abort was requested, and SUCCESS without equal recorded digests.
+/// The caller commits the result together with `model_effect(record.phase, to)`.
+pub fn apply_transition(
+    record: &MigrationRecord,
+    to: Phase,
+    now_unix_ms: i64,
+    reason: &str,
+) -> Result<MigrationRecord, MigrationError> {
+    let from = record.phase;
+    let migration_id = record.id.to_string();
+    if from.is_terminal() {
+        return Err(MigrationError::Ended {
+            migration_id,
+            phase: from,
+        });
+    }
+    if from.is_committed() && to.is_aborting() {
+        return Err(abort_after_success(record));
+    }
+    if !from.can_transition_to(to) {
+        return Err(MigrationError::IllegalTransition {
+            migration_id,
+            from,
+            to,
+        });
+    }
+    if let Some(requested) = &record.abort_requested {
+        if !from.is_aborting() && to != Phase::Abort {
+            return Err(MigrationError::AbortPending {
+                migration_id,
+                reason: requested.clone(),
+                to,
+            });
+        }
+    }
+    if to == Phase::Success
+        && (record.source_digest.is_none() || record.source_digest != record.target_digest)
+    {
+        return Err(MigrationError::DigestsNotConfirmed {
+            migration_id,
+            source_digest: record.source_digest.clone(),
+            target_digest: record.target_digest.clone(),
+        });
+    }
+    let mut next = record.clone();
+    next.phase = to;
+    next.phase_since_unix_ms = now_unix_ms;
+    if to == Phase::Abort {
+        next.aborted_from = Some(from);
+        next.abort_reason = Some(reason.to_owned());
+    }
+    if to.is_terminal() {
+        next.ended_unix_ms = Some(now_unix_ms);
+    }
+    next.history.push(PhaseChange {
+        from,
+        to,
+        at_unix_ms: now_unix_ms,
+        reason: reason.to_owned(),
+    });
+    Ok(next)
+}
+
+fn abort_after_success(record: &MigrationRecord) -> MigrationError {
+    MigrationError::AbortAfterSuccess {
+        migration_id: record.id.to_string(),
+        model_uuid: record.id.model_uuid.clone(),
+        phase: record.phase,
+        target: record.target.name.clone(),
+    }
+}
+
+/// The record with an operator's abort request (`ctl abort-migration`) persisted, so whichever
+/// node runs the master sees it. Refused with an explanation once SUCCESS is committed; a
+/// migration already aborting is returned unchanged. The first reason wins.
+pub fn request_abort(
+    record: &MigrationRecord,
+    reason: &str,
+) -> Result<MigrationRecord, MigrationError> {
+    if record.phase.is_committed() {
+        return Err(abort_after_success(record));
+    }
+    if record.phase.is_terminal() {
+        return Err(MigrationError::Ended {
+            migration_id: record.id.to_string(),
+            phase: record.phase,
+        });
+    }
+    let mut next = record.clone();
+    if !record.phase.is_aborting() && next.abort_requested.is_none() {
+        next.abort_requested = Some(reason.to_owned());
+    }
+    Ok(next)
+}
+
+/// A fact recorded in a migration record without changing its phase.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Progress {
+    /// The agent of `machine` acknowledged the quiesce (QUIESCE only).
+    AgentAcked {
+        /// The machine id.
+        machine: String,
+    },
+    /// The agent of `machine` logged in to the target and reported (VALIDATION only).
+    AgentValidated {
+        /// The machine id.
+        machine: String,
+        /// The agent's report.
+        report: AgentReport,
+    },
+    /// The source's digest of the locked model (IMPORT, VALIDATION).
+    SourceDigest(String),
+    /// The digest the target reported for its import (IMPORT, VALIDATION).
+    TargetDigest(String),
+    /// The target acknowledged the model's log through this position (LOGTRANSFER only).
+    LogPosition(u64),
+}
+
+/// The record with `progress` recorded, or why it is refused. Idempotent: recording the same
+/// fact twice gives the same record; a log position never moves back.
+pub fn apply_progress(
+    record: &MigrationRecord,
+    progress: &Progress,
+) -> Result<MigrationRecord, MigrationError> {
+    let wrong_phase = |what: &'static str, expected: &'static str| MigrationError::WrongPhase {
+        migration_id: record.id.to_string(),
+        phase: record.phase,
+        what,
+        expected,
+    };
+    let mut next = record.clone();
+    match progress {
+        Progress::AgentAcked { machine } => {
+            if record.phase != Phase::Quiesce {
+                return Err(wrong_phase("a quiesce acknowledgement", "QUIESCE"));
+            }
+            next.agents_acked.insert(machine.clone());
+        }
+        Progress::AgentValidated { machine, report } => {
+            if record.phase != Phase::Validation {
+                return Err(wrong_phase("a validation report", "VALIDATION"));
+            }
+            match report {
+                AgentReport::Ok => {
+                    next.agents_validated.insert(machine.clone());
+                }
+                AgentReport::Failed { reason } => {
+                    next.agent_failures.insert(machine.clone(), reason.clone());
+                }
+            }
+        }
+        Progress::SourceDigest(digest) | Progress::TargetDigest(digest) => {
+            if !matches!(record.phase, Phase::Import | Phase::Validation) {
+                return Err(wrong_phase("a digest", "IMPORT or VALIDATION"));
+            }
+            let (side, slot) = match progress {
+                Progress::SourceDigest(_) => ("source", &mut next.source_digest),
+                _ => ("target", &mut next.target_digest),
+            };
+            match slot {
+                Some(recorded) if recorded != digest => {
+                    return Err(MigrationError::DigestConflict {
+                        migration_id: record.id.to_string(),
+                        side,
+                        recorded: recorded.clone(),
+                        reported: digest.clone(),
+                    })
+                }
+                _ => *slot = Some(digest.clone()),
+            }
+        }
+        Progress::LogPosition(position) => {
+            if record.phase != Phase::LogTransfer {
+                return Err(wrong_phase("a log position", "LOGTRANSFER"));
+            }
+            next.log_transfer_position = next.log_transfer_position.max(*position);
+        }
+    }
+    Ok(next)
+}
+
+/// An agent's validation report: it dialed the target with its own credential.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AgentReport {
+    /// It logged in and saw the model.
+    Ok,
+    /// It could not; the agent's reason.
+    Failed {
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+/// The outcome of one run of the prechecks, and the phase it ran in (prechecks run before the
+/// lock and again once every agent has quiesced; a report only counts for its own phase).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PrecheckReport {
+    /// PRECHECK or QUIESCE.
+    pub phase: Phase,
+    /// One sentence per failed check; empty when every check passed.
+    pub failures: Vec<String>,
+}
+
+/// What the target says about its import of this migration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ImportStatus {
+    /// It holds nothing for this migration id.
+    NotStarted,
+    /// It has staged this much; a stream resumes from `bytes`.
+    InProgress {
+        /// Bytes staged (and replicated) so far.
+        bytes: u64,
+        /// Records staged so far.
+        records: u64,
+    },
+    /// The stream just completed and the import is committed in importing mode.
+    Imported {
+        /// Hex sha256 of what it imported.
+        digest: String,
+    },
+    /// A repeated stream (or a status query) found the import already committed.
+    AlreadyImported {
+        /// Hex sha256 of what it imported.
+        digest: String,
+    },
+    /// The target refused or failed the import for good (a precondition, a corrupt stream).
+    Failed {
+        /// The target's reason.
+        reason: String,
+    },
+    /// The target could not be reached or did not answer in time; worth retrying.
+    Unreachable {
+        /// The transport's error.
+        error: String,
+    },
+}
+
+/// The answer to a call the master repeats until it is acknowledged (Activate, DropImport).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CallOutcome {
+    /// Acknowledged (also for a repeat of a call already acknowledged).
+    Acked,
+    /// The target answered no; retried all the same.
+    Refused {
+        /// The target's reason.
+        reason: String,
+    },
+    /// No answer.
+    Unreachable {
+        /// The transport's error.
+        error: String,
+    },
+}
+
+/// How the log transfer went.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LogTransferStatus {
+    /// The stream stopped; the target acknowledged through `position`.
+    InProgress {
+        /// The last log sequence number the target stored.
+        position: u64,
+    },
+    /// Every record was transferred through `position`.
+    Complete {
+        /// The last log sequence number.
+        position: u64,
+    },
+    /// The transfer failed; retried from the target's position.
+    Failed {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// How deleting the source's copy of the model went.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReapResult {
+    /// The data is gone; the redirect remains.
+    Done,
+    /// It failed for good (transient errors are retried by the caller, not reported).
+    Failed {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// An observation with the time it was made, for pacing retries.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Observed<T> {
+    /// What was observed.
+    pub value: T,
+    /// When.
+    pub at_unix_ms: i64,
+}
+
+impl<T> Observed<T> {
+    /// `value` observed at `at_unix_ms`.
+    pub fn at(value: T, at_unix_ms: i64) -> Self {
+        Observed { value, at_unix_ms }
+    }
+}
+
+/// What the master learned since it (re)started. A restarted master starts from
+/// `Observations::default()`: nothing it saw before survives except what is in the record.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Observations {
+    /// The locked model's machines (fixed while locked); `None` until read.
+    pub machines: Option<BTreeSet<String>>,
+    /// Quiesce acknowledgements received directly (the record's `agents_acked` counts too).
+    pub quiesce_acks: BTreeSet<String>,
+    /// Validation reports received directly (the record's sets count too).
+    pub validation_reports: BTreeMap<String, AgentReport>,
+    /// The last precheck run.
+    pub prechecks: Option<PrecheckReport>,
+    /// The source's digest of its export of the locked model.
+    pub source_digest: Option<String>,
+    /// The target's last answer about the import.
+    pub import: Option<Observed<ImportStatus>>,
+    /// The last Activate call's answer.
+    pub activate: Option<Observed<CallOutcome>>,
+    /// The log transfer's last state.
+    pub log_transfer: Option<Observed<LogTransferStatus>>,
+    /// The reap's result.
+    pub reap: Option<ReapResult>,
+    /// The last DropImport call's answer.
+    pub drop_import: Option<Observed<CallOutcome>>,
+    /// An operator's abort request seen directly (the record's `abort_requested` counts too).
+    pub abort_requested: Option<String>,
+}
+
+/// Deadlines and retry pacing. Every wait before SUCCESS is bounded; after SUCCESS only
+/// Activate is retried without end, because nothing else is safe.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// PRECHECK: the prechecks must pass within this.
+    pub precheck_timeout_ms: u64,
+    /// QUIESCE: every agent acknowledges and the prechecks pass again within this
+    /// (controller config `migration-quiesce-timeout`).
+    pub quiesce_timeout_ms: u64,
+    /// IMPORT: the target reports the import committed within this.
+    pub import_timeout_ms: u64,
+    /// VALIDATION: digests compared and every agent validated within this.
+    pub validation_timeout_ms: u64,
+    /// LOGTRANSFER: after this the rest of the log is given up and REAP follows.
+    pub log_transfer_timeout_ms: u64,
+    /// REAP: without a result in this time the migration ends in REAPFAILED.
+    pub reap_timeout_ms: u64,
+    /// ABORT: after this, unlock without the target's acknowledgement of the drop (its
+    /// leftover rule drops the import once it asks). `None`: wait for the acknowledgement.
+    pub abort_drop_timeout_ms: Option<u64>,
+    /// Pause between repeats of a call that got no acknowledgement.
+    pub retry_interval_ms: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            precheck_timeout_ms: 60_000,
+            quiesce_timeout_ms: 60_000,
+            import_timeout_ms: 30 * 60_000,
+            validation_timeout_ms: 5 * 60_000,
+            log_transfer_timeout_ms: 10 * 60_000,
+            reap_timeout_ms: 10 * 60_000,
+            abort_drop_timeout_ms: Some(10 * 60_000),
+            retry_interval_ms: 2_000,
+        }
+    }
+}
+
+/// The one thing the master does next. Commit actions (`Lock`, `Record`, `Transition`,
+/// `CommitSuccess`, `Unlock`) are Raft writes the master proposes; the rest are calls or waits
+/// whose results go into `Observations`. Every action is idempotent on the migration id.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Run the prechecks and report them as a `PrecheckReport` for the current phase.
+    RunPrechecks,
+    /// Commit PRECHECK → QUIESCE together with the model's lock.
+    Lock,
+    /// Read the locked model's machines into `Observations::machines`.
+    ReadMachines,
+    /// Wait (until at most `until_unix_ms`) for these machines' agents to report.
+    WaitForAgents {
+        /// The machines not heard from.
+        missing: BTreeSet<String>,
+        /// The phase deadline.
+        until_unix_ms: i64,
+    },
+    /// Stream the locked model's export to the target (the target is authoritative about
+    /// where to resume; `resume_from` is its last known position). Report `source_digest` and
+    /// the target's `ImportStatus`.
+    StreamExport {
+        /// Byte offset to resume from.
+        resume_from: u64,
+    },
+    /// Record a fact in the migration record (`apply_progress`).
+    Record(Progress),
+    /// Compute the source digest of the locked model and ask the target for its import's
+    /// status (which carries its digest).
+    CompareDigests,
+    /// Commit a phase change that touches nothing but the record (`apply_transition`).
+    Transition {
+        /// The new phase.
+        to: Phase,
+        /// Why, for the record and the operator.
+        reason: String,
+    },
+    /// Commit VALIDATION → SUCCESS together with the model becoming a redirect. Point of no
+    /// return.
+    CommitSuccess,
+    /// Call Activate on the target (repeated until acknowledged; never undone).
+    CallActivate,
+    /// Stream the model's log to the target from this position.
+    TransferLogs {
+        /// The first log sequence number not known to be on the target, minus one.
+        from: u64,
+    },
+    /// Delete the source's copy of the model's data, keeping the redirect.
+    Reap,
+    /// Ask the target to drop its import of this migration (repeated until acknowledged).
+    DropImportOnTarget,
+    /// Commit ABORT → ABORTDONE together with releasing the model's lock.
+    Unlock {
+        /// Why, for the record and the operator.
+        reason: String,
+    },
+    /// Nothing to do before `until_unix_ms`; then ask again (refreshing what was waited on).
+    Wait {
+        /// When to act again.
+        until_unix_ms: i64,
+    },
+    /// The migration has ended.
+    Nothing,
+}
+
+/// The reason recorded with `Action::Lock`.
+pub const LOCK_REASON: &str = "prechecks passed; model locked";
+/// The reason recorded with `Action::CommitSuccess`.
+pub const SUCCESS_REASON: &str = "digests match and every agent validated against the target";
+
+impl Action {
+    /// The phase this action commits when taken in `from`, with the reason to record; `None`
+    /// for actions that do not change the phase.
+    pub fn commits(&self, from: Phase) -> Option<(Phase, String)> {
+        match self {
+            Action::Lock if from == Phase::Precheck => Some((Phase::Quiesce, LOCK_REASON.into())),
+            Action::CommitSuccess if from == Phase::Validation => {
+                Some((Phase::Success, SUCCESS_REASON.into()))
+            }
+            Action::Transition { to, reason } => Some((*to, reason.clone())),
+            Action::Unlock { reason } if from == Phase::Abort => {
+                Some((Phase::AbortDone, reason.clone()))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// The master's decision: from the persisted record, what it observed since it (re)started and
+/// the time, the one next step. Rules enforced here:
+/// - terminal phases yield `Nothing`;
+/// - before SUCCESS, an abort request (record or observed), a phase deadline, a failed check,
+///   a failed import, a digest mismatch or an agent's failed validation yields ABORT;
+/// - from SUCCESS on, nothing yields ABORT: abort requests are ignored (`request_abort`
+///   explains the refusal) and Activate is repeated until acknowledged;
+/// - a phase only advances on evidence observed or recorded, so a master restarted with empty
+///   observations re-issues its phase's idempotent step and never re-commits a transition;
+/// - ABORT drops the target's import (if one may exist) before `Unlock`.
+pub fn next_action(
+    record: &MigrationRecord,
+    obs: &Observations,
+    now_unix_ms: i64,
+    limits: &Limits,
+) -> Action {
+    let phase = record.phase;
+    if phase.is_terminal() {
+        return Action::Nothing;
+    }
+    if !phase.is_committed() && !phase.is_aborting() {
+        if let Some(reason) = obs
+            .abort_requested
+            .as_ref()
+            .or(record.abort_requested.as_ref())
+        {
+            return abort(format!("aborted by operator: {reason}"));
+        }
+    }
+    let step = Step {
+        record,
+        obs,
+        now_unix_ms,
+        limits,
+    };
+    match phase {
+        Phase::Precheck => step.precheck(),
+        Phase::Quiesce => step.quiesce(),
+        Phase::Import => step.import(),
+        Phase::Validation => step.validation(),
+        Phase::Success => step.success(),
+        Phase::LogTransfer => step.log_transfer(),
+        Phase::Reap => step.reap(),
+        Phase::Abort => step.abort(),
+        Phase::Done | Phase::AbortDone | Phase::ReapFailed => Action::Nothing,
+    }
+}
+
+fn abort(reason: String) -> Action {
+    Action::Transition {
+        to: Phase::Abort,
+        reason,
+    }
+}
+
+/// `ms` as an operator reads it: `90s`, `250ms`, `10m`.
+fn human_ms(ms: u64) -> String {
+    if ms.is_multiple_of(60_000) && ms >= 60_000 {
+        format!("{}m", ms / 60_000)
+    } else if ms.is_multiple_of(1000) {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{ms}ms")
+    }
+}
+
+fn join(machines: &BTreeSet<String>) -> String {
+    machines.iter().cloned().collect::<Vec<_>>().join(", ")
+}
+
+fn add_ms(at_unix_ms: i64, ms: u64) -> i64 {
+    at_unix_ms.saturating_add(i64::try_from(ms).unwrap_or(i64::MAX))
+}
+
+/// One call of `next_action`, with the per-phase rules as methods.
+struct Step<'a> {
+    record: &'a MigrationRecord,
+    obs: &'a Observations,
+    now_unix_ms: i64,
+    limits: &'a Limits,
+}
+
+impl Step<'_> {
+    fn deadline(&self, timeout_ms: u64) -> i64 {
+        add_ms(self.record.phase_since_unix_ms, timeout_ms)
+    }
+
+    /// ABORT if the current phase's deadline has passed, naming what was waited for.
+    fn timed_out(&self, timeout_ms: u64, waiting_for: &str) -> Option<Action> {
+        (self.now_unix_ms >= self.deadline(timeout_ms)).then(|| {
+            abort(format!(
+                "timed out after {} in {} waiting for {waiting_for}",
+                human_ms(timeout_ms),
+                self.record.phase
+            ))
+        })
+    }
+
+    /// `retry` unless the last unacknowledged attempt was less than a retry interval ago (then
+    /// wait, but never past `deadline`).
+    fn paced(&self, last_attempt_unix_ms: i64, deadline: Option<i64>, retry: Action) -> Action {
+        let retry_at = add_ms(last_attempt_unix_ms, self.limits.retry_interval_ms);
+        let until_unix_ms = deadline.map_or(retry_at, |deadline| retry_at.min(deadline));
+        if self.now_unix_ms < until_unix_ms {
+            Action::Wait { until_unix_ms }
+        } else {
+            retry
+        }
+    }
+
+    fn precheck(&self) -> Action {
+        if let Some(report) = self
+            .obs
+            .prechecks
+            .as_ref()
+            .filter(|r| r.phase == Phase::Precheck)
+        {
+            return if report.failures.is_empty() {
+                Action::Lock
+            } else {
+                abort(format!("prechecks failed: {}", report.failures.join("; ")))
+            };
+        }
+        self.timed_out(self.limits.precheck_timeout_ms, "the prechecks")
+            .unwrap_or(Action::RunPrechecks)
+    }
+
+    fn quiesce(&self) -> Action {
+        let timeout_ms = self.limits.quiesce_timeout_ms;
+        let Some(machines) = &self.obs.machines else {
+            return self
+                .timed_out(timeout_ms, "the model's machines to be read")
+                .unwrap_or(Action::ReadMachines);
+        };
+        let missing: BTreeSet<String> = machines
+            .iter()
+            .filter(|m| {
+                !self.record.agents_acked.contains(*m) && !self.obs.quiesce_acks.contains(*m)
+            })
+            .cloned()
+            .collect();
+        if !missing.is_empty() {
+            let what = format!("the agents of machine(s) {} to acknowledge", join(&missing));
+            return self
+                .timed_out(timeout_ms, &what)
+                .unwrap_or(Action::WaitForAgents {
+                    missing,
+                    until_unix_ms: self.deadline(timeout_ms),
+                });
+        }
+        if let Some(timeout) = self.timed_out(timeout_ms, "the prechecks after quiesce") {
+            return timeout;
+        }
+        match self
+            .obs
+            .prechecks
+            .as_ref()
+            .filter(|r| r.phase == Phase::Quiesce)
+        {
+            None => Action::RunPrechecks,
+            Some(report) if report.failures.is_empty() => Action::Transition {
+                to: Phase::Import,
+                reason: format!(
+                    "all {} agent(s) quiesced; prechecks passed again",
+                    machines.len()
+                ),
+            },
+            Some(report) => abort(format!(
+                "prechecks failed after quiesce: {}",
+                report.failures.join("; ")
+            )),
+        }
+    }
+
+    /// The source digest to record before anything else, or a conflict to abort on.
+    fn source_digest_step(&self) -> Option<Action> {
+        let observed = self.obs.source_digest.as_ref()?;
+        match &self.record.source_digest {
+            None => Some(Action::Record(Progress::SourceDigest(observed.clone()))),
+            Some(recorded) if recorded != observed => Some(abort(format!(
+                "the locked model's digest changed from {recorded} to {observed}"
+            ))),
+            Some(_) => None,
+        }
+    }
+
+    fn import(&self) -> Action {
+        let timeout_ms = self.limits.import_timeout_ms;
+        let target = &self.record.target.name;
+        if let Some(timeout) = self.timed_out(timeout_ms, "the target to import the model") {
+            return timeout;
+        }
+        if let Some(action) = self.source_digest_step() {
+            return action;
+        }
+        let Some(import) = &self.obs.import else {
+            return Action::StreamExport { resume_from: 0 };
+        };
+        match &import.value {
+            ImportStatus::NotStarted => Action::StreamExport { resume_from: 0 },
+            ImportStatus::InProgress { bytes, .. } => Action::StreamExport {
+                resume_from: *bytes,
+            },
+            ImportStatus::Imported { digest } | ImportStatus::AlreadyImported { digest } => {
+                match &self.record.target_digest {
+                    None => Action::Record(Progress::TargetDigest(digest.clone())),
+                    Some(recorded) if recorded != digest => abort(format!(
+                        "controller {target:?} reported digest {digest} after {recorded}"
+                    )),
+                    Some(_) => Action::Transition {
+                        to: Phase::Validation,
+                        reason: format!("controller {target:?} imported the model ({digest})"),
+                    },
+                }
+            }
+            ImportStatus::Failed { reason } => {
+                abort(format!("controller {target:?} failed the import: {reason}"))
+            }
+            ImportStatus::Unreachable { .. } => self.paced(
+                import.at_unix_ms,
+                Some(self.deadline(timeout_ms)),
+                Action::StreamExport { resume_from: 0 },
+            ),
+        }
+    }
+
+    fn validation(&self) -> Action {
+        let timeout_ms = self.limits.validation_timeout_ms;
+        let target = &self.record.target.name;
+        if let Some(timeout) = self.timed_out(timeout_ms, "digests and agents' validation") {
+            return timeout;
+        }
+        if let Some(action) = self.source_digest_step() {
+            return action;
+        }
+        // The target's digest as last observed; it must still hold the import.
+        let observed_target = match self.obs.import.as_ref().map(|i| &i.value) {
+            Some(ImportStatus::Imported { digest } | ImportStatus::AlreadyImported { digest }) => {
+                Some(digest)
+            }
+            Some(ImportStatus::NotStarted) => {
+                return abort(format!("controller {target:?} no longer holds the import"));
+            }
+            Some(ImportStatus::Failed { reason }) => {
+                return abort(format!("controller {target:?} failed the import: {reason}"));
+            }
+            Some(ImportStatus::InProgress { bytes, .. }) => {
+                return abort(format!(
+                    "controller {target:?} reports the import incomplete ({bytes} byte(s)) after \
+                     reporting it committed"
+                ));
+            }
+            Some(ImportStatus::Unreachable { .. }) | None => None,
+        };
+        if let (Some(recorded), Some(observed)) = (&self.record.target_digest, observed_target) {
+            if recorded != observed {
+                return abort(format!(
+                    "controller {target:?} now reports digest {observed} after {recorded}"
+                ));
+            }
+        }
+        let source = self
+            .record
+            .source_digest
+            .as_ref()
+            .or(self.obs.source_digest.as_ref());
+        let target_digest = self.record.target_digest.as_ref().or(observed_target);
+        let (Some(source), Some(target_digest)) = (source, target_digest) else {
+            return match &self.obs.import {
+                Some(Observed {
+                    value: ImportStatus::Unreachable { .. },
+                    at_unix_ms,
+                }) => self.paced(
+                    *at_unix_ms,
+                    Some(self.deadline(timeout_ms)),
+                    Action::CompareDigests,
+                ),
+                _ => Action::CompareDigests,
+            };
+        };
+        if source != target_digest {
+            return abort(format!(
+                "digest mismatch: source {source}, controller {target:?} {target_digest}"
+            ));
+        }
+        if self.record.target_digest.is_none() {
+            return Action::Record(Progress::TargetDigest(target_digest.clone()));
+        }
+        let Some(machines) = &self.obs.machines else {
+            return Action::ReadMachines;
+        };
+        let mut failures = self.record.agent_failures.clone();
+        for (machine, report) in &self.obs.validation_reports {
+            if let AgentReport::Failed { reason } = report {
+                failures
+                    .entry(machine.clone())
+                    .or_insert_with(|| reason.clone());
+            }
+        }
+        if let Some((machine, reason)) = failures.iter().find(|(m, _)| machines.contains(*m)) {
+            return abort(format!(
+                "the agent of machine {machine} could not validate against controller \
+                 {target:?}: {reason}"
+            ));
+        }
+        let missing: BTreeSet<String> = machines
+            .iter()
+            .filter(|m| {
+                !self.record.agents_validated.contains(*m)
+                    && self.obs.validation_reports.get(*m) != Some(&AgentReport::Ok)
+            })
+            .cloned()
+            .collect();
+        if !missing.is_empty() {
+            return Action::WaitForAgents {
+                missing,
+                until_unix_ms: self.deadline(timeout_ms),
+            };
+        }
+        Action::CommitSuccess
+    }
+
+    fn success(&self) -> Action {
+        match &self.obs.activate {
+            Some(Observed {
+                value: CallOutcome::Acked,
+                ..
+            }) => Action::Transition {
+                to: Phase::LogTransfer,
+                reason: format!(
+                    "controller {:?} activated the model at epoch {}",
+                    self.record.target.name,
+                    self.record.ownership_epoch + 1
+                ),
+            },
+            Some(attempt) => self.paced(attempt.at_unix_ms, None, Action::CallActivate),
+            None => Action::CallActivate,
+        }
+    }
+
+    fn log_transfer(&self) -> Action {
+        let recorded = self.record.log_transfer_position;
+        let status = self.obs.log_transfer.as_ref();
+        if let Some(LogTransferStatus::Complete { position }) = status.map(|s| &s.value) {
+            return Action::Transition {
+                to: Phase::Reap,
+                reason: format!("log transferred through {position}"),
+            };
+        }
+        let timeout_ms = self.limits.log_transfer_timeout_ms;
+        if self.now_unix_ms >= self.deadline(timeout_ms) {
+            return Action::Transition {
+                to: Phase::Reap,
+                reason: format!(
+                    "log transfer incomplete after {} (target has it through {recorded}); \
+                     the rest of the log is not transferred",
+                    human_ms(timeout_ms)
+                ),
+            };
+        }
+        let Some(status) = status else {
+            return Action::TransferLogs { from: recorded };
+        };
+        match &status.value {
+            LogTransferStatus::InProgress { position } if *position > recorded => {
+                Action::Record(Progress::LogPosition(*position))
+            }
+            LogTransferStatus::InProgress { .. } => Action::TransferLogs { from: recorded },
+            _ => self.paced(
+                status.at_unix_ms,
+                Some(self.deadline(timeout_ms)),
+                Action::TransferLogs { from: recorded },
+            ),
+        }
+    }
+
+    fn reap(&self) -> Action {
+        match &self.obs.reap {
+            Some(ReapResult::Done) => Action::Transition {
+                to: Phase::Done,
+                reason: "the source's copy of the model was deleted; the redirect remains".into(),
+            },
+            Some(ReapResult::Failed { reason }) => Action::Transition {
+                to: Phase::ReapFailed,
+                reason: format!("reap failed: {reason}"),
+            },
+            None if self.now_unix_ms >= self.deadline(self.limits.reap_timeout_ms) => {
+                Action::Transition {
+                    to: Phase::ReapFailed,
+                    reason: format!(
+                        "reap did not finish within {}",
+                        human_ms(self.limits.reap_timeout_ms)
+                    ),
+                }
+            }
+            None => Action::Reap,
+        }
+    }
+
+    fn abort(&self) -> Action {
+        if !self.record.import_may_exist() {
+            return Action::Unlock {
+                reason: "nothing was sent to the target; model unlocked".into(),
+            };
+        }
+        let target = &self.record.target.name;
+        let attempt = match &self.obs.drop_import {
+            Some(Observed {
+                value: CallOutcome::Acked,
+                ..
+            }) => {
+                return Action::Unlock {
+                    reason: format!("controller {target:?} dropped the import; model unlocked"),
+                }
+            }
+            Some(attempt) => Some(attempt.at_unix_ms),
+            None => None,
+        };
+        let give_up_at = self
+            .limits
+            .abort_drop_timeout_ms
+            .map(|timeout_ms| (timeout_ms, self.deadline(timeout_ms)));
+        if let Some((timeout_ms, give_up_at)) = give_up_at {
+            if self.now_unix_ms >= give_up_at {
+                return Action::Unlock {
+                    reason: format!(
+                        "controller {target:?} did not acknowledge dropping the import within \
+                         {}; model unlocked (the target drops the import when it next asks \
+                         about this migration)",
+                        human_ms(timeout_ms)
+                    ),
+                };
+            }
+        }
+        match attempt {
+            None => Action::DropImportOnTarget,
+            Some(at) => self.paced(at, give_up_at.map(|(_, at)| at), Action::DropImportOnTarget),
+        }
+    }
+}
+
+/// What the source answers when a target asks about a migration id (`source_answer`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SourceAnswer {
+    /// The source has no record of that migration (it never existed, or the source was
+    /// restored from a backup taken before it): the model is the source's.
+    Unknown,
+    /// Before SUCCESS and not aborting: the source may still commit it.
+    InProgress {
+        /// The source's phase.
+        phase: Phase,
+    },
+    /// ABORT or ABORTDONE: it will never commit.
+    Aborted {
+        /// The source's phase.
+        phase: Phase,
+    },
+    /// SUCCESS or later: the model is the target's; Activate is (or was) on its way.
+    Committed {
+        /// The source's phase.
+        phase: Phase,
+    },
+    /// No answer (the target asked, the source did not reply).
+    Unreachable,
+}
+
+/// The source's answer about a migration, from its record of that id (if any).
+pub fn source_answer(record: Option<&MigrationRecord>) -> SourceAnswer {
+    match record.map(|record| record.phase) {
+        None => SourceAnswer::Unknown,
+        Some(phase) if phase.is_committed() => SourceAnswer::Committed { phase },
+        Some(phase) if phase.is_aborting() => SourceAnswer::Aborted { phase },
+        Some(phase) => SourceAnswer::InProgress { phase },
+    }
+}
+
+/// How far the target's import of a migration has got.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TargetImportState {
+    /// Chunks are being staged.
+    Receiving {
+        /// Bytes staged so far.
+        bytes: u64,
+    },
+    /// Committed in importing mode (invisible, read-only), waiting for Activate.
+    Imported {
+        /// Hex sha256 of what was imported.
+        digest: String,
+    },
+}
+
+/// An import the target holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TargetImport {
+    /// The migration it belongs to.
+    pub migration_id: MigrationId,
+    /// How far it got.
+    pub state: TargetImportState,
+    /// When the source last sent a chunk or called about it.
+    pub last_activity_unix_ms: i64,
+}
+
+/// The target's timing for leftover imports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TargetLimits {
+    /// An import idle this long makes the target ask the source about it.
+    pub idle_before_asking_ms: u64,
+    /// How long an answer stays fresh (and the pause after an unanswered question).
+    pub ask_interval_ms: u64,
+}
+
+impl Default for TargetLimits {
+    fn default() -> Self {
+        TargetLimits {
+            idle_before_asking_ms: 5 * 60_000,
+            ask_interval_ms: 60_000,
+        }
+    }
+}
+
+/// What the target does about an import nobody is finishing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TargetAction {
+    /// Keep it; decide again at `until_unix_ms`.
+    Keep {
+        /// When to decide again.
+        until_unix_ms: i64,
+        /// Why it is kept.
+        reason: String,
+    },
+    /// Ask the source about the migration id (`source_answer` on its side).
+    AskSource,
+    /// Drop the import (replicated through the target's Raft log).
+    Drop {
+        /// Why, for the log.
+        reason: String,
+    },
+}
+
+/// The target's rule for an import nobody finishes (the fix for Juju #20361): it is dropped
+/// only when the source positively says the migration aborted or that it has no record of it.
+/// An unreachable source never leads to a drop, because the source may have committed SUCCESS
+/// and the import is then the only live copy of the model. `answer` is the source's last
+/// answer about this import's migration id, if any was asked.
+pub fn target_leftover_decision(
+    import: &TargetImport,
+    answer: Option<&Observed<SourceAnswer>>,
+    now_unix_ms: i64,
+    limits: &TargetLimits,
+) -> TargetAction {
+    let idle_until = add_ms(import.last_activity_unix_ms, limits.idle_before_asking_ms);
+    if now_unix_ms < idle_until {
+        return TargetAction::Keep {
+            until_unix_ms: idle_until,
+            reason: "the source is still working on it".into(),
+        };
+    }
+    let fresh = answer.filter(|answer| {
+        answer.at_unix_ms >= import.last_activity_unix_ms
+            && now_unix_ms < add_ms(answer.at_unix_ms, limits.ask_interval_ms)
+    });
+    let Some(answer) = fresh else {
+        return TargetAction::AskSource;
+    };
+    let until_unix_ms = add_ms(answer.at_unix_ms, limits.ask_interval_ms);
+    let id = &import.migration_id;
+    match &answer.value {
+        SourceAnswer::Unknown => TargetAction::Drop {
+            reason: format!("the source has no record of migration {id}"),
+        },
+        SourceAnswer::Aborted { phase } => TargetAction::Drop {
+            reason: format!("the source aborted migration {id} ({phase})"),
+        },
+        SourceAnswer::InProgress { phase } => TargetAction::Keep {
+            until_unix_ms,
+            reason: format!("the source is in {phase}"),
+        },
+        SourceAnswer::Committed { phase } => TargetAction::Keep {
+            until_unix_ms,
+            reason: format!("the source committed migration {id} ({phase}); Activate is expected"),
+        },
+        SourceAnswer::Unreachable => TargetAction::Keep {
+            until_unix_ms,
+            reason: "the source did not answer; an import is never dropped on silence".into(),
+        },
+    }
+}
+
+/// What the target holds for a model uuid, as far as Activate and DropImport care.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TargetModelState {
+    /// Nothing.
+    Absent,
+    /// An import of one migration.
+    Importing(TargetImport),
+    /// The model is active here; `activated_by` is the migration that activated it (`None`
+    /// for a model created here).
+    Active {
+        /// The activating migration.
+        activated_by: Option<MigrationId>,
+    },
+}
+
+/// What Activate does on the target.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TargetActivate {
+    /// Commit the import active at the source's epoch + 1.
+    Activate,
+    /// Already active through this same migration: acknowledge, change nothing.
+    AlreadyActive,
+}
+
+/// The target's rule for Activate (the fix for Juju #21459): only the import of exactly this
+/// migration id, fully imported, is activated; a repeat is acknowledged without effect; an
+/// Activate for any other id (a replay of an old attempt, or one whose import was dropped) is
+/// refused, so a replay can never make a second live copy.
+pub fn target_activate_decision(
+    state: &TargetModelState,
+    migration_id: &MigrationId,
+) -> Result<TargetActivate, MigrationError> {
+    let no_import = |state: String| MigrationError::NoSuchImport {
+        migration_id: migration_id.to_string(),
+        state,
+    };
+    match state {
+        TargetModelState::Importing(import) if &import.migration_id == migration_id => {
+            match &import.state {
+                TargetImportState::Imported { .. } => Ok(TargetActivate::Activate),
+                TargetImportState::Receiving { bytes } => Err(MigrationError::ImportIncomplete {
+                    migration_id: migration_id.to_string(),
+                    bytes: *bytes,
+                }),
+            }
+        }
+        TargetModelState::Active {
+            activated_by: Some(by),
+        } if by == migration_id => Ok(TargetActivate::AlreadyActive),
+        TargetModelState::Importing(import) => Err(no_import(format!(
+            "it holds an import of migration {}",
+            import.migration_id
+        ))),
+        TargetModelState::Active { .. } => Err(no_import("the model is active here".into())),
+        TargetModelState::Absent => Err(no_import("nothing".into())),
+    }
+}
+
+/// What DropImport does on the target.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TargetDrop {
+    /// Drop the import of this migration.
+    Drop,
+    /// Nothing of this migration is held (never arrived, already dropped, or a newer attempt's
+    /// import, which must not be touched): acknowledge.
+    NothingToDrop,
+}
+
+/// The target's rule for DropImport: drops only this migration's import; refuses to drop a
+/// model this migration already activated (that would mean the source aborted after the
+/// target activated, which the protocol rules out, so it is reported, never acted on).
+pub fn target_drop_decision(
+    state: &TargetModelState,
+    migration_id: &MigrationId,
+) -> Result<TargetDrop, MigrationError> {
+    match state {
+        TargetModelState::Importing(import) if &import.migration_id == migration_id => {
+            Ok(TargetDrop::Drop)
+        }
+        TargetModelState::Active {
+            activated_by: Some(by),
+        } if by == migration_id => Err(MigrationError::AlreadyActive {
+            migration_id: migration_id.to_string(),
+        }),
+        _ => Ok(TargetDrop::NothingToDrop),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record() -> MigrationRecord {
+        MigrationRecord::new(
+            MigrationId::new("m-uuid", 1),
+            TargetController {
+                controller_uuid: "t-uuid".into(),
+                name: "target".into(),
+                endpoints: vec!["127.0.0.1:17070".into()],
+                ca_fingerprint: "ab".into(),
+            },
+            "admin",
+            3,
+            1_000,
+        )
+    }
+
+    #[test]
+    fn migration_ids_round_trip_and_refuse_junk() {
+        let id = MigrationId::parse("0b7a-uuid:2").unwrap();
+        assert_eq!(id, MigrationId::new("0b7a-uuid", 2));
+        assert_eq!(id.to_string(), "0b7a-uuid:2");
+        for junk in ["", "uuid", ":1", "uuid:", "uuid:x", "uuid:0", "uuid:-1"] {
+            let err = MigrationId::parse(junk).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{junk:?}");
+        }
+    }
+
+    #[test]
+    fn phase_names_round_trip() {
+        for phase in Phase::ALL {
+            assert_eq!(Phase::parse(phase.as_str()), Some(phase));
+        }
+        assert_eq!(Phase::parse("UNKNOWN"), None);
+    }
+
+    #[test]
+    fn the_graph_is_forward_only_and_never_aborts_after_success() {
+        for from in Phase::ALL {
+            for to in from.next_phases() {
+                assert!(from < to, "{from} → {to} goes backwards");
+                assert!(!(from.is_committed() && to.is_aborting()), "{from} → {to}");
+            }
+            assert_eq!(from.is_terminal(), from.next_phases().is_empty(), "{from}");
+        }
+    }
+
+    #[test]
+    fn transitions_carry_their_model_effects() {
+        assert_eq!(
+            model_effect(Phase::Precheck, Phase::Quiesce),
+            ModelEffect::Lock
+        );
+        assert_eq!(
+            model_effect(Phase::Validation, Phase::Success),
+            ModelEffect::Redirect
+        );
+        assert_eq!(
+            model_effect(Phase::Abort, Phase::AbortDone),
+            ModelEffect::Unlock
+        );
+        assert_eq!(
+            model_effect(Phase::Import, Phase::Validation),
+            ModelEffect::Nothing
+        );
+    }
+
+    #[test]
+    fn abort_records_where_it_came_from_and_ends_with_a_time() {
+        let quiesce = apply_transition(&record(), Phase::Quiesce, 2_000, "lock").unwrap();
+        let aborted = apply_transition(&quiesce, Phase::Abort, 3_000, "boom").unwrap();
+        assert_eq!(aborted.aborted_from, Some(Phase::Quiesce));
+        assert_eq!(aborted.abort_reason.as_deref(), Some("boom"));
+        assert!(!aborted.import_may_exist());
+        let done = apply_transition(&aborted, Phase::AbortDone, 4_000, "unlocked").unwrap();
+        assert_eq!(done.ended_unix_ms, Some(4_000));
+        assert_eq!(done.history.len(), 3);
+    }
+
+    #[test]
+    fn human_durations() {
+        assert_eq!(human_ms(250), "250ms");
+        assert_eq!(human_ms(90_000), "90s");
+        assert_eq!(human_ms(600_000), "10m");
+    }
+}
