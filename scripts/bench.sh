@@ -102,7 +102,8 @@ members_healthy() {
 import json, sys
 c = next(iter(json.load(sys.stdin).values()))
 states = [m.get("state") for m in c.get("members", [])]
-sys.exit(0 if c.get("leader") is not None and states and all(s in ("leader", "follower") for s in states) else 1)'
+# Exactly one leader: a restarted leader claims its old term until it hears of the new one.
+sys.exit(0 if c.get("leader") is not None and states.count("leader") == 1 and all(s in ("leader", "follower") for s in states) else 1)'
 }
 
 : >"$results/failover.jsonl"
@@ -235,7 +236,10 @@ PY
 fi
 
 # ---------------------------------------------------------------- report
-election_timeout_max_ms=2000
+# The nodes' election timeout max: ctld's default unless STARLING_CTLD_ARGS overrides it.
+election_timeout_max_ms="$("$bin/ctld" run --help |
+    sed -n '/--election-timeout-max-ms/,/default:/s/.*\[default: \([0-9]*\)\].*/\1/p' | head -n 1)"
+[[ -n "$election_timeout_max_ms" ]] || die "could not read ctld's default --election-timeout-max-ms"
 read -r -a ctld_args <<<"${STARLING_CTLD_ARGS:-}"
 for ((i = 0; i < ${#ctld_args[@]}; i++)); do
     [[ "${ctld_args[i]}" != "--election-timeout-max-ms" ]] || election_timeout_max_ms="${ctld_args[i + 1]}"

@@ -98,6 +98,10 @@ workload_pid="$(workload_pids "$demo_dir/machine-0" | head -n 1)"
 counter_log="$(ls "$demo_dir"/machine-0/units/*/counter.log | head -n 1)"
 echo "counter/0 runs as pid $workload_pid and has written $(wc -l <"$counter_log") lines to $counter_log"
 
+step "Taking a backup of controller alpha (kept on the controller and downloaded)"
+run "$ctl" create-backup -c alpha "before the failover" --filename "$demo_dir/alpha.backup"
+run "$ctl" backups -c alpha
+
 step "Writing a controller-config value on alpha"
 run "$ctl" controller-config -c alpha custom.greeting="hello from the demo"
 run "$ctl" controller-config -c alpha custom.greeting

@@ -13,6 +13,7 @@ use tonic::{Request, Response, Status};
 use tracing::{info, instrument, warn};
 
 use crate::auth::{Authenticator, Caller, SUPERUSER};
+use crate::backup_service::BackupService;
 use crate::identity::{AuthFile, NodeIdentity};
 use crate::init::node_files;
 use crate::model_service::ModelService;
@@ -30,6 +31,7 @@ pub struct ControllerService {
     auth_file: AuthFile,
     ca: CertKeyPem,
     models: ModelService,
+    backups: BackupService,
 }
 
 impl ControllerService {
@@ -47,6 +49,7 @@ impl ControllerService {
             auth.clone(),
             ca.cert.clone(),
         );
+        let backups = BackupService::new(handle.clone(), identity.clone(), auth.clone());
         Self {
             handle,
             identity,
@@ -54,6 +57,7 @@ impl ControllerService {
             auth_file,
             ca,
             models,
+            backups,
         }
     }
 
@@ -447,6 +451,36 @@ impl Controller for ControllerService {
         request: Request<pb::WhoAmIRequest>,
     ) -> Result<Response<pb::WhoAmIResponse>, Status> {
         self.models.who_am_i(request).await
+    }
+
+    async fn create_backup(
+        &self,
+        request: Request<pb::CreateBackupRequest>,
+    ) -> Result<Response<pb::BackupInfo>, Status> {
+        self.backups.create_backup(request).await
+    }
+
+    async fn list_backups(
+        &self,
+        request: Request<pb::ListBackupsRequest>,
+    ) -> Result<Response<pb::ListBackupsResponse>, Status> {
+        self.backups.list_backups(request).await
+    }
+
+    type DownloadBackupStream = crate::model_service::ChunkStream;
+
+    async fn download_backup(
+        &self,
+        request: Request<pb::DownloadBackupRequest>,
+    ) -> Result<Response<Self::DownloadBackupStream>, Status> {
+        self.backups.download_backup(request).await
+    }
+
+    async fn restore_backup(
+        &self,
+        request: Request<pb::RestoreBackupRequest>,
+    ) -> Result<Response<pb::RestoreBackupResponse>, Status> {
+        self.backups.restore_backup(request).await
     }
 }
 

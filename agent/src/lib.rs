@@ -6,6 +6,7 @@
 pub mod agent_config;
 pub mod agent_service;
 pub mod auth;
+pub mod backup_service;
 pub mod controller_service;
 pub mod http;
 pub mod identity;

@@ -222,9 +222,15 @@ impl ModelService {
             .state()
             .model_description(&model.uuid)
             .map_err(storage_error)?;
-        let (machine_count, unit_count) = description
-            .map(|d| (d.machines.len() as u64, d.units.len() as u64))
-            .unwrap_or((0, 0));
+        let (machine_count, unit_count, description_digest) = description
+            .map(|d| {
+                (
+                    d.machines.len() as u64,
+                    d.units.len() as u64,
+                    starling_storage::export::description_digest(&d),
+                )
+            })
+            .unwrap_or_default();
         Ok(pb::ModelInfo {
             model: Some(model),
             controller_uuid: self.identity.controller_uuid.clone(),
@@ -234,6 +240,7 @@ impl ModelService {
             migration: String::new(),
             migration_start_unix_ms: 0,
             migration_end_unix_ms: 0,
+            description_digest,
         })
     }
 

@@ -964,6 +964,7 @@ mod tests {
             migration: "done".into(),
             migration_start_unix_ms: T0 + 1000,
             migration_end_unix_ms: T0 + 61_000,
+            ..Default::default()
         }
     }
 

@@ -438,6 +438,38 @@ impl Controller for FakeController {
             None => Err(Status::unauthenticated("invalid token")),
         }
     }
+
+    async fn create_backup(
+        &self,
+        _request: Request<CreateBackupRequest>,
+    ) -> Result<Response<BackupInfo>, Status> {
+        Err(Status::unimplemented(
+            "the fake controller keeps no backups",
+        ))
+    }
+
+    async fn list_backups(
+        &self,
+        _request: Request<ListBackupsRequest>,
+    ) -> Result<Response<ListBackupsResponse>, Status> {
+        Ok(Response::new(ListBackupsResponse::default()))
+    }
+
+    type DownloadBackupStream = Self::DownloadCharmStream;
+
+    async fn download_backup(
+        &self,
+        _request: Request<DownloadBackupRequest>,
+    ) -> Result<Response<Self::DownloadBackupStream>, Status> {
+        Err(Status::not_found("the fake controller keeps no backups"))
+    }
+
+    async fn restore_backup(
+        &self,
+        _request: Request<RestoreBackupRequest>,
+    ) -> Result<Response<RestoreBackupResponse>, Status> {
+        Err(Status::unimplemented("the fake controller cannot restore"))
+    }
 }
 
 /// A running fake controller; dropped with the runtime it runs on.

@@ -8,7 +8,7 @@ use openraft::{EntryPayload, LeaderId};
 use starling_proto::raft as pb;
 
 use crate::type_config::{
-    Entry, LogId, Membership, Node, NodeId, Request, SnapshotMeta, StoredMembership, Vote,
+    Entry, LogId, Membership, Node, NodeId, Proto, Request, SnapshotMeta, StoredMembership, Vote,
 };
 
 /// A protobuf message that does not describe a valid openraft value.
@@ -172,7 +172,12 @@ pub fn snapshot_meta_from_pb(meta: &pb::SnapshotMeta) -> Result<SnapshotMeta, Co
 pub fn entry_to_pb(entry: &Entry) -> pb::LogEntry {
     let payload = match &entry.payload {
         EntryPayload::Blank => pb::log_entry::Payload::Blank(pb::Blank {}),
-        EntryPayload::Normal(request) => pb::log_entry::Payload::Command(request.0.clone()),
+        EntryPayload::Normal(Request::Command(command)) => {
+            pb::log_entry::Payload::Command(command.0.clone())
+        }
+        EntryPayload::Normal(Request::Batch(batch)) => {
+            pb::log_entry::Payload::Batch(batch.0.clone())
+        }
         EntryPayload::Membership(membership) => {
             pb::log_entry::Payload::Membership(membership_to_pb(membership))
         }
@@ -192,7 +197,12 @@ pub fn entry_from_pb(entry: pb::LogEntry) -> Result<Entry, CodecError> {
         .ok_or_else(|| missing("log entry", "log_id"))?;
     let payload = match entry.payload {
         Some(pb::log_entry::Payload::Blank(_)) => EntryPayload::Blank,
-        Some(pb::log_entry::Payload::Command(command)) => EntryPayload::Normal(Request(command)),
+        Some(pb::log_entry::Payload::Command(command)) => {
+            EntryPayload::Normal(Request::command(command))
+        }
+        Some(pb::log_entry::Payload::Batch(batch)) => {
+            EntryPayload::Normal(Request::Batch(Proto(batch)))
+        }
         Some(pb::log_entry::Payload::Membership(m)) => {
             EntryPayload::Membership(membership_from_pb(&m)?)
         }
@@ -225,10 +235,20 @@ mod tests {
             },
             openraft::Entry {
                 log_id,
-                payload: EntryPayload::Normal(Request(Command {
+                payload: EntryPayload::Normal(Request::command(Command {
                     request_id: "r1".into(),
                     ..Default::default()
                 })),
+            },
+            openraft::Entry {
+                log_id,
+                payload: EntryPayload::Normal(Request::batch(vec![
+                    Command {
+                        request_id: "r2".into(),
+                        ..Default::default()
+                    },
+                    Command::default(),
+                ])),
             },
             openraft::Entry {
                 log_id,

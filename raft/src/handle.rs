@@ -10,11 +10,14 @@ use openraft::{ChangeMembers, Config, ServerState, SnapshotPolicy};
 use starling_proto::command::{Command, CommandResult};
 use starling_proto::raft as pb;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::batcher::{BatchLimits, ProposalBatcher};
 use crate::network::{Network, PeerChannels};
 use crate::store::StateView;
-use crate::type_config::{Node, NodeId, Raft, Request};
+use crate::type_config::{Node, NodeId, Raft, Vote};
+use crate::watchdog::{self, LeaderContact, WatchdogTiming};
 
 /// Raft timing and sizes; all configurable from `ctld run`.
 #[derive(Clone, Debug)]
@@ -23,7 +26,8 @@ pub struct RaftTiming {
     pub heartbeat_ms: u64,
     /// Lower bound of the randomized election timeout.
     pub election_timeout_min_ms: u64,
-    /// Upper bound of the randomized election timeout.
+    /// Upper bound of the randomized election timeout; also openraft's leader lease, after
+    /// which the election watchdog makes a voter follower without leader contact campaign.
     pub election_timeout_max_ms: u64,
     /// Deadline for sending one snapshot chunk.
     pub install_snapshot_timeout_ms: u64,
@@ -33,18 +37,25 @@ pub struct RaftTiming {
     pub snapshot_logs_since_last: u64,
     /// Entries kept in the log after a snapshot, so a briefly lagging follower needs no snapshot.
     pub logs_kept_after_snapshot: u64,
+    /// How concurrent proposals share log entries on the leader.
+    pub batch: BatchLimits,
 }
 
 impl Default for RaftTiming {
     fn default() -> Self {
         Self {
+            // 150 ms, not 100: openraft 0.9 cuts an AppendEntries off after one heartbeat period,
+            // and a follower's fsync can stall for tens of milliseconds behind a large batch.
             heartbeat_ms: 150,
-            election_timeout_min_ms: 1000,
-            election_timeout_max_ms: 2000,
+            // 5-10x the heartbeat (DESIGN.md §3). Failover takes about the max: the watchdog
+            // campaigns when the leader lease (= max) expires.
+            election_timeout_min_ms: 750,
+            election_timeout_max_ms: 1500,
             install_snapshot_timeout_ms: 10_000,
             snapshot_chunk_bytes_max: 1024 * 1024,
             snapshot_logs_since_last: 10_000,
             logs_kept_after_snapshot: 5_000,
+            batch: BatchLimits::default(),
         }
     }
 }
@@ -61,8 +72,10 @@ impl RaftTiming {
             snapshot_max_chunk_size: self.snapshot_chunk_bytes_max,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(self.snapshot_logs_since_last),
             max_in_snapshot_log_to_keep: self.logs_kept_after_snapshot,
-            // Several hundred entries per AppendEntries so one fdatasync covers many writes.
-            max_payload_entries: 1024,
+            // Entries carry proposal batches of up to `batch_bytes_max` (256 KiB), and openraft 0.9
+            // cuts an AppendEntries off after one heartbeat: 16 entries (<= 4 MiB) fit in it even
+            // on this machine; a catching-up follower gets them back to back.
+            max_payload_entries: 16,
             ..Default::default()
         };
         config.validate().map_err(Box::new)
@@ -141,6 +154,16 @@ struct Inner {
     version: String,
     channels: PeerChannels,
     state: StateView,
+    batcher: ProposalBatcher,
+    leader_contact: Arc<LeaderContact>,
+    /// Stops the batcher and the election watchdog.
+    stop: CancellationToken,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
 }
 
 /// How long a proposal may wait for a leader before answering `Unavailable`.
@@ -170,6 +193,19 @@ impl RaftHandle {
         let raft = Raft::new(node_id, config, network, log_store, state_machine)
             .await
             .map_err(Box::new)?;
+        let stop = CancellationToken::new();
+        let leader_contact = Arc::new(LeaderContact::default());
+        let batcher = ProposalBatcher::spawn(raft.clone(), timing.batch, stop.clone());
+        watchdog::spawn(
+            raft.clone(),
+            node_id,
+            leader_contact.clone(),
+            WatchdogTiming {
+                lease: Duration::from_millis(timing.election_timeout_max_ms),
+                heartbeat: Duration::from_millis(timing.heartbeat_ms),
+            },
+            stop.clone(),
+        );
         let handle = Self {
             inner: Arc::new(Inner {
                 raft,
@@ -178,6 +214,9 @@ impl RaftHandle {
                 version,
                 channels,
                 state,
+                batcher,
+                leader_contact,
+                stop,
             }),
         };
         handle.spawn_metrics_exporter();
@@ -273,25 +312,32 @@ impl RaftHandle {
         })
     }
 
-    /// Proposes on this node only; `NotLeader` when it is not the leader.
+    /// Proposes on this node only; `NotLeader` when it is not the leader. Concurrent proposals
+    /// (local ones and those forwarded by followers) share log entries (`ProposalBatcher`).
     pub async fn propose_local(&self, command: Command) -> Result<Proposed, ProposeError> {
-        match self.inner.raft.client_write(Request(command)).await {
-            Ok(response) => Ok(Proposed {
-                result: response.data.0,
-                log_index: response.log_id.index,
-            }),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                Err(ProposeError::NotLeader {
-                    leader_hint: f.leader_id,
-                })
-            }
-            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
-                Err(ProposeError::Unavailable {
-                    leader_hint: None,
-                    reason: e.to_string(),
-                })
-            }
-            Err(RaftError::Fatal(e)) => Err(fatal(e)),
+        let leader = {
+            let metrics = self.inner.raft.metrics();
+            let metrics = metrics.borrow();
+            (metrics.state != ServerState::Leader).then_some(metrics.current_leader)
+        };
+        // A follower answers at once instead of queueing behind the leader-only batcher.
+        if let Some(leader_hint) = leader {
+            return Err(ProposeError::NotLeader { leader_hint });
+        }
+        self.inner.batcher.propose(command).await
+    }
+
+    /// Notes an AppendEntries (or heartbeat) about to be handled: one from a leader whose vote
+    /// this node accepts resets the election watchdog. Called by the peer service on arrival,
+    /// so a request whose caller gave up still counts (openraft handles it anyway).
+    pub fn note_append_entries(&self, leader_vote: &Vote) {
+        let accepted = {
+            let metrics = self.inner.raft.metrics();
+            let own_vote = metrics.borrow().vote;
+            leader_vote.is_committed() && *leader_vote >= own_vote
+        };
+        if accepted {
+            self.inner.leader_contact.touch();
         }
     }
 
@@ -561,8 +607,9 @@ impl RaftHandle {
         Ok(())
     }
 
-    /// Stops the Raft node.
+    /// Stops the Raft node (and the proposal batcher and election watchdog).
     pub async fn shutdown(&self) {
+        self.inner.stop.cancel();
         if let Err(e) = self.inner.raft.shutdown().await {
             warn!(error = %e, "raft shutdown failed");
         }
@@ -619,14 +666,5 @@ fn fatal(e: impl std::fmt::Display) -> ProposeError {
 }
 
 fn membership_error(e: RaftError<NodeId, ClientWriteError<NodeId, Node>>) -> ProposeError {
-    match e {
-        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => ProposeError::NotLeader {
-            leader_hint: f.leader_id,
-        },
-        RaftError::APIError(e) => ProposeError::Unavailable {
-            leader_hint: None,
-            reason: e.to_string(),
-        },
-        RaftError::Fatal(e) => fatal(e),
-    }
+    crate::batcher::client_write_error(&e)
 }

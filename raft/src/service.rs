@@ -91,9 +91,11 @@ impl RaftRpc for RaftService {
             .map(codec::entry_from_pb)
             .collect::<Result<Vec<_>, _>>()
             .map_err(malformed)?;
+        let vote = codec::req_vote_from_pb(message.vote.as_ref(), "append-entries request")
+            .map_err(malformed)?;
+        self.handle.note_append_entries(&vote);
         let rpc = openraft::raft::AppendEntriesRequest {
-            vote: codec::req_vote_from_pb(message.vote.as_ref(), "append-entries request")
-                .map_err(malformed)?,
+            vote,
             prev_log_id: codec::opt_log_id_from_pb(message.prev_log_id.as_ref()),
             entries,
             leader_commit: codec::opt_log_id_from_pb(message.leader_commit.as_ref()),

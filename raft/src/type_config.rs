@@ -1,11 +1,12 @@
 //! The openraft type configuration: node ids, nodes, and the application data (a protobuf
-//! `Command`) wrapped so openraft's serde bounds are met while the durable form stays protobuf.
+//! `Command`, or a `CommandBatch` of them) wrapped so openraft's serde bounds are met while the
+//! durable form stays protobuf.
 
 use std::io::Cursor;
 
 use prost::Message;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use starling_proto::command::{Command, CommandResult};
+use starling_proto::command::{Command, CommandBatch, CommandResult};
 
 /// A node's Raft id.
 pub type NodeId = u64;
@@ -13,9 +14,33 @@ pub type NodeId = u64;
 /// What openraft knows of a node: its peer address.
 pub type Node = openraft::BasicNode;
 
-/// A replicated command, as openraft's application data.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Request(pub Command);
+/// What one normal log entry carries, as openraft's application data: one command, or several
+/// proposed together (`ProposalBatcher`) and applied in order as if each were its own entry.
+// The large variant is the common one; boxing it would cost an allocation per entry.
+#[allow(clippy::large_enum_variant)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Request {
+    /// One command (`raft.LogEntry.command`).
+    Command(Proto<Command>),
+    /// Commands proposed together (`raft.LogEntry.batch`).
+    Batch(Proto<CommandBatch>),
+}
+
+impl Request {
+    /// One command.
+    pub fn command(command: Command) -> Self {
+        Request::Command(Proto(command))
+    }
+
+    /// Several commands in one entry.
+    pub fn batch(commands: Vec<Command>) -> Self {
+        Request::Batch(Proto(CommandBatch { commands }))
+    }
+}
+
+/// A protobuf message whose serde form is its protobuf bytes.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct Proto<M>(pub M);
 
 /// The result of applying one command, as openraft's application response.
 #[derive(Clone, Debug, PartialEq, Default)]
@@ -50,17 +75,17 @@ pub type StorageError = openraft::StorageError<NodeId>;
 
 // openraft's `serde` feature requires the application data to be serde types. The bytes are
 // the protobuf encoding, so whatever serializer is used carries the durable form unchanged.
-impl Serialize for Request {
+impl<M: Message> Serialize for Proto<M> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.serialize_bytes(&self.0.encode_to_vec())
     }
 }
 
-impl<'de> Deserialize<'de> for Request {
+impl<'de, M: Message + Default> Deserialize<'de> for Proto<M> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let bytes: Vec<u8> = serde::de::Deserialize::deserialize(deserializer)?;
-        Command::decode(bytes.as_slice())
-            .map(Request)
+        M::decode(bytes.as_slice())
+            .map(Proto)
             .map_err(serde::de::Error::custom)
     }
 }
@@ -82,6 +107,9 @@ impl<'de> Deserialize<'de> for Response {
 
 impl std::fmt::Display for Request {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "command {}", self.0.request_id)
+        match self {
+            Request::Command(command) => write!(f, "command {}", command.0.request_id),
+            Request::Batch(batch) => write!(f, "batch of {} commands", batch.0.commands.len()),
+        }
     }
 }

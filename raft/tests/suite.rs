@@ -56,7 +56,7 @@ fn log_id(term: u64, index: u64) -> LogId<u64> {
 fn set_config(request_id: &str, key: &str, value: &str) -> Entry<TypeConfig> {
     Entry {
         log_id: log_id(1, 0),
-        payload: EntryPayload::Normal(Request(Command {
+        payload: EntryPayload::Normal(Request::command(Command {
             request_id: request_id.into(),
             op: Some(command::Op::SetControllerConfig(SetControllerConfig {
                 values: [(key.to_owned(), value.to_owned())].into(),

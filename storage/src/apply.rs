@@ -40,6 +40,7 @@ pub fn ok_result() -> CommandResult {
 pub fn ok_result_with(ok: cmd::Ok) -> CommandResult {
     CommandResult {
         result: Some(cmd::command_result::Result::Ok(ok)),
+        ..Default::default()
     }
 }
 
@@ -67,6 +68,7 @@ pub fn error_result(code: cmd::command_error::Code, message: impl Into<String>) 
             code: code as i32,
             message: message.into(),
         })),
+        ..Default::default()
     }
 }
 
@@ -92,6 +94,35 @@ impl<'r, R: StateRead + ?Sized> ApplyBatch<'r, R> {
         log_index: u64,
         command: &Command,
     ) -> Result<CommandResult, StorageError> {
+        self.apply_command_at(log_index, 0, command)
+    }
+
+    /// Applies the commands of a batch carried by the entry at `log_index`, in order, each exactly
+    /// as if it were its own entry (its own idempotency record; a refused one leaves the others
+    /// applied). The result is `ok` with one result per command in `batch_results`.
+    pub fn apply_command_batch(
+        &mut self,
+        log_index: u64,
+        batch: &cmd::CommandBatch,
+    ) -> Result<CommandResult, StorageError> {
+        let mut results = Vec::with_capacity(batch.commands.len());
+        for (position, command) in batch.commands.iter().enumerate() {
+            let position = u32::try_from(position).expect("a batch holds under 2^32 commands");
+            results.push(self.apply_command_at(log_index, position, command)?);
+        }
+        Ok(CommandResult {
+            batch_results: results,
+            ..ok_result()
+        })
+    }
+
+    /// `position` is the command's place in its entry's batch (0 for a lone command).
+    fn apply_command_at(
+        &mut self,
+        log_index: u64,
+        position: u32,
+        command: &Command,
+    ) -> Result<CommandResult, StorageError> {
         let request_id = command.request_id.as_str();
         if !request_id.is_empty() {
             let key = keys::request_key(request_id);
@@ -102,7 +133,7 @@ impl<'r, R: StateRead + ?Sized> ApplyBatch<'r, R> {
         }
         let result = self.execute(command)?;
         if !request_id.is_empty() {
-            self.record_request(log_index, request_id, &result)?;
+            self.record_request(log_index, position, request_id, &result)?;
         }
         Ok(result)
     }
@@ -171,14 +202,18 @@ impl<'r, R: StateRead + ?Sized> ApplyBatch<'r, R> {
     fn record_request(
         &mut self,
         log_index: u64,
+        position: u32,
         request_id: &str,
         result: &CommandResult,
     ) -> Result<(), StorageError> {
         self.put(keys::request_key(request_id), result.encode_to_vec());
-        self.put(
-            keys::request_index_key(log_index),
-            request_id.as_bytes().to_vec(),
-        );
+        // A batch's later commands append their position to the entry's index key, so the keys
+        // stay unique and in apply order (oldest evicted first).
+        let mut index_key = keys::request_index_key(log_index);
+        if position > 0 {
+            index_key.extend_from_slice(&position.to_be_bytes());
+        }
+        self.put(index_key, request_id.as_bytes().to_vec());
         let mut count = match self.get(keys::REQUEST_RECORDS)? {
             Some(bytes) => u64::from_be_bytes(bytes.as_slice().try_into().map_err(|_| {
                 StorageError::corrupt("state", keys::REQUEST_RECORDS, "not a be u64")
@@ -366,5 +401,94 @@ mod tests {
             .get(&keys::request_key("r1"))
             .expect("reads")
             .is_none());
+    }
+
+    fn batch_of(commands: Vec<Command>) -> cmd::CommandBatch {
+        cmd::CommandBatch { commands }
+    }
+
+    #[test]
+    fn a_batch_applies_each_command_in_order_as_if_alone() {
+        let store = MemStore::new();
+        let limits = ApplyLimits::default();
+        assert!(is_ok(&apply(
+            &store,
+            limits,
+            1,
+            &set("r0", &[("custom.a", "0")])
+        )));
+        let mut batch = ApplyBatch::new(&store, limits);
+        let result = batch
+            .apply_command_batch(
+                2,
+                &batch_of(vec![
+                    set("r1", &[("custom.a", "1")]),
+                    // Refused: the others still apply.
+                    set("r2", &[("nope", "1")]),
+                    // Already applied at index 1: its first result, no change.
+                    set("r0", &[("custom.a", "x")]),
+                    // Sees the writes of the commands before it.
+                    set("", &[("custom.b", "2")]),
+                    set("r3", &[("custom.a", "3")]),
+                ]),
+            )
+            .expect("applies");
+        store.state_commit(batch.into_writes()).expect("commits");
+        assert!(is_ok(&result));
+        let results = &result.batch_results;
+        assert_eq!(results.len(), 5);
+        assert!(is_ok(&results[0]));
+        assert!(!is_ok(&results[1]));
+        assert!(is_ok(&results[2]) && is_ok(&results[3]) && is_ok(&results[4]));
+        let config = read_stored_config(&store).expect("reads");
+        assert_eq!(config["custom.a"], "3");
+        assert_eq!(config["custom.b"], "2");
+        assert!(!config.contains_key("nope"));
+        // Each inner request id has its own record: retried alone, each answers its first result.
+        assert_eq!(
+            apply(&store, limits, 3, &set("r2", &[("custom.c", "1")])),
+            results[1]
+        );
+        assert!(is_ok(&apply(
+            &store,
+            limits,
+            4,
+            &set("r1", &[("custom.a", "9")])
+        )));
+        assert_eq!(read_stored_config(&store).expect("reads")["custom.a"], "3");
+        assert!(!read_stored_config(&store)
+            .expect("reads")
+            .contains_key("custom.c"));
+    }
+
+    #[test]
+    fn batched_idempotency_records_are_bounded_oldest_first() {
+        let store = MemStore::new();
+        let limits = ApplyLimits {
+            request_records_max: 3,
+        };
+        apply(&store, limits, 1, &set("a", &[]));
+        for (index, ids) in [(2, ["b", "c"]), (3, ["d", "e"])] {
+            let mut batch = ApplyBatch::new(&store, limits);
+            let commands = ids.iter().map(|id| set(id, &[])).collect();
+            batch
+                .apply_command_batch(index, &batch_of(commands))
+                .expect("applies");
+            store.state_commit(batch.into_writes()).expect("commits");
+        }
+        let ids: Vec<String> = store
+            .scan_prefix(keys::REQUEST_INDEX_PREFIX, usize::MAX)
+            .expect("scans")
+            .into_iter()
+            .map(|(_, id)| String::from_utf8(id).expect("utf-8"))
+            .collect();
+        assert_eq!(ids, ["c", "d", "e"]);
+        assert_eq!(
+            store
+                .scan_prefix(keys::REQUEST_PREFIX, usize::MAX)
+                .expect("scans")
+                .len(),
+            3
+        );
     }
 }

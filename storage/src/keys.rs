@@ -22,6 +22,7 @@
 //! | `blob/<digest>` | `model.Blob`: a complete, verified blob |
 //! | `blobdata/<digest>/<be u64 offset>` | raw bytes of one chunk (staged or complete) |
 //! | `blobstage/<digest>` | `model.BlobUpload`: an upload in progress |
+//! | `backup/<id>` | `model.BackupRecord`: a backup kept on the controller (its archive is a blob) |
 //!
 //! Numbers are big-endian so key order is numeric order. Model and application records are
 //! prost-encoded; proto maps are BTreeMaps (proto/build.rs), so equal records are equal bytes.
@@ -199,6 +200,14 @@ pub fn blob_data_key(digest: &str, offset: u64) -> Vec<u8> {
 /// An upload in progress.
 pub fn blob_stage_key(digest: &str) -> Vec<u8> {
     join(b"blobstage/", digest.as_bytes())
+}
+
+/// Backups kept on the controller.
+pub const BACKUP_PREFIX: &[u8] = b"backup/";
+
+/// One backup's record.
+pub fn backup_key(id: &str) -> Vec<u8> {
+    join(BACKUP_PREFIX, id.as_bytes())
 }
 
 /// The big-endian number that ends `key` (a machine id, unit number, sequence or offset).

@@ -4,6 +4,7 @@
 
 pub mod apply;
 pub mod backend;
+pub mod backup;
 pub mod error;
 pub mod export;
 pub mod keys;

@@ -3,6 +3,7 @@
 
 pub mod add_node;
 pub mod applications;
+pub mod backups;
 pub mod controller_config;
 pub mod controllers;
 pub mod debug_log;
@@ -103,6 +104,14 @@ pub enum Command {
     Login(users::LoginArgs),
     /// Show the current controller, model and user.
     Whoami(users::WhoAmIArgs),
+    /// Back up the whole controller, keep the backup on it and download it.
+    CreateBackup(backups::CreateBackupArgs),
+    /// List the backups kept on a controller.
+    Backups(backups::BackupsArgs),
+    /// Download a backup kept on a controller.
+    DownloadBackup(backups::DownloadBackupArgs),
+    /// Restore a backup onto a freshly initialized controller.
+    RestoreBackup(backups::RestoreBackupArgs),
 }
 
 /// `-c NAME` for controller-scoped commands.
@@ -261,6 +270,10 @@ pub async fn run_with(ctx: &Context, command: Command) -> Result<Output> {
         Command::Revoke(args) => users::grant(ctx, args, false).await,
         Command::Login(args) => users::login(ctx, args).await,
         Command::Whoami(args) => users::whoami(ctx, args).await,
+        Command::CreateBackup(args) => backups::create_backup(ctx, args).await,
+        Command::Backups(args) => backups::backups(ctx, args).await,
+        Command::DownloadBackup(args) => backups::download_backup(ctx, args).await,
+        Command::RestoreBackup(args) => backups::restore_backup(ctx, args).await,
     }
 }
 

@@ -120,6 +120,7 @@ impl World {
             migration: String::new(),
             migration_start_unix_ms: 0,
             migration_end_unix_ms: 0,
+            ..Default::default()
         }
     }
 

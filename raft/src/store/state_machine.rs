@@ -19,7 +19,7 @@ use super::snapshot_store::{check_snapshot_id, meta_of, SnapshotStore};
 use super::{blocking, record_sync};
 use crate::codec;
 use crate::type_config::{
-    Entry, LogId, Response, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
+    Entry, LogId, Request, Response, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
 };
 
 /// What openraft streams a snapshot as (`TypeConfig::SnapshotData`).
@@ -70,8 +70,11 @@ fn applies(
     for entry in entries {
         let response = match &entry.payload {
             EntryPayload::Blank => Response::default(),
-            EntryPayload::Normal(request) => {
-                Response(batch.apply_command(entry.log_id.index, &request.0)?)
+            EntryPayload::Normal(Request::Command(command)) => {
+                Response(batch.apply_command(entry.log_id.index, &command.0)?)
+            }
+            EntryPayload::Normal(Request::Batch(commands)) => {
+                Response(batch.apply_command_batch(entry.log_id.index, &commands.0)?)
             }
             EntryPayload::Membership(membership) => {
                 let stored = StoredMembership::new(Some(entry.log_id), membership.clone());

@@ -5,9 +5,11 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use starling_proto::model::{Blob, LogRecord, Machine, Model, ModelDescription, Unit, User};
+use starling_proto::model::{
+    BackupRecord, Blob, LogRecord, Machine, Model, ModelDescription, Unit, User,
+};
 use starling_storage::state::read_effective_config;
-use starling_storage::{records, StateRead, StorageError as BackendError};
+use starling_storage::{keys, records, StateRead, StorageError as BackendError};
 
 /// Read-only access to the applied state. Reads see whole applied batches, never half of one.
 #[derive(Clone)]
@@ -151,5 +153,15 @@ impl StateView {
         number: u64,
     ) -> Result<Option<Unit>, BackendError> {
         records::read_unit(self.reader.as_ref(), uuid, application, number)
+    }
+
+    /// A backup kept on the controller.
+    pub fn backup(&self, id: &str) -> Result<Option<BackupRecord>, BackendError> {
+        records::read_record(self.reader.as_ref(), &keys::backup_key(id))
+    }
+
+    /// Every backup kept on the controller, in id order.
+    pub fn backups(&self) -> Result<Vec<BackupRecord>, BackendError> {
+        records::read_records(self.reader.as_ref(), keys::BACKUP_PREFIX)
     }
 }

@@ -13,8 +13,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use sha2::{Digest, Sha256};
 use starling_proto::command::{self as cmd, command::Op, Command, CommandResult};
 use starling_proto::model::{
-    Access, Application, Blob, BlobUpload, Life, LogRecord, Machine, Model, NodePresence, Relation,
-    Status, StatusHistory, Unit, User,
+    Access, Application, Blob, BlobUpload, Life, LogRecord, Machine, Model, ModelUser,
+    NodePresence, Relation, Status, StatusHistory, Unit, User,
 };
 
 use super::{model_error_result, ok_result_with};
@@ -74,6 +74,9 @@ pub(super) fn apply_model_op<R: StateRead + ?Sized>(
     command: &Command,
     op: &Op,
 ) -> Result<(CommandResult, WriteSet), StorageError> {
+    if let Some(applied) = crate::backup::apply_backup_op(base, command, op) {
+        return applied;
+    }
     let mut tx = Tx {
         state: Overlay::new(base),
         now_ms: command.proposed_unix_ms,
@@ -99,6 +102,9 @@ pub(super) fn apply_model_op<R: StateRead + ?Sized>(
         Op::SetModelAccess(set) => tx.set_model_access(set),
         Op::AgentReport(report) => tx.agent_report(report),
         Op::RenewPresence(renew) => tx.renew_presence(renew),
+        Op::CreateBackup(_) | Op::RestoreBackup(_) => {
+            unreachable!("applied by backup::apply_backup_op")
+        }
     };
     match outcome {
         Ok(ok) => Ok((ok_result_with(ok), tx.state.into_writes())),
@@ -196,7 +202,11 @@ impl<R: StateRead + ?Sized> Tx<'_, '_, R> {
             config: add.config.clone(),
             agent_version: add.agent_version.clone(),
             ownership_epoch: 0,
-            users: Vec::new(),
+            // The owner is the model's first admin, as in Juju.
+            users: vec![ModelUser {
+                name: owner.to_owned(),
+                access: Access::Admin as i32,
+            }],
             created_unix_ms: self.now_ms,
             next_machine_id: 0,
             next_relation_id: 0,

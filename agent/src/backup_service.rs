@@ -1,0 +1,249 @@
+//! The backup half of the `Controller` service: `CreateBackup`, `ListBackups`, `DownloadBackup`
+//! and `RestoreBackup`, for superusers only.
+//!
+//! A backup is taken by proposing one `CreateBackup` command: the state machine exports the state
+//! when it applies it (`storage::backup`), so the archive is the replicated state at exactly that
+//! log index, identical on every node, and kept in the replicated state (it survives the loss of
+//! the node that asked for it). A restore uploads the archive as a blob (`UploadCharm`), then
+//! proposes one `RestoreBackup` command that verifies it again and replaces the models atomically.
+
+use futures::StreamExt;
+use starling_proto::command::{self as cmd, command, Command, CommandResult};
+use starling_proto::controller as pb;
+use starling_proto::model::BackupRecord;
+use starling_raft::{propose_error_status, RaftHandle};
+use tonic::{Request, Response, Status};
+use tracing::{info, instrument};
+
+use crate::auth::{Authenticator, Caller, SUPERUSER};
+use crate::controller_service::{command_result_status, now_unix_ms};
+use crate::identity::NodeIdentity;
+use crate::model_service::{blob_chunks, storage_error, ChunkStream};
+
+/// How much of an archive one state read returns.
+const ARCHIVE_READ_BYTES: u64 = 4 * 1024 * 1024;
+
+/// Serves backups for one node.
+#[derive(Clone)]
+pub struct BackupService {
+    handle: RaftHandle,
+    identity: NodeIdentity,
+    auth: Authenticator,
+}
+
+fn info_of(record: BackupRecord) -> pb::BackupInfo {
+    pb::BackupInfo {
+        metadata: record.metadata,
+        archive_sha256: record.archive_sha256,
+        archive_bytes: record.archive_bytes,
+    }
+}
+
+fn request_id_or_new(request_id: String) -> String {
+    if request_id.is_empty() {
+        uuid::Uuid::new_v4().to_string()
+    } else {
+        request_id
+    }
+}
+
+impl BackupService {
+    /// The service of node `identity`.
+    pub fn new(handle: RaftHandle, identity: NodeIdentity, auth: Authenticator) -> Self {
+        Self {
+            handle,
+            identity,
+            auth,
+        }
+    }
+
+    fn require_superuser<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
+        let caller = self.auth.authenticate(request)?;
+        if caller.access != SUPERUSER {
+            return Err(Status::permission_denied(format!(
+                "user {:?} may not manage backups (superuser access needed)",
+                caller.user
+            )));
+        }
+        Ok(caller)
+    }
+
+    async fn barrier(&self) -> Result<(), Status> {
+        self.handle
+            .linearizable_barrier()
+            .await
+            .map_err(|e| propose_error_status(&e))
+    }
+
+    /// Proposes `op` and waits until this node has applied it.
+    async fn propose(
+        &self,
+        caller: &Caller,
+        request_id: String,
+        op: command::Op,
+    ) -> Result<CommandResult, Status> {
+        let command = Command {
+            request_id,
+            op: Some(op),
+            proposed_unix_ms: now_unix_ms(),
+            caller: caller.user.clone(),
+        };
+        let proposed = self
+            .handle
+            .propose(command)
+            .await
+            .map_err(|e| propose_error_status(&e))?;
+        command_result_status(&proposed.result)?;
+        self.handle
+            .wait_applied(proposed.log_index)
+            .await
+            .map_err(|e| propose_error_status(&e))?;
+        Ok(proposed.result)
+    }
+
+    /// A whole uploaded archive, read from the state in pieces.
+    fn read_archive(&self, digest: &str) -> Result<Vec<u8>, Status> {
+        let state = self.handle.state();
+        let header = state.blob(digest).map_err(storage_error)?.ok_or_else(|| {
+            Status::failed_precondition(format!("backup archive {digest} has not been uploaded"))
+        })?;
+        let mut bytes = Vec::with_capacity(usize::try_from(header.size).unwrap_or(0));
+        while (bytes.len() as u64) < header.size {
+            let piece = state
+                .blob_range(digest, bytes.len() as u64, ARCHIVE_READ_BYTES)
+                .map_err(storage_error)?
+                .filter(|piece| !piece.is_empty())
+                .ok_or_else(|| Status::not_found(format!("archive {digest} vanished")))?;
+            bytes.extend_from_slice(&piece);
+        }
+        Ok(bytes)
+    }
+
+    /// `CreateBackup`: the backup is made when its command applies; answers its record.
+    #[instrument(skip_all, fields(node_id = self.identity.node_id))]
+    pub async fn create_backup(
+        &self,
+        request: Request<pb::CreateBackupRequest>,
+    ) -> Result<Response<pb::BackupInfo>, Status> {
+        let caller = self.require_superuser(&request)?;
+        let message = request.into_inner();
+        // The id is the request id when the client gave one (`ctl` sends a timestamped one), so
+        // a retried call names the same backup and is answered with it.
+        let (id, request_id) = if message.request_id.is_empty() {
+            let id = format!(
+                "{}-{}",
+                now_unix_ms(),
+                &uuid::Uuid::new_v4().simple().to_string()[..8]
+            );
+            (id.clone(), id)
+        } else {
+            (message.request_id.clone(), message.request_id)
+        };
+        let op = command::Op::CreateBackup(cmd::CreateBackup {
+            id: id.clone(),
+            controller_uuid: self.identity.controller_uuid.clone(),
+            controller_name: self.identity.controller_name.clone(),
+            version: self.identity.version.clone(),
+            node_id: self.identity.node_id,
+            notes: message.notes,
+        });
+        self.propose(&caller, format!("backup-{request_id}"), op)
+            .await?;
+        let record = self
+            .handle
+            .state()
+            .backup(&id)
+            .map_err(storage_error)?
+            .ok_or_else(|| Status::not_found(format!("backup {id} was pruned right away")))?;
+        info!(backup = id, bytes = record.archive_bytes, "created backup");
+        Ok(Response::new(info_of(record)))
+    }
+
+    /// `ListBackups`, oldest first.
+    pub async fn list_backups(
+        &self,
+        request: Request<pb::ListBackupsRequest>,
+    ) -> Result<Response<pb::ListBackupsResponse>, Status> {
+        self.require_superuser(&request)?;
+        self.barrier().await?;
+        let mut backups: Vec<pb::BackupInfo> = self
+            .handle
+            .state()
+            .backups()
+            .map_err(storage_error)?
+            .into_iter()
+            .map(info_of)
+            .collect();
+        backups.sort_by_key(|b| {
+            let m = b.metadata.clone().unwrap_or_default();
+            (m.created_unix_ms, m.id)
+        });
+        Ok(Response::new(pb::ListBackupsResponse { backups }))
+    }
+
+    /// `DownloadBackup`: the archive in chunks; the client verifies the digest.
+    pub async fn download_backup(
+        &self,
+        request: Request<pb::DownloadBackupRequest>,
+    ) -> Result<Response<ChunkStream>, Status> {
+        self.require_superuser(&request)?;
+        self.barrier().await?;
+        let id = request.into_inner().id;
+        let record = self
+            .handle
+            .state()
+            .backup(&id)
+            .map_err(storage_error)?
+            .ok_or_else(|| Status::not_found(format!("backup {id:?} not found")))?;
+        let stream = blob_chunks(self.handle.clone(), record.archive_sha256)
+            .await?
+            .map(|chunk| {
+                chunk.map(|(digest, size, offset, data)| pb::CharmChunk {
+                    digest,
+                    size,
+                    offset,
+                    data,
+                })
+            });
+        Ok(Response::new(stream.boxed()))
+    }
+
+    /// `RestoreBackup`: one command verifies the uploaded archive and replaces the models.
+    #[instrument(skip_all, fields(node_id = self.identity.node_id))]
+    pub async fn restore_backup(
+        &self,
+        request: Request<pb::RestoreBackupRequest>,
+    ) -> Result<Response<pb::RestoreBackupResponse>, Status> {
+        let caller = self.require_superuser(&request)?;
+        let message = request.into_inner();
+        let digest = message.archive_sha256;
+        if digest.len() != 64 || !digest.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(Status::invalid_argument(format!(
+                "archive digest {digest:?} is not a hex sha256"
+            )));
+        }
+        // Read the metadata before the command consumes the staged archive.
+        let bytes = self.read_archive(&digest)?;
+        let metadata = starling_storage::backup::decode_archive(&bytes)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?
+            .metadata;
+        let op = command::Op::RestoreBackup(cmd::RestoreBackup {
+            archive_sha256: digest,
+            force: message.force,
+            controller_version: self.identity.version.clone(),
+        });
+        self.propose(&caller, request_id_or_new(message.request_id), op)
+            .await?;
+        let model_count = self
+            .handle
+            .state()
+            .list_models()
+            .map_err(storage_error)?
+            .len() as u64;
+        info!(models = model_count, "restored backup");
+        Ok(Response::new(pb::RestoreBackupResponse {
+            metadata,
+            model_count,
+        }))
+    }
+}

@@ -1,0 +1,618 @@
+//! Backups of a controller: the archive format, and applying `CreateBackup` and `RestoreBackup`.
+//!
+//! An archive file is `MAGIC`, a big-endian u32 `ARCHIVE_FORMAT_VERSION`, then a protobuf
+//! `model.BackupArchive`: `BackupMetadata` (who, when, which version, the content's sha256) and
+//! `content`, an encoded `raft.Snapshot` (without `last_applied`) of every replicated key a restore
+//! brings back: controller config, models, users and blobs — never `sys/`, `req/`, `reqidx/`,
+//! `presence/`, uploads in progress, nor the backups themselves.
+//!
+//! Both commands do their work when they apply, so a backup is the state at exactly one point of
+//! the log (consistent across keys) and every node writes the same archive bytes; a restore is one
+//! atomic write set.
+
+use std::cmp::Ordering;
+use std::collections::BTreeSet;
+
+use prost::Message;
+use sha2::{Digest, Sha256};
+use starling_proto::command::{self as cmd, command::Op, command_error::Code, CommandResult};
+use starling_proto::model::{BackupArchive, BackupMetadata, BackupRecord, Blob};
+
+use crate::apply::{error_result, ok_result};
+use crate::keys;
+use crate::model::deployment::CONTROLLER_MODEL_NAME;
+use crate::records;
+use crate::state::{
+    read_effective_config, AppliedState, KeyValues, Overlay, StateImage, StateRead,
+};
+use crate::{StorageError, WriteSet};
+
+/// What every archive file starts with.
+pub const MAGIC: &[u8] = b"STARLINGBACKUP\0";
+/// The archive layout this build writes and reads.
+pub const ARCHIVE_FORMAT_VERSION: u32 = 1;
+/// Largest archive (the largest blob the controller keeps).
+pub const ARCHIVE_BYTES_MAX: u64 = 256 * 1024 * 1024;
+/// The chunk size of a stored archive blob.
+const ARCHIVE_CHUNK_BYTES: usize = 1024 * 1024;
+/// Longest backup id.
+const BACKUP_ID_CHARS_MAX: usize = 128;
+/// The key prefixes a backup holds and a restore writes.
+const RESTORED_PREFIXES: [&[u8]; 6] = [
+    keys::CONFIG_PREFIX,
+    b"m/",
+    keys::MODEL_NAME_PREFIX,
+    keys::USER_PREFIX,
+    keys::BLOB_PREFIX,
+    b"blobdata/",
+];
+
+/// Why an archive was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum BackupError {
+    /// The bytes do not start with `MAGIC`.
+    #[error("not a Starling backup archive (no STARLINGBACKUP header)")]
+    NotABackup,
+    /// The archive ends early.
+    #[error("the backup archive is truncated: {why}")]
+    Truncated {
+        /// What is missing.
+        why: String,
+    },
+    /// The layout is one this build does not read.
+    #[error("backup archive format {version} is not supported (this build reads {ARCHIVE_FORMAT_VERSION})")]
+    UnsupportedFormat {
+        /// The archive's format version.
+        version: u32,
+    },
+    /// The bytes after the header are not an archive, or the content is damaged.
+    #[error("the backup archive is corrupted: {why}")]
+    Corrupted {
+        /// What is wrong.
+        why: String,
+    },
+    /// The backup was made by a newer controller than the one restoring it.
+    #[error("the backup was made by controller version {backup}, newer than this controller's {controller}: restore it onto a controller of version {backup} or later")]
+    NewerVersion {
+        /// The backup's version.
+        backup: String,
+        /// The restoring controller's version.
+        controller: String,
+    },
+    /// A version string is not `MAJOR.MINOR.PATCH[-PRE][+BUILD]`.
+    #[error("invalid version {version:?}: expected MAJOR.MINOR.PATCH")]
+    InvalidVersion {
+        /// The string.
+        version: String,
+    },
+}
+
+fn corrupted(why: impl Into<String>) -> BackupError {
+    BackupError::Corrupted { why: why.into() }
+}
+
+/// Hex sha256 of `bytes`.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// The archive file of `archive`.
+pub fn encode_archive(archive: &BackupArchive) -> Vec<u8> {
+    let body = archive.encode_to_vec();
+    let mut out = Vec::with_capacity(MAGIC.len() + 4 + body.len());
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&ARCHIVE_FORMAT_VERSION.to_be_bytes());
+    out.extend_from_slice(&body);
+    out
+}
+
+/// Decodes an archive file and checks it: magic, format version, metadata present, content
+/// digest and length.
+pub fn decode_archive(bytes: &[u8]) -> Result<BackupArchive, BackupError> {
+    let Some(rest) = bytes.strip_prefix(MAGIC) else {
+        if !bytes.is_empty() && MAGIC.starts_with(bytes) {
+            return Err(BackupError::Truncated {
+                why: "it ends inside the header".into(),
+            });
+        }
+        return Err(BackupError::NotABackup);
+    };
+    let Some((version, body)) = rest.split_first_chunk::<4>() else {
+        return Err(BackupError::Truncated {
+            why: "it ends inside the header".into(),
+        });
+    };
+    let version = u32::from_be_bytes(*version);
+    if version != ARCHIVE_FORMAT_VERSION {
+        return Err(BackupError::UnsupportedFormat { version });
+    }
+    let archive = BackupArchive::decode(body).map_err(|e| BackupError::Corrupted {
+        why: format!("undecodable ({e}); the file may be truncated"),
+    })?;
+    let metadata = archive
+        .metadata
+        .as_ref()
+        .ok_or_else(|| corrupted("no metadata"))?;
+    if metadata.content_bytes != archive.content.len() as u64 {
+        return Err(BackupError::Truncated {
+            why: format!(
+                "content is {} bytes, the metadata says {}",
+                archive.content.len(),
+                metadata.content_bytes
+            ),
+        });
+    }
+    let actual = sha256_hex(&archive.content);
+    if actual != metadata.content_sha256 {
+        return Err(corrupted(format!(
+            "content hashes to {actual}, the metadata says {}",
+            metadata.content_sha256
+        )));
+    }
+    Ok(archive)
+}
+
+/// The keys and values an archive's content holds, checked: ordered, and only keys a backup
+/// holds.
+pub fn content_entries(archive: &BackupArchive) -> Result<KeyValues, BackupError> {
+    let image = StateImage::decode(&archive.content).map_err(|e| corrupted(e.to_string()))?;
+    if let Some((key, _)) = image.entries.iter().find(|(key, _)| !is_restored_key(key)) {
+        return Err(corrupted(format!(
+            "content holds key {} that no backup holds",
+            String::from_utf8_lossy(key)
+        )));
+    }
+    Ok(image.entries)
+}
+
+/// `MAJOR.MINOR.PATCH` (a leading `v` allowed), pre-release (sorts before the release), build
+/// metadata ignored.
+fn parse_version(version: &str) -> Result<(u64, u64, u64, bool, String), BackupError> {
+    let invalid = || BackupError::InvalidVersion {
+        version: version.to_owned(),
+    };
+    let core = version.trim().trim_start_matches('v');
+    let core = core.split_once('+').map_or(core, |(core, _build)| core);
+    let (core, pre) = core.split_once('-').unwrap_or((core, ""));
+    let numbers: Vec<u64> = core
+        .split('.')
+        .map(|n| n.parse::<u64>().map_err(|_| invalid()))
+        .collect::<Result<_, _>>()?;
+    let [major, minor, patch] = numbers[..] else {
+        return Err(invalid());
+    };
+    Ok((major, minor, patch, pre.is_empty(), pre.to_owned()))
+}
+
+/// Orders two versions as semver does (pre-release identifiers compared as text).
+pub fn compare_versions(a: &str, b: &str) -> Result<Ordering, BackupError> {
+    Ok(parse_version(a)?.cmp(&parse_version(b)?))
+}
+
+/// Refuses a backup made by a newer version than `controller_version`.
+pub fn check_restorable(
+    metadata: &BackupMetadata,
+    controller_version: &str,
+) -> Result<(), BackupError> {
+    match compare_versions(&metadata.version, controller_version)? {
+        Ordering::Greater => Err(BackupError::NewerVersion {
+            backup: metadata.version.clone(),
+            controller: controller_version.to_owned(),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// The owner of every controller's own model.
+const CONTROLLER_MODEL_OWNER: &str = "admin";
+
+fn is_controller_model(owner: &str, name: &str) -> bool {
+    owner == CONTROLLER_MODEL_OWNER && name == CONTROLLER_MODEL_NAME
+}
+
+fn is_restored_key(key: &[u8]) -> bool {
+    RESTORED_PREFIXES
+        .iter()
+        .any(|prefix| key.starts_with(prefix))
+}
+
+/// The digest a `blob/<d>` or `blobdata/<d>/…` key names.
+fn blob_digest_of(key: &[u8]) -> Option<&[u8]> {
+    if let Some(digest) = key.strip_prefix(keys::BLOB_PREFIX) {
+        return Some(digest);
+    }
+    let rest = key.strip_prefix(b"blobdata/".as_slice())?;
+    rest.split(|b| *b == b'/').next()
+}
+
+/// What a backup of `state` holds, and how many models that is.
+pub fn backup_content(state: &(impl StateRead + ?Sized)) -> Result<(KeyValues, u64), StorageError> {
+    let backups: Vec<BackupRecord> = records::read_records(state, keys::BACKUP_PREFIX)?;
+    let archives: BTreeSet<Vec<u8>> = backups
+        .iter()
+        .map(|b| b.archive_sha256.clone().into_bytes())
+        .collect();
+    let complete_blobs: BTreeSet<Vec<u8>> = state
+        .scan_prefix(keys::BLOB_PREFIX, usize::MAX)?
+        .into_iter()
+        .map(|(key, _)| key[keys::BLOB_PREFIX.len()..].to_vec())
+        .collect();
+    let mut entries = Vec::new();
+    let mut model_count = 0u64;
+    for prefix in RESTORED_PREFIXES {
+        for (key, value) in state.scan_prefix(prefix, usize::MAX)? {
+            if let Some(digest) = blob_digest_of(&key) {
+                // Only complete blobs, and never the archives of other backups.
+                if !complete_blobs.contains(digest) || archives.contains(digest) {
+                    continue;
+                }
+            }
+            if key.starts_with(b"m/")
+                && key.ends_with(b"/model")
+                && !key[2..key.len() - b"/model".len()].contains(&b'/')
+            {
+                model_count += 1;
+            }
+            entries.push((key, value));
+        }
+    }
+    // The prefixes are disjoint; a snapshot's entries are in key order.
+    entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    Ok((entries, model_count))
+}
+
+fn check_backup_id(id: &str) -> Result<(), String> {
+    let valid = !id.is_empty()
+        && id.len() <= BACKUP_ID_CHARS_MAX
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if valid {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid backup id {id:?}: 1 to {BACKUP_ID_CHARS_MAX} letters, digits, '-', '_' or '.'"
+        ))
+    }
+}
+
+/// Applies a backup command over `base`; `None` for any other command.
+pub(crate) fn apply_backup_op<R: StateRead + ?Sized>(
+    base: &R,
+    command: &cmd::Command,
+    op: &Op,
+) -> Option<Result<(CommandResult, WriteSet), StorageError>> {
+    match op {
+        Op::CreateBackup(create) => Some(create_backup(base, command.proposed_unix_ms, create)),
+        Op::RestoreBackup(restore) => Some(restore_backup(base, restore)),
+        _ => None,
+    }
+}
+
+fn refused(
+    code: Code,
+    message: impl Into<String>,
+) -> Result<(CommandResult, WriteSet), StorageError> {
+    Ok((error_result(code, message), WriteSet::new()))
+}
+
+fn create_backup<R: StateRead + ?Sized>(
+    base: &R,
+    now_ms: i64,
+    create: &cmd::CreateBackup,
+) -> Result<(CommandResult, WriteSet), StorageError> {
+    if let Err(why) = check_backup_id(&create.id) {
+        return refused(Code::InvalidArgument, why);
+    }
+    let mut state = Overlay::new(base);
+    if state.get(&keys::backup_key(&create.id))?.is_some() {
+        return refused(
+            Code::AlreadyExists,
+            format!("backup {:?} already exists", create.id),
+        );
+    }
+    let (entries, model_count) = backup_content(&state)?;
+    let content = StateImage {
+        applied: AppliedState::default(),
+        entries,
+    }
+    .encode();
+    let metadata = BackupMetadata {
+        format_version: ARCHIVE_FORMAT_VERSION,
+        id: create.id.clone(),
+        controller_uuid: create.controller_uuid.clone(),
+        controller_name: create.controller_name.clone(),
+        version: create.version.clone(),
+        created_unix_ms: now_ms,
+        node_id: create.node_id,
+        notes: create.notes.clone(),
+        content_sha256: sha256_hex(&content),
+        content_bytes: content.len() as u64,
+        model_count,
+    };
+    let archive = encode_archive(&BackupArchive {
+        metadata: Some(metadata.clone()),
+        content,
+    });
+    if archive.len() as u64 > ARCHIVE_BYTES_MAX {
+        return refused(
+            Code::FailedPrecondition,
+            format!(
+                "the backup would be {} bytes, more than the {ARCHIVE_BYTES_MAX} a controller keeps",
+                archive.len()
+            ),
+        );
+    }
+    let digest = sha256_hex(&archive);
+    let mut chunk_offsets = Vec::new();
+    for (idx, chunk) in archive.chunks(ARCHIVE_CHUNK_BYTES).enumerate() {
+        let offset = (idx * ARCHIVE_CHUNK_BYTES) as u64;
+        chunk_offsets.push(offset);
+        state.put(keys::blob_data_key(&digest, offset), chunk.to_vec());
+    }
+    let blob = Blob {
+        digest: digest.clone(),
+        size: archive.len() as u64,
+        created_unix_ms: now_ms,
+        chunk_offsets,
+    };
+    state.put(keys::blob_key(&digest), blob.encode_to_vec());
+    let record = BackupRecord {
+        metadata: Some(metadata),
+        archive_sha256: digest,
+        archive_bytes: archive.len() as u64,
+    };
+    state.put(keys::backup_key(&create.id), record.encode_to_vec());
+    prune_backups(&mut state)?;
+    Ok((ok_result(), state.into_writes()))
+}
+
+/// Deletes the oldest backups beyond `backups-to-keep` (at least one, the newest, is kept).
+fn prune_backups<R: StateRead + ?Sized>(state: &mut Overlay<'_, R>) -> Result<(), StorageError> {
+    let keep = read_effective_config(state)?
+        .get("backups-to-keep")
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(1)
+        .max(1);
+    let mut backups: Vec<BackupRecord> = records::read_records(state, keys::BACKUP_PREFIX)?;
+    if backups.len() <= keep {
+        return Ok(());
+    }
+    backups.sort_by_key(|b| {
+        let m = b.metadata.clone().unwrap_or_default();
+        (m.created_unix_ms, m.id)
+    });
+    let (old, kept) = backups.split_at(backups.len() - keep);
+    for backup in old {
+        let id = backup
+            .metadata
+            .as_ref()
+            .map(|m| m.id.clone())
+            .unwrap_or_default();
+        state.delete(keys::backup_key(&id));
+        if !kept
+            .iter()
+            .any(|k| k.archive_sha256 == backup.archive_sha256)
+        {
+            delete_blob(state, &backup.archive_sha256)?;
+        }
+    }
+    Ok(())
+}
+
+fn delete_blob<R: StateRead + ?Sized>(
+    state: &mut Overlay<'_, R>,
+    digest: &str,
+) -> Result<(), StorageError> {
+    for (key, _) in state.scan_prefix(&keys::blob_data_prefix(digest), usize::MAX)? {
+        state.delete(key);
+    }
+    state.delete(keys::blob_key(digest));
+    Ok(())
+}
+
+/// A whole stored blob.
+fn read_whole_blob(
+    state: &(impl StateRead + ?Sized),
+    blob: &Blob,
+) -> Result<Vec<u8>, StorageError> {
+    let mut bytes = Vec::with_capacity(usize::try_from(blob.size).unwrap_or(0));
+    while (bytes.len() as u64) < blob.size {
+        let piece = records::read_blob_range(
+            state,
+            blob,
+            bytes.len() as u64,
+            records::BLOB_RANGE_BYTES_MAX,
+        )?;
+        if piece.is_empty() {
+            return Err(StorageError::corrupt(
+                "state",
+                &keys::blob_key(&blob.digest),
+                "blob shorter than its header says",
+            ));
+        }
+        bytes.extend_from_slice(&piece);
+    }
+    Ok(bytes)
+}
+
+fn restore_backup<R: StateRead + ?Sized>(
+    base: &R,
+    restore: &cmd::RestoreBackup,
+) -> Result<(CommandResult, WriteSet), StorageError> {
+    let digest = restore.archive_sha256.as_str();
+    let mut state = Overlay::new(base);
+    let Some(blob) = records::read_blob(&state, digest)? else {
+        return refused(
+            Code::NotFound,
+            format!("no uploaded backup archive with sha256 {digest}"),
+        );
+    };
+    let bytes = read_whole_blob(&state, &blob)?;
+    let actual = sha256_hex(&bytes);
+    if actual != digest {
+        return refused(
+            Code::InvalidArgument,
+            format!("the staged backup archive hashes to {actual}, not {digest}"),
+        );
+    }
+    let checked = decode_archive(&bytes).and_then(|archive| {
+        let metadata = archive.metadata.clone().unwrap_or_default();
+        check_restorable(&metadata, &restore.controller_version)?;
+        Ok((metadata, content_entries(&archive)?))
+    });
+    let (metadata, entries) = match checked {
+        Ok(checked) => checked,
+        Err(e @ BackupError::NewerVersion { .. }) => {
+            return refused(Code::FailedPrecondition, e.to_string())
+        }
+        Err(e) => return refused(Code::InvalidArgument, e.to_string()),
+    };
+    // Every controller has its own controller model (its uuid is the controller's): the
+    // target's stays, the archive's is not restored.
+    let existing: Vec<_> = records::read_models(&state)?
+        .into_iter()
+        .filter(|m| !is_controller_model(&m.owner, &m.name))
+        .collect();
+    if !existing.is_empty() && !restore.force {
+        return refused(
+            Code::FailedPrecondition,
+            format!(
+                "the controller already holds {} model(s); restore onto a freshly initialized \
+                 controller, or pass --force to replace them",
+                existing.len()
+            ),
+        );
+    }
+    // Never a mix: every model key goes before the archive's are written, in this write set.
+    for model in &existing {
+        for (key, _) in state.scan_prefix(&keys::model_prefix(&model.uuid), usize::MAX)? {
+            state.delete(key);
+        }
+        state.delete(keys::model_name_key(&model.owner, &model.name));
+    }
+    delete_blob(&mut state, digest)?;
+    let controller_name_key = keys::model_name_key(CONTROLLER_MODEL_OWNER, CONTROLLER_MODEL_NAME);
+    let archived_controller_model = entries
+        .iter()
+        .find(|(key, _)| *key == controller_name_key)
+        .map(|(_, uuid)| keys::model_prefix(&String::from_utf8_lossy(uuid)));
+    for (key, value) in entries {
+        let controller_model_key = key == controller_name_key
+            || archived_controller_model
+                .as_ref()
+                .is_some_and(|prefix| key.starts_with(prefix));
+        if !controller_model_key {
+            state.put(key, value);
+        }
+    }
+    tracing::info!(
+        backup = metadata.id,
+        models = metadata.model_count,
+        "restored backup"
+    );
+    Ok((ok_result(), state.into_writes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn archive(content: &[u8]) -> BackupArchive {
+        BackupArchive {
+            metadata: Some(BackupMetadata {
+                format_version: ARCHIVE_FORMAT_VERSION,
+                id: "b1".into(),
+                version: "1.2.3".into(),
+                content_sha256: sha256_hex(content),
+                content_bytes: content.len() as u64,
+                ..Default::default()
+            }),
+            content: content.to_vec(),
+        }
+    }
+
+    #[test]
+    fn archives_round_trip() {
+        let original = archive(b"some content");
+        let bytes = encode_archive(&original);
+        assert!(bytes.starts_with(MAGIC));
+        assert_eq!(decode_archive(&bytes), Ok(original));
+    }
+
+    #[test]
+    fn wrong_files_truncation_and_corruption_are_refused() {
+        let bytes = encode_archive(&archive(b"some content that is long enough"));
+        assert_eq!(
+            decode_archive(b"PK\x03\x04zip"),
+            Err(BackupError::NotABackup)
+        );
+        assert_eq!(decode_archive(b""), Err(BackupError::NotABackup));
+        assert!(matches!(
+            decode_archive(&bytes[..5]),
+            Err(BackupError::Truncated { .. })
+        ));
+        assert!(matches!(
+            decode_archive(&bytes[..MAGIC.len() + 2]),
+            Err(BackupError::Truncated { .. })
+        ));
+        for cut in [MAGIC.len() + 6, bytes.len() - 1, bytes.len() - 10] {
+            let err = decode_archive(&bytes[..cut]).expect_err("truncated");
+            assert!(
+                matches!(
+                    err,
+                    BackupError::Truncated { .. } | BackupError::Corrupted { .. }
+                ),
+                "{cut}: {err}"
+            );
+        }
+        let mut flipped = bytes.clone();
+        let last = flipped.len() - 1;
+        flipped[last] ^= 0xff;
+        assert!(matches!(
+            decode_archive(&flipped),
+            Err(BackupError::Corrupted { .. })
+        ));
+        let mut future = bytes.clone();
+        future[MAGIC.len()..MAGIC.len() + 4].copy_from_slice(&9u32.to_be_bytes());
+        assert_eq!(
+            decode_archive(&future),
+            Err(BackupError::UnsupportedFormat { version: 9 })
+        );
+    }
+
+    #[test]
+    fn versions_compare_as_semver() {
+        let cmp = |a, b| compare_versions(a, b).expect("valid");
+        assert_eq!(cmp("1.2.3", "1.2.3"), Ordering::Equal);
+        assert_eq!(cmp("1.10.0", "1.9.9"), Ordering::Greater);
+        assert_eq!(cmp("v0.1.0", "0.2.0"), Ordering::Less);
+        assert_eq!(cmp("1.0.0-rc.1", "1.0.0"), Ordering::Less);
+        assert_eq!(cmp("1.0.0+build.5", "1.0.0"), Ordering::Equal);
+        assert!(compare_versions("1.2", "1.2.3").is_err());
+        assert!(compare_versions("x.y.z", "1.2.3").is_err());
+        let metadata = BackupMetadata {
+            version: "9.9.9".into(),
+            ..Default::default()
+        };
+        let err = check_restorable(&metadata, "0.1.0").expect_err("newer");
+        assert!(
+            err.to_string()
+                .contains("newer than this controller's 0.1.0"),
+            "{err}"
+        );
+        assert!(check_restorable(&metadata, "9.9.9").is_ok());
+        assert!(check_restorable(&metadata, "10.0.0").is_ok());
+    }
+
+    #[test]
+    fn foreign_keys_in_the_content_are_refused() {
+        let content = StateImage {
+            applied: AppliedState::default(),
+            entries: vec![(b"req/x".to_vec(), vec![])],
+        }
+        .encode();
+        let err = content_entries(&archive(&content)).expect_err("foreign key");
+        assert!(err.to_string().contains("req/x"), "{err}");
+    }
+}
