@@ -52,6 +52,22 @@ impl Authenticator {
         Self { users, state }
     }
 
+    /// The caller of `request` if it is a superuser; `PermissionDenied` naming `what` otherwise.
+    pub fn authenticate_superuser<T>(
+        &self,
+        request: &Request<T>,
+        what: &str,
+    ) -> Result<Caller, Status> {
+        let caller = self.authenticate(request)?;
+        if caller.access != SUPERUSER {
+            return Err(Status::permission_denied(format!(
+                "user {:?} may not {what} (superuser access needed)",
+                caller.user
+            )));
+        }
+        Ok(caller)
+    }
+
     /// Whether `name` is one of the bootstrap users.
     pub fn is_bootstrap_user(&self, name: &str) -> bool {
         self.users.users.iter().any(|u| u.name == name)

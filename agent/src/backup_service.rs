@@ -8,20 +8,19 @@
 //! proposes one `RestoreBackup` command that verifies it again and replaces the models atomically.
 
 use futures::StreamExt;
-use starling_proto::command::{self as cmd, command, Command, CommandResult};
+use starling_proto::command::{self as cmd, command, CommandResult};
 use starling_proto::controller as pb;
 use starling_proto::model::BackupRecord;
 use starling_raft::{propose_error_status, RaftHandle};
 use tonic::{Request, Response, Status};
 use tracing::{info, instrument};
 
-use crate::auth::{Authenticator, Caller, SUPERUSER};
-use crate::controller_service::{command_result_status, now_unix_ms};
+use crate::auth::{Authenticator, Caller};
+use crate::controller_service::now_unix_ms;
 use crate::identity::NodeIdentity;
-use crate::model_service::{blob_chunks, storage_error, ChunkStream};
-
-/// How much of an archive one state read returns.
-const ARCHIVE_READ_BYTES: u64 = 4 * 1024 * 1024;
+use crate::model_service::{
+    blob_chunks, propose_and_wait, read_blob, request_id_or_new, storage_error, ChunkStream,
+};
 
 /// Serves backups for one node.
 #[derive(Clone)]
@@ -39,14 +38,6 @@ fn info_of(record: BackupRecord) -> pb::BackupInfo {
     }
 }
 
-fn request_id_or_new(request_id: String) -> String {
-    if request_id.is_empty() {
-        uuid::Uuid::new_v4().to_string()
-    } else {
-        request_id
-    }
-}
-
 impl BackupService {
     /// The service of node `identity`.
     pub fn new(handle: RaftHandle, identity: NodeIdentity, auth: Authenticator) -> Self {
@@ -58,14 +49,7 @@ impl BackupService {
     }
 
     fn require_superuser<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
-        let caller = self.auth.authenticate(request)?;
-        if caller.access != SUPERUSER {
-            return Err(Status::permission_denied(format!(
-                "user {:?} may not manage backups (superuser access needed)",
-                caller.user
-            )));
-        }
-        Ok(caller)
+        self.auth.authenticate_superuser(request, "manage backups")
     }
 
     async fn barrier(&self) -> Result<(), Status> {
@@ -75,48 +59,13 @@ impl BackupService {
             .map_err(|e| propose_error_status(&e))
     }
 
-    /// Proposes `op` and waits until this node has applied it.
     async fn propose(
         &self,
         caller: &Caller,
         request_id: String,
         op: command::Op,
     ) -> Result<CommandResult, Status> {
-        let command = Command {
-            request_id,
-            op: Some(op),
-            proposed_unix_ms: now_unix_ms(),
-            caller: caller.user.clone(),
-        };
-        let proposed = self
-            .handle
-            .propose(command)
-            .await
-            .map_err(|e| propose_error_status(&e))?;
-        command_result_status(&proposed.result)?;
-        self.handle
-            .wait_applied(proposed.log_index)
-            .await
-            .map_err(|e| propose_error_status(&e))?;
-        Ok(proposed.result)
-    }
-
-    /// A whole uploaded archive, read from the state in pieces.
-    fn read_archive(&self, digest: &str) -> Result<Vec<u8>, Status> {
-        let state = self.handle.state();
-        let header = state.blob(digest).map_err(storage_error)?.ok_or_else(|| {
-            Status::failed_precondition(format!("backup archive {digest} has not been uploaded"))
-        })?;
-        let mut bytes = Vec::with_capacity(usize::try_from(header.size).unwrap_or(0));
-        while (bytes.len() as u64) < header.size {
-            let piece = state
-                .blob_range(digest, bytes.len() as u64, ARCHIVE_READ_BYTES)
-                .map_err(storage_error)?
-                .filter(|piece| !piece.is_empty())
-                .ok_or_else(|| Status::not_found(format!("archive {digest} vanished")))?;
-            bytes.extend_from_slice(&piece);
-        }
-        Ok(bytes)
+        propose_and_wait(&self.handle, caller, request_id, op).await
     }
 
     /// `CreateBackup`: the backup is made when its command applies; answers its record.
@@ -223,7 +172,7 @@ impl BackupService {
             )));
         }
         // Read the metadata before the command consumes the staged archive.
-        let bytes = self.read_archive(&digest)?;
+        let bytes = read_blob(&self.handle, &digest, "backup archive")?;
         let metadata = starling_storage::backup::decode_archive(&bytes)
             .map_err(|e| Status::invalid_argument(e.to_string()))?
             .metadata;

@@ -12,7 +12,7 @@ use starling_raft::{propose_error_status, RaftHandle};
 use tonic::{Request, Response, Status};
 use tracing::{info, instrument, warn};
 
-use crate::auth::{Authenticator, Caller, SUPERUSER};
+use crate::auth::{Authenticator, Caller};
 use crate::backup_service::BackupService;
 use crate::identity::{AuthFile, NodeIdentity};
 use crate::init::node_files;
@@ -62,14 +62,8 @@ impl ControllerService {
     }
 
     fn require_superuser<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
-        let caller = self.auth.authenticate(request)?;
-        if caller.access != SUPERUSER {
-            return Err(Status::permission_denied(format!(
-                "user {:?} may not manage the controller (superuser access needed)",
-                caller.user
-            )));
-        }
-        Ok(caller)
+        self.auth
+            .authenticate_superuser(request, "manage the controller")
     }
 }
 

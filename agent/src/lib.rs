@@ -8,6 +8,7 @@ pub mod agent_service;
 pub mod auth;
 pub mod backup_service;
 pub mod controller_service;
+pub mod daemon;
 pub mod http;
 pub mod identity;
 pub mod init;

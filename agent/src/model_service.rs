@@ -182,31 +182,14 @@ impl ModelService {
         Ok(model)
     }
 
-    /// Proposes `op` for `caller` (under the client's request id, or a new one) and waits until
-    /// this node has applied it.
+    /// Proposes `op` for `caller` and waits until this node has applied it.
     async fn propose(
         &self,
         caller: &Caller,
         request_id: String,
         op: command::Op,
     ) -> Result<CommandResult, Status> {
-        let command = Command {
-            request_id: request_id_or_new(request_id),
-            op: Some(op),
-            proposed_unix_ms: now_unix_ms(),
-            caller: caller.user.clone(),
-        };
-        let proposed = self
-            .handle
-            .propose(command)
-            .await
-            .map_err(|e| propose_error_status(&e))?;
-        command_result_status(&proposed.result)?;
-        self.handle
-            .wait_applied(proposed.log_index)
-            .await
-            .map_err(|e| propose_error_status(&e))?;
-        Ok(proposed.result)
+        propose_and_wait(&self.handle, caller, request_id, op).await
     }
 
     fn ok_fields(result: &CommandResult) -> Option<&starling_proto::command::Ok> {
@@ -519,7 +502,7 @@ impl ModelService {
         let caller = self.auth.authenticate(&request)?;
         let message = request.into_inner();
         let model = self.model_for(&caller, message.model.as_ref(), Access::Write, "deploy")?;
-        let archive = read_blob(&self.handle, &message.charm_digest)?;
+        let archive = read_blob(&self.handle, &message.charm_digest, "charm")?;
         let metadata = charm_metadata_from_archive(&archive)?;
         let charm = parse_metadata(&metadata)
             .map_err(|e| Status::invalid_argument(format!("invalid charm: {e}")))?;
@@ -942,7 +925,8 @@ fn non_empty_or(value: String, default: &str) -> String {
     }
 }
 
-fn request_id_or_new(request_id: String) -> String {
+/// The client's request id, or a new random one.
+pub(crate) fn request_id_or_new(request_id: String) -> String {
     if request_id.is_empty() {
         uuid::Uuid::new_v4().to_string()
     } else {
@@ -950,26 +934,53 @@ fn request_id_or_new(request_id: String) -> String {
     }
 }
 
+/// Proposes `op` for `caller` (under the client's request id, or a new one), maps a refusal to
+/// its status, and waits until this node has applied it, so the caller reads its own write.
+pub(crate) async fn propose_and_wait(
+    handle: &RaftHandle,
+    caller: &Caller,
+    request_id: String,
+    op: command::Op,
+) -> Result<CommandResult, Status> {
+    let command = Command {
+        request_id: request_id_or_new(request_id),
+        op: Some(op),
+        proposed_unix_ms: now_unix_ms(),
+        caller: caller.user.clone(),
+    };
+    let proposed = handle
+        .propose(command)
+        .await
+        .map_err(|e| propose_error_status(&e))?;
+    command_result_status(&proposed.result)?;
+    handle
+        .wait_applied(proposed.log_index)
+        .await
+        .map_err(|e| propose_error_status(&e))?;
+    Ok(proposed.result)
+}
+
 /// How much of a blob one state read returns.
 const BLOB_READ_BYTES: u64 = 1024 * 1024;
 
-/// A whole blob, read from the state in pieces.
-fn read_blob(handle: &RaftHandle, digest: &str) -> Result<Vec<u8>, Status> {
+/// A whole blob (`what` names it in errors: "charm", "backup archive"), read from the state in
+/// pieces.
+pub(crate) fn read_blob(handle: &RaftHandle, digest: &str, what: &str) -> Result<Vec<u8>, Status> {
     let state = handle.state();
     let header = state.blob(digest).map_err(storage_error)?.ok_or_else(|| {
-        Status::failed_precondition(format!("charm {digest} has not been uploaded"))
+        Status::failed_precondition(format!("{what} {digest} has not been uploaded"))
     })?;
-    let mut bytes = Vec::with_capacity(header.size as usize);
+    let mut bytes = Vec::with_capacity(usize::try_from(header.size).unwrap_or(0));
     while (bytes.len() as u64) < header.size {
         let piece = state
             .blob_range(digest, bytes.len() as u64, BLOB_READ_BYTES)
             .map_err(storage_error)?
             .ok_or_else(|| {
-                Status::not_found(format!("charm {digest} vanished while being read"))
+                Status::not_found(format!("{what} {digest} vanished while being read"))
             })?;
         if piece.is_empty() {
             return Err(Status::internal(format!(
-                "charm {digest} is shorter than its header says"
+                "{what} {digest} is shorter than its header says"
             )));
         }
         bytes.extend_from_slice(&piece);
