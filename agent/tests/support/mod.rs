@@ -159,14 +159,20 @@ impl Cluster {
             .map(|r| r.into_inner())
     }
 
-    /// Waits until a running node reports a leader that is itself running; returns it.
+    /// Waits until a running node reports a running leader that reports itself leader.
     pub async fn wait_for_leader(&self) -> u64 {
         let deadline = tokio::time::Instant::now() + DEADLINE;
         loop {
             for id in self.nodes.keys() {
                 if let Some(info) = self.show(*id).await {
                     if let Some(leader) = info.leader_id {
-                        if self.nodes.contains_key(&leader) {
+                        // The leader must also say so itself: a node can name a leader before
+                        // that leader has finished taking office.
+                        let confirmed = info
+                            .members
+                            .iter()
+                            .any(|m| m.id == leader && m.state == "leader");
+                        if self.nodes.contains_key(&leader) && confirmed {
                             return leader;
                         }
                     }
