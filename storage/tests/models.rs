@@ -3,78 +3,17 @@
 
 use proptest::prelude::*;
 use sha2::{Digest, Sha256};
-use starling_proto::command::{self as cmd, command::Op, command_error::Code, Command};
-use starling_proto::model::{Access, CharmMeta, LogRecord, ModelDescription, Status};
+use starling_proto::command::{self as cmd, command::Op, command_error::Code};
+use starling_proto::model::{Access, CharmMeta, LogRecord, Status};
 use starling_storage::model::charm::parse_metadata;
 use starling_storage::{
-    description_digest, export_model, import_model, keys, records, ApplyBatch, ApplyLimits,
-    MemStore, StateBackend, StateRead,
+    description_digest, export_model, import_model, keys, records, MemStore, StateBackend,
+    StateRead,
 };
 
-const UUID: &str = "0b5f6d2e-1c3a-4e4f-9a7b-2d3c4e5f6a7b";
-const NOW: i64 = 1_700_000_000_000;
+mod support;
 
-struct Harness {
-    store: MemStore,
-    index: u64,
-}
-
-impl Harness {
-    fn new() -> Self {
-        Harness {
-            store: MemStore::new(),
-            index: 0,
-        }
-    }
-
-    fn apply(&mut self, op: Op) -> cmd::command_result::Result {
-        self.index += 1;
-        let command = Command {
-            request_id: String::new(),
-            op: Some(op),
-            proposed_unix_ms: NOW + self.index as i64,
-            caller: "alice".into(),
-        };
-        let mut batch = ApplyBatch::new(&self.store, ApplyLimits::default());
-        let result = batch.apply_command(self.index, &command).expect("applies");
-        self.store
-            .state_commit(batch.into_writes())
-            .expect("commits");
-        result.result.expect("has a result")
-    }
-
-    #[track_caller]
-    fn ok(&mut self, op: Op) -> cmd::Ok {
-        match self.apply(op) {
-            cmd::command_result::Result::Ok(ok) => ok,
-            cmd::command_result::Result::Error(e) => panic!("refused: {e:?}"),
-        }
-    }
-
-    /// Applies `op`, expects refusal with `code`, checks nothing changed; returns the message.
-    #[track_caller]
-    fn refused(&mut self, op: Op, code: Code) -> String {
-        let before = self.store.export_state().expect("exports").entries;
-        match self.apply(op) {
-            cmd::command_result::Result::Error(e) => {
-                assert_eq!(e.code, code as i32, "{}", e.message);
-                assert_eq!(
-                    self.store.export_state().expect("exports").entries,
-                    before,
-                    "a refusal wrote something"
-                );
-                e.message
-            }
-            cmd::command_result::Result::Ok(ok) => panic!("accepted: {ok:?}"),
-        }
-    }
-
-    fn description(&self) -> ModelDescription {
-        export_model(&self.store, UUID)
-            .expect("reads")
-            .expect("model exists")
-    }
-}
+use support::{Harness, NOW, UUID};
 
 fn add_model(uuid: &str, name: &str) -> Op {
     Op::AddModel(cmd::AddModel {

@@ -1,0 +1,73 @@
+//! The test harness shared by the apply-level tests: commands applied one by one through
+//! `ApplyBatch` on a `MemStore`, successes and refusals checked.
+
+#![allow(dead_code)]
+
+use starling_proto::command::{self as cmd, command::Op, command_error::Code, Command};
+use starling_proto::model::ModelDescription;
+use starling_storage::{export_model, ApplyBatch, ApplyLimits, MemStore, StateBackend};
+
+pub const UUID: &str = "0b5f6d2e-1c3a-4e4f-9a7b-2d3c4e5f6a7b";
+pub const NOW: i64 = 1_700_000_000_000;
+
+pub struct Harness {
+    pub store: MemStore,
+    pub index: u64,
+}
+
+impl Harness {
+    pub fn new() -> Self {
+        Harness {
+            store: MemStore::new(),
+            index: 0,
+        }
+    }
+
+    pub fn apply(&mut self, op: Op) -> cmd::command_result::Result {
+        self.index += 1;
+        let command = Command {
+            request_id: String::new(),
+            op: Some(op),
+            proposed_unix_ms: NOW + self.index as i64,
+            caller: "alice".into(),
+        };
+        let mut batch = ApplyBatch::new(&self.store, ApplyLimits::default());
+        let result = batch.apply_command(self.index, &command).expect("applies");
+        self.store
+            .state_commit(batch.into_writes())
+            .expect("commits");
+        result.result.expect("has a result")
+    }
+
+    #[track_caller]
+    pub fn ok(&mut self, op: Op) -> cmd::Ok {
+        match self.apply(op) {
+            cmd::command_result::Result::Ok(ok) => ok,
+            cmd::command_result::Result::Error(e) => panic!("refused: {e:?}"),
+        }
+    }
+
+    /// Applies `op`, expects refusal with `code`, checks nothing changed; returns the message.
+    #[track_caller]
+    pub fn refused(&mut self, op: Op, code: Code) -> String {
+        let before = self.store.export_state().expect("exports").entries;
+        match self.apply(op) {
+            cmd::command_result::Result::Error(e) => {
+                assert_eq!(e.code, code as i32, "{}", e.message);
+                assert_eq!(
+                    self.store.export_state().expect("exports").entries,
+                    before,
+                    "a refusal wrote something"
+                );
+                e.message
+            }
+            cmd::command_result::Result::Ok(ok) => panic!("accepted: {ok:?}"),
+        }
+    }
+
+    pub fn description(&self) -> ModelDescription {
+        export_model(&self.store, UUID)
+            .expect("reads")
+            .expect("model exists")
+    }
+}
