@@ -7,7 +7,6 @@
 //! the node that asked for it). A restore uploads the archive as a blob (`UploadCharm`), then
 //! proposes one `RestoreBackup` command that verifies it again and replaces the models atomically.
 
-use futures::StreamExt;
 use starling_proto::command::{self as cmd, command, CommandResult};
 use starling_proto::controller as pb;
 use starling_proto::model::BackupRecord;
@@ -19,7 +18,7 @@ use crate::auth::{Authenticator, Caller};
 use crate::controller_service::now_unix_ms;
 use crate::identity::NodeIdentity;
 use crate::model_service::{
-    blob_chunks, propose_and_wait, read_blob, request_id_or_new, storage_error, ChunkStream,
+    charm_chunks, propose_and_wait, read_blob, request_id_or_new, storage_error, ChunkStream,
 };
 
 /// Serves backups for one node.
@@ -144,17 +143,9 @@ impl BackupService {
             .backup(&id)
             .map_err(storage_error)?
             .ok_or_else(|| Status::not_found(format!("backup {id:?} not found")))?;
-        let stream = blob_chunks(self.handle.clone(), record.archive_sha256)
-            .await?
-            .map(|chunk| {
-                chunk.map(|(digest, size, offset, data)| pb::CharmChunk {
-                    digest,
-                    size,
-                    offset,
-                    data,
-                })
-            });
-        Ok(Response::new(stream.boxed()))
+        Ok(Response::new(
+            charm_chunks(self.handle.clone(), record.archive_sha256).await?,
+        ))
     }
 
     /// `RestoreBackup`: one command verifies the uploaded archive and replaces the models.

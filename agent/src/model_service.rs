@@ -481,17 +481,9 @@ impl ModelService {
     ) -> Result<Response<ChunkStream>, Status> {
         self.auth.authenticate(&request)?;
         let digest = request.into_inner().digest;
-        let stream = blob_chunks(self.handle.clone(), digest)
-            .await?
-            .map(|chunk| {
-                chunk.map(|(digest, size, offset, data)| pb::CharmChunk {
-                    digest,
-                    size,
-                    offset,
-                    data,
-                })
-            });
-        Ok(Response::new(stream.boxed()))
+        Ok(Response::new(
+            charm_chunks(self.handle.clone(), digest).await?,
+        ))
     }
 
     /// `Deploy`: reads the charm's metadata.yaml from the uploaded archive.
@@ -986,6 +978,22 @@ pub(crate) fn read_blob(handle: &RaftHandle, digest: &str, what: &str) -> Result
         bytes.extend_from_slice(&piece);
     }
     Ok(bytes)
+}
+
+/// A blob as the client API streams it (`DownloadCharm`, `DownloadBackup`).
+pub(crate) async fn charm_chunks(
+    handle: RaftHandle,
+    digest: String,
+) -> Result<ChunkStream, Status> {
+    let stream = blob_chunks(handle, digest).await?.map(|chunk| {
+        chunk.map(|(digest, size, offset, data)| pb::CharmChunk {
+            digest,
+            size,
+            offset,
+            data,
+        })
+    });
+    Ok(stream.boxed())
 }
 
 /// One chunk of a blob: digest, total size, offset and bytes.

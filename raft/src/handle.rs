@@ -341,20 +341,27 @@ impl RaftHandle {
         }
     }
 
+    /// A peer client for the leader `leader`, dialled at its membership address.
+    fn leader_client(
+        &self,
+        leader: NodeId,
+    ) -> Result<pb::raft_client::RaftClient<tonic::transport::Channel>, String> {
+        let address = self
+            .node_address(leader)
+            .ok_or_else(|| format!("leader {leader} is not in the membership"))?;
+        self.inner
+            .channels
+            .client(leader, &address)
+            .map_err(|e| e.to_string())
+    }
+
     async fn forward(
         &self,
         leader: NodeId,
         command: &Command,
         deadline: Instant,
     ) -> Result<Proposed, String> {
-        let address = self
-            .node_address(leader)
-            .ok_or_else(|| format!("leader {leader} is not in the membership"))?;
-        let mut client = self
-            .inner
-            .channels
-            .client(leader, &address)
-            .map_err(|e| e.to_string())?;
+        let mut client = self.leader_client(leader)?;
         let mut request = tonic::Request::new(pb::ForwardRequest {
             controller_uuid: self.inner.controller_uuid.clone(),
             command: Some(command.clone()),
@@ -473,14 +480,7 @@ impl RaftHandle {
     }
 
     async fn remote_read_index(&self, leader: NodeId, deadline: Instant) -> Result<u64, String> {
-        let address = self
-            .node_address(leader)
-            .ok_or_else(|| format!("leader {leader} is not in the membership"))?;
-        let mut client = self
-            .inner
-            .channels
-            .client(leader, &address)
-            .map_err(|e| e.to_string())?;
+        let mut client = self.leader_client(leader)?;
         let mut request = tonic::Request::new(pb::ReadIndexRequest {
             controller_uuid: self.inner.controller_uuid.clone(),
         });
