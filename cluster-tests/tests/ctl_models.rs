@@ -186,7 +186,10 @@ const REDACTIONS: &[(&str, &str)] = &[
 /// What `show-controller` reports about the Raft group, which depends on which node won which
 /// election and how many entries were applied when the command ran.
 const RAFT_REDACTIONS: &[(&str, &str)] = &[
-    // yaml and json
+    // yaml and json; only the leader knows how far each member's log matches its own, so
+    // `matched-index` is there or not depending on which node answered.
+    (r#",\n\s*"matched-index": \d+"#, ""),
+    (r"\n\s*matched-index: \d+", ""),
     (r#"("?(?:leader|term|applied-index)"?): \d+"#, "$1: [n]"),
     (
         r#"("?state"?): "?(?:leader|follower|candidate|learner)"?"#,
