@@ -7,6 +7,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/starling/raft.proto",
         "proto/starling/controller.proto",
         "proto/starling/agent.proto",
+        "proto/starling/migration.proto",
     ];
     for file in files {
         println!("cargo:rerun-if-changed={file}");

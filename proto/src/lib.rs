@@ -28,6 +28,11 @@ pub mod agent {
     tonic::include_proto!("starling.agent");
 }
 
+/// Live migration: persisted records and the controller-to-controller service.
+pub mod migration {
+    tonic::include_proto!("starling.migration");
+}
+
 /// The encoded file descriptor set, for gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/starling_descriptor.bin"));

@@ -22,6 +22,11 @@
 //! | `blob/<digest>` | `model.Blob`: a complete, verified blob |
 //! | `blobdata/<digest>/<be u64 offset>` | raw bytes of one chunk (staged or complete) |
 //! | `blobstage/<digest>` | `model.BlobUpload`: an upload in progress |
+//! | `mig/<uuid>/<be u64 attempt>` | `migration.MigrationRecord`: the source's record of one migration |
+//! | `miglock/<uuid>` | the migration id (UTF-8) holding the model's lock (QUIESCE..SUCCESS, or until ABORTDONE) |
+//! | `redirect/<uuid>` | `migration.Redirect`: where a migrated model went (kept after REAP) |
+//! | `import/<uuid>` | `migration.ImportRecord`: the model's records are an import, invisible and read-only |
+//! | `activated/<uuid>` | the migration id (UTF-8) that activated the model here |
 //! | `backup/<id>` | `model.BackupRecord`: a backup kept on the controller (its archive is a blob) |
 //!
 //! Numbers are big-endian so key order is numeric order. Model and application records are
@@ -214,4 +219,41 @@ pub fn backup_key(id: &str) -> Vec<u8> {
 pub fn trailing_u64(key: &[u8]) -> Option<u64> {
     let start = key.len().checked_sub(8)?;
     Some(u64::from_be_bytes(key[start..].try_into().ok()?))
+}
+
+/// Every migration record.
+pub const MIGRATION_PREFIX: &[u8] = b"mig/";
+/// Every redirect.
+pub const REDIRECT_PREFIX: &[u8] = b"redirect/";
+/// Every import.
+pub const IMPORT_PREFIX: &[u8] = b"import/";
+
+/// The migration records of one model.
+pub fn migration_prefix(uuid: &str) -> Vec<u8> {
+    format!("mig/{uuid}/").into_bytes()
+}
+
+/// One migration record.
+pub fn migration_key(uuid: &str, attempt: u64) -> Vec<u8> {
+    join(&migration_prefix(uuid), &attempt.to_be_bytes())
+}
+
+/// The migration lock of a model.
+pub fn migration_lock_key(uuid: &str) -> Vec<u8> {
+    join(b"miglock/", uuid.as_bytes())
+}
+
+/// A migrated model's redirect.
+pub fn redirect_key(uuid: &str) -> Vec<u8> {
+    join(REDIRECT_PREFIX, uuid.as_bytes())
+}
+
+/// A model's import record.
+pub fn import_key(uuid: &str) -> Vec<u8> {
+    join(IMPORT_PREFIX, uuid.as_bytes())
+}
+
+/// The migration that activated a model here.
+pub fn activated_key(uuid: &str) -> Vec<u8> {
+    join(b"activated/", uuid.as_bytes())
 }

@@ -9,6 +9,7 @@ pub mod error;
 pub mod export;
 pub mod keys;
 pub mod mem;
+pub mod migration;
 pub mod model;
 pub mod records;
 pub mod state;

@@ -27,6 +27,8 @@ use crate::records;
 use crate::state::{read_effective_config, Overlay, StateRead, WriteSet};
 use crate::StorageError;
 
+mod migration;
+
 /// Largest chunk of a blob upload.
 pub const BLOB_CHUNK_BYTES_MAX: usize = 1024 * 1024;
 /// Largest blob (a charm archive).
@@ -102,6 +104,15 @@ pub(super) fn apply_model_op<R: StateRead + ?Sized>(
         Op::SetModelAccess(set) => tx.set_model_access(set),
         Op::AgentReport(report) => tx.agent_report(report),
         Op::RenewPresence(renew) => tx.renew_presence(renew),
+        Op::StartMigration(start) => tx.start_migration(start),
+        Op::MigrationTransition(transition) => tx.migration_transition(transition),
+        Op::MigrationProgress(progress) => tx.migration_progress(progress),
+        Op::RequestMigrationAbort(request) => tx.request_migration_abort(request),
+        Op::ReapModel(reap) => tx.reap_model(reap),
+        Op::ImportModel(import) => tx.import_model(import),
+        Op::ActivateModel(activate) => tx.activate_model(activate),
+        Op::DropImport(drop) => tx.drop_import(drop),
+        Op::ImportLog(import) => tx.import_log(import),
         Op::CreateBackup(_) | Op::RestoreBackup(_) => {
             unreachable!("applied by backup::apply_backup_op")
         }
@@ -134,12 +145,33 @@ impl<R: StateRead + ?Sized> Tx<'_, '_, R> {
         self.state.put(key, record.encode_to_vec());
     }
 
+    /// The model a command changes: refused when it is an import (invisible until activated),
+    /// has migrated away (a redirect), or is locked by a migration (read-only).
     fn model(&self, uuid: &str) -> Result<Model, Refusal> {
-        records::read_model(&self.state, uuid)?.ok_or_else(|| {
+        let not_found = || {
             Refusal::Rule(ModelError::ModelNotFound {
                 model: uuid.to_owned(),
             })
-        })
+        };
+        if crate::migration::read_import(&self.state, uuid)?.is_some() {
+            return Err(not_found());
+        }
+        if let Some(redirect) = crate::migration::read_redirect(&self.state, uuid)? {
+            return Err(ModelError::ModelMigrated {
+                model: redirect.model_name,
+                controller: redirect.controller_name,
+            }
+            .into());
+        }
+        let model = records::read_model(&self.state, uuid)?.ok_or_else(not_found)?;
+        if let Some(migration_id) = crate::migration::read_lock(&self.state, uuid)? {
+            return Err(ModelError::ModelLocked {
+                model: model.name,
+                migration_id,
+            }
+            .into());
+        }
+        Ok(model)
     }
 
     fn application(&self, uuid: &str, name: &str) -> Result<Application, Refusal> {

@@ -417,6 +417,22 @@ pub enum MigrationError {
         /// Bytes staged so far.
         bytes: u64,
     },
+    /// No migration with that id is recorded here.
+    #[error("no migration {migration_id} is recorded on this controller")]
+    UnknownMigration {
+        /// The id asked about.
+        migration_id: String,
+    },
+    /// The model already has a migration that has not ended.
+    #[error("model \"{model}\" is already migrating (migration {migration_id} is in {phase})")]
+    AlreadyMigrating {
+        /// The model's name.
+        model: String,
+        /// The running migration.
+        migration_id: String,
+        /// Its phase.
+        phase: Phase,
+    },
     /// The target was asked to drop a model that migration already activated.
     #[error(
         "model of migration {migration_id} is active on this controller and cannot be dropped"
@@ -432,7 +448,9 @@ impl MigrationError {
     pub fn kind(&self) -> ErrorKind {
         match self {
             MigrationError::InvalidId { .. } => ErrorKind::InvalidArgument,
-            MigrationError::NoSuchImport { .. } => ErrorKind::NotFound,
+            MigrationError::NoSuchImport { .. } | MigrationError::UnknownMigration { .. } => {
+                ErrorKind::NotFound
+            }
             _ => ErrorKind::FailedPrecondition,
         }
     }

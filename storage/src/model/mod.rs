@@ -77,6 +77,31 @@ pub enum ModelError {
     /// The controller model cannot be destroyed.
     #[error("the controller model cannot be destroyed")]
     ControllerModel,
+    /// The model is locked by a migration: read-only until the migration completes or aborts.
+    #[error(
+        "model \"{model}\" is locked by migration {migration_id} and is read-only until it \
+         completes or aborts"
+    )]
+    ModelLocked {
+        /// The model's name.
+        model: String,
+        /// The migration holding the lock.
+        migration_id: String,
+    },
+    /// The model has migrated to another controller; this one only holds a redirect.
+    #[error(
+        "model \"{model}\" has been migrated to controller \"{controller}\". To access it run \
+         'ctl switch {controller}:{model}'."
+    )]
+    ModelMigrated {
+        /// The model's name.
+        model: String,
+        /// The controller it lives on now.
+        controller: String,
+    },
+    /// A migration rule refused the change.
+    #[error(transparent)]
+    Migration(#[from] migration::MigrationError),
     /// Machines remain in a model being destroyed without force.
     #[error(
         "model {model:?} still has {} machine(s) ({}); remove them first or destroy with --force",
@@ -305,7 +330,10 @@ impl ModelError {
             | ApplicationExists { .. }
             | RelationExists { .. }
             | UserExists { .. } => ErrorKind::AlreadyExists,
+            Migration(e) => e.kind(),
             ControllerModel
+            | ModelLocked { .. }
+            | ModelMigrated { .. }
             | ModelHasMachines { .. }
             | MachineNotAlive { .. }
             | MachineHasUnits { .. }

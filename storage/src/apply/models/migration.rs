@@ -1,0 +1,451 @@
+//! Applying the migration commands. Source side: the record's life (start, transitions with
+//! their model effects, progress, abort requests) and REAP. Target side: import, activate, drop
+//! and the log transfer. Every decision is `model::migration`'s; this only reads and writes.
+
+use prost::Message;
+use starling_proto::command as cmd;
+use starling_proto::migration as pb;
+use starling_proto::model::{Life, ModelDescription};
+
+use super::{Outcome, Refusal, Tx};
+use crate::keys;
+use crate::migration::{self as stored, record_id};
+use crate::model::migration::{
+    self as rules, AgentReport, MigrationError, MigrationId, MigrationRecord, ModelEffect, Phase,
+    Progress, TargetActivate, TargetController, TargetDrop, TargetImport, TargetImportState,
+    TargetModelState,
+};
+use crate::model::{names, ModelError};
+use crate::records::{self, BLOB_RANGE_BYTES_MAX};
+use crate::state::StateRead;
+use crate::{export, StorageError};
+
+/// Largest model description a target imports.
+pub const DESCRIPTION_BYTES_MAX: u64 = 256 * 1024 * 1024;
+
+fn parse_id(id: &str) -> Result<MigrationId, Refusal> {
+    Ok(MigrationId::parse(id).map_err(ModelError::from)?)
+}
+
+fn migration_error(e: MigrationError) -> Refusal {
+    Refusal::Rule(e.into())
+}
+
+impl From<MigrationError> for Refusal {
+    fn from(e: MigrationError) -> Self {
+        migration_error(e)
+    }
+}
+
+impl<R: StateRead + ?Sized> Tx<'_, '_, R> {
+    fn migration(&self, id: &MigrationId) -> Result<pb::MigrationRecord, Refusal> {
+        stored::require_migration(&self.state, id)?.map_err(migration_error)
+    }
+
+    fn store_migration(&mut self, record: &pb::MigrationRecord) {
+        self.put(keys::migration_key(&record.model_uuid, record.attempt), record);
+    }
+
+    /// Deletes every record of model `uuid` and its name index entry (if it still names it).
+    fn delete_model_records(&mut self, uuid: &str) -> Result<(), StorageError> {
+        if let Some(model) = records::read_model(&self.state, uuid)? {
+            let name_key = keys::model_name_key(&model.owner, &model.name);
+            if self.state.get(&name_key)?.as_deref() == Some(uuid.as_bytes()) {
+                self.state.delete(name_key);
+            }
+        }
+        for (key, _) in self
+            .state
+            .scan_prefix(&keys::model_prefix(uuid), usize::MAX)?
+        {
+            self.state.delete(key);
+        }
+        Ok(())
+    }
+
+    pub(super) fn start_migration(&mut self, start: &cmd::StartMigration) -> Outcome {
+        let model = self.model(&start.model_uuid)?;
+        if model.life != Life::Alive as i32 {
+            return Err(ModelError::invalid(format!(
+                "model \"{}\" is not alive; only an alive model can migrate",
+                model.name
+            ))
+            .into());
+        }
+        let target = start
+            .target
+            .clone()
+            .ok_or_else(|| ModelError::invalid("no target controller given"))?;
+        if target.name.is_empty() || target.controller_uuid.is_empty() {
+            return Err(ModelError::invalid("the target controller needs a name and a uuid").into());
+        }
+        if target.endpoints.is_empty() {
+            return Err(ModelError::invalid("the target controller has no endpoints").into());
+        }
+        let migrations = stored::read_model_migrations(&self.state, &model.uuid)?;
+        if let Some(running) = migrations.iter().find(|m| !stored::is_terminal(m)) {
+            return Err(MigrationError::AlreadyMigrating {
+                model: model.name.clone(),
+                migration_id: record_id(running).to_string(),
+                phase: Phase::parse(&running.phase).unwrap_or(Phase::Precheck),
+            }
+            .into());
+        }
+        // Attempts grow across controllers: a model that came here by migration continues the
+        // numbering of the attempt that brought it, so ids are never reused.
+        let mut attempt = migrations.last().map_or(0, |m| m.attempt);
+        if let Some(by) = stored::read_activated_by(&self.state, &model.uuid)? {
+            if let Ok(by) = MigrationId::parse(&by) {
+                attempt = attempt.max(by.attempt);
+            }
+        }
+        let id = MigrationId::new(model.uuid.clone(), attempt + 1);
+        let logic = MigrationRecord::new(
+            id.clone(),
+            TargetController {
+                controller_uuid: target.controller_uuid.clone(),
+                name: target.name.clone(),
+                endpoints: target.endpoints.clone(),
+                ca_fingerprint: target.ca_fingerprint.clone(),
+            },
+            self.caller,
+            model.ownership_epoch,
+            self.now_ms,
+        );
+        let base = pb::MigrationRecord {
+            target: Some(target),
+            model_name: model.name.clone(),
+            model_owner: model.owner.clone(),
+            ..Default::default()
+        };
+        self.store_migration(&stored::store_logic(&base, &logic));
+        Ok(cmd::Ok {
+            migration_id: id.to_string(),
+            ..Default::default()
+        })
+    }
+
+    pub(super) fn migration_transition(&mut self, change: &cmd::MigrationTransition) -> Outcome {
+        let id = parse_id(&change.migration_id)?;
+        let record = self.migration(&id)?;
+        let to = Phase::parse(&change.to)
+            .ok_or_else(|| ModelError::invalid(format!("unknown phase {:?}", change.to)))?;
+        let logic = stored::to_logic(&record)?;
+        let from = logic.phase;
+        let next = rules::apply_transition(&logic, to, self.now_ms, &change.reason)
+            .map_err(migration_error)?;
+        let uuid = id.model_uuid.as_str();
+        match rules::model_effect(from, to) {
+            ModelEffect::Nothing => {}
+            ModelEffect::Lock => {
+                // The model must still be there and unlocked: `model()` refuses otherwise.
+                self.model(uuid)?;
+                self.state
+                    .put(keys::migration_lock_key(uuid), id.to_string().into_bytes());
+            }
+            ModelEffect::Redirect => {
+                let target = record.target.clone().unwrap_or_default();
+                let redirect = pb::Redirect {
+                    migration_id: id.to_string(),
+                    model_uuid: uuid.to_owned(),
+                    model_name: record.model_name.clone(),
+                    model_owner: record.model_owner.clone(),
+                    controller_uuid: target.controller_uuid,
+                    controller_name: target.name,
+                    endpoints: target.endpoints,
+                    ca_cert: target.ca_cert,
+                };
+                self.put(keys::redirect_key(uuid), &redirect);
+            }
+            ModelEffect::Unlock => {
+                if stored::read_lock(&self.state, uuid)?.as_deref() == Some(&id.to_string()) {
+                    self.state.delete(keys::migration_lock_key(uuid));
+                }
+            }
+        }
+        self.store_migration(&stored::store_logic(&record, &next));
+        Ok(cmd::Ok::default())
+    }
+
+    pub(super) fn migration_progress(&mut self, progress: &cmd::MigrationProgress) -> Outcome {
+        use cmd::migration_progress::Fact;
+        let id = parse_id(&progress.migration_id)?;
+        let record = self.migration(&id)?;
+        let fact = match progress
+            .fact
+            .as_ref()
+            .ok_or_else(|| ModelError::invalid("no progress given"))?
+        {
+            Fact::AgentAcked(machine) => Progress::AgentAcked {
+                machine: machine.clone(),
+            },
+            Fact::AgentValidated(validation) => Progress::AgentValidated {
+                machine: validation.machine_id.clone(),
+                report: if validation.ok {
+                    AgentReport::Ok
+                } else {
+                    AgentReport::Failed {
+                        reason: validation.reason.clone(),
+                    }
+                },
+            },
+            Fact::SourceDigest(digest) => Progress::SourceDigest(digest.clone()),
+            Fact::TargetDigest(digest) => Progress::TargetDigest(digest.clone()),
+            Fact::LogPosition(position) => Progress::LogPosition(*position),
+        };
+        let next = rules::apply_progress(&stored::to_logic(&record)?, &fact)
+            .map_err(migration_error)?;
+        self.store_migration(&stored::store_logic(&record, &next));
+        Ok(cmd::Ok::default())
+    }
+
+    pub(super) fn request_migration_abort(
+        &mut self,
+        request: &cmd::RequestMigrationAbort,
+    ) -> Outcome {
+        let id = parse_id(&request.migration_id)?;
+        let record = self.migration(&id)?;
+        let reason = if request.reason.is_empty() {
+            format!("requested by {}", self.caller)
+        } else {
+            request.reason.clone()
+        };
+        let next =
+            rules::request_abort(&stored::to_logic(&record)?, &reason).map_err(migration_error)?;
+        self.store_migration(&stored::store_logic(&record, &next));
+        Ok(cmd::Ok::default())
+    }
+
+    pub(super) fn reap_model(&mut self, reap: &cmd::ReapModel) -> Outcome {
+        let id = parse_id(&reap.migration_id)?;
+        let record = self.migration(&id)?;
+        if record.phase != Phase::Reap.as_str() {
+            return Err(MigrationError::WrongPhase {
+                migration_id: id.to_string(),
+                phase: Phase::parse(&record.phase).unwrap_or(Phase::Precheck),
+                what: "reaping the model",
+                expected: "REAP",
+            }
+            .into());
+        }
+        let uuid = id.model_uuid.as_str();
+        if stored::read_redirect(&self.state, uuid)?.is_none() {
+            // Only a model that became a redirect at SUCCESS is ever reaped.
+            return Err(ModelError::invalid(format!(
+                "model {uuid} has no redirect; refusing to delete it"
+            ))
+            .into());
+        }
+        self.delete_model_records(uuid)?;
+        self.state.delete(keys::migration_lock_key(uuid));
+        Ok(cmd::Ok::default())
+    }
+
+    /// What this controller holds for model `uuid`, as the target's rules see it.
+    fn target_state(&self, uuid: &str) -> Result<TargetModelState, Refusal> {
+        if let Some(import) = stored::read_import(&self.state, uuid)? {
+            let migration_id = parse_id(&import.migration_id)?;
+            return Ok(TargetModelState::Importing(TargetImport {
+                migration_id,
+                state: TargetImportState::Imported {
+                    digest: import.digest,
+                },
+                last_activity_unix_ms: import.imported_unix_ms,
+            }));
+        }
+        if records::read_model(&self.state, uuid)?.is_some() {
+            let activated_by = stored::read_activated_by(&self.state, uuid)?
+                .and_then(|by| MigrationId::parse(&by).ok());
+            return Ok(TargetModelState::Active { activated_by });
+        }
+        Ok(TargetModelState::Absent)
+    }
+
+    fn read_description(&self, digest: &str) -> Result<(ModelDescription, u64), Refusal> {
+        names::check_digest(digest)?;
+        let blob = records::read_blob(&self.state, digest)?.ok_or_else(|| {
+            ModelError::BlobNotFound {
+                digest: digest.to_owned(),
+            }
+        })?;
+        if blob.size > DESCRIPTION_BYTES_MAX {
+            return Err(ModelError::invalid(format!(
+                "the model description is {} bytes, at most {DESCRIPTION_BYTES_MAX} allowed",
+                blob.size
+            ))
+            .into());
+        }
+        let mut bytes = Vec::with_capacity(usize::try_from(blob.size).unwrap_or(0));
+        while (bytes.len() as u64) < blob.size {
+            let piece =
+                records::read_blob_range(&self.state, &blob, bytes.len() as u64, BLOB_RANGE_BYTES_MAX)?;
+            if piece.is_empty() {
+                return Err(StorageError::corrupt("state", &keys::blob_key(digest), "blob short").into());
+            }
+            bytes.extend_from_slice(&piece);
+        }
+        let description = ModelDescription::decode(bytes.as_slice()).map_err(|e| {
+            ModelError::invalid(format!("the staged model description does not decode: {e}"))
+        })?;
+        Ok((description, blob.size))
+    }
+
+    pub(super) fn import_model(&mut self, import: &cmd::ImportModel) -> Outcome {
+        let id = parse_id(&import.migration_id)?;
+        let uuid = id.model_uuid.clone();
+        match self.target_state(&uuid)? {
+            TargetModelState::Importing(held) if held.migration_id == id => {
+                // A repeated Import: already done.
+                return Ok(cmd::Ok::default());
+            }
+            TargetModelState::Importing(held) if held.migration_id.attempt < id.attempt => {
+                // A leftover of an older attempt: the source runs one migration per model at a
+                // time, so starting this attempt means the older one has ended without SUCCESS
+                // (after SUCCESS the model would not be on the source any more).
+                self.delete_model_records(&uuid)?;
+                self.state.delete(keys::import_key(&uuid));
+            }
+            TargetModelState::Importing(held) => {
+                return Err(MigrationError::NoSuchImport {
+                    migration_id: id.to_string(),
+                    state: format!("it holds an import of newer migration {}", held.migration_id),
+                }
+                .into());
+            }
+            TargetModelState::Active { .. } => {
+                return Err(ModelError::ModelUuidExists { uuid }.into());
+            }
+            TargetModelState::Absent => {}
+        }
+        let (description, description_bytes) = self.read_description(&import.description_digest)?;
+        let model = description
+            .model
+            .as_ref()
+            .ok_or_else(|| ModelError::invalid("the model description has no model record"))?;
+        if model.uuid != uuid {
+            return Err(ModelError::invalid(format!(
+                "the description is of model {}, not of migration {id}'s model",
+                model.uuid
+            ))
+            .into());
+        }
+        for digest in &description.charm_digests {
+            if records::read_blob(&self.state, digest)?.is_none() {
+                return Err(ModelError::BlobNotFound {
+                    digest: digest.clone(),
+                }
+                .into());
+            }
+        }
+        let writes = export::import_model(&self.state, &description).map_err(|e| match e {
+            export::ImportError::Rule(rule) => Refusal::Rule(rule),
+            export::ImportError::Storage(storage) => Refusal::Storage(storage),
+        })?;
+        let record_count = writes.len() as u64;
+        self.state.extend(writes);
+        // The digest the target confirms is of what it now holds, re-exported from its own
+        // state, not of the bytes it was sent.
+        let imported = export::export_model(&self.state, &uuid)?
+            .expect("the model was just imported");
+        let record = pb::ImportRecord {
+            migration_id: id.to_string(),
+            source: import.source.clone(),
+            digest: export::description_digest(&imported),
+            imported_unix_ms: self.now_ms,
+            description_bytes,
+            record_count,
+            source_epoch: model.ownership_epoch,
+        };
+        self.put(keys::import_key(&uuid), &record);
+        // The staged description has served its purpose.
+        for (key, _) in self
+            .state
+            .scan_prefix(&keys::blob_data_prefix(&import.description_digest), usize::MAX)?
+        {
+            self.state.delete(key);
+        }
+        self.state.delete(keys::blob_key(&import.description_digest));
+        Ok(cmd::Ok::default())
+    }
+
+    pub(super) fn activate_model(&mut self, activate: &cmd::ActivateModel) -> Outcome {
+        let id = parse_id(&activate.migration_id)?;
+        let uuid = id.model_uuid.clone();
+        let decision =
+            rules::target_activate_decision(&self.target_state(&uuid)?, &id).map_err(migration_error)?;
+        let mut model = records::read_model(&self.state, &uuid)?
+            .ok_or_else(|| ModelError::ModelNotFound { model: uuid.clone() })?;
+        if decision == TargetActivate::Activate {
+            let import = stored::read_import(&self.state, &uuid)?
+                .expect("target_state said importing");
+            model.ownership_epoch = import.source_epoch + 1;
+            self.put(keys::model_record_key(&uuid), &model);
+            self.state.delete(keys::import_key(&uuid));
+            self.state
+                .put(keys::activated_key(&uuid), id.to_string().into_bytes());
+            // A model migrated back here replaces the redirect it left behind.
+            self.state.delete(keys::redirect_key(&uuid));
+        }
+        Ok(cmd::Ok {
+            ownership_epoch: model.ownership_epoch,
+            ..Default::default()
+        })
+    }
+
+    pub(super) fn drop_import(&mut self, drop: &cmd::DropImport) -> Outcome {
+        let id = parse_id(&drop.migration_id)?;
+        let uuid = id.model_uuid.clone();
+        let decision =
+            rules::target_drop_decision(&self.target_state(&uuid)?, &id).map_err(migration_error)?;
+        let dropped = decision == TargetDrop::Drop;
+        if dropped {
+            self.delete_model_records(&uuid)?;
+            self.state.delete(keys::import_key(&uuid));
+        }
+        Ok(cmd::Ok {
+            dropped,
+            ..Default::default()
+        })
+    }
+
+    pub(super) fn import_log(&mut self, import: &cmd::ImportLog) -> Outcome {
+        let id = parse_id(&import.migration_id)?;
+        let uuid = id.model_uuid.as_str();
+        if stored::read_activated_by(&self.state, uuid)?.as_deref() != Some(&id.to_string()) {
+            return Err(MigrationError::NoSuchImport {
+                migration_id: id.to_string(),
+                state: "the model is not active here through this migration".into(),
+            }
+            .into());
+        }
+        let mut model = records::read_model(&self.state, uuid)?
+            .ok_or_else(|| ModelError::ModelNotFound { model: uuid.to_owned() })?;
+        if import.records.len() > super::LOG_RECORDS_PER_COMMAND_MAX {
+            return Err(ModelError::invalid(format!(
+                "{} log records given, at most {} per command",
+                import.records.len(),
+                super::LOG_RECORDS_PER_COMMAND_MAX
+            ))
+            .into());
+        }
+        let mut position = 0;
+        for record in &import.records {
+            if record.seq == 0 {
+                return Err(ModelError::invalid("a transferred log record has no sequence number").into());
+            }
+            let key = keys::log_key(uuid, record.seq);
+            if self.state.get(&key)?.is_none() {
+                self.put(key, record);
+            }
+            position = position.max(record.seq);
+        }
+        if position >= model.next_log_seq {
+            model.next_log_seq = position + 1;
+            self.put(keys::model_record_key(uuid), &model);
+        }
+        Ok(cmd::Ok {
+            log_position: position,
+            ..Default::default()
+        })
+    }
+}

@@ -1,0 +1,416 @@
+//! The migration commands applied through `ApplyBatch` on two `MemStore`s, a source and a
+//! target: the lock and its refusals, an abort that leaves the source byte-identical, the import
+//! (invisible, read-only), Activate at epoch + 1 and its replays, DropImport, leftovers of an
+//! older attempt, the redirect, REAP and the log transfer.
+
+use prost::Message;
+use sha2::{Digest, Sha256};
+use starling_proto::command::{self as cmd, command::Op, command_error::Code};
+use starling_proto::migration as mpb;
+use starling_proto::model::{CharmMeta, LogRecord};
+use starling_storage::migration::{latest_migration, read_import, read_lock, read_redirect};
+use starling_storage::model::charm::parse_metadata;
+use starling_storage::{description_digest, export::description_bytes, keys, StateBackend, StateRead};
+
+mod support;
+
+use support::{Harness, UUID};
+
+fn digest_of(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+fn upload(h: &mut Harness, bytes: &[u8]) -> String {
+    let digest = digest_of(bytes);
+    let mut offset = 0;
+    for chunk in bytes.chunks(4096) {
+        h.ok(Op::PutBlobChunk(cmd::PutBlobChunk {
+            digest: digest.clone(),
+            offset,
+            data: chunk.to_vec(),
+        }));
+        offset += chunk.len() as u64;
+    }
+    h.ok(Op::CommitBlob(cmd::CommitBlob {
+        digest: digest.clone(),
+        size: bytes.len() as u64,
+    }));
+    digest
+}
+
+fn counter() -> CharmMeta {
+    parse_metadata("name: counter\ncommand: run\nprovides:\n  out: {interface: lines}\n")
+        .expect("valid charm")
+}
+
+const CHARM: &[u8] = b"pretend this is a charm archive";
+
+/// A source with one model: two machines, an application with two units, a log record.
+fn source() -> Harness {
+    let mut h = Harness::new();
+    h.ok(Op::AddModel(cmd::AddModel {
+        uuid: UUID.into(),
+        name: "web".into(),
+        cloud: "local".into(),
+        region: "default".into(),
+        ..Default::default()
+    }));
+    for _ in 0..2 {
+        h.ok(add_machine());
+    }
+    let digest = upload(&mut h, CHARM);
+    h.ok(Op::Deploy(cmd::Deploy {
+        model_uuid: UUID.into(),
+        application: "counter".into(),
+        charm: Some(counter()),
+        charm_digest: digest,
+        config: Default::default(),
+        machines: vec!["0".into(), "1".into()],
+    }));
+    h.ok(Op::AppendLog(cmd::AppendLog {
+        model_uuid: UUID.into(),
+        records: vec![LogRecord {
+            entity: "unit-counter-0".into(),
+            message: "started".into(),
+            ..Default::default()
+        }],
+    }));
+    h
+}
+
+fn add_machine() -> Op {
+    Op::AddMachine(cmd::AddMachine {
+        model_uuid: UUID.into(),
+        credential_sha256: "ab".repeat(32),
+    })
+}
+
+fn target_controller() -> mpb::TargetController {
+    mpb::TargetController {
+        controller_uuid: "5d1b8f0e-0000-4000-8000-000000000001".into(),
+        name: "beta".into(),
+        endpoints: vec!["127.0.0.1:17070".into()],
+        ca_cert: "-----BEGIN CERTIFICATE-----".into(),
+        ca_fingerprint: "cd".repeat(32),
+        token: "secret".into(),
+    }
+}
+
+fn start(h: &mut Harness) -> String {
+    h.ok(Op::StartMigration(cmd::StartMigration {
+        model_uuid: UUID.into(),
+        target: Some(target_controller()),
+    }))
+    .migration_id
+}
+
+fn to(h: &mut Harness, id: &str, phase: &str) {
+    h.ok(transition(id, phase));
+}
+
+fn transition(id: &str, phase: &str) -> Op {
+    Op::MigrationTransition(cmd::MigrationTransition {
+        migration_id: id.into(),
+        to: phase.into(),
+        reason: format!("test moves to {phase}"),
+    })
+}
+
+fn fact(id: &str, fact: cmd::migration_progress::Fact) -> Op {
+    Op::MigrationProgress(cmd::MigrationProgress {
+        migration_id: id.into(),
+        fact: Some(fact),
+    })
+}
+
+/// Stages the source's description (and the charm) on `target` and imports it for `id`.
+fn import(target: &mut Harness, source: &Harness, id: &str) {
+    upload(target, CHARM);
+    let digest = upload(target, &description_bytes(&source.description()));
+    target.ok(Op::ImportModel(cmd::ImportModel {
+        migration_id: id.into(),
+        description_digest: digest,
+        source: Some(mpb::SourceController {
+            name: "alpha".into(),
+            ..Default::default()
+        }),
+    }));
+}
+
+fn model_keys(h: &Harness) -> usize {
+    h.store
+        .scan_prefix(&keys::model_prefix(UUID), usize::MAX)
+        .expect("scans")
+        .len()
+}
+
+#[test]
+fn the_lock_refuses_writes_and_an_abort_leaves_the_source_byte_identical() {
+    let mut source = source();
+    let id = start(&mut source);
+    assert_eq!(id, format!("{UUID}:1"));
+    // PRECHECK locks nothing.
+    source.ok(add_machine());
+    let before = description_digest(&source.description());
+    to(&mut source, &id, "QUIESCE");
+    assert_eq!(read_lock(&source.store, UUID).unwrap(), Some(id.clone()));
+    let refusal = source.refused(add_machine(), Code::FailedPrecondition);
+    assert!(
+        refusal.contains("locked by migration") && refusal.contains(&id),
+        "{refusal}"
+    );
+    source.refused(
+        Op::AppendLog(cmd::AppendLog {
+            model_uuid: UUID.into(),
+            records: vec![LogRecord {
+                message: "x".into(),
+                ..Default::default()
+            }],
+        }),
+        Code::FailedPrecondition,
+    );
+    // A second migration of the same model is refused while this one runs.
+    let again = source.refused(
+        Op::StartMigration(cmd::StartMigration {
+            model_uuid: UUID.into(),
+            target: Some(target_controller()),
+        }),
+        Code::FailedPrecondition,
+    );
+    assert!(again.contains("locked") || again.contains("already migrating"), "{again}");
+    for machine in ["0", "1", "2"] {
+        source.ok(fact(&id, cmd::migration_progress::Fact::AgentAcked(machine.into())));
+    }
+    to(&mut source, &id, "IMPORT");
+    source.ok(fact(&id, cmd::migration_progress::Fact::SourceDigest(before.clone())));
+    to(&mut source, &id, "ABORT");
+    to(&mut source, &id, "ABORTDONE");
+    assert_eq!(read_lock(&source.store, UUID).unwrap(), None);
+    assert_eq!(description_digest(&source.description()), before);
+    let record = latest_migration(&source.store, UUID).unwrap().unwrap();
+    assert_eq!(record.phase, "ABORTDONE");
+    assert_eq!(record.aborted_from, "IMPORT");
+    assert_eq!(record.target.unwrap().token, "secret", "the token is kept for resuming");
+    // Unlocked: writes work again; the next attempt gets the next id.
+    source.ok(add_machine());
+    assert_eq!(start(&mut source), format!("{UUID}:2"));
+}
+
+#[test]
+fn an_import_is_invisible_until_activated_and_activation_is_at_epoch_plus_one() {
+    let mut source = source();
+    let id = start(&mut source);
+    to(&mut source, &id, "QUIESCE");
+    let source_digest = description_digest(&source.description());
+    let mut target = Harness::new();
+    import(&mut target, &source, &id);
+    let held = read_import(&target.store, UUID).unwrap().expect("import held");
+    assert_eq!(held.digest, source_digest, "the target's own export matches");
+    assert_eq!(held.migration_id, id);
+    // The staged description blob is gone; the charm blob stays.
+    assert!(target
+        .store
+        .get(&keys::blob_key(&digest_of(&description_bytes(&source.description()))))
+        .unwrap()
+        .is_none());
+    // Invisible and read-only.
+    let refusal = target.refused(add_machine(), Code::NotFound);
+    assert!(refusal.contains("not found"), "{refusal}");
+    // A repeated Import is a no-op.
+    import(&mut target, &source, &id);
+    // Activate for another attempt is refused; for this one it activates at epoch + 1.
+    target.refused(
+        Op::ActivateModel(cmd::ActivateModel {
+            migration_id: format!("{UUID}:7"),
+        }),
+        Code::NotFound,
+    );
+    let epoch = source.description().model.unwrap().ownership_epoch;
+    let activated = target.ok(Op::ActivateModel(cmd::ActivateModel {
+        migration_id: id.clone(),
+    }));
+    assert_eq!(activated.ownership_epoch, epoch + 1);
+    assert_eq!(target.description().model.unwrap().ownership_epoch, epoch + 1);
+    // A replayed Activate changes nothing; a DropImport of the activated migration is refused.
+    let before = target.store.export_state().unwrap().entries;
+    let again = target.ok(Op::ActivateModel(cmd::ActivateModel {
+        migration_id: id.clone(),
+    }));
+    assert_eq!(again.ownership_epoch, epoch + 1);
+    assert_eq!(target.store.export_state().unwrap().entries, before);
+    target.refused(
+        Op::DropImport(cmd::DropImport {
+            migration_id: id.clone(),
+            reason: "late".into(),
+        }),
+        Code::FailedPrecondition,
+    );
+    // Active: writable.
+    target.ok(add_machine());
+}
+
+#[test]
+fn success_makes_a_redirect_that_survives_reap_and_the_log_follows() {
+    let mut source = source();
+    let id = start(&mut source);
+    to(&mut source, &id, "QUIESCE");
+    to(&mut source, &id, "IMPORT");
+    let digest = description_digest(&source.description());
+    source.ok(fact(&id, cmd::migration_progress::Fact::SourceDigest(digest.clone())));
+    let mut target = Harness::new();
+    import(&mut target, &source, &id);
+    let target_digest = read_import(&target.store, UUID).unwrap().unwrap().digest;
+    source.ok(fact(&id, cmd::migration_progress::Fact::TargetDigest(target_digest)));
+    to(&mut source, &id, "VALIDATION");
+    to(&mut source, &id, "SUCCESS");
+    let redirect = read_redirect(&source.store, UUID).unwrap().expect("redirect");
+    assert_eq!(redirect.controller_name, "beta");
+    let refusal = source.refused(add_machine(), Code::FailedPrecondition);
+    assert_eq!(
+        refusal,
+        "model \"web\" has been migrated to controller \"beta\". To access it run 'ctl switch beta:web'."
+    );
+    // Never aborted after SUCCESS.
+    let late = source.refused(transition(&id, "ABORT"), Code::FailedPrecondition);
+    assert!(late.contains("cannot be aborted"), "{late}");
+    source.refused(
+        Op::RequestMigrationAbort(cmd::RequestMigrationAbort {
+            migration_id: id.clone(),
+            reason: "too late".into(),
+        }),
+        Code::FailedPrecondition,
+    );
+    target.ok(Op::ActivateModel(cmd::ActivateModel {
+        migration_id: id.clone(),
+    }));
+    to(&mut source, &id, "LOGTRANSFER");
+    // The log travels with its sequence numbers.
+    let log = starling_storage::records::read_log(&source.store, UUID, 0, 100).unwrap();
+    assert!(!log.is_empty());
+    let moved = target.ok(Op::ImportLog(cmd::ImportLog {
+        migration_id: id.clone(),
+        records: log.clone(),
+    }));
+    assert_eq!(moved.log_position, log.last().unwrap().seq);
+    assert_eq!(
+        starling_storage::records::read_log(&target.store, UUID, 0, 100).unwrap(),
+        log
+    );
+    source.ok(fact(&id, cmd::migration_progress::Fact::LogPosition(moved.log_position)));
+    // REAP only in REAP.
+    source.refused(
+        Op::ReapModel(cmd::ReapModel {
+            migration_id: id.clone(),
+        }),
+        Code::FailedPrecondition,
+    );
+    to(&mut source, &id, "REAP");
+    source.ok(Op::ReapModel(cmd::ReapModel {
+        migration_id: id.clone(),
+    }));
+    to(&mut source, &id, "DONE");
+    assert_eq!(model_keys(&source), 0);
+    assert!(read_redirect(&source.store, UUID).unwrap().is_some());
+    assert!(source
+        .store
+        .get(&keys::model_name_key("alice", "web"))
+        .unwrap()
+        .is_none());
+    // Migrating back: the model (now on the target) starts at the next attempt, and the old
+    // source replaces its redirect when it activates the import.
+    let back = target
+        .ok(Op::StartMigration(cmd::StartMigration {
+            model_uuid: UUID.into(),
+            target: Some(mpb::TargetController {
+                name: "alpha".into(),
+                ..target_controller()
+            }),
+        }))
+        .migration_id;
+    assert_eq!(back, format!("{UUID}:2"));
+    to(&mut target, &back, "QUIESCE");
+    import(&mut source, &target, &back);
+    source.ok(Op::ActivateModel(cmd::ActivateModel { migration_id: back }));
+    assert!(read_redirect(&source.store, UUID).unwrap().is_none());
+    source.ok(add_machine());
+}
+
+#[test]
+fn drop_import_removes_only_its_own_attempt_and_a_newer_attempt_replaces_a_leftover() {
+    let mut source = source();
+    let first = start(&mut source);
+    to(&mut source, &first, "QUIESCE");
+    let mut target = Harness::new();
+    import(&mut target, &source, &first);
+    // The source aborts without reaching the target; a second attempt replaces the leftover.
+    to(&mut source, &first, "ABORT");
+    to(&mut source, &first, "ABORTDONE");
+    let second = start(&mut source);
+    to(&mut source, &second, "QUIESCE");
+    import(&mut target, &source, &second);
+    assert_eq!(read_import(&target.store, UUID).unwrap().unwrap().migration_id, second);
+    // A late DropImport of the first attempt must not touch the second's import.
+    let late = target.ok(Op::DropImport(cmd::DropImport {
+        migration_id: first.clone(),
+        reason: "late".into(),
+    }));
+    assert!(!late.dropped);
+    assert!(read_import(&target.store, UUID).unwrap().is_some());
+    // An Import of the older attempt is refused now.
+    let stale = upload(&mut target, &description_bytes(&source.description()));
+    target.refused(
+        Op::ImportModel(cmd::ImportModel {
+            migration_id: first,
+            description_digest: stale,
+            source: None,
+        }),
+        Code::NotFound,
+    );
+    let dropped = target.ok(Op::DropImport(cmd::DropImport {
+        migration_id: second,
+        reason: "aborted".into(),
+    }));
+    assert!(dropped.dropped);
+    assert_eq!(model_keys(&target), 0);
+    assert!(read_import(&target.store, UUID).unwrap().is_none());
+}
+
+#[test]
+fn a_corrupt_or_foreign_description_is_refused_and_imports_nothing() {
+    let mut target = Harness::new();
+    let junk = upload(&mut target, b"not a description at all \xff\xff\xff");
+    let message = target.refused(
+        Op::ImportModel(cmd::ImportModel {
+            migration_id: format!("{UUID}:1"),
+            description_digest: junk,
+            source: None,
+        }),
+        Code::InvalidArgument,
+    );
+    assert!(message.contains("description"), "{message}");
+    // A description of another model than the migration names.
+    let source = source();
+    let mut description = source.description();
+    description.model.as_mut().unwrap().uuid = "0b5f6d2e-1c3a-4e4f-9a7b-000000000000".into();
+    upload(&mut target, CHARM);
+    let other = upload(&mut target, &description.encode_to_vec());
+    target.refused(
+        Op::ImportModel(cmd::ImportModel {
+            migration_id: format!("{UUID}:1"),
+            description_digest: other,
+            source: None,
+        }),
+        Code::InvalidArgument,
+    );
+    // Missing charm blob.
+    let mut bare = Harness::new();
+    let digest = upload(&mut bare, &description_bytes(&source.description()));
+    bare.refused(
+        Op::ImportModel(cmd::ImportModel {
+            migration_id: format!("{UUID}:1"),
+            description_digest: digest,
+            source: None,
+        }),
+        Code::NotFound,
+    );
+}
