@@ -130,9 +130,11 @@ pub fn require_migration(
     state: &(impl StateRead + ?Sized),
     id: &MigrationId,
 ) -> Result<Result<pb::MigrationRecord, MigrationError>, StorageError> {
-    Ok(read_migration(state, id)?.ok_or_else(|| MigrationError::UnknownMigration {
-        migration_id: id.to_string(),
-    }))
+    Ok(
+        read_migration(state, id)?.ok_or_else(|| MigrationError::UnknownMigration {
+            migration_id: id.to_string(),
+        }),
+    )
 }
 
 /// Every migration of model `uuid` this controller was the source of, oldest first.

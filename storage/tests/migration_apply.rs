@@ -10,7 +10,9 @@ use starling_proto::migration as mpb;
 use starling_proto::model::{CharmMeta, LogRecord};
 use starling_storage::migration::{latest_migration, read_import, read_lock, read_redirect};
 use starling_storage::model::charm::parse_metadata;
-use starling_storage::{description_digest, export::description_bytes, keys, StateBackend, StateRead};
+use starling_storage::{
+    description_digest, export::description_bytes, keys, StateBackend, StateRead,
+};
 
 mod support;
 
@@ -99,6 +101,7 @@ fn target_controller() -> mpb::TargetController {
 fn start(h: &mut Harness) -> String {
     h.ok(Op::StartMigration(cmd::StartMigration {
         model_uuid: UUID.into(),
+        source_secret: "s3cret".into(),
         target: Some(target_controller()),
     }))
     .migration_id
@@ -173,16 +176,26 @@ fn the_lock_refuses_writes_and_an_abort_leaves_the_source_byte_identical() {
     let again = source.refused(
         Op::StartMigration(cmd::StartMigration {
             model_uuid: UUID.into(),
+            source_secret: "s3cret".into(),
             target: Some(target_controller()),
         }),
         Code::FailedPrecondition,
     );
-    assert!(again.contains("locked") || again.contains("already migrating"), "{again}");
+    assert!(
+        again.contains("locked") || again.contains("already migrating"),
+        "{again}"
+    );
     for machine in ["0", "1", "2"] {
-        source.ok(fact(&id, cmd::migration_progress::Fact::AgentAcked(machine.into())));
+        source.ok(fact(
+            &id,
+            cmd::migration_progress::Fact::AgentAcked(machine.into()),
+        ));
     }
     to(&mut source, &id, "IMPORT");
-    source.ok(fact(&id, cmd::migration_progress::Fact::SourceDigest(before.clone())));
+    source.ok(fact(
+        &id,
+        cmd::migration_progress::Fact::SourceDigest(before.clone()),
+    ));
     to(&mut source, &id, "ABORT");
     to(&mut source, &id, "ABORTDONE");
     assert_eq!(read_lock(&source.store, UUID).unwrap(), None);
@@ -190,7 +203,11 @@ fn the_lock_refuses_writes_and_an_abort_leaves_the_source_byte_identical() {
     let record = latest_migration(&source.store, UUID).unwrap().unwrap();
     assert_eq!(record.phase, "ABORTDONE");
     assert_eq!(record.aborted_from, "IMPORT");
-    assert_eq!(record.target.unwrap().token, "secret", "the token is kept for resuming");
+    assert_eq!(
+        record.target.unwrap().token,
+        "secret",
+        "the token is kept for resuming"
+    );
     // Unlocked: writes work again; the next attempt gets the next id.
     source.ok(add_machine());
     assert_eq!(start(&mut source), format!("{UUID}:2"));
@@ -204,13 +221,20 @@ fn an_import_is_invisible_until_activated_and_activation_is_at_epoch_plus_one() 
     let source_digest = description_digest(&source.description());
     let mut target = Harness::new();
     import(&mut target, &source, &id);
-    let held = read_import(&target.store, UUID).unwrap().expect("import held");
-    assert_eq!(held.digest, source_digest, "the target's own export matches");
+    let held = read_import(&target.store, UUID)
+        .unwrap()
+        .expect("import held");
+    assert_eq!(
+        held.digest, source_digest,
+        "the target's own export matches"
+    );
     assert_eq!(held.migration_id, id);
     // The staged description blob is gone; the charm blob stays.
     assert!(target
         .store
-        .get(&keys::blob_key(&digest_of(&description_bytes(&source.description()))))
+        .get(&keys::blob_key(&digest_of(&description_bytes(
+            &source.description()
+        ))))
         .unwrap()
         .is_none());
     // Invisible and read-only.
@@ -230,7 +254,10 @@ fn an_import_is_invisible_until_activated_and_activation_is_at_epoch_plus_one() 
         migration_id: id.clone(),
     }));
     assert_eq!(activated.ownership_epoch, epoch + 1);
-    assert_eq!(target.description().model.unwrap().ownership_epoch, epoch + 1);
+    assert_eq!(
+        target.description().model.unwrap().ownership_epoch,
+        epoch + 1
+    );
     // A replayed Activate changes nothing; a DropImport of the activated migration is refused.
     let before = target.store.export_state().unwrap().entries;
     let again = target.ok(Op::ActivateModel(cmd::ActivateModel {
@@ -256,14 +283,22 @@ fn success_makes_a_redirect_that_survives_reap_and_the_log_follows() {
     to(&mut source, &id, "QUIESCE");
     to(&mut source, &id, "IMPORT");
     let digest = description_digest(&source.description());
-    source.ok(fact(&id, cmd::migration_progress::Fact::SourceDigest(digest.clone())));
+    source.ok(fact(
+        &id,
+        cmd::migration_progress::Fact::SourceDigest(digest.clone()),
+    ));
     let mut target = Harness::new();
     import(&mut target, &source, &id);
     let target_digest = read_import(&target.store, UUID).unwrap().unwrap().digest;
-    source.ok(fact(&id, cmd::migration_progress::Fact::TargetDigest(target_digest)));
+    source.ok(fact(
+        &id,
+        cmd::migration_progress::Fact::TargetDigest(target_digest),
+    ));
     to(&mut source, &id, "VALIDATION");
     to(&mut source, &id, "SUCCESS");
-    let redirect = read_redirect(&source.store, UUID).unwrap().expect("redirect");
+    let redirect = read_redirect(&source.store, UUID)
+        .unwrap()
+        .expect("redirect");
     assert_eq!(redirect.controller_name, "beta");
     let refusal = source.refused(add_machine(), Code::FailedPrecondition);
     assert_eq!(
@@ -296,7 +331,10 @@ fn success_makes_a_redirect_that_survives_reap_and_the_log_follows() {
         starling_storage::records::read_log(&target.store, UUID, 0, 100).unwrap(),
         log
     );
-    source.ok(fact(&id, cmd::migration_progress::Fact::LogPosition(moved.log_position)));
+    source.ok(fact(
+        &id,
+        cmd::migration_progress::Fact::LogPosition(moved.log_position),
+    ));
     // REAP only in REAP.
     source.refused(
         Op::ReapModel(cmd::ReapModel {
@@ -321,6 +359,7 @@ fn success_makes_a_redirect_that_survives_reap_and_the_log_follows() {
     let back = target
         .ok(Op::StartMigration(cmd::StartMigration {
             model_uuid: UUID.into(),
+            source_secret: "s3cret".into(),
             target: Some(mpb::TargetController {
                 name: "alpha".into(),
                 ..target_controller()
@@ -348,7 +387,13 @@ fn drop_import_removes_only_its_own_attempt_and_a_newer_attempt_replaces_a_lefto
     let second = start(&mut source);
     to(&mut source, &second, "QUIESCE");
     import(&mut target, &source, &second);
-    assert_eq!(read_import(&target.store, UUID).unwrap().unwrap().migration_id, second);
+    assert_eq!(
+        read_import(&target.store, UUID)
+            .unwrap()
+            .unwrap()
+            .migration_id,
+        second
+    );
     // A late DropImport of the first attempt must not touch the second's import.
     let late = target.ok(Op::DropImport(cmd::DropImport {
         migration_id: first.clone(),

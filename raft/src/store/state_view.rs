@@ -51,6 +51,12 @@ impl StateView {
             .unwrap_or_else(|e| panic!("cannot read the controller config from storage: {e}"))
     }
 
+    /// The raw applied state, for the readers in `starling_storage` that have no method here
+    /// (migration records, redirects, imports).
+    pub fn reader(&self) -> &(dyn StateRead + Send + Sync) {
+        self.reader.as_ref()
+    }
+
     /// The index of the last applied log entry (0 before anything was applied).
     pub fn applied_index(&self) -> u64 {
         self.applied_index.load(Ordering::Acquire)

@@ -113,6 +113,7 @@ pub(super) fn apply_model_op<R: StateRead + ?Sized>(
         Op::ActivateModel(activate) => tx.activate_model(activate),
         Op::DropImport(drop) => tx.drop_import(drop),
         Op::ImportLog(import) => tx.import_log(import),
+        Op::SetModelConfig(set) => tx.set_model_config(set),
         Op::CreateBackup(_) | Op::RestoreBackup(_) => {
             unreachable!("applied by backup::apply_backup_op")
         }
@@ -985,6 +986,30 @@ impl<R: StateRead + ?Sized> Tx<'_, '_, R> {
             renewed_unix_ms: self.now_ms,
         };
         self.put(key, &record);
+        Ok(cmd::Ok::default())
+    }
+
+    fn set_model_config(&mut self, set: &cmd::SetModelConfig) -> Outcome {
+        let mut model = self.model(&set.model_uuid)?;
+        if set.values.is_empty() {
+            return Err(ModelError::invalid("no model config values given").into());
+        }
+        for (key, value) in &set.values {
+            deployment::check_model_config_entry(key, value)?;
+            if value.is_empty() {
+                model.config.remove(key);
+            } else {
+                model.config.insert(key.clone(), value.clone());
+            }
+        }
+        if model.config.len() > deployment::MODEL_CONFIG_KEYS_MAX {
+            return Err(ModelError::invalid(format!(
+                "a model holds at most {} config keys",
+                deployment::MODEL_CONFIG_KEYS_MAX
+            ))
+            .into());
+        }
+        self.put(keys::model_record_key(&model.uuid), &model);
         Ok(cmd::Ok::default())
     }
 

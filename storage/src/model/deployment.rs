@@ -181,6 +181,43 @@ pub fn log_retention_floor(next_seq: u64, max_records: u64) -> u64 {
     next_seq.saturating_sub(max_records.max(1))
 }
 
+/// Most keys a model's config holds.
+pub const MODEL_CONFIG_KEYS_MAX: usize = 10_000;
+/// Longest model config key.
+pub const MODEL_CONFIG_KEY_BYTES_MAX: usize = 128;
+/// Longest model config value.
+pub const MODEL_CONFIG_VALUE_BYTES_MAX: usize = 4096;
+
+/// Checks one `ctl model-config` entry: a key of lowercase letters, digits, `-`, `.` and `_`
+/// starting with a letter or digit, and a bounded value.
+pub fn check_model_config_entry(key: &str, value: &str) -> Result<(), ModelError> {
+    let valid_key = !key.is_empty()
+        && key.len() <= MODEL_CONFIG_KEY_BYTES_MAX
+        && key
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && key
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '.' | '_'));
+    if !valid_key {
+        return Err(ModelError::InvalidName {
+            kind: "model config key",
+            name: key.to_owned(),
+            reason: format!(
+                "use 1 to {MODEL_CONFIG_KEY_BYTES_MAX} lowercase letters, digits, '-', '.' or '_', starting with a letter or digit"
+            ),
+        });
+    }
+    if value.len() > MODEL_CONFIG_VALUE_BYTES_MAX {
+        return Err(ModelError::invalid(format!(
+            "the value of model config key {key:?} is {} bytes, at most {MODEL_CONFIG_VALUE_BYTES_MAX} allowed",
+            value.len()
+        )));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -362,3 +399,4 @@ mod tests {
         assert_eq!(log_retention_floor(20_000, 10_000), 10_000);
     }
 }
+

@@ -43,7 +43,10 @@ impl<R: StateRead + ?Sized> Tx<'_, '_, R> {
     }
 
     fn store_migration(&mut self, record: &pb::MigrationRecord) {
-        self.put(keys::migration_key(&record.model_uuid, record.attempt), record);
+        self.put(
+            keys::migration_key(&record.model_uuid, record.attempt),
+            record,
+        );
     }
 
     /// Deletes every record of model `uuid` and its name index entry (if it still names it).
@@ -77,7 +80,9 @@ impl<R: StateRead + ?Sized> Tx<'_, '_, R> {
             .clone()
             .ok_or_else(|| ModelError::invalid("no target controller given"))?;
         if target.name.is_empty() || target.controller_uuid.is_empty() {
-            return Err(ModelError::invalid("the target controller needs a name and a uuid").into());
+            return Err(
+                ModelError::invalid("the target controller needs a name and a uuid").into(),
+            );
         }
         if target.endpoints.is_empty() {
             return Err(ModelError::invalid("the target controller has no endpoints").into());
@@ -116,6 +121,7 @@ impl<R: StateRead + ?Sized> Tx<'_, '_, R> {
             target: Some(target),
             model_name: model.name.clone(),
             model_owner: model.owner.clone(),
+            source_secret: start.source_secret.clone(),
             ..Default::default()
         };
         self.store_migration(&stored::store_logic(&base, &logic));
@@ -145,7 +151,15 @@ impl<R: StateRead + ?Sized> Tx<'_, '_, R> {
             }
             ModelEffect::Redirect => {
                 let target = record.target.clone().unwrap_or_default();
+                let machine_credentials = records::read_records::<starling_proto::model::Machine>(
+                    &self.state,
+                    &keys::machine_prefix(uuid),
+                )?
+                .into_iter()
+                .map(|m| (m.id, m.credential_sha256))
+                .collect();
                 let redirect = pb::Redirect {
+                    machine_credentials,
                     migration_id: id.to_string(),
                     model_uuid: uuid.to_owned(),
                     model_name: record.model_name.clone(),
@@ -193,8 +207,8 @@ impl<R: StateRead + ?Sized> Tx<'_, '_, R> {
             Fact::TargetDigest(digest) => Progress::TargetDigest(digest.clone()),
             Fact::LogPosition(position) => Progress::LogPosition(*position),
         };
-        let next = rules::apply_progress(&stored::to_logic(&record)?, &fact)
-            .map_err(migration_error)?;
+        let next =
+            rules::apply_progress(&stored::to_logic(&record)?, &fact).map_err(migration_error)?;
         self.store_migration(&stored::store_logic(&record, &next));
         Ok(cmd::Ok::default())
     }
@@ -263,11 +277,10 @@ impl<R: StateRead + ?Sized> Tx<'_, '_, R> {
 
     fn read_description(&self, digest: &str) -> Result<(ModelDescription, u64), Refusal> {
         names::check_digest(digest)?;
-        let blob = records::read_blob(&self.state, digest)?.ok_or_else(|| {
-            ModelError::BlobNotFound {
+        let blob =
+            records::read_blob(&self.state, digest)?.ok_or_else(|| ModelError::BlobNotFound {
                 digest: digest.to_owned(),
-            }
-        })?;
+            })?;
         if blob.size > DESCRIPTION_BYTES_MAX {
             return Err(ModelError::invalid(format!(
                 "the model description is {} bytes, at most {DESCRIPTION_BYTES_MAX} allowed",
@@ -277,10 +290,16 @@ impl<R: StateRead + ?Sized> Tx<'_, '_, R> {
         }
         let mut bytes = Vec::with_capacity(usize::try_from(blob.size).unwrap_or(0));
         while (bytes.len() as u64) < blob.size {
-            let piece =
-                records::read_blob_range(&self.state, &blob, bytes.len() as u64, BLOB_RANGE_BYTES_MAX)?;
+            let piece = records::read_blob_range(
+                &self.state,
+                &blob,
+                bytes.len() as u64,
+                BLOB_RANGE_BYTES_MAX,
+            )?;
             if piece.is_empty() {
-                return Err(StorageError::corrupt("state", &keys::blob_key(digest), "blob short").into());
+                return Err(
+                    StorageError::corrupt("state", &keys::blob_key(digest), "blob short").into(),
+                );
             }
             bytes.extend_from_slice(&piece);
         }
@@ -308,7 +327,10 @@ impl<R: StateRead + ?Sized> Tx<'_, '_, R> {
             TargetModelState::Importing(held) => {
                 return Err(MigrationError::NoSuchImport {
                     migration_id: id.to_string(),
-                    state: format!("it holds an import of newer migration {}", held.migration_id),
+                    state: format!(
+                        "it holds an import of newer migration {}",
+                        held.migration_id
+                    ),
                 }
                 .into());
             }
@@ -345,8 +367,8 @@ impl<R: StateRead + ?Sized> Tx<'_, '_, R> {
         self.state.extend(writes);
         // The digest the target confirms is of what it now holds, re-exported from its own
         // state, not of the bytes it was sent.
-        let imported = export::export_model(&self.state, &uuid)?
-            .expect("the model was just imported");
+        let imported =
+            export::export_model(&self.state, &uuid)?.expect("the model was just imported");
         let record = pb::ImportRecord {
             migration_id: id.to_string(),
             source: import.source.clone(),
@@ -358,26 +380,29 @@ impl<R: StateRead + ?Sized> Tx<'_, '_, R> {
         };
         self.put(keys::import_key(&uuid), &record);
         // The staged description has served its purpose.
-        for (key, _) in self
-            .state
-            .scan_prefix(&keys::blob_data_prefix(&import.description_digest), usize::MAX)?
-        {
+        for (key, _) in self.state.scan_prefix(
+            &keys::blob_data_prefix(&import.description_digest),
+            usize::MAX,
+        )? {
             self.state.delete(key);
         }
-        self.state.delete(keys::blob_key(&import.description_digest));
+        self.state
+            .delete(keys::blob_key(&import.description_digest));
         Ok(cmd::Ok::default())
     }
 
     pub(super) fn activate_model(&mut self, activate: &cmd::ActivateModel) -> Outcome {
         let id = parse_id(&activate.migration_id)?;
         let uuid = id.model_uuid.clone();
-        let decision =
-            rules::target_activate_decision(&self.target_state(&uuid)?, &id).map_err(migration_error)?;
-        let mut model = records::read_model(&self.state, &uuid)?
-            .ok_or_else(|| ModelError::ModelNotFound { model: uuid.clone() })?;
+        let decision = rules::target_activate_decision(&self.target_state(&uuid)?, &id)
+            .map_err(migration_error)?;
+        let mut model =
+            records::read_model(&self.state, &uuid)?.ok_or_else(|| ModelError::ModelNotFound {
+                model: uuid.clone(),
+            })?;
         if decision == TargetActivate::Activate {
-            let import = stored::read_import(&self.state, &uuid)?
-                .expect("target_state said importing");
+            let import =
+                stored::read_import(&self.state, &uuid)?.expect("target_state said importing");
             model.ownership_epoch = import.source_epoch + 1;
             self.put(keys::model_record_key(&uuid), &model);
             self.state.delete(keys::import_key(&uuid));
@@ -395,8 +420,8 @@ impl<R: StateRead + ?Sized> Tx<'_, '_, R> {
     pub(super) fn drop_import(&mut self, drop: &cmd::DropImport) -> Outcome {
         let id = parse_id(&drop.migration_id)?;
         let uuid = id.model_uuid.clone();
-        let decision =
-            rules::target_drop_decision(&self.target_state(&uuid)?, &id).map_err(migration_error)?;
+        let decision = rules::target_drop_decision(&self.target_state(&uuid)?, &id)
+            .map_err(migration_error)?;
         let dropped = decision == TargetDrop::Drop;
         if dropped {
             self.delete_model_records(&uuid)?;
@@ -418,8 +443,10 @@ impl<R: StateRead + ?Sized> Tx<'_, '_, R> {
             }
             .into());
         }
-        let mut model = records::read_model(&self.state, uuid)?
-            .ok_or_else(|| ModelError::ModelNotFound { model: uuid.to_owned() })?;
+        let mut model =
+            records::read_model(&self.state, uuid)?.ok_or_else(|| ModelError::ModelNotFound {
+                model: uuid.to_owned(),
+            })?;
         if import.records.len() > super::LOG_RECORDS_PER_COMMAND_MAX {
             return Err(ModelError::invalid(format!(
                 "{} log records given, at most {} per command",
@@ -431,7 +458,9 @@ impl<R: StateRead + ?Sized> Tx<'_, '_, R> {
         let mut position = 0;
         for record in &import.records {
             if record.seq == 0 {
-                return Err(ModelError::invalid("a transferred log record has no sequence number").into());
+                return Err(
+                    ModelError::invalid("a transferred log record has no sequence number").into(),
+                );
             }
             let key = keys::log_key(uuid, record.seq);
             if self.state.get(&key)?.is_none() {
