@@ -25,6 +25,9 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 use tracing::{debug, instrument};
 
+use starling_storage::migration as stored;
+use starling_storage::model::migration::{MigrationId, Phase};
+
 use crate::auth::{self, hash_token};
 use crate::controller_service::{command_result_status, now_unix_ms};
 use crate::model_service::{blob_chunks, storage_error};
@@ -162,6 +165,7 @@ impl ModelDesired {
                 .unwrap_or_default(),
             heartbeat_interval_ms: self.heartbeat_interval_ms,
             redirect: None,
+            migration: None,
             machine_removed: !self.model_exists || !self.machines.contains(machine_id),
         }
     }
@@ -318,6 +322,25 @@ impl AgentService {
                 .map_err(storage_error)?;
         }
         let Some(machine) = machine else {
+            // A model reaped after migrating away keeps its agents' credential hashes in the
+            // redirect, so an agent that missed the switch is still told where to go.
+            if let Some(redirect) =
+                stored::read_redirect(state.reader(), &model_uuid).map_err(storage_error)?
+            {
+                let presented = hash_token(&credential);
+                if let Some(expected) = redirect.machine_credentials.get(&machine_id) {
+                    if !expected.is_empty()
+                        && auth::constant_time_eq(presented.as_bytes(), expected.as_bytes())
+                    {
+                        return Ok(AgentIdentity {
+                            model_uuid,
+                            machine_id,
+                            machine_number,
+                        });
+                    }
+                }
+                return Err(Status::unauthenticated(BAD_CREDENTIAL));
+            }
             let removed = state
                 .model(&model_uuid)
                 .map_err(storage_error)?
@@ -342,10 +365,65 @@ impl AgentService {
         })
     }
 
-    /// Where the agent should go instead of this controller: `None` until model migration
-    /// lands, which fills it from the model's redirect record.
-    fn redirect_for(&self, _model_uuid: &str) -> Option<pb::Redirect> {
-        None
+    /// Where the agent should go instead of this controller: the model's redirect, from
+    /// SUCCESS on.
+    fn redirect_for(&self, model_uuid: &str) -> Result<Option<pb::Redirect>, Status> {
+        Ok(
+            stored::read_redirect(self.handle.state().reader(), model_uuid)
+                .map_err(storage_error)?
+                .map(|r| pb::Redirect {
+                    controller_name: r.controller_name,
+                    controller_uuid: r.controller_uuid,
+                    api_endpoints: r.endpoints,
+                    ca_cert: r.ca_cert,
+                }),
+        )
+    }
+
+    /// The migration the model is in before its point of no return (QUIESCE to VALIDATION),
+    /// as the agents are told about it.
+    fn migration_notice(&self, model_uuid: &str) -> Result<Option<pb::MigrationNotice>, Status> {
+        let reader = self.handle.state().reader();
+        let Some(lock) = stored::read_lock(reader, model_uuid).map_err(storage_error)? else {
+            return Ok(None);
+        };
+        let Ok(id) = MigrationId::parse(&lock) else {
+            return Ok(None);
+        };
+        let Some(record) = stored::read_migration(reader, &id).map_err(storage_error)? else {
+            return Ok(None);
+        };
+        let phase = Phase::parse(&record.phase);
+        if !matches!(
+            phase,
+            Some(Phase::Quiesce | Phase::Import | Phase::Validation)
+        ) {
+            return Ok(None);
+        }
+        let target = record.target.unwrap_or_default();
+        Ok(Some(pb::MigrationNotice {
+            migration_id: lock,
+            phase: record.phase,
+            target: Some(pb::Redirect {
+                controller_name: target.name,
+                controller_uuid: target.controller_uuid,
+                api_endpoints: target.endpoints,
+                ca_cert: target.ca_cert,
+            }),
+        }))
+    }
+
+    /// Refuses an agent of a model that is an import here: it is not active yet.
+    fn refuse_importing(&self, model_uuid: &str) -> Result<(), Status> {
+        if let Some(import) =
+            stored::read_import(self.handle.state().reader(), model_uuid).map_err(storage_error)?
+        {
+            return Err(Status::unavailable(format!(
+                "model {model_uuid} is being imported (migration {}); not active yet",
+                import.migration_id
+            )));
+        }
+        Ok(())
     }
 
     fn heartbeat_interval_ms(&self) -> Result<u64, Status> {
@@ -366,12 +444,20 @@ impl AgentService {
         let revision = self.handle.state().applied_index();
         let desired = self.desired.get(&self.handle, &agent.model_uuid).await?;
         let mut update = desired.update_for(&agent.machine_id, revision);
-        update.redirect = self.redirect_for(&agent.model_uuid);
+        update.redirect = self.redirect_for(&agent.model_uuid)?;
+        if update.redirect.is_some() {
+            // A migrated model: the agent needs nothing but where to go.
+            update.units.clear();
+            update.machine_removed = false;
+        } else {
+            update.migration = self.migration_notice(&agent.model_uuid)?;
+        }
         let same = last_sent.as_ref().is_some_and(|sent| {
             sent.units == update.units
                 && sent.heartbeat_interval_ms == update.heartbeat_interval_ms
                 && sent.redirect == update.redirect
                 && sent.machine_removed == update.machine_removed
+                && sent.migration == update.migration
         });
         if same {
             return Ok(None);
@@ -445,6 +531,7 @@ impl Agent for AgentService {
         request: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         let agent = self.authenticate(&request).await?;
+        self.refuse_importing(&agent.model_uuid)?;
         self.presence
             .record(&agent.model_uuid, &agent.machine_id, now_unix_ms());
         let (tx, rx) = tokio::sync::mpsc::channel(WATCH_CHANNEL_CAPACITY);
@@ -472,6 +559,7 @@ impl Agent for AgentService {
         request: Request<pb::ReportRequest>,
     ) -> Result<Response<pb::ReportResponse>, Status> {
         let agent = self.authenticate(&request).await?;
+        self.refuse_importing(&agent.model_uuid)?;
         let message = request.into_inner();
         if message.reports.len() > REPORT_ITEMS_MAX || message.logs.len() > REPORT_ITEMS_MAX {
             return Err(Status::invalid_argument(format!(
@@ -563,6 +651,88 @@ impl Agent for AgentService {
                 })
                 .boxed(),
         ))
+    }
+
+    #[instrument(skip_all, fields(node_id = self.handle.node_id()))]
+    async fn migration_report(
+        &self,
+        request: Request<pb::MigrationReportRequest>,
+    ) -> Result<Response<pb::MigrationReportResponse>, Status> {
+        use starling_proto::command::{
+            migration_progress::Fact, AgentValidation, MigrationProgress,
+        };
+        let agent = self.authenticate(&request).await?;
+        let message = request.into_inner();
+        let id = MigrationId::parse(&message.migration_id)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        if id.model_uuid != agent.model_uuid {
+            return Err(Status::permission_denied(
+                "an agent reports only about its own model's migration",
+            ));
+        }
+        let fact = match Phase::parse(&message.phase) {
+            Some(Phase::Quiesce) => Fact::AgentAcked(agent.machine_id.clone()),
+            Some(Phase::Validation) => Fact::AgentValidated(AgentValidation {
+                machine_id: agent.machine_id.clone(),
+                ok: message.ok,
+                reason: message.reason.clone(),
+            }),
+            _ => {
+                return Err(Status::invalid_argument(format!(
+                    "agents report QUIESCE or VALIDATION, not {:?}",
+                    message.phase
+                )))
+            }
+        };
+        let command = Command {
+            request_id: format!(
+                "{id}/agent/{}/{}/{}",
+                agent.machine_id, message.phase, message.ok
+            ),
+            op: Some(command::Op::MigrationProgress(MigrationProgress {
+                migration_id: id.to_string(),
+                fact: Some(fact),
+            })),
+            proposed_unix_ms: now_unix_ms(),
+            caller: format!("machine-{}", agent.machine_id),
+        };
+        let proposed = self
+            .handle
+            .propose(command)
+            .await
+            .map_err(|e| propose_error_status(&e))?;
+        command_result_status(&proposed.result)?;
+        debug!(migration = %id, machine = %agent.machine_id, phase = %message.phase, ok = message.ok, "agent reported");
+        Ok(Response::new(pb::MigrationReportResponse {}))
+    }
+
+    async fn validate_login(
+        &self,
+        request: Request<pb::ValidateLoginRequest>,
+    ) -> Result<Response<pb::ValidateLoginResponse>, Status> {
+        let agent = self.authenticate(&request).await?;
+        let migration_id = request.into_inner().migration_id;
+        let reader = self.handle.state().reader();
+        let import = stored::read_import(reader, &agent.model_uuid).map_err(storage_error)?;
+        let activated =
+            stored::read_activated_by(reader, &agent.model_uuid).map_err(storage_error)?;
+        let ours = import.is_some_and(|i| i.migration_id == migration_id)
+            || activated.is_some_and(|a| a == migration_id);
+        if !ours {
+            return Err(Status::failed_precondition(format!(
+                "this controller holds no import of migration {migration_id}"
+            )));
+        }
+        let model = self
+            .handle
+            .state()
+            .model(&agent.model_uuid)
+            .map_err(storage_error)?
+            .map(|m| m.name)
+            .unwrap_or_default();
+        Ok(Response::new(pb::ValidateLoginResponse {
+            model_name: model,
+        }))
     }
 }
 

@@ -16,6 +16,7 @@ use crate::auth::{Authenticator, Caller};
 use crate::backup_service::BackupService;
 use crate::identity::{AuthFile, NodeIdentity};
 use crate::init::node_files;
+use crate::migration::MigrationContext;
 use crate::model_service::ModelService;
 use crate::pki::{self, CertKeyPem};
 
@@ -36,19 +37,11 @@ pub struct ControllerService {
 
 impl ControllerService {
     /// The service of the node `identity`, with its credentials and CA.
-    pub fn new(
-        handle: RaftHandle,
-        identity: NodeIdentity,
-        auth_file: AuthFile,
-        ca: CertKeyPem,
-    ) -> Self {
+    pub fn new(migration: MigrationContext, auth_file: AuthFile, ca: CertKeyPem) -> Self {
+        let handle = migration.handle.clone();
+        let identity = migration.identity.clone();
         let auth = Authenticator::new(auth_file.clone(), Some(handle.state().clone()));
-        let models = ModelService::new(
-            handle.clone(),
-            identity.clone(),
-            auth.clone(),
-            ca.cert.clone(),
-        );
+        let models = ModelService::new(migration, auth.clone());
         let backups = BackupService::new(handle.clone(), identity.clone(), auth.clone());
         Self {
             handle,
@@ -475,6 +468,41 @@ impl Controller for ControllerService {
         request: Request<pb::RestoreBackupRequest>,
     ) -> Result<Response<pb::RestoreBackupResponse>, Status> {
         self.backups.restore_backup(request).await
+    }
+
+    async fn get_model_config(
+        &self,
+        request: Request<pb::GetModelConfigRequest>,
+    ) -> Result<Response<pb::ModelConfig>, Status> {
+        self.models.get_model_config(request).await
+    }
+
+    async fn set_model_config(
+        &self,
+        request: Request<pb::SetModelConfigRequest>,
+    ) -> Result<Response<pb::SetModelConfigResponse>, Status> {
+        self.models.set_model_config(request).await
+    }
+
+    async fn migrate(
+        &self,
+        request: Request<pb::MigrateRequest>,
+    ) -> Result<Response<pb::MigrateResponse>, Status> {
+        self.models.migrate(request).await
+    }
+
+    async fn abort_migration(
+        &self,
+        request: Request<pb::AbortMigrationRequest>,
+    ) -> Result<Response<pb::AbortMigrationResponse>, Status> {
+        self.models.abort_migration(request).await
+    }
+
+    async fn migration_status(
+        &self,
+        request: Request<pb::MigrationStatusRequest>,
+    ) -> Result<Response<pb::MigrationInfo>, Status> {
+        self.models.migration_status(request).await
     }
 }
 

@@ -13,6 +13,7 @@ pub mod http;
 pub mod identity;
 pub mod init;
 pub mod machine;
+pub mod migration;
 pub mod model_service;
 pub mod node;
 pub mod pki;

@@ -21,6 +21,19 @@ use tracing::{info, instrument};
 use crate::auth::{self, Authenticator, Caller};
 use crate::controller_service::{command_result_status, now_unix_ms};
 use crate::identity::NodeIdentity;
+use crate::migration::MigrationContext;
+use starling_storage::migration as stored;
+
+/// The status a client gets for a model that migrated away.
+pub(crate) fn migrated(redirect: &starling_proto::migration::Redirect) -> Status {
+    Status::failed_precondition(format!(
+        "model \"{}\" has been migrated to controller \"{}\". To access it run 'ctl switch {}:{}'.",
+        redirect.model_name,
+        redirect.controller_name,
+        redirect.controller_name,
+        redirect.model_name
+    ))
+}
 
 /// Largest charm archive accepted.
 pub const CHARM_BYTES_MAX: u64 = 64 * 1024 * 1024;
@@ -38,6 +51,7 @@ pub struct ModelService {
     identity: NodeIdentity,
     auth: Authenticator,
     ca_cert: String,
+    migration: MigrationContext,
 }
 
 /// A failed read of the replicated state, as a status.
@@ -65,18 +79,44 @@ fn access_name(access: Access) -> &'static str {
 
 impl ModelService {
     /// The service of node `identity`.
-    pub fn new(
-        handle: RaftHandle,
-        identity: NodeIdentity,
-        auth: Authenticator,
-        ca_cert: String,
-    ) -> Self {
+    pub fn new(migration: MigrationContext, auth: Authenticator) -> Self {
         Self {
-            handle,
-            identity,
+            handle: migration.handle.clone(),
+            identity: migration.identity.clone(),
             auth,
-            ca_cert,
+            ca_cert: migration.ca_cert.clone(),
+            migration,
         }
+    }
+
+    /// Refuses a model that is an import here (invisible until activated) or has migrated
+    /// away (the redirect message `ctl` shows).
+    fn visible(&self, model: m::Model) -> Result<m::Model, Status> {
+        let reader = self.handle.state().reader();
+        if stored::read_import(reader, &model.uuid)
+            .map_err(storage_error)?
+            .is_some()
+        {
+            return Err(Status::not_found(format!(
+                "model {:?} not found",
+                model.name
+            )));
+        }
+        if let Some(redirect) = stored::read_redirect(reader, &model.uuid).map_err(storage_error)? {
+            return Err(migrated(&redirect));
+        }
+        Ok(model)
+    }
+
+    /// Whether `model` is listed: not an import, not migrated away.
+    fn listed(&self, model: &m::Model) -> Result<bool, Status> {
+        let reader = self.handle.state().reader();
+        Ok(stored::read_import(reader, &model.uuid)
+            .map_err(storage_error)?
+            .is_none()
+            && stored::read_redirect(reader, &model.uuid)
+                .map_err(storage_error)?
+                .is_none())
     }
 
     /// The caller's access to `model`: superusers are admins of every model.
@@ -123,10 +163,16 @@ impl ModelService {
         let model_ref = model_ref.ok_or_else(|| Status::invalid_argument("no model given"))?;
         let state = self.handle.state();
         if !model_ref.uuid.is_empty() {
+            if let Some(redirect) =
+                stored::read_redirect(state.reader(), &model_ref.uuid).map_err(storage_error)?
+            {
+                return Err(migrated(&redirect));
+            }
             return state
                 .model(&model_ref.uuid)
                 .map_err(storage_error)?
-                .ok_or_else(|| Status::not_found(format!("model {} not found", model_ref.uuid)));
+                .ok_or_else(|| Status::not_found(format!("model {} not found", model_ref.uuid)))
+                .and_then(|model| self.visible(model));
         }
         let name = model_ref.name.as_str();
         if name.is_empty() {
@@ -137,7 +183,15 @@ impl ModelService {
             None => (caller.user.clone(), name),
         };
         if let Some(model) = state.model_by_name(&owner, short).map_err(storage_error)? {
-            return Ok(model);
+            return self.visible(model);
+        }
+        // A model reaped after migrating away is known only by its redirect.
+        if let Some(redirect) = stored::read_redirects(state.reader())
+            .map_err(storage_error)?
+            .into_iter()
+            .find(|r| r.model_name == short && (r.model_owner == owner || !name.contains('/')))
+        {
+            return Err(migrated(&redirect));
         }
         if !name.contains('/') {
             // A bare name the caller does not own: accept it when exactly one visible model has it.
@@ -148,6 +202,7 @@ impl ModelService {
                 .filter(|mdl| {
                     mdl.name == short && Self::access_of(caller, mdl) != Access::Unspecified
                 })
+                .filter(|mdl| self.listed(mdl).unwrap_or(false))
                 .collect();
             if visible.len() == 1 {
                 return Ok(visible.into_iter().next().expect("one model"));
@@ -214,15 +269,21 @@ impl ModelService {
                 )
             })
             .unwrap_or_default();
+        let (migration, migration_start_unix_ms, migration_end_unix_ms, _) =
+            crate::migration::client_api::summary(
+                self.handle.state().reader(),
+                &self.migration.progress,
+                &model.uuid,
+            )?;
         Ok(pb::ModelInfo {
             model: Some(model),
             controller_uuid: self.identity.controller_uuid.clone(),
             controller_name: self.identity.controller_name.clone(),
             machine_count,
             unit_count,
-            migration: String::new(),
-            migration_start_unix_ms: 0,
-            migration_end_unix_ms: 0,
+            migration,
+            migration_start_unix_ms,
+            migration_end_unix_ms,
             description_digest,
         })
     }
@@ -280,6 +341,7 @@ impl ModelService {
             .map_err(storage_error)?
             .into_iter()
             .filter(|model| Self::access_of(&caller, model) != Access::Unspecified)
+            .filter(|model| self.listed(model).unwrap_or(false))
             .map(|model| self.model_info(model))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Response::new(pb::ListModelsResponse { models }))
@@ -295,6 +357,78 @@ impl ModelService {
         let model = self.resolve(&caller, Some(request.get_ref()))?;
         Self::require(&caller, &model, Access::Read, "read it")?;
         Ok(Response::new(self.model_info(model)?))
+    }
+
+    /// `Migrate` (superuser only: it hands the model to another controller).
+    pub async fn migrate(
+        &self,
+        request: Request<pb::MigrateRequest>,
+    ) -> Result<Response<pb::MigrateResponse>, Status> {
+        let caller = self
+            .auth
+            .authenticate_superuser(&request, "migrate models")?;
+        self.barrier().await?;
+        let message = request.into_inner();
+        let model = self.resolve(&caller, message.model.as_ref())?;
+        let response =
+            crate::migration::client_api::migrate(&self.migration, &caller, model, message).await?;
+        Ok(Response::new(response))
+    }
+
+    /// `AbortMigration`.
+    pub async fn abort_migration(
+        &self,
+        request: Request<pb::AbortMigrationRequest>,
+    ) -> Result<Response<pb::AbortMigrationResponse>, Status> {
+        let caller = self
+            .auth
+            .authenticate_superuser(&request, "abort migrations")?;
+        self.barrier().await?;
+        let message = request.into_inner();
+        let (uuid, name) = crate::migration::client_api::find_model(
+            &self.migration,
+            &caller,
+            message.model.as_ref(),
+        )?;
+        let response = crate::migration::client_api::abort(
+            &self.migration,
+            &caller,
+            &uuid,
+            &name,
+            message.reason,
+        )
+        .await?;
+        Ok(Response::new(response))
+    }
+
+    /// `MigrationStatus`: readable by anyone with read access to the model while it is here,
+    /// and by superusers after it left.
+    pub async fn migration_status(
+        &self,
+        request: Request<pb::MigrationStatusRequest>,
+    ) -> Result<Response<pb::MigrationInfo>, Status> {
+        let caller = self.auth.authenticate(&request)?;
+        self.barrier().await?;
+        let message = request.into_inner();
+        let (uuid, name) = crate::migration::client_api::find_model(
+            &self.migration,
+            &caller,
+            message.model.as_ref(),
+        )?;
+        match self.handle.state().model(&uuid).map_err(storage_error)? {
+            Some(model) => Self::require(&caller, &model, Access::Read, "read its migrations")?,
+            None if caller.access != auth::SUPERUSER => {
+                return Err(Status::permission_denied(format!(
+                    "model \"{name}\" has left this controller; only a superuser may read its migration"
+                )))
+            }
+            None => {}
+        }
+        Ok(Response::new(crate::migration::client_api::status(
+            &self.migration,
+            &uuid,
+            &name,
+        )?))
     }
 
     /// `DestroyModel`.
@@ -673,6 +807,46 @@ impl ModelService {
         Ok(Response::new(pb::SetApplicationConfigResponse {}))
     }
 
+    /// `GetModelConfig`.
+    pub async fn get_model_config(
+        &self,
+        request: Request<pb::GetModelConfigRequest>,
+    ) -> Result<Response<pb::ModelConfig>, Status> {
+        let caller = self.auth.authenticate(&request)?;
+        self.barrier().await?;
+        let message = request.into_inner();
+        let model = self.model_for(
+            &caller,
+            message.model.as_ref(),
+            Access::Read,
+            "read its config",
+        )?;
+        Ok(Response::new(pb::ModelConfig {
+            values: model.config,
+        }))
+    }
+
+    /// `SetModelConfig`.
+    pub async fn set_model_config(
+        &self,
+        request: Request<pb::SetModelConfigRequest>,
+    ) -> Result<Response<pb::SetModelConfigResponse>, Status> {
+        let caller = self.auth.authenticate(&request)?;
+        let message = request.into_inner();
+        let model = self.model_for(
+            &caller,
+            message.model.as_ref(),
+            Access::Write,
+            "change its config",
+        )?;
+        let op = command::Op::SetModelConfig(starling_proto::command::SetModelConfig {
+            model_uuid: model.uuid,
+            values: message.values,
+        });
+        self.propose(&caller, message.request_id, op).await?;
+        Ok(Response::new(pb::SetModelConfigResponse {}))
+    }
+
     /// `Status`.
     pub async fn status(
         &self,
@@ -715,13 +889,18 @@ impl ModelService {
                 .collect();
             application.status = derived_application_status(application.status.as_ref(), &units);
         }
+        let (_, _, _, notes) = crate::migration::client_api::summary(
+            state.reader(),
+            &self.migration.progress,
+            &model.uuid,
+        )?;
         Ok(Response::new(pb::FullStatus {
+            notes,
             model: Some(self.model_info(model)?),
             machines: description.machines,
             applications: description.applications,
             units: description.units,
             relations: description.relations,
-            notes: String::new(),
             now_unix_ms: now,
         }))
     }

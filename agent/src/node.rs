@@ -16,11 +16,17 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, instrument, warn};
 
 use crate::agent_service::AgentService;
+use crate::auth::Authenticator;
 use crate::controller_service::ControllerService;
 use crate::http;
 use crate::identity::DataDir;
+use crate::migration::leftovers::run_sweeper;
+use crate::migration::master::run_masters;
+use crate::migration::service::MigrationService;
+use crate::migration::{MigrationContext, ProgressBoard};
 use crate::pki::{self, CertKeyPem};
 use crate::presence::{run_presence, PresenceTable};
+use starling_storage::model::migration::TargetLimits;
 
 /// Largest client request a node accepts.
 const CLIENT_MESSAGE_BYTES_MAX: usize = 16 * 1024 * 1024;
@@ -158,8 +164,26 @@ pub async fn run(
         .register_encoded_file_descriptor_set(starling_proto::FILE_DESCRIPTOR_SET)
         .build_v1()
         .context("cannot build the reflection service")?;
+    let migration = MigrationContext {
+        handle: handle.clone(),
+        identity: identity.clone(),
+        ca_cert: ca.cert.clone(),
+        progress: ProgressBoard::default(),
+        bootstrap_users: auth_file.users.iter().map(|u| u.name.clone()).collect(),
+    };
+    let migration_service = MigrationService::new(
+        migration.clone(),
+        Authenticator::new(auth_file.clone(), Some(handle.state().clone())),
+    )
+    .into_server();
+    let masters_task = tokio::spawn(run_masters(migration.clone(), stop.clone()));
+    let sweeper_task = tokio::spawn(run_sweeper(
+        migration.clone(),
+        TargetLimits::default(),
+        stop.clone(),
+    ));
     let controller = starling_proto::controller::controller_server::ControllerServer::new(
-        ControllerService::new(handle.clone(), identity.clone(), auth_file, ca.clone()),
+        ControllerService::new(migration, auth_file, ca.clone()),
     )
     .max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX);
     // Agents' watch streams end on `stop`, so the server's graceful shutdown is not held up.
@@ -175,6 +199,7 @@ pub async fn run(
         .add_service(RaftService::new(handle.clone()).into_server())
         .add_service(controller)
         .add_service(agents)
+        .add_service(migration_service)
         .add_service(health_service)
         .add_service(reflection)
         .serve_with_incoming_shutdown(
@@ -236,6 +261,14 @@ pub async fn run(
     }
     if let Err(e) = presence_task.await {
         warn!(error = %e, "presence task failed");
+    }
+    for (name, task) in [
+        ("migration master", masters_task),
+        ("import sweeper", sweeper_task),
+    ] {
+        if let Err(e) = task.await {
+            warn!(error = %e, "{name} task failed");
+        }
     }
     handle.shutdown().await;
     info!("stopped");

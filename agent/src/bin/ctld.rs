@@ -69,6 +69,9 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Test builds (`--features failpoints`) read FAILPOINTS; the scenario lives as long as main.
+    #[cfg(feature = "failpoints")]
+    let _failpoints = fail::FailScenario::setup();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Init {
