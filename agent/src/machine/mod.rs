@@ -5,10 +5,13 @@
 //! `AgentUpdate`s and delivers the `ReportBuffer`; `MachineAgent` turns an update into one
 //! `UnitRunner` per unit (`reconcile`); a `UnitRunner` turns a `UnitSpec` into charm downloads
 //! (`CharmStore`), hooks and a supervised `Workload` (`plan_unit`); `AgentState` remembers what
-//! was done, so a restarted agent neither re-runs `install` nor starts duplicate workloads.
+//! was done, so a restarted agent neither re-runs `install` nor starts duplicate workloads;
+//! `migration` is the agent's part in moving its model to another controller (quiesce,
+//! acknowledge, validate against the target, switch without touching the workloads).
 
 pub mod charms;
 pub mod context;
+pub mod migration;
 pub mod reports;
 pub mod runtime;
 pub mod session;

@@ -1,14 +1,15 @@
 //! `ReportBuffer`: the machine agent's outbox of status reports and model-log records. Reports
 //! get increasing `seq` numbers, are delivered in order and dropped only once the controller's
 //! `applied_seq` covers them; when the buffer is full, it keeps only the latest status of each
-//! (entity, kind).
+//! (entity, kind) — never less, so no entity's current status is lost however long the
+//! controller is away or the model is migrating (one machine has few entities).
 
 use std::collections::{HashMap, VecDeque};
 
 use starling_proto::agent::StatusReport;
 use starling_proto::model::{LogLevel, LogRecord, Status};
 
-/// The most status reports kept before coalescing.
+/// The most status reports kept before coalescing to the latest per (entity, kind).
 pub const REPORTS_MAX: usize = 10_000;
 /// The most log records kept; the oldest are dropped beyond it.
 pub const LOGS_MAX: usize = 10_000;
@@ -22,6 +23,9 @@ pub struct ReportBuffer {
     reports: VecDeque<StatusReport>,
     logs: VecDeque<LogRecord>,
     reports_max: usize,
+    /// Queue length that triggers the next coalescing: `reports_max`, or twice what the last
+    /// coalescing kept when that was more (so it is not redone on every push).
+    coalesce_at: usize,
     logs_max: usize,
     /// Log records dropped because the buffer was full, not yet said in a log line.
     logs_dropped: u64,
@@ -41,6 +45,7 @@ impl ReportBuffer {
             reports: VecDeque::new(),
             logs: VecDeque::new(),
             reports_max,
+            coalesce_at: reports_max,
             logs_max,
             logs_dropped: 0,
         }
@@ -53,7 +58,7 @@ impl ReportBuffer {
 
     /// Queues a status report and returns its `seq`.
     pub fn push_status(&mut self, entity: &str, kind: &str, status: Status) -> u64 {
-        if self.reports.len() >= self.reports_max {
+        if self.reports.len() >= self.coalesce_at {
             self.coalesce();
         }
         let seq = self.next_seq;
@@ -89,25 +94,20 @@ impl ReportBuffer {
         });
     }
 
-    /// Keeps only the latest report per (entity, kind), in seq order. If that is still the
-    /// bound, the oldest survivors go too (a later report of the same entity will follow).
+    /// Keeps only the latest report per (entity, kind), in seq order. The survivors are all
+    /// kept even beyond the bound: each is the current status of a distinct entity.
     fn coalesce(&mut self) {
         let before = self.reports.len();
-        let mut latest: HashMap<(String, String), u64> = HashMap::new();
+        let mut latest: HashMap<(&str, &str), u64> = HashMap::new();
         for report in &self.reports {
-            latest.insert((report.entity.clone(), report.kind.clone()), report.seq);
+            latest.insert((&report.entity, &report.kind), report.seq);
         }
-        self.reports
-            .retain(|r| latest.get(&(r.entity.clone(), r.kind.clone())) == Some(&r.seq));
-        let mut evicted = 0;
-        while self.reports.len() >= self.reports_max {
-            self.reports.pop_front();
-            evicted += 1;
-        }
+        let keep: std::collections::HashSet<u64> = latest.into_values().collect();
+        self.reports.retain(|r| keep.contains(&r.seq));
+        self.coalesce_at = self.reports_max.max(self.reports.len() * 2);
         tracing::warn!(
             before,
             after = self.reports.len(),
-            evicted,
             "status-report buffer full: coalesced to the latest status per entity and kind"
         );
     }
@@ -139,6 +139,9 @@ impl ReportBuffer {
     pub fn acknowledge(&mut self, applied_seq: u64, logs_sent: usize) {
         while self.reports.front().is_some_and(|r| r.seq <= applied_seq) {
             self.reports.pop_front();
+        }
+        if self.reports.len() < self.reports_max {
+            self.coalesce_at = self.reports_max;
         }
         let logs_sent = logs_sent.min(self.logs.len());
         self.logs.drain(..logs_sent);
@@ -211,15 +214,34 @@ mod tests {
     }
 
     #[test]
-    fn coalescing_distinct_entities_evicts_the_oldest() {
+    fn coalescing_never_drops_an_entitys_latest_status() {
         let mut buffer = ReportBuffer::with_bounds(1, 3, 4);
         for idx in 0..5 {
             buffer.push_status(&format!("unit-a-{idx}"), "workload", status("active", ""));
         }
+        // Five distinct entities: all kept, beyond the bound.
+        assert_eq!(seqs(&buffer), vec![1, 2, 3, 4, 5]);
+        // Repeats of them coalesce to the latest of each, in seq order.
+        for round in 0..3 {
+            for idx in 0..5 {
+                buffer.push_status(
+                    &format!("unit-a-{idx}"),
+                    "workload",
+                    status("active", format!("{round}")),
+                );
+            }
+        }
         let got = seqs(&buffer);
-        assert!(got.len() <= 3);
-        assert_eq!(got.last(), Some(&5));
-        assert!(got.windows(2).all(|w| w[0] < w[1]));
+        assert!(got.windows(2).all(|w| w[0] < w[1]), "{got:?}");
+        let entities: std::collections::BTreeSet<String> =
+            buffer.batch().0.into_iter().map(|r| r.entity).collect();
+        assert_eq!(entities.len(), 5);
+        assert_eq!(got.last(), Some(&20));
+        assert!(got.len() <= 10, "{got:?}");
+        // Acknowledged: back to the configured bound.
+        buffer.acknowledge(20, 0);
+        assert!(buffer.is_empty());
+        assert_eq!(buffer.coalesce_at, 3);
     }
 
     #[test]

@@ -2,7 +2,13 @@
 //! (backoff 100ms..5s with jitter), keeps one Watch stream open and forwards every
 //! `AgentUpdate`, heartbeats, flushes the report outbox in order, and follows a redirect to
 //! another controller by rewriting the agent config. Network trouble is never fatal; a refused
-//! credential is.
+//! credential is (except from a controller the agent was just redirected to, which may not
+//! know the model yet).
+//!
+//! The outbox is flushed only once the connection's first update has said whether the model is
+//! migrating: while an update carries a `MigrationNotice` the agent is quiesced (see
+//! `migration`), reports wait in the outbox and a per-connection task sends the migration
+//! acknowledgements.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -10,7 +16,9 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use starling_proto::agent::agent_client::AgentClient;
-use starling_proto::agent::{AgentUpdate, HeartbeatRequest, Redirect, ReportRequest, WatchRequest};
+use starling_proto::agent::{
+    AgentUpdate, HeartbeatRequest, MigrationNotice, Redirect, ReportRequest, WatchRequest,
+};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tonic::metadata::{AsciiMetadataValue, MetadataMap};
@@ -19,6 +27,7 @@ use tonic::{Code, Request, Status};
 use tracing::{info, warn};
 
 use super::context::AgentContext;
+use super::migration::{run_duties, MigrationChange, MigrationTracker};
 use super::reports::status;
 use crate::agent_config::AgentConfig;
 use crate::identity::write_yaml;
@@ -37,6 +46,12 @@ pub const RECONNECT_MAX: Duration = Duration::from_secs(5);
 const FLUSH_PERIOD: Duration = Duration::from_secs(1);
 /// Batches sent per flush before the session looks at its stream again.
 const FLUSH_BATCHES_MAX: usize = 8;
+/// After following a redirect, how long the new controller's "unauthenticated" is taken for
+/// "not ready for this model yet" rather than a refused credential.
+const REDIRECT_AUTH_GRACE: Duration = Duration::from_secs(60);
+/// A redirect followed sooner than this after the previous one waits a backoff first (two
+/// controllers sending the agent to each other must not make it spin).
+const REDIRECT_REPEAT_WINDOW: Duration = Duration::from_secs(10);
 
 /// Exponential backoff with jitter: each delay is drawn from [d/2, d], d doubling up to `max`.
 #[derive(Debug, Clone)]
@@ -77,16 +92,18 @@ impl Backoff {
     }
 }
 
-/// The agent's credentials as call metadata.
+/// The agent's credentials as call metadata (`authorization: Bearer`, `x-model-uuid`,
+/// `x-machine-id`): the same on every controller the model lives on.
 #[derive(Debug, Clone)]
-struct AuthMetadata {
+pub struct AuthMetadata {
     authorization: AsciiMetadataValue,
     model_uuid: AsciiMetadataValue,
     machine_id: AsciiMetadataValue,
 }
 
 impl AuthMetadata {
-    fn new(config: &AgentConfig) -> Result<Self> {
+    /// The metadata of `config`'s credential (fails when a value is not printable ASCII).
+    pub fn new(config: &AgentConfig) -> Result<Self> {
         Ok(Self {
             authorization: format!("Bearer {}", config.credential)
                 .parse()
@@ -102,7 +119,8 @@ impl AuthMetadata {
         })
     }
 
-    fn apply(&self, metadata: &mut MetadataMap) {
+    /// Adds the credential to a call's metadata.
+    pub fn apply(&self, metadata: &mut MetadataMap) {
         metadata.insert("authorization", self.authorization.clone());
         metadata.insert("x-model-uuid", self.model_uuid.clone());
         metadata.insert("x-machine-id", self.machine_id.clone());
@@ -128,6 +146,29 @@ impl ControllerCaller {
         self.auth.apply(request.metadata_mut());
         request
     }
+
+    /// The agent's credential as call metadata.
+    pub fn auth(&self) -> &AuthMetadata {
+        &self.auth
+    }
+}
+
+/// Aborts a spawned task when dropped (the per-connection migration duties end with the
+/// connection).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// A redirect the agent followed and whose controller has not sent an update yet.
+#[derive(Debug, Clone)]
+struct PendingSwitch {
+    since: Instant,
+    /// The migration that moved the model, when the agent saw its notice.
+    migration: Option<String>,
 }
 
 /// Checks what the session needs from the config before it starts (fatal when wrong).
@@ -163,6 +204,9 @@ pub struct Session {
     updates: watch::Sender<Option<AgentUpdate>>,
     known_revision: u64,
     heartbeat: Duration,
+    migration: MigrationTracker,
+    switch: Option<PendingSwitch>,
+    last_redirect: Option<Instant>,
 }
 
 impl Session {
@@ -180,6 +224,9 @@ impl Session {
             updates,
             known_revision: 0,
             heartbeat: HEARTBEAT_DEFAULT,
+            migration: MigrationTracker::default(),
+            switch: None,
+            last_redirect: None,
         }
     }
 
@@ -205,18 +252,44 @@ impl Session {
             };
             match ended {
                 Ended::Redirected => {
-                    backoff.reset();
                     endpoint_idx = 0;
+                    let now = Instant::now();
+                    let repeated = self
+                        .last_redirect
+                        .is_some_and(|at| now.duration_since(at) < REDIRECT_REPEAT_WINDOW);
+                    self.last_redirect = Some(now);
+                    if repeated {
+                        let delay = backoff.next_delay();
+                        warn!(
+                            controller = %self.config.controller_name,
+                            retry_in_ms = delay.as_millis() as u64,
+                            "redirected again shortly after the last redirect; backing off"
+                        );
+                        tokio::time::sleep(delay).await;
+                    } else {
+                        backoff.reset();
+                    }
                 }
                 Ended::Retry(reason) => {
                     let delay = backoff.next_delay();
-                    warn!(
-                        controller = %self.config.controller_name,
-                        endpoint = %endpoint,
-                        %reason,
-                        retry_in_ms = delay.as_millis() as u64,
-                        "controller connection lost; workloads keep running"
-                    );
+                    if self.switch.is_some() {
+                        info!(
+                            controller = %self.config.controller_name,
+                            endpoint = %endpoint,
+                            %reason,
+                            retry_in_ms = delay.as_millis() as u64,
+                            "waiting for controller {} to take the model over; workloads keep running",
+                            self.config.controller_name
+                        );
+                    } else {
+                        warn!(
+                            controller = %self.config.controller_name,
+                            endpoint = %endpoint,
+                            %reason,
+                            retry_in_ms = delay.as_millis() as u64,
+                            "controller connection lost; workloads keep running"
+                        );
+                    }
                     endpoint_idx = endpoint_idx.wrapping_add(1);
                     tokio::time::sleep(delay).await;
                 }
@@ -224,7 +297,7 @@ impl Session {
         }
     }
 
-    /// One connection: Watch stream, heartbeats, report flushing.
+    /// One connection: Watch stream, heartbeats, report flushing, migration duties.
     async fn serve(
         &mut self,
         endpoint: &str,
@@ -241,13 +314,23 @@ impl Session {
         .await;
         let mut stream = match watch {
             Err(_) => return Ok(Ended::Retry("Watch timed out".into())),
-            Ok(Err(status)) => return classify(status, "Watch"),
+            Ok(Err(status)) => return self.classify(status, "Watch"),
             Ok(Ok(response)) => response.into_inner(),
         };
         info!(controller = %self.config.controller_name, %endpoint, "connected to the controller");
         self.ctx.set_caller(Some(caller.clone()));
         self.ctx
             .report_status(&self.ctx.machine_entity(), "agent", status("started", ""));
+        // The acknowledgements a migration notice calls for, sent beside the stream so a slow
+        // target never holds up heartbeats; they end with this connection.
+        let (notices, notices_rx) = watch::channel::<Option<MigrationNotice>>(None);
+        let _duties = AbortOnDrop(tokio::spawn(run_duties(
+            caller.clone(),
+            self.config.controller_name.clone(),
+            notices_rx,
+        )));
+        // Nothing is flushed before the first update says whether the model is migrating.
+        let mut synced = false;
         let mut heartbeat =
             tokio::time::interval_at(Instant::now() + self.heartbeat, self.heartbeat);
         let mut flush_tick = tokio::time::interval(FLUSH_PERIOD);
@@ -255,11 +338,26 @@ impl Session {
             tokio::select! {
                 message = stream.message() => match message {
                     Ok(Some(update)) => {
-                        backoff.reset();
                         if let Some(redirect) = update.redirect.as_ref().filter(|r| !r.api_endpoints.is_empty()) {
+                            // `run` decides the backoff: redirects in quick succession grow it.
                             self.follow_redirect(redirect)?;
                             return Ok(Ended::Redirected);
                         }
+                        backoff.reset();
+                        if !synced {
+                            synced = true;
+                            self.switched_over();
+                            self.ctx.outbox_ready.notify_one();
+                        }
+                        self.observe_migration(update.migration.as_ref());
+                        notices.send_if_modified(|current| {
+                            if *current == update.migration {
+                                false
+                            } else {
+                                current.clone_from(&update.migration);
+                                true
+                            }
+                        });
                         self.known_revision = update.revision;
                         if let Some(period) = heartbeat_period(update.heartbeat_interval_ms) {
                             if period != self.heartbeat {
@@ -270,14 +368,14 @@ impl Session {
                         self.updates.send_replace(Some(update));
                     }
                     Ok(None) => return Ok(Ended::Retry("the Watch stream ended".into())),
-                    Err(status) => return classify(status, "Watch"),
+                    Err(status) => return self.classify(status, "Watch"),
                 },
                 _ = heartbeat.tick() => {
                     let mut client = caller.client();
                     let call = client.heartbeat(caller.request(HeartbeatRequest {}));
                     match tokio::time::timeout(RPC_TIMEOUT, call).await {
                         Err(_) => return Ok(Ended::Retry("Heartbeat timed out".into())),
-                        Ok(Err(status)) => return classify(status, "Heartbeat"),
+                        Ok(Err(status)) => return self.classify(status, "Heartbeat"),
                         Ok(Ok(response)) => {
                             let period = heartbeat_period(response.into_inner().heartbeat_interval_ms);
                             if let Some(period) = period.filter(|p| *p != self.heartbeat) {
@@ -287,12 +385,15 @@ impl Session {
                         }
                     }
                 }
-                _ = self.ctx.outbox_ready.notified() => {
+                _ = self.ctx.outbox_ready.notified(), if synced => {
                     if let Some(ended) = self.flush(&caller).await? {
                         return Ok(ended);
                     }
                 }
                 _ = flush_tick.tick() => {
+                    if !synced {
+                        continue;
+                    }
                     if let Some(ended) = self.flush(&caller).await? {
                         return Ok(ended);
                     }
@@ -301,8 +402,89 @@ impl Session {
         }
     }
 
-    /// Sends queued reports in order until the outbox is empty (bounded per call).
+    /// The first update of a controller the agent was redirected to: the switch is complete.
+    fn switched_over(&mut self) {
+        let Some(switch) = self.switch.take() else {
+            return;
+        };
+        let queued = self.ctx.with_outbox(|o| o.reports_len());
+        let controller = &self.config.controller_name;
+        let waited_ms = switch.since.elapsed().as_millis() as u64;
+        match switch.migration {
+            Some(id) => info!(
+                migration = %id,
+                %controller,
+                queued,
+                waited_ms,
+                "migration {id}: switched to controller {controller}; delivering {queued} buffered report(s)"
+            ),
+            None => info!(
+                %controller,
+                queued,
+                waited_ms,
+                "switched to controller {controller}; delivering {queued} buffered report(s)"
+            ),
+        }
+    }
+
+    /// Takes in an update's migration notice (or its absence) and logs what changed.
+    fn observe_migration(&mut self, notice: Option<&MigrationNotice>) {
+        let controller = &self.config.controller_name;
+        let queued = || self.ctx.with_outbox(|o| o.reports_len());
+        match self.migration.observe(notice) {
+            MigrationChange::Unchanged => {}
+            MigrationChange::Quiesced(m) => {
+                let id = &m.id;
+                info!(
+                    migration = %id,
+                    phase = %m.phase,
+                    %controller,
+                    "migration {id}: quiescing (phase {}): status reports are buffered, workloads keep running",
+                    m.phase
+                );
+            }
+            MigrationChange::Phase { migration: m, from } => {
+                let id = &m.id;
+                info!(
+                    migration = %id,
+                    phase = %m.phase,
+                    %from,
+                    queued = queued(),
+                    "migration {id}: phase {}",
+                    m.phase
+                );
+            }
+            MigrationChange::Replaced {
+                aborted,
+                migration: m,
+            } => {
+                let id = &m.id;
+                info!(
+                    migration = %id,
+                    %aborted,
+                    phase = %m.phase,
+                    "migration {aborted}: aborted; migration {id} follows (phase {}): still quiesced",
+                    m.phase
+                );
+            }
+            MigrationChange::Resumed { aborted } => {
+                info!(
+                    migration = %aborted,
+                    %controller,
+                    queued = queued(),
+                    "migration {aborted}: aborted; resuming with controller {controller} and delivering the buffered reports"
+                );
+                self.ctx.outbox_ready.notify_one();
+            }
+        }
+    }
+
+    /// Sends queued reports in order until the outbox is empty (bounded per call); sends
+    /// nothing while the model is migrating.
     async fn flush(&self, caller: &ControllerCaller) -> Result<Option<Ended>> {
+        if self.migration.quiesced() {
+            return Ok(None);
+        }
         for _ in 0..FLUSH_BATCHES_MAX {
             let (reports, logs) = self.ctx.with_outbox(|o| o.batch());
             if reports.is_empty() && logs.is_empty() {
@@ -314,7 +496,7 @@ impl Session {
             let call = client.report(caller.request(ReportRequest { reports, logs }));
             match tokio::time::timeout(RPC_TIMEOUT, call).await {
                 Err(_) => return Ok(Some(Ended::Retry("Report timed out".into()))),
-                Ok(Err(status)) => return classify(status, "Report").map(Some),
+                Ok(Err(status)) => return self.classify(status, "Report").map(Some),
                 Ok(Ok(response)) => {
                     let applied_seq = response.into_inner().applied_seq;
                     self.ctx
@@ -330,6 +512,8 @@ impl Session {
     }
 
     /// Rewrites the agent config for the new controller (model, machine and credential stay).
+    /// The file is replaced atomically (temp file, fsync, rename, fsync of the directory), so
+    /// a crash leaves either the old controller or the new one, never a torn file.
     fn follow_redirect(&mut self, redirect: &Redirect) -> Result<()> {
         let mut config = self.config.clone();
         config.controller_name = redirect.controller_name.clone();
@@ -339,21 +523,61 @@ impl Session {
             config.ca_cert = redirect.ca_cert.clone();
         }
         validate_config(&config).context("the redirect names an unusable controller")?;
-        write_yaml(&self.config_path, &config, 0o600).with_context(|| {
+        let migration = self.migration.switched().map(|m| m.id);
+        match &migration {
+            Some(id) => info!(
+                migration = %id,
+                from = %self.config.controller_name,
+                to = %config.controller_name,
+                endpoints = ?config.api_endpoints,
+                "migration {id}: switching to controller {}",
+                config.controller_name
+            ),
+            None => info!(
+                from = %self.config.controller_name,
+                to = %config.controller_name,
+                endpoints = ?config.api_endpoints,
+                "the model moved: switching to controller {}",
+                config.controller_name
+            ),
+        }
+        let write = || write_yaml(&self.config_path, &config, 0o600);
+        // Two fsyncs: block_in_place keeps the other tasks (the workloads' supervisors) moving.
+        let multi_thread = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        let written = if multi_thread {
+            tokio::task::block_in_place(write)
+        } else {
+            write()
+        };
+        written.with_context(|| {
             format!(
                 "cannot rewrite the agent config {}",
                 self.config_path.display()
             )
         })?;
         info!(
-            from = %self.config.controller_name,
-            to = %config.controller_name,
-            endpoints = ?config.api_endpoints,
-            "the model moved: following it to the new controller"
+            path = %self.config_path.display(),
+            controller = %config.controller_name,
+            "the agent config now names controller {}",
+            config.controller_name
         );
         self.config = config;
         self.known_revision = 0;
+        self.switch = Some(PendingSwitch {
+            since: Instant::now(),
+            migration,
+        });
         Ok(())
+    }
+
+    /// [`classify`], lenient with a controller the agent was just redirected to.
+    fn classify(&self, status: Status, call: &str) -> Result<Ended> {
+        let grace = self
+            .switch
+            .as_ref()
+            .is_some_and(|s| s.since.elapsed() < REDIRECT_AUTH_GRACE);
+        classify(status, call, grace)
     }
 }
 
@@ -361,10 +585,11 @@ fn heartbeat_period(ms: u64) -> Option<Duration> {
     (ms > 0).then(|| Duration::from_millis(ms.clamp(100, 60_000)))
 }
 
-/// Unauthenticated is fatal (the credential will not start working by itself); anything else
-/// is a reason to reconnect.
-fn classify(status: Status, call: &str) -> Result<Ended> {
-    if status.code() == Code::Unauthenticated {
+/// Unauthenticated is fatal (the credential will not start working by itself), unless the
+/// agent was just redirected (`after_redirect`: the new controller may not have taken the
+/// model over yet); anything else is a reason to reconnect.
+fn classify(status: Status, call: &str, after_redirect: bool) -> Result<Ended> {
+    if status.code() == Code::Unauthenticated && !after_redirect {
         bail!(
             "the controller refused the agent's credential ({call}: {}); the machine may have been removed or the agent config is stale",
             status.message()
@@ -377,7 +602,8 @@ fn classify(status: Status, call: &str) -> Result<Ended> {
     )))
 }
 
-async fn connect(endpoint: &str, ca_cert: &str) -> Result<Channel, String> {
+/// A TLS channel to `endpoint` trusting only `ca_cert` (PEM); the error says why not.
+pub(super) async fn connect(endpoint: &str, ca_cert: &str) -> Result<Channel, String> {
     let host = endpoint
         .strip_prefix('[')
         .and_then(|rest| rest.split_once(']').map(|(h, _)| h))
@@ -437,9 +663,23 @@ mod tests {
 
     #[test]
     fn unauthenticated_is_fatal_unavailable_is_not() {
-        assert!(classify(Status::unauthenticated("bad credential"), "Watch").is_err());
+        assert!(classify(Status::unauthenticated("bad credential"), "Watch", false).is_err());
         assert!(matches!(
-            classify(Status::unavailable("no leader"), "Watch"),
+            classify(Status::unavailable("no leader"), "Watch", false),
+            Ok(Ended::Retry(_))
+        ));
+    }
+
+    #[test]
+    fn a_new_controller_not_active_yet_is_retried() {
+        let importing =
+            Status::failed_precondition("model default is being imported; not active yet");
+        assert!(matches!(
+            classify(importing, "Watch", false),
+            Ok(Ended::Retry(_))
+        ));
+        assert!(matches!(
+            classify(Status::unauthenticated("unknown model"), "Watch", true),
             Ok(Ended::Retry(_))
         ));
     }
