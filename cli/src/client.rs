@@ -37,6 +37,41 @@ impl tonic::service::Interceptor for BearerAuth {
 /// The generated gRPC client with auth attached, as `ControllerClient::call` hands it out.
 pub type Grpc = GrpcClient<InterceptedService<Channel, BearerAuth>>;
 
+/// Why a call failed: the message `ctl` prints, and the gRPC code when a controller answered.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct CallError {
+    /// The status code, or `None` when no endpoint could be reached.
+    pub code: Option<Code>,
+    /// What `ctl` prints.
+    pub message: String,
+}
+
+impl CallError {
+    /// Whether the same call may well succeed later: no endpoint was reachable, there was no
+    /// leader, the answer did not come in time, or the connection broke mid-call. Only for
+    /// calls that are safe to repeat (reads).
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self.code,
+            None | Some(
+                Code::Unavailable
+                    | Code::DeadlineExceeded
+                    | Code::Cancelled
+                    | Code::Aborted
+                    | Code::Unknown
+            )
+        )
+    }
+}
+
+/// Whether `error` is a [`CallError`] that [`CallError::is_transient`].
+pub fn is_transient(error: &anyhow::Error) -> bool {
+    error
+        .downcast_ref::<CallError>()
+        .is_some_and(CallError::is_transient)
+}
+
 /// Everything needed to reach one controller.
 #[derive(Debug, Clone)]
 pub struct ConnectionInfo {
@@ -138,12 +173,16 @@ impl ControllerClient {
             .last()
             .map(|(_, r)| r.as_str())
             .unwrap_or("no endpoints");
-        bail!(
-            "cannot connect to controller \"{}\": tried {}: {}",
-            self.info.controller,
-            tried.join(", "),
-            reason
-        )
+        Err(CallError {
+            code: None,
+            message: format!(
+                "cannot connect to controller \"{}\": tried {}: {}",
+                self.info.controller,
+                tried.join(", "),
+                reason
+            ),
+        }
+        .into())
     }
 
     async fn call_one<T, F, Fut>(&self, endpoint: &str, f: &F) -> Result<T, Attempt>
@@ -224,28 +263,36 @@ fn status_reason(status: &Status) -> String {
 
 /// The message `ctl` prints for a final gRPC status from controller `controller`.
 pub fn status_error(controller: &str, status: &Status) -> anyhow::Error {
+    CallError {
+        code: Some(status.code()),
+        message: status_message(controller, status),
+    }
+    .into()
+}
+
+fn status_message(controller: &str, status: &Status) -> String {
     let reason = status_reason(status);
     match status.code() {
         Code::Unauthenticated => {
-            anyhow!("authentication failed for controller \"{controller}\": {reason}")
+            format!("authentication failed for controller \"{controller}\": {reason}")
         }
         Code::PermissionDenied => {
-            anyhow!("permission denied on controller \"{controller}\": {reason}")
+            format!("permission denied on controller \"{controller}\": {reason}")
         }
         // The server's message already says what is wrong.
         Code::NotFound
         | Code::AlreadyExists
         | Code::InvalidArgument
         | Code::FailedPrecondition
-        | Code::OutOfRange => anyhow!("{reason}"),
+        | Code::OutOfRange => reason,
         Code::DeadlineExceeded | Code::Cancelled => {
-            anyhow!("controller \"{controller}\" did not answer in time: {reason}")
+            format!("controller \"{controller}\" did not answer in time: {reason}")
         }
         Code::Unimplemented => {
-            anyhow!("controller \"{controller}\" does not support this call: {reason}")
+            format!("controller \"{controller}\" does not support this call: {reason}")
         }
-        Code::Unavailable => anyhow!("cannot connect to controller \"{controller}\": {reason}"),
-        _ => anyhow!("controller \"{controller}\": {reason}"),
+        Code::Unavailable => format!("cannot connect to controller \"{controller}\": {reason}"),
+        _ => format!("controller \"{controller}\": {reason}"),
     }
 }
 
@@ -275,6 +322,26 @@ mod tests {
         assert_eq!(e.to_string(), "controller \"alpha\": Internal error");
     }
 
+    #[test]
+    fn a_redirect_is_passed_on_as_the_controller_words_it() {
+        let message = "model \"web\" has been migrated to controller \"beta\". To access it run \
+                       'ctl switch beta:web'.";
+        let e = status_error("alpha", &Status::failed_precondition(message));
+        assert_eq!(format!("{e:#}"), message);
+        assert!(!is_transient(&e));
+    }
+
+    #[test]
+    fn transient_failures_are_those_worth_waiting_out() {
+        let transient = |status: Status| is_transient(&status_error("alpha", &status));
+        assert!(transient(Status::unavailable("no leader")));
+        assert!(transient(Status::deadline_exceeded("slow")));
+        assert!(!transient(Status::not_found("no such model")));
+        assert!(!transient(Status::permission_denied("no")));
+        assert!(!transient(Status::internal("bug")));
+        assert!(!is_transient(&anyhow!("not a call")));
+    }
+
     #[tokio::test]
     async fn all_endpoints_unreachable_names_them_all() {
         // Ports 1 and 2 on loopback are closed on any sane test machine.
@@ -292,8 +359,9 @@ mod tests {
                     .await
             })
             .await
-            .unwrap_err()
-            .to_string();
+            .unwrap_err();
+        assert!(is_transient(&err), "{err}");
+        let err = err.to_string();
         assert!(
             err.starts_with(
                 "cannot connect to controller \"alpha\": tried 127.0.0.1:1, 127.0.0.1:2: "

@@ -4,6 +4,7 @@
 pub mod charm;
 pub mod client;
 pub mod commands;
+pub mod migration_view;
 pub mod model_views;
 pub mod render;
 pub mod store;
@@ -43,3 +44,15 @@ impl Output {
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct UsageError(pub String);
+
+/// An error with a list of details (e.g. every failed migration precheck): `main` prints
+/// `ERROR <message>` and then one `  - <detail>` line per detail, exit status 1. Shown any other
+/// way it is one line, the details separated by `; `.
+#[derive(Debug, thiserror::Error)]
+#[error("{message} {}", details.join("; "))]
+pub struct DetailedError {
+    /// The first line, after `ERROR `.
+    pub message: String,
+    /// One line each.
+    pub details: Vec<String>,
+}

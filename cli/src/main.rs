@@ -1,11 +1,12 @@
 //! `ctl`: parses the command line, runs the command and prints its output, or one `ERROR <message>`
-//! line on stderr with exit status 1 (usage errors: clap's message, exit status 2).
+//! line on stderr with exit status 1 (usage errors: clap's message, exit status 2). An error that
+//! lists details (failed prechecks) adds one `  - <detail>` line for each.
 
 use std::io::Write;
 use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser};
-use starling_cli::{Cli, UsageError};
+use starling_cli::{Cli, DetailedError, UsageError};
 
 fn one_line(text: &str) -> String {
     text.split_whitespace().collect::<Vec<_>>().join(" ")
@@ -13,6 +14,16 @@ fn one_line(text: &str) -> String {
 
 fn fail(message: &str) -> ExitCode {
     let _ = writeln!(std::io::stderr(), "ERROR {}", one_line(message));
+    ExitCode::from(1)
+}
+
+/// `ERROR <message>` and one `  - <detail>` line per detail, each kept to one line.
+fn fail_with_details(error: &DetailedError) -> ExitCode {
+    let mut text = format!("ERROR {}\n", one_line(&error.message));
+    for detail in &error.details {
+        text.push_str(&format!("  - {}\n", one_line(detail)));
+    }
+    let _ = std::io::stderr().write_all(text.as_bytes());
     ExitCode::from(1)
 }
 
@@ -44,6 +55,9 @@ fn main() -> ExitCode {
                 Cli::command()
                     .error(clap::error::ErrorKind::ValueValidation, &usage.0)
                     .exit();
+            }
+            if let Some(detailed) = e.downcast_ref::<DetailedError>() {
+                return fail_with_details(detailed);
             }
             return fail(&format!("{e:#}"));
         }

@@ -11,6 +11,7 @@ use serde::{Serialize, Serializer};
 use starling_proto::controller::{ApplicationConfig, FullStatus, ModelInfo};
 use starling_proto::model::{Access, Life, LogLevel, LogRecord, Model, Role, Status};
 
+use crate::migration_view::models_status;
 use crate::render::{cloud_region, or_dash, structured, table, Format};
 
 /// `unix_ms` as RFC3339 UTC with millisecond precision; `None` for 0 (never set).
@@ -261,10 +262,11 @@ impl ModelsView {
                         n.to_string()
                     }
                 };
+                let migration = m.status.migration.as_deref().unwrap_or_default();
                 vec![
                     name,
                     cloud_region(&m.cloud, &m.region),
-                    or_dash(&m.status.current),
+                    models_status(&m.status.current, migration),
                     count(m.machines),
                     count(m.units),
                     or_dash(&m.access),
@@ -1138,6 +1140,69 @@ mod tests {
         assert_eq!(
             v["models"][1]["status"]["migration"],
             serde_json::Value::Null
+        );
+    }
+
+    /// A model migrating now and one whose last migration aborted, as the controller lists them.
+    fn migrating_models() -> Vec<ModelInfo> {
+        let mut migrating = model_info();
+        migrating.model.as_mut().unwrap().status = status("busy", "migrating");
+        migrating.migration = "IMPORT".into();
+        migrating.migration_end_unix_ms = 0;
+        let mut aborted = model_info();
+        let m = aborted.model.as_mut().unwrap();
+        m.name = "db".into();
+        m.uuid = "66666666-7777-4888-8999-000000000000".into();
+        aborted.migration = "ABORTDONE: machine(s) 3 did not acknowledge the quiesce".into();
+        vec![migrating, aborted]
+    }
+
+    #[test]
+    fn models_show_migrations() {
+        let view = ModelsView::new("alpha", "admin", None, &migrating_models());
+        insta::assert_snapshot!(
+            "models_tabular_migrating",
+            view.render(Format::Tabular).unwrap()
+        );
+        let v: serde_json::Value =
+            serde_json::from_str(&view.render(Format::Json).unwrap()).unwrap();
+        let db = &v["models"][0]["status"];
+        assert_eq!(
+            db["migration"],
+            "ABORTDONE: machine(s) 3 did not acknowledge the quiesce"
+        );
+        assert_eq!(db["migration-start"], "2023-11-14T22:13:21.000Z");
+        assert_eq!(db["migration-end"], "2023-11-14T22:14:21.000Z");
+        let web = &v["models"][1]["status"];
+        assert_eq!(web["current"], "busy");
+        assert_eq!(web["migration"], "IMPORT");
+        assert_eq!(web["migration-start"], "2023-11-14T22:13:21.000Z");
+        assert!(web["migration-end"].is_null());
+    }
+
+    #[test]
+    fn show_model_shows_the_migration() {
+        let info = &migrating_models()[1];
+        let v: serde_json::Value = serde_json::from_str(
+            &ShowModelView::new("alpha", info)
+                .render(Format::Json)
+                .unwrap(),
+        )
+        .unwrap();
+        let status = &v["db"]["status"];
+        assert_eq!(
+            status["migration"],
+            "ABORTDONE: machine(s) 3 did not acknowledge the quiesce"
+        );
+        assert_eq!(status["migration-start"], "2023-11-14T22:13:21.000Z");
+        assert_eq!(status["migration-end"], "2023-11-14T22:14:21.000Z");
+        let yaml = ShowModelView::new("alpha", &migrating_models()[0])
+            .render(Format::Yaml)
+            .unwrap();
+        assert!(yaml.contains("    migration: IMPORT\n"), "{yaml}");
+        assert!(
+            yaml.contains("    migration-start: \"2023-11-14T22:13:21.000Z\"\n"),
+            "{yaml}"
         );
     }
 

@@ -470,6 +470,60 @@ impl Controller for FakeController {
     ) -> Result<Response<RestoreBackupResponse>, Status> {
         Err(Status::unimplemented("the fake controller cannot restore"))
     }
+
+    async fn get_model_config(
+        &self,
+        _request: Request<GetModelConfigRequest>,
+    ) -> Result<Response<ModelConfig>, Status> {
+        Err(Status::unimplemented(
+            "the fake controller has no model config",
+        ))
+    }
+
+    async fn set_model_config(
+        &self,
+        _request: Request<SetModelConfigRequest>,
+    ) -> Result<Response<SetModelConfigResponse>, Status> {
+        Err(Status::unimplemented(
+            "the fake controller has no model config",
+        ))
+    }
+
+    async fn migrate(
+        &self,
+        request: Request<MigrateRequest>,
+    ) -> Result<Response<MigrateResponse>, Status> {
+        check_auth(&request)?;
+        self.world
+            .lock()
+            .unwrap()
+            .migrate(request.into_inner())
+            .map(Response::new)
+    }
+
+    async fn abort_migration(
+        &self,
+        request: Request<AbortMigrationRequest>,
+    ) -> Result<Response<AbortMigrationResponse>, Status> {
+        check_auth(&request)?;
+        self.world
+            .lock()
+            .unwrap()
+            .abort_migration(request.into_inner())
+            .map(Response::new)
+    }
+
+    async fn migration_status(
+        &self,
+        request: Request<MigrationStatusRequest>,
+    ) -> Result<Response<MigrationInfo>, Status> {
+        check_auth(&request)?;
+        self.world
+            .lock()
+            .unwrap()
+            .migration_status(request.into_inner())
+            .map(Response::new)
+    }
 }
 
 /// A running fake controller; dropped with the runtime it runs on.
@@ -1442,4 +1496,434 @@ fn users_grant_revoke_login_whoami() {
     let v = json(&data, &["whoami"]);
     assert_eq!(v["user"], "bob");
     assert_eq!(v["controller-access"], "login");
+}
+
+// --- Migration --------------------------------------------------------------------------------
+
+#[test]
+fn migrate_usage_errors_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    for args in [
+        &["migrate", "web"][..],
+        &["migrate", "web", "beta", "--timeout", "10m"],
+        &["migrate", "web", "beta", "--wait", "--timeout", "soon"],
+        &["migrate", "web", "beta", "--wait", "--timeout", "0s"],
+        &["migrate", "web", "beta", "--dry-run", "--wait"],
+        &["migrate", "alpha:web", "beta", "-c", "beta"],
+        &["migrate", "alpha:", "beta"],
+        &["abort-migration"],
+        &["abort-migration", "alpha:web", "-c", "beta"],
+    ] {
+        ctl(dir.path()).args(args).assert().code(2).stdout("");
+    }
+    ctl(dir.path())
+        .args(["migrate", "web", "beta", "--wait", "--timeout", "soon"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("invalid duration \"soon\""));
+}
+
+#[test]
+fn migrate_help_explains_phases_and_aborts() {
+    let dir = tempfile::tempdir().unwrap();
+    let help = ok(dir.path(), &["migrate", "--help"]);
+    for text in [
+        "--dry-run",
+        "--wait",
+        "--timeout <DURATION>",
+        "QUIESCE",
+        "ABORTDONE",
+        "REAPFAILED",
+        "Fix the cause and run 'ctl migrate' again",
+    ] {
+        assert!(help.contains(text), "{text}: {help}");
+    }
+    let help = ok(dir.path(), &["abort-migration", "--help"]);
+    assert!(help.contains("--reason <TEXT>"), "{help}");
+    assert!(help.contains("until it reaches SUCCESS"), "{help}");
+}
+
+#[test]
+fn migrate_targets_must_be_usable_controllers_in_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    register(dir.path(), "alpha", &[closed_port()], &pki().ca_cert, TOKEN);
+    ctl(dir.path())
+        .args(["migrate", "web", "gamma"])
+        .assert()
+        .code(1)
+        .stdout("")
+        .stderr(
+            "ERROR target controller \"gamma\" is not in the client store: register it with \
+             'ctl register FILE' first\n",
+        );
+    ctl(dir.path())
+        .args(["migrate", "web", "alpha"])
+        .assert()
+        .code(1)
+        .stderr(
+            "ERROR the model is already on controller \"alpha\": name another controller as \
+             TARGET\n",
+        );
+    ctl(dir.path())
+        .args(["migrate", "gamma:web", "alpha"])
+        .assert()
+        .code(1)
+        .stderr("ERROR controller \"gamma\" not found\n");
+}
+
+/// A fake `alpha` with model `web` (current), and `beta` registered but never called.
+fn alpha_with_web_and_beta() -> (FakeServer, tempfile::TempDir, std::path::PathBuf) {
+    let (server, dir, data) = registered();
+    ok(&data, &["add-model", "web"]);
+    register(&data, "beta", &[closed_port()], &pki().ca_cert, TOKEN);
+    ctl(&data).args(["switch", "alpha"]).assert().success();
+    (server, dir, data)
+}
+
+fn migration_info(history: &[(&str, &str, &str)]) -> MigrationInfo {
+    use starling_proto::migration::PhaseChange;
+    let history: Vec<PhaseChange> = history
+        .iter()
+        .map(|(from, to, reason)| PhaseChange {
+            from: from.to_string(),
+            to: to.to_string(),
+            at_unix_ms: support::T0,
+            reason: reason.to_string(),
+        })
+        .collect();
+    MigrationInfo {
+        migration_id: "uuid-model-web:1".into(),
+        model_uuid: "uuid-model-web".into(),
+        model_name: "admin/web".into(),
+        target_name: "beta".into(),
+        phase: history.last().unwrap().to.clone(),
+        started_unix_ms: support::T0,
+        history,
+        initiated_by: "admin".into(),
+        ..Default::default()
+    }
+}
+
+const TO_DONE: [(&str, &str, &str); 7] = [
+    ("PRECHECK", "QUIESCE", "prechecks passed; model locked"),
+    (
+        "QUIESCE",
+        "IMPORT",
+        "all 1 agent(s) quiesced; prechecks passed again",
+    ),
+    (
+        "IMPORT",
+        "VALIDATION",
+        "controller \"beta\" imported the model (9f2c)",
+    ),
+    (
+        "VALIDATION",
+        "SUCCESS",
+        "digests match and every agent validated against the target",
+    ),
+    (
+        "SUCCESS",
+        "LOGTRANSFER",
+        "controller \"beta\" activated the model at epoch 2",
+    ),
+    ("LOGTRANSFER", "REAP", "log transferred through 12"),
+    (
+        "REAP",
+        "DONE",
+        "the source's copy of the model was deleted; the redirect remains",
+    ),
+];
+
+#[test]
+fn migrate_dry_run_lists_every_failed_precheck() {
+    let (server, _dir, data) = alpha_with_web_and_beta();
+    ctl(&data)
+        .args(["migrate", "web", "beta", "--dry-run"])
+        .assert()
+        .success()
+        .stdout(
+            "Prechecks passed: model \"alpha:admin/web\" can migrate to controller \"beta\" now. \
+             Nothing was changed.\n",
+        );
+    server.state.world.lock().unwrap().precheck_failures = vec![
+        "controller \"beta\" runs 0.1.0, older than 0.2.0".into(),
+        "user \"bob\" does not exist on controller \"beta\"".into(),
+    ];
+    ctl(&data)
+        .args(["migrate", "web", "beta", "--dry-run"])
+        .assert()
+        .code(1)
+        .stdout("")
+        .stderr(
+            "ERROR migration prechecks failed:\n  \
+             - controller \"beta\" runs 0.1.0, older than 0.2.0\n  \
+             - user \"bob\" does not exist on controller \"beta\"\n",
+        );
+    // A real run is refused by the controller, whose message is printed as it is.
+    ctl(&data)
+        .args(["migrate", "web", "beta"])
+        .assert()
+        .code(1)
+        .stdout("")
+        .stderr(
+            "ERROR migration prechecks failed: controller \"beta\" runs 0.1.0, older than \
+             0.2.0; user \"bob\" does not exist on controller \"beta\"\n",
+        );
+    let world = server.state.world.lock().unwrap();
+    assert_eq!(world.migrate_calls.len(), 3);
+    assert!(world.migrate_calls[0].dry_run);
+    assert!(!world.migrate_calls[2].dry_run);
+}
+
+#[test]
+fn migrate_hands_the_target_from_the_store_to_the_source() {
+    let (server, _dir, data) = alpha_with_web_and_beta();
+    ctl(&data)
+        .args(["migrate", "web", "beta"])
+        .assert()
+        .success()
+        .stdout("Migration started with ID \"uuid-model-web:1\"\n")
+        .stderr("");
+    // The same with the source named either way.
+    ok(&data, &["migrate", "alpha:web", "beta"]);
+    ok(&data, &["migrate", "web", "beta", "-c", "alpha"]);
+    let world = server.state.world.lock().unwrap();
+    assert_eq!(world.migrate_calls.len(), 3);
+    let store = std::fs::read_to_string(data.join("controllers.yaml")).unwrap();
+    for call in &world.migrate_calls {
+        assert_eq!(call.model.as_ref().unwrap().name, "admin/web");
+        let target = call.target.as_ref().unwrap();
+        assert_eq!(target.name, "beta");
+        assert_eq!(target.controller_uuid, "uuid-beta");
+        assert_eq!(target.token, TOKEN);
+        assert_eq!(target.endpoints.len(), 1);
+        assert!(store.contains(&target.endpoints[0]));
+        assert!(target.ca_cert.starts_with("-----BEGIN CERTIFICATE-----"));
+        assert_eq!(
+            target.ca_fingerprint,
+            hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
+                target.ca_cert.as_bytes()
+            ))
+        );
+    }
+}
+
+#[test]
+fn migrate_wait_follows_the_migration_to_done() {
+    let (server, _dir, data) = alpha_with_web_and_beta();
+    let mut importing = migration_info(&TO_DONE[..2]);
+    importing.activity = "importing model".into();
+    importing.bytes_sent = 1_200_000;
+    importing.bytes_total = 3_400_000;
+    importing.records_total = 10;
+    importing.agents_total = 1;
+    importing.agents_acked = 1;
+    let mut done = migration_info(&TO_DONE);
+    done.ended_unix_ms = Some(support::NOW);
+    server.state.world.lock().unwrap().migration_script = vec![importing, done];
+    ctl(&data)
+        .args(["migrate", "web", "beta", "--wait"])
+        .assert()
+        .success()
+        .stdout(
+            "Migration started with ID \"uuid-model-web:1\"\n\
+             QUIESCE      prechecks passed; model locked\n\
+             IMPORT       all 1 agent(s) quiesced; prechecks passed again\n  \
+             importing model: 1.2 MB of 3.4 MB, 10 records; agents 1/1 acked\n\
+             VALIDATION   controller \"beta\" imported the model (9f2c)\n\
+             SUCCESS      digests match and every agent validated against the target\n\
+             LOGTRANSFER  controller \"beta\" activated the model at epoch 2\n\
+             REAP         log transferred through 12\n\
+             DONE         the source's copy of the model was deleted; the redirect remains\n",
+        )
+        .stderr(
+            "Model \"admin/web\" is on controller \"beta\" now: to use it run 'ctl switch \
+             beta:web'.\n",
+        );
+    // The store knows where the model is now, so the hint works.
+    ctl(&data)
+        .args(["switch", "beta:web"])
+        .assert()
+        .success()
+        .stderr("alpha:admin/web -> beta:admin/web\n");
+    let models = std::fs::read_to_string(data.join("models.yaml")).unwrap();
+    assert!(models.contains("uuid-model-web"), "{models}");
+}
+
+#[test]
+fn migrate_wait_fails_when_the_migration_aborts() {
+    let (server, _dir, data) = alpha_with_web_and_beta();
+    let mut aborted = migration_info(&[
+        ("PRECHECK", "QUIESCE", "prechecks passed; model locked"),
+        (
+            "QUIESCE",
+            "ABORT",
+            "machine(s) 0 did not acknowledge the quiesce within 60s",
+        ),
+        ("ABORT", "ABORTDONE", "model unlocked"),
+    ]);
+    aborted.abort_reason = Some("machine(s) 0 did not acknowledge the quiesce within 60s".into());
+    server.state.world.lock().unwrap().migration_script = vec![aborted];
+    ctl(&data)
+        .args(["migrate", "web", "beta", "--wait"])
+        .assert()
+        .code(1)
+        .stdout(
+            "Migration started with ID \"uuid-model-web:1\"\n\
+             QUIESCE      prechecks passed; model locked\n\
+             ABORT        machine(s) 0 did not acknowledge the quiesce within 60s\n\
+             ABORTDONE    model unlocked\n",
+        )
+        .stderr(
+            "ERROR migration uuid-model-web:1 aborted: machine(s) 0 did not acknowledge the \
+             quiesce within 60s\n",
+        );
+    // Nothing was recorded under the target.
+    ctl(&data)
+        .args(["switch", "beta:web"])
+        .assert()
+        .code(1)
+        .stderr("ERROR model \"beta:admin/web\" not found\n");
+}
+
+#[test]
+fn migrate_wait_gives_up_after_its_timeout_and_says_what_to_do() {
+    let (server, _dir, data) = alpha_with_web_and_beta();
+    server.state.world.lock().unwrap().migration_script = vec![migration_info(&TO_DONE[..2])];
+    let started = std::time::Instant::now();
+    ctl(&data)
+        .args(["migrate", "web", "beta", "--wait", "--timeout", "1s"])
+        .assert()
+        .code(1)
+        .stdout(
+            "Migration started with ID \"uuid-model-web:1\"\n\
+             QUIESCE      prechecks passed; model locked\n\
+             IMPORT       all 1 agent(s) quiesced; prechecks passed again\n",
+        )
+        .stderr(
+            "ERROR migration uuid-model-web:1 is still in IMPORT after 1s; it continues on the \
+             controller: follow it with 'ctl show-model alpha:admin/web' or stop it with 'ctl \
+             abort-migration alpha:admin/web'\n",
+        );
+    let took = started.elapsed();
+    assert!(took >= std::time::Duration::from_secs(1), "{took:?}");
+    assert!(took < std::time::Duration::from_secs(10), "{took:?}");
+}
+
+#[test]
+fn abort_migration_reports_the_request_or_the_refusal() {
+    let (server, _dir, data) = alpha_with_web_and_beta();
+    ctl(&data)
+        .args(["abort-migration", "web", "--reason", "wrong target"])
+        .assert()
+        .success()
+        .stdout(
+            "Abort of migration \"uuid-model-web:1\" requested (it was in IMPORT).\n\
+             The model will be unlocked on controller \"alpha\" once the target has dropped its \
+             import.\nFollow it with 'ctl show-model alpha:admin/web'.\n",
+        );
+    {
+        let world = server.state.world.lock().unwrap();
+        let call = &world.abort_calls[0];
+        assert_eq!(call.model.as_ref().unwrap().name, "admin/web");
+        assert_eq!(call.reason, "wrong target");
+    }
+    let refusal = "migration uuid-model-web:1 is in SUCCESS, past its point of no return: the \
+                   model is active on controller \"beta\"; migrate it back from there";
+    server.state.world.lock().unwrap().abort_refusal = Some(refusal.into());
+    ctl(&data)
+        .args(["abort-migration", "-c", "alpha", "web"])
+        .assert()
+        .code(1)
+        .stdout("")
+        .stderr(format!("ERROR {refusal}\n"));
+}
+
+#[test]
+fn a_migrated_model_is_answered_with_the_controllers_redirect_as_is() {
+    let (server, _dir, data) = alpha_with_web_and_beta();
+    server
+        .state
+        .world
+        .lock()
+        .unwrap()
+        .migrated
+        .insert("web".into(), "beta".into());
+    let redirect =
+        "ERROR model \"web\" has been migrated to controller \"beta\". To access it run \
+                    'ctl switch beta:web'.\n";
+    for args in [
+        &["show-model", "web"][..],
+        &["status"],
+        &["status", "--format", "json"],
+    ] {
+        ctl(&data)
+            .args(args)
+            .assert()
+            .code(1)
+            .stdout("")
+            .stderr(redirect);
+    }
+}
+
+#[test]
+fn migrate_wait_rides_out_a_controller_without_a_leader() {
+    let (server, _dir, data) = alpha_with_web_and_beta();
+    {
+        let mut world = server.state.world.lock().unwrap();
+        world.migration_status_unavailable = 2;
+        world.migration_script = vec![migration_info(&TO_DONE)];
+    }
+    let out = ctl(&data)
+        .args(["migrate", "web", "beta", "--wait"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(out.status.success(), "{stdout}");
+    // One line for the outage (the second failure repeats it), then the phases.
+    let outage: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.ends_with("no leader; trying again"))
+        .collect();
+    assert_eq!(outage.len(), 1, "{stdout}");
+    assert!(
+        outage[0].starts_with("  cannot connect to controller \"alpha\": tried 127.0.0.1:"),
+        "{stdout}"
+    );
+    assert!(stdout.ends_with(
+        "DONE         the source's copy of the model was deleted; the redirect remains\n"
+    ));
+}
+
+#[test]
+fn switch_looks_for_an_unlisted_model_on_its_controller() {
+    let (_alpha, _dir, data) = registered();
+    let beta = fake_server();
+    register(
+        &data,
+        "beta",
+        &[beta.addr.to_string()],
+        &beta.ca_cert,
+        TOKEN,
+    );
+    // A model that arrived on beta after the store last listed beta's models.
+    beta.state
+        .world
+        .lock()
+        .unwrap()
+        .add_model(AddModelRequest {
+            name: "arrived".into(),
+            ..Default::default()
+        })
+        .unwrap();
+    ctl(&data)
+        .args(["switch", "beta:arrived"])
+        .assert()
+        .success()
+        .stderr("beta:admin/controller -> beta:admin/arrived\n");
+    ctl(&data)
+        .args(["switch", "beta:never"])
+        .assert()
+        .code(1)
+        .stderr("ERROR model \"beta:admin/never\" not found\n");
 }

@@ -8,6 +8,7 @@ pub mod controller_config;
 pub mod controllers;
 pub mod debug_log;
 pub mod machines;
+pub mod migrate;
 pub mod models;
 pub mod register;
 pub mod remove_node;
@@ -74,6 +75,12 @@ pub enum Command {
     ShowModel(models::ShowModelArgs),
     /// Destroy a model.
     DestroyModel(models::DestroyModelArgs),
+    /// Migrate a model to another controller.
+    #[command(after_long_help = migrate::MIGRATE_HELP)]
+    Migrate(migrate::MigrateArgs),
+    /// Abort a model's migration (possible until it reaches SUCCESS).
+    #[command(after_long_help = migrate::ABORT_MIGRATION_HELP)]
+    AbortMigration(migrate::AbortMigrationArgs),
     /// Add a machine to a model, print its id and write its agent config.
     AddMachine(machines::AddMachineArgs),
     /// Remove machines from a model.
@@ -247,7 +254,7 @@ pub async fn run_with(ctx: &Context, command: Command) -> Result<Output> {
         Command::Unregister(args) => unregister::run(ctx, args),
         Command::Controllers(args) => controllers::run(ctx, args),
         Command::ShowController(args) => show_controller::run(ctx, args).await,
-        Command::Switch(args) => switch::run(ctx, args),
+        Command::Switch(args) => switch::run(ctx, args).await,
         Command::ControllerConfig(args) => controller_config::run(ctx, args).await,
         Command::AddNode(args) => add_node::run(ctx, args).await,
         Command::RemoveNode(args) => remove_node::run(ctx, args).await,
@@ -255,6 +262,8 @@ pub async fn run_with(ctx: &Context, command: Command) -> Result<Output> {
         Command::Models(args) => models::models(ctx, args).await,
         Command::ShowModel(args) => models::show_model(ctx, args).await,
         Command::DestroyModel(args) => models::destroy_model(ctx, args).await,
+        Command::Migrate(args) => migrate::migrate(ctx, args).await,
+        Command::AbortMigration(args) => migrate::abort_migration(ctx, args).await,
         Command::AddMachine(args) => machines::add_machine(ctx, args).await,
         Command::RemoveMachine(args) => machines::remove_machine(ctx, args).await,
         Command::Deploy(args) => applications::deploy(ctx, args).await,

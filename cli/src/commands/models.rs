@@ -6,9 +6,12 @@ use std::io::{BufRead, IsTerminal, Write};
 
 use anyhow::{bail, Context as _, Result};
 use clap::Args;
-use starling_proto::controller::{AddModelRequest, DestroyModelRequest, ListModelsRequest};
+use starling_proto::controller::{
+    AddModelRequest, DestroyModelRequest, ListModelsRequest, ModelInfo,
+};
 
 use super::{model_ref, parse_assignments, request_id, Context, ControllerArg, ModelArg};
+use crate::client::ControllerClient;
 use crate::model_views::{ModelsView, ShowModelView};
 use crate::render::Format;
 use crate::store::qualify_model;
@@ -88,6 +91,17 @@ pub struct ModelsArgs {
 /// Runs `ctl models`: lists the controller's models and refreshes the cached list.
 pub async fn models(ctx: &Context, args: ModelsArgs) -> Result<Output> {
     let client = ctx.connect(args.controller.controller.as_deref(), None, None)?;
+    let (models, user, current) = refresh_models(ctx, &client).await?;
+    let view = ModelsView::new(client.controller(), &user, current.as_deref(), &models);
+    Ok(Output::stdout(view.render(ctx.format_or(Format::Tabular))?))
+}
+
+/// Lists the models of `client`'s controller and replaces the client store's cached list with
+/// them. Returns the models, the account's user and the controller's current model.
+pub async fn refresh_models(
+    ctx: &Context,
+    client: &ControllerClient,
+) -> Result<(Vec<ModelInfo>, String, Option<String>)> {
     let response = client
         .call(|mut c| async move { c.list_models(ListModelsRequest {}).await })
         .await?;
@@ -106,8 +120,7 @@ pub async fn models(ctx: &Context, args: ModelsArgs) -> Result<Output> {
         state.replace_models(&controller, listed)?;
         Ok((user, state.current_model(&controller).map(str::to_string)))
     })?;
-    let view = ModelsView::new(&controller, &user, current.as_deref(), &response.models);
-    Ok(Output::stdout(view.render(ctx.format_or(Format::Tabular))?))
+    Ok((response.models, user, current))
 }
 
 /// Arguments of `ctl show-model`.

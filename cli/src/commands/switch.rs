@@ -4,11 +4,15 @@
 //! - no argument prints the current `controller:model`;
 //! - `NAME` is a controller if one has that name, else a model on the current controller;
 //! - `C:` is controller C, `:M` model M on the current controller, `C:M` model M on C;
-//! - model names may omit the `owner/` prefix (the account's user is assumed).
+//! - model names may omit the `owner/` prefix (the account's user is assumed);
+//! - a model the client store does not list is looked for on its controller first (Juju
+//!   refreshes its model list the same way), so `ctl switch TARGET:MODEL` finds a model that
+//!   has just migrated to TARGET.
 
 use anyhow::{bail, Result};
 use clap::Args;
 
+use super::models::refresh_models;
 use super::Context;
 use crate::store::StoreState;
 use crate::target::split_model_name;
@@ -136,8 +140,43 @@ pub fn switch(
     Ok(SwitchOutcome::Switched { from, to })
 }
 
-/// Runs `ctl switch`.
-pub fn run(ctx: &Context, args: SwitchArgs) -> Result<Output> {
+/// The controller whose model list to refresh before `ctl switch TARGET`: the controller of the
+/// model TARGET names, when the client store does not list that model. `None` when TARGET names
+/// a controller, a listed model or nothing valid.
+pub fn uncached_model_controller(state: &StoreState, target: &str) -> Option<String> {
+    if target.ends_with(':') || state.controllers.controllers.contains_key(target) {
+        return None;
+    }
+    let (controller_part, model_part) = split_model_name(target);
+    let controller = match controller_part.filter(|c| !c.is_empty()) {
+        Some(c) => c.to_string(),
+        None => state.controllers.current_controller.clone()?,
+    };
+    if model_part.is_empty() || state.controller(&controller).is_err() {
+        return None;
+    }
+    let model = state.qualified_model_name(&controller, model_part);
+    (!state.has_model(&controller, &model)).then_some(controller)
+}
+
+/// Runs `ctl switch`, first refreshing the model list of the controller of a model the client
+/// store does not list.
+pub async fn run(ctx: &Context, args: SwitchArgs) -> Result<Output> {
+    let target = args.target.as_deref().filter(|t| !t.is_empty());
+    if let (Some(target), None) = (target, &ctx.env.model) {
+        let uncached = uncached_model_controller(&ctx.store.read()?, target);
+        if let Some(controller) = uncached {
+            // Best effort: when the controller cannot be asked, the model is not found.
+            if let Ok(client) = ctx.connect(Some(&controller), None, None) {
+                let _ = refresh_models(ctx, &client).await;
+            }
+        }
+    }
+    run_local(ctx, args)
+}
+
+/// Runs `ctl switch` on the client store alone.
+pub fn run_local(ctx: &Context, args: SwitchArgs) -> Result<Output> {
     let target = args.target.as_deref().filter(|t| !t.is_empty());
     let outcome = match target {
         // Showing the selection writes nothing.
@@ -194,7 +233,7 @@ mod tests {
     }
 
     fn sw(store: &ClientStore, target: Option<&str>) -> Result<Output> {
-        run(
+        run_local(
             &ctx(store, None),
             SwitchArgs {
                 target: target.map(str::to_string),
@@ -326,7 +365,7 @@ mod tests {
     #[test]
     fn ctl_model_forbids_switching() {
         let (_d, store) = store();
-        let err = run(
+        let err = run_local(
             &ctx(&store, Some("web")),
             SwitchArgs {
                 target: Some("beta".into()),
@@ -339,6 +378,21 @@ mod tests {
             "cannot switch when CTL_MODEL is overriding the model (set to \"web\")"
         );
         // Showing is still allowed.
-        run(&ctx(&store, Some("web")), SwitchArgs { target: None }).unwrap();
+        run_local(&ctx(&store, Some("web")), SwitchArgs { target: None }).unwrap();
+    }
+
+    #[test]
+    fn only_unlisted_models_are_looked_for_on_their_controller() {
+        let (_d, store) = store();
+        let state = store.read().unwrap();
+        let look = |t| uncached_model_controller(&state, t);
+        assert_eq!(look("beta:web").as_deref(), Some("beta"));
+        assert_eq!(look("nope").as_deref(), Some("alpha"));
+        assert_eq!(look(":nope").as_deref(), Some("alpha"));
+        assert_eq!(look("web"), None);
+        assert_eq!(look("alpha:admin/web"), None);
+        assert_eq!(look("beta"), None);
+        assert_eq!(look("beta:"), None);
+        assert_eq!(look("gamma:web"), None);
     }
 }

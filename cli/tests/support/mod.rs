@@ -45,6 +45,20 @@ pub struct World {
     pub debug_log_requests: Vec<DebugLogRequest>,
     pub access_calls: Vec<SetModelAccessRequest>,
     pub users: BTreeMap<String, FakeUser>,
+    /// Every Migrate call.
+    pub migrate_calls: Vec<MigrateRequest>,
+    /// What a Migrate precheck finds wrong (a dry run lists it, a real run is refused).
+    pub precheck_failures: Vec<String>,
+    /// What MigrationStatus answers, one per call; the last one is repeated. Empty: NotFound.
+    pub migration_script: Vec<MigrationInfo>,
+    /// How many MigrationStatus calls to answer UNAVAILABLE first (no leader).
+    pub migration_status_unavailable: u32,
+    /// Every AbortMigration call.
+    pub abort_calls: Vec<AbortMigrationRequest>,
+    /// Set: AbortMigration is refused with this (FAILED_PRECONDITION).
+    pub abort_refusal: Option<String>,
+    /// Models that migrated away: short name → target controller.
+    pub migrated: BTreeMap<String, String>,
 }
 
 fn status(current: &str, message: &str) -> Option<starling_proto::model::Status> {
@@ -100,6 +114,12 @@ impl World {
     pub fn model(&self, model_ref: Option<&ModelRef>) -> Result<&FakeModel, Status> {
         let name = model_ref.map(|r| r.name.as_str()).unwrap_or_default();
         let short = name.strip_prefix("admin/").unwrap_or(name);
+        if let Some(target) = self.migrated.get(short) {
+            return Err(Status::failed_precondition(format!(
+                "model \"{short}\" has been migrated to controller \"{target}\". To access it \
+                 run 'ctl switch {target}:{short}'."
+            )));
+        }
         self.models
             .get(short)
             .ok_or_else(|| Status::not_found(format!("model \"{name}\" not found")))
@@ -552,5 +572,56 @@ impl World {
             });
         }
         Ok(())
+    }
+
+    pub fn migrate(&mut self, r: MigrateRequest) -> Result<MigrateResponse, Status> {
+        self.migrate_calls.push(r.clone());
+        let uuid = self.model(r.model.as_ref())?.model.uuid.clone();
+        if r.dry_run {
+            return Ok(MigrateResponse {
+                migration_id: String::new(),
+                precheck_failures: self.precheck_failures.clone(),
+            });
+        }
+        if !self.precheck_failures.is_empty() {
+            return Err(Status::failed_precondition(format!(
+                "migration prechecks failed: {}",
+                self.precheck_failures.join("; ")
+            )));
+        }
+        Ok(MigrateResponse {
+            migration_id: format!("{uuid}:1"),
+            precheck_failures: Vec::new(),
+        })
+    }
+
+    pub fn migration_status(
+        &mut self,
+        _r: MigrationStatusRequest,
+    ) -> Result<MigrationInfo, Status> {
+        if self.migration_status_unavailable > 0 {
+            self.migration_status_unavailable -= 1;
+            return Err(Status::unavailable("no leader"));
+        }
+        match self.migration_script.len() {
+            0 => Err(Status::not_found("model \"admin/web\" has never migrated")),
+            1 => Ok(self.migration_script[0].clone()),
+            _ => Ok(self.migration_script.remove(0)),
+        }
+    }
+
+    pub fn abort_migration(
+        &mut self,
+        r: AbortMigrationRequest,
+    ) -> Result<AbortMigrationResponse, Status> {
+        self.abort_calls.push(r.clone());
+        if let Some(refusal) = &self.abort_refusal {
+            return Err(Status::failed_precondition(refusal.clone()));
+        }
+        let uuid = self.model(r.model.as_ref())?.model.uuid.clone();
+        Ok(AbortMigrationResponse {
+            migration_id: format!("{uuid}:1"),
+            phase: "IMPORT".into(),
+        })
     }
 }

@@ -1,0 +1,618 @@
+//! `ctl migrate MODEL TARGET` and `ctl abort-migration MODEL`: live model migration between two
+//! controllers (DESIGN.md §5 and §6, docs/migration.md). The source controller runs the
+//! migration; `ctl` hands it the target's endpoints, CA and token from the client store. With
+//! `--wait` it polls the migration's status and prints each phase change as it comes (like
+//! `status --watch`, so `-o FILE` receives nothing), until the migration ends or `--timeout`.
+
+use std::io::{IsTerminal, Write};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use clap::Args;
+use sha2::{Digest, Sha256};
+use starling_proto::controller::{
+    AbortMigrationRequest, MigrateRequest, MigrationInfo, MigrationStatusRequest,
+};
+use starling_proto::migration::TargetController;
+use tonic::Code;
+
+use super::{model_ref, parse_duration, Context};
+use crate::client::{is_transient, CallError, ControllerClient};
+use crate::migration_view::{
+    aborted_message, is_committed, outcome, reap_failed_warning, timeout_message, Follow, Line,
+    Outcome, ABORT, POLL_INTERVAL, PRECHECK, QUIESCE,
+};
+use crate::model_views::short_for_user;
+use crate::store::StoreState;
+use crate::target::{split_model_name, ModelTarget};
+use crate::{DetailedError, Output, UsageError};
+
+/// The deadline of the Migrate call: the source runs every precheck, some against the target.
+pub const MIGRATE_CALL_TIMEOUT: Duration = Duration::from_secs(120);
+/// The deadline of one status poll of `--wait`.
+pub const POLL_CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long `--wait` waits without `--timeout`.
+pub const WAIT_DEFAULT: Duration = Duration::from_secs(30 * 60);
+/// Progress lines on a terminal are cut to this many characters, so that one line is redrawn.
+const TTY_PROGRESS_CHARS: usize = 79;
+
+/// `ctl migrate --help`, after the options.
+pub const MIGRATE_HELP: &str = "\
+The source controller runs the migration in phases; --wait prints each phase change as it
+happens, with its reason:
+  PRECHECK     the model and the target are checked; nothing changes yet
+  QUIESCE      the model is locked (read-only); its agents stop changing it and acknowledge
+  IMPORT       the model is copied to the target, which imports it (invisible there)
+  VALIDATION   the copies are compared; every agent proves it can log in to the target
+  SUCCESS      the point of no return: the target activates the model, the source keeps a
+               redirect to it
+  LOGTRANSFER  the model's log is copied to the target
+  REAP         the source deletes its copy of the model
+  DONE         finished: the model lives on the target
+  REAPFAILED   finished: the model lives on the target, but the source could not delete all of
+               its old copy
+  ABORT        any failure before SUCCESS: the target is told to drop its import
+  ABORTDONE    the model is unlocked on the source, exactly as it was before
+
+When a migration aborts, its reason says why: a failed precheck, agents that did not acknowledge
+in time, copies that differ, an agent that could not log in to the target, the target's import
+error, or the operator's abort. Fix the cause and run 'ctl migrate' again: the new attempt gets
+a new ID, and whatever the aborted attempt left on the target does not block it. --dry-run runs
+the prechecks alone and lists every failure.
+
+Interrupting --wait, or its --timeout expiring, does not stop the migration: 'ctl show-model'
+shows its phase and 'ctl status' its progress, and 'ctl abort-migration' stops it before
+SUCCESS.
+
+Exit status: 0 once the migration started (with --wait: once it reached DONE or REAPFAILED);
+1 for errors, failed prechecks, a migration that ended in ABORTDONE, or an expired --timeout.
+
+Examples:
+  ctl migrate web beta --dry-run
+  ctl migrate alpha:web beta --wait --timeout 20m";
+
+/// `ctl abort-migration --help`, after the options.
+pub const ABORT_MIGRATION_HELP: &str = "\
+The abort is recorded on the source controller, whichever of its nodes runs the migration. The
+source tells the target to drop its import, then unlocks the model (ABORTDONE): the model is on
+the source, exactly as it was before. Nothing needs cleaning up by hand, and a later
+'ctl migrate' is not blocked by what the aborted attempt left on the target.
+
+A migration can be aborted until it reaches SUCCESS, its point of no return; after that the
+controller refuses and says why. The model is active on the target then: to bring it back,
+migrate it again from the target.
+
+Example:
+  ctl abort-migration alpha:web --reason \"wrong target\"";
+
+/// Arguments of `ctl migrate`.
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    /// The model to migrate, `[SOURCE:]MODEL`.
+    #[arg(value_name = "[SOURCE:]MODEL")]
+    pub model: String,
+    /// The controller to migrate it to, by its name in the client store.
+    #[arg(value_name = "TARGET")]
+    pub target: String,
+    /// The controller the model is on (default: $CTL_CONTROLLER, else the current controller).
+    #[arg(short = 'c', long = "controller", value_name = "SOURCE")]
+    pub controller: Option<String>,
+    /// Only run the prechecks and list every failure; nothing changes.
+    #[arg(long, conflicts_with = "wait")]
+    pub dry_run: bool,
+    /// Follow the migration until it ends, printing each phase change.
+    #[arg(long)]
+    pub wait: bool,
+    /// With --wait: stop waiting after DURATION, e.g. 90s, 10m or 1h (default 30m). The
+    /// migration itself continues.
+    #[arg(long, value_name = "DURATION", requires = "wait", value_parser = parse_timeout)]
+    pub timeout: Option<Duration>,
+}
+
+/// Arguments of `ctl abort-migration`.
+#[derive(Debug, Args)]
+pub struct AbortMigrationArgs {
+    /// The migrating model, `[SOURCE:]MODEL`.
+    #[arg(value_name = "[SOURCE:]MODEL")]
+    pub model: String,
+    /// The controller the model is migrating from (default: $CTL_CONTROLLER, else the current
+    /// controller).
+    #[arg(short = 'c', long = "controller", value_name = "SOURCE")]
+    pub controller: Option<String>,
+    /// Why; kept in the migration's record as part of its abort reason.
+    #[arg(long, value_name = "TEXT")]
+    pub reason: Option<String>,
+}
+
+fn parse_timeout(text: &str) -> Result<Duration, String> {
+    let timeout = parse_duration(text).map_err(|e| e.to_string())?;
+    if timeout.is_zero() {
+        return Err("the timeout must be more than 0s".to_string());
+    }
+    Ok(timeout)
+}
+
+/// The model of a migration command as `-m` would name it: `[SOURCE:]MODEL`, with `-c SOURCE`
+/// as another way to name the controller (but not a different one). The model is never implied.
+pub fn source_model(model: &str, controller: Option<&str>) -> Result<String, UsageError> {
+    let (prefix, name) = split_model_name(model);
+    if name.is_empty() || name.contains(':') {
+        return Err(UsageError(format!("invalid model name \"{model}\"")));
+    }
+    let prefix = prefix.filter(|p| !p.is_empty());
+    match (prefix, controller.filter(|c| !c.is_empty())) {
+        (Some(p), Some(c)) if p != c => Err(UsageError(format!(
+            "model \"{model}\" names controller \"{p}\" but -c names \"{c}\""
+        ))),
+        (Some(c), _) | (None, Some(c)) => Ok(format!("{c}:{name}")),
+        (None, None) => Ok(name.to_string()),
+    }
+}
+
+/// Hex sha256 of a CA certificate's PEM bytes, as the migration protocol identifies CAs.
+pub fn ca_fingerprint(ca_cert: &str) -> String {
+    hex::encode(Sha256::digest(ca_cert.as_bytes()))
+}
+
+/// What the source needs to reach controller `target` (a name in the client store) for a model
+/// on controller `source`: its uuid, endpoints, CA and token.
+pub fn target_controller(
+    state: &StoreState,
+    source: &str,
+    target: &str,
+) -> Result<TargetController> {
+    let Some(details) = state.controllers.controllers.get(target) else {
+        bail!(
+            "target controller \"{target}\" is not in the client store: register it with \
+             'ctl register FILE' first"
+        );
+    };
+    if target == source {
+        bail!("the model is already on controller \"{target}\": name another controller as TARGET");
+    }
+    let source_uuid = &state.controller(source)?.uuid;
+    if !details.uuid.is_empty() && details.uuid == *source_uuid {
+        bail!(
+            "controllers \"{target}\" and \"{source}\" are the same controller (uuid {}): name \
+             another controller as TARGET",
+            details.uuid
+        );
+    }
+    let token = state
+        .accounts
+        .controllers
+        .get(target)
+        .map(|a| a.token.as_str())
+        .unwrap_or_default();
+    if token.is_empty() {
+        bail!(
+            "no account with a token for target controller \"{target}\": log in with \
+             'ctl login -c {target} --user USER' first (a superuser of \"{target}\")"
+        );
+    }
+    if details.api_endpoints.is_empty() {
+        bail!("target controller \"{target}\" has no api endpoints in the client store");
+    }
+    if details.ca_cert.trim().is_empty() {
+        bail!("target controller \"{target}\" has no CA certificate in the client store");
+    }
+    Ok(TargetController {
+        controller_uuid: details.uuid.clone(),
+        name: target.to_string(),
+        endpoints: details.api_endpoints.clone(),
+        ca_cert: details.ca_cert.clone(),
+        ca_fingerprint: ca_fingerprint(&details.ca_cert),
+        token: token.to_string(),
+    })
+}
+
+/// Runs `ctl migrate`.
+pub async fn migrate(ctx: &Context, args: MigrateArgs) -> Result<Output> {
+    let model = source_model(&args.model, args.controller.as_deref())?;
+    let (client, source) = ctx.connect_model(Some(&model), Some(MIGRATE_CALL_TIMEOUT))?;
+    let target = target_controller(&ctx.store.read()?, &source.controller, &args.target)?;
+    let request = MigrateRequest {
+        model: Some(model_ref(&source)),
+        target: Some(target),
+        dry_run: args.dry_run,
+    };
+    let response = client
+        .call(|mut c| {
+            let request = request.clone();
+            async move { c.migrate(request).await }
+        })
+        .await?;
+    if args.dry_run {
+        if response.precheck_failures.is_empty() {
+            return Ok(Output::stdout(format!(
+                "Prechecks passed: model \"{source}\" can migrate to controller \"{}\" now. \
+                 Nothing was changed.\n",
+                args.target
+            )));
+        }
+        return Err(DetailedError {
+            message: "migration prechecks failed:".to_string(),
+            details: response.precheck_failures,
+        }
+        .into());
+    }
+    let id = response.migration_id;
+    let started = format!("Migration started with ID \"{id}\"\n");
+    if !args.wait {
+        return Ok(Output::stdout(started));
+    }
+
+    let tty = std::io::stdout().is_terminal();
+    let mut printer = Printer::new(std::io::stdout(), tty);
+    printer.text(&started)?;
+    let (poller, _) = ctx.connect_model(Some(&model), Some(POLL_CALL_TIMEOUT))?;
+    let timeout = args.timeout.unwrap_or(WAIT_DEFAULT);
+    let info = follow(&poller, &source, &id, timeout, &mut printer).await?;
+    match outcome(&info.phase) {
+        Some(Outcome::Aborted) => bail!("{}", aborted_message(&info)),
+        Some(Outcome::ReapFailed) => {
+            let mut stderr = reap_failed_warning(&info, &source.controller);
+            stderr.push_str(&arrived(ctx, &source, &args.target, &info));
+            Ok(Output::stderr(stderr))
+        }
+        _ => Ok(Output::stderr(arrived(ctx, &source, &args.target, &info))),
+    }
+}
+
+/// Records the migrated model under its new controller in the client store, so that
+/// `ctl switch TARGET:MODEL` finds it, and says so. The old entry stays: the source answers
+/// for it with a redirect naming the target.
+fn arrived(ctx: &Context, source: &ModelTarget, target: &str, info: &MigrationInfo) -> String {
+    let recorded = ctx.store.update(|state| {
+        state.add_model(target, &source.model, &info.model_uuid)?;
+        Ok(state.user(target))
+    });
+    match recorded {
+        Ok(user) => format!(
+            "Model \"{}\" is on controller \"{target}\" now: to use it run 'ctl switch {target}:{}'.\n",
+            source.model,
+            short_for_user(&source.model, &user)
+        ),
+        Err(e) => format!(
+            "WARNING model \"{}\" is on controller \"{target}\" now, but the client store could \
+             not record it: {e:#}\n",
+            source.model
+        ),
+    }
+}
+
+/// Polls the status of migration `id` of `source` until it ends (its last status) or until
+/// `timeout` (an error that says how to follow or stop it), printing what [`Follow`] returns.
+/// Transient failures are retried until the deadline.
+async fn follow<W: Write>(
+    client: &ControllerClient,
+    source: &ModelTarget,
+    id: &str,
+    timeout: Duration,
+    printer: &mut Printer<W>,
+) -> Result<MigrationInfo> {
+    let request = MigrationStatusRequest {
+        model: Some(model_ref(source)),
+    };
+    let start = Instant::now();
+    let mut view = Follow::new(printer.tty);
+    let mut phase: Option<String> = None;
+    loop {
+        let elapsed = start.elapsed();
+        let call = client.call(|mut c| {
+            let request = request.clone();
+            async move { c.migration_status(request).await }
+        });
+        // The call's own deadline is the client's; this one is the wait's.
+        let Ok(answer) = tokio::time::timeout(timeout.saturating_sub(elapsed), call).await else {
+            break;
+        };
+        match answer {
+            // A node that has not caught up may still answer with an older attempt.
+            Ok(info) if info.migration_id != id && phase.is_none() => {
+                let waiting = format!(
+                    "controller \"{}\" does not report migration {id} yet",
+                    source.controller
+                );
+                if let Some(line) = view.unanswered(&waiting, elapsed) {
+                    printer.line(&line)?;
+                }
+            }
+            Ok(info) => {
+                if info.migration_id != id {
+                    printer.finish()?;
+                    bail!(
+                        "migration {id} is no longer the latest migration of model \"{source}\": \
+                         {} is, in {}",
+                        info.migration_id,
+                        info.phase
+                    );
+                }
+                for line in view.observe(&info, elapsed) {
+                    printer.line(&line)?;
+                }
+                if outcome(&info.phase).is_some() {
+                    printer.finish()?;
+                    return Ok(info);
+                }
+                phase = Some(info.phase);
+            }
+            // A node that has not caught up may not know the migration it just started yet.
+            Err(e) if is_transient(&e) || (phase.is_none() && is_not_found(&e)) => {
+                if let Some(line) = view.unanswered(&format!("{e:#}"), elapsed) {
+                    printer.line(&line)?;
+                }
+            }
+            Err(e) => {
+                printer.finish()?;
+                return Err(e);
+            }
+        }
+        let elapsed = start.elapsed();
+        if elapsed >= timeout {
+            break;
+        }
+        tokio::time::sleep(POLL_INTERVAL.min(timeout - elapsed)).await;
+    }
+    printer.finish()?;
+    bail!(
+        "{}",
+        timeout_message(id, phase.as_deref(), timeout, &source.to_string())
+    )
+}
+
+fn is_not_found(error: &anyhow::Error) -> bool {
+    error
+        .downcast_ref::<CallError>()
+        .is_some_and(|e| e.code == Some(Code::NotFound))
+}
+
+/// Prints followed lines as they come. Phase lines are lines; on a terminal the progress line is
+/// redrawn in place (and erased before the next phase line), elsewhere it is a line too. A
+/// closed pipe stops the printing, not the following.
+pub struct Printer<W: Write> {
+    out: W,
+    tty: bool,
+    progress_drawn: bool,
+    closed: bool,
+}
+
+impl<W: Write> Printer<W> {
+    /// A printer to `out`, a terminal when `tty`.
+    pub fn new(out: W, tty: bool) -> Self {
+        Self {
+            out,
+            tty,
+            progress_drawn: false,
+            closed: false,
+        }
+    }
+
+    /// The writer, e.g. to read what was printed in tests.
+    pub fn into_inner(self) -> W {
+        self.out
+    }
+
+    fn write(&mut self, text: &str) -> Result<()> {
+        if self.closed {
+            return Ok(());
+        }
+        match self
+            .out
+            .write_all(text.as_bytes())
+            .and_then(|()| self.out.flush())
+        {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+                self.closed = true;
+                Ok(())
+            }
+            Err(e) => Err(anyhow::Error::new(e).context("cannot write output")),
+        }
+    }
+
+    /// Erases the progress line, if one is drawn.
+    fn erase(&mut self) -> Result<()> {
+        if self.progress_drawn {
+            self.progress_drawn = false;
+            self.write("\r\x1b[2K")?;
+        }
+        Ok(())
+    }
+
+    /// Prints whole lines of `text`.
+    pub fn text(&mut self, text: &str) -> Result<()> {
+        self.erase()?;
+        self.write(text)
+    }
+
+    /// Prints `line`.
+    pub fn line(&mut self, line: &Line) -> Result<()> {
+        match line {
+            Line::Phase(text) => self.text(&format!("{text}\n")),
+            Line::Progress(text) if self.tty => {
+                let cut: String = text.chars().take(TTY_PROGRESS_CHARS).collect();
+                self.write(&format!("\r\x1b[2K{cut}"))?;
+                self.progress_drawn = true;
+                Ok(())
+            }
+            Line::Progress(text) => self.write(&format!("{text}\n")),
+        }
+    }
+
+    /// Leaves the output at the start of a fresh line.
+    pub fn finish(&mut self) -> Result<()> {
+        self.erase()
+    }
+}
+
+/// Runs `ctl abort-migration`.
+pub async fn abort_migration(ctx: &Context, args: AbortMigrationArgs) -> Result<Output> {
+    let model = source_model(&args.model, args.controller.as_deref())?;
+    let (client, source) = ctx.connect_model(Some(&model), None)?;
+    let request = AbortMigrationRequest {
+        model: Some(model_ref(&source)),
+        reason: args.reason.unwrap_or_default(),
+    };
+    let response = client
+        .call(|mut c| {
+            let request = request.clone();
+            async move { c.abort_migration(request).await }
+        })
+        .await?;
+    Ok(Output::stdout(abort_requested(
+        &source,
+        &response.migration_id,
+        &response.phase,
+    )))
+}
+
+/// What `ctl abort-migration` prints once the controller recorded the request for migration
+/// `id`, which was in `phase`.
+pub fn abort_requested(source: &ModelTarget, id: &str, phase: &str) -> String {
+    let controller = &source.controller;
+    let then = match phase {
+        PRECHECK | QUIESCE => format!(
+            "Nothing was sent to the target yet: the model will be unlocked on controller \
+             \"{controller}\" shortly."
+        ),
+        ABORT => format!(
+            "It was already aborting: the model will be unlocked on controller \"{controller}\" \
+             once the target has dropped its import."
+        ),
+        // The controller refuses from SUCCESS on; should it answer anyway, say nothing false.
+        p if is_committed(p) => {
+            "The migration is past its point of no return, so the controller may not honour it."
+                .to_string()
+        }
+        _ => format!(
+            "The model will be unlocked on controller \"{controller}\" once the target has \
+             dropped its import."
+        ),
+    };
+    format!(
+        "Abort of migration \"{id}\" requested (it was in {phase}).\n{then}\n\
+         Follow it with 'ctl show-model {source}'.\n"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::tests::{account, details};
+
+    #[test]
+    fn source_model_forms() {
+        assert_eq!(source_model("web", None).unwrap(), "web");
+        assert_eq!(source_model("web", Some("alpha")).unwrap(), "alpha:web");
+        assert_eq!(source_model("alpha:web", None).unwrap(), "alpha:web");
+        assert_eq!(
+            source_model("alpha:admin/web", Some("alpha")).unwrap(),
+            "alpha:admin/web"
+        );
+        assert_eq!(source_model(":web", Some("beta")).unwrap(), "beta:web");
+        assert!(source_model("alpha:web", Some("beta")).is_err());
+        assert!(source_model("alpha:", None).is_err());
+        assert!(source_model("", None).is_err());
+        assert!(source_model("a:b:c", None).is_err());
+    }
+
+    fn state() -> StoreState {
+        let mut s = StoreState::default();
+        s.add_controller("alpha", details("u-a", &["h:1"]), account(), false)
+            .unwrap();
+        s.add_controller("beta", details("u-b", &["h:2", "h:3"]), account(), false)
+            .unwrap();
+        s.add_controller("alpha2", details("u-a", &["h:1"]), account(), false)
+            .unwrap();
+        s
+    }
+
+    #[test]
+    fn the_target_comes_from_the_client_store() {
+        let s = state();
+        let t = target_controller(&s, "alpha", "beta").unwrap();
+        let beta = s.controller("beta").unwrap();
+        assert_eq!(t.name, "beta");
+        assert_eq!(t.controller_uuid, "u-b");
+        assert_eq!(t.endpoints, ["h:2", "h:3"]);
+        assert_eq!(t.ca_cert, beta.ca_cert);
+        assert_eq!(t.token, s.account("beta").unwrap().token);
+        assert_eq!(t.ca_fingerprint, ca_fingerprint(&beta.ca_cert));
+        assert_eq!(t.ca_fingerprint.len(), 64);
+    }
+
+    #[test]
+    fn unusable_targets_are_refused_clearly() {
+        let mut s = state();
+        let err = |s: &StoreState, target| {
+            target_controller(s, "alpha", target)
+                .unwrap_err()
+                .to_string()
+        };
+        assert_eq!(
+            err(&s, "gamma"),
+            "target controller \"gamma\" is not in the client store: register it with \
+             'ctl register FILE' first"
+        );
+        assert!(err(&s, "alpha").starts_with("the model is already on controller \"alpha\""));
+        assert!(err(&s, "alpha2").contains("are the same controller (uuid u-a)"));
+        s.accounts
+            .controllers
+            .get_mut("beta")
+            .unwrap()
+            .token
+            .clear();
+        assert!(err(&s, "beta").starts_with("no account with a token for target controller"));
+        s.accounts.controllers.remove("beta");
+        assert!(err(&s, "beta").contains("'ctl login -c beta --user USER'"));
+    }
+
+    #[test]
+    fn timeouts_parse_like_durations() {
+        assert_eq!(parse_timeout("90s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_timeout("10m").unwrap(), Duration::from_secs(600));
+        assert_eq!(parse_timeout("1h").unwrap(), Duration::from_secs(3600));
+        assert!(parse_timeout("0s").is_err());
+        assert!(parse_timeout("soon").is_err());
+    }
+
+    #[test]
+    fn abort_messages_are_honest_about_what_happens_next() {
+        let source = ModelTarget {
+            controller: "alpha".into(),
+            model: "admin/web".into(),
+        };
+        assert_eq!(
+            abort_requested(&source, "m:2", "IMPORT"),
+            "Abort of migration \"m:2\" requested (it was in IMPORT).\n\
+             The model will be unlocked on controller \"alpha\" once the target has dropped its \
+             import.\nFollow it with 'ctl show-model alpha:admin/web'.\n"
+        );
+        assert!(abort_requested(&source, "m:2", "QUIESCE").contains("Nothing was sent"));
+        assert!(abort_requested(&source, "m:2", "ABORT").contains("already aborting"));
+    }
+
+    #[test]
+    fn a_terminal_gets_one_redrawn_progress_line() {
+        let mut p = Printer::new(Vec::new(), true);
+        p.text("Migration started with ID \"m:1\"\n").unwrap();
+        p.line(&Line::Progress("  a".into())).unwrap();
+        p.line(&Line::Progress("  b".repeat(50))).unwrap();
+        p.line(&Line::Phase("IMPORT       x".into())).unwrap();
+        p.finish().unwrap();
+        let out = String::from_utf8(p.into_inner()).unwrap();
+        let cut: String = "  b".repeat(50).chars().take(TTY_PROGRESS_CHARS).collect();
+        assert_eq!(
+            out,
+            format!(
+                "Migration started with ID \"m:1\"\n\r\x1b[2K  a\r\x1b[2K{cut}\r\x1b[2KIMPORT       x\n"
+            )
+        );
+        let mut p = Printer::new(Vec::new(), false);
+        p.line(&Line::Progress("  a".into())).unwrap();
+        p.line(&Line::Phase("DONE".into())).unwrap();
+        p.finish().unwrap();
+        assert_eq!(String::from_utf8(p.into_inner()).unwrap(), "  a\nDONE\n");
+    }
+}

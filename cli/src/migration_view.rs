@@ -1,0 +1,658 @@
+//! How `ctl` shows a model migration: one line per phase change with its reason, a progress line
+//! while a phase waits, the outcome, and the short form `ctl models` puts in its Status column.
+//! Everything here is pure; `ctl migrate --wait` polls `MigrationStatus`, feeds each answer to
+//! [`Follow`] and prints the [`Line`]s it returns.
+
+use std::time::Duration;
+
+use starling_proto::controller::MigrationInfo;
+use starling_proto::migration::PhaseChange;
+
+/// The record before the lock: prechecks run.
+pub const PRECHECK: &str = "PRECHECK";
+/// The model is locked; its agents are asked to stop mutating and acknowledge.
+pub const QUIESCE: &str = "QUIESCE";
+/// The model is streamed to the target, which imports it (invisible, read-only).
+pub const IMPORT: &str = "IMPORT";
+/// Digests are compared; every agent proves it can log in to the target.
+pub const VALIDATION: &str = "VALIDATION";
+/// The point of no return: the model is a redirect on the source; the target activates it.
+pub const SUCCESS: &str = "SUCCESS";
+/// The model's log is copied to the target.
+pub const LOGTRANSFER: &str = "LOGTRANSFER";
+/// The source deletes its copy of the model, keeping the redirect.
+pub const REAP: &str = "REAP";
+/// Terminal: the model lives on the target.
+pub const DONE: &str = "DONE";
+/// The target is told to drop its import; then the model is unlocked.
+pub const ABORT: &str = "ABORT";
+/// Terminal: the model is on the source, unlocked, exactly as before.
+pub const ABORTDONE: &str = "ABORTDONE";
+/// Terminal: the model lives on the target; the source's copy was not all deleted.
+pub const REAPFAILED: &str = "REAPFAILED";
+
+/// How often `ctl migrate --wait` asks for the migration's status.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(500);
+/// When stdout is not a terminal, progress lines are printed at most this often.
+pub const PROGRESS_EVERY: Duration = Duration::from_secs(2);
+/// Phase names are padded to this width in phase lines (the longest is `LOGTRANSFER`).
+const PHASE_WIDTH: usize = 12;
+
+/// Whether `phase` ends the migration.
+pub fn is_terminal(phase: &str) -> bool {
+    matches!(phase, DONE | ABORTDONE | REAPFAILED)
+}
+
+/// Whether `phase` is at or after SUCCESS, where a migration can no longer be aborted.
+pub fn is_committed(phase: &str) -> bool {
+    matches!(phase, SUCCESS | LOGTRANSFER | REAP | DONE | REAPFAILED)
+}
+
+/// Whether `phase` is a phase of a migration that has not ended yet.
+pub fn is_in_progress(phase: &str) -> bool {
+    matches!(
+        phase,
+        PRECHECK | QUIESCE | IMPORT | VALIDATION | SUCCESS | LOGTRANSFER | REAP | ABORT
+    )
+}
+
+/// The phase of a model's migration summary (`ModelInfo.migration`): `IMPORT` for `IMPORT`,
+/// `ABORTDONE` for `ABORTDONE: <reason>`, `""` when the model never migrated.
+pub fn summary_phase(summary: &str) -> &str {
+    summary.split_once(':').map_or(summary, |(p, _)| p).trim()
+}
+
+/// What `ctl models` shows in its Status column: `migrating: PHASE` while a migration runs,
+/// `<status> (migration aborted)` after one aborted, else the model's status.
+pub fn models_status(current: &str, migration: &str) -> String {
+    let phase = summary_phase(migration);
+    if is_in_progress(phase) {
+        format!("migrating: {phase}")
+    } else if phase == ABORTDONE {
+        format!("{} (migration aborted)", or_dash(current))
+    } else {
+        or_dash(current)
+    }
+}
+
+fn or_dash(s: &str) -> String {
+    if s.is_empty() {
+        "-".to_string()
+    } else {
+        s.to_string()
+    }
+}
+
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// One phase change as `ctl migrate --wait` prints it: `PHASE        reason`.
+pub fn phase_line(change: &PhaseChange) -> String {
+    let line = format!(
+        "{:<width$} {}",
+        change.to,
+        one_line(&change.reason),
+        width = PHASE_WIDTH
+    );
+    line.trim_end().to_string()
+}
+
+/// `n` bytes for people: `512 B`, `1.2 kB`, `3.4 MB`, `1.0 GB` (powers of 1000).
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [(u64, &str); 3] = [(1_000_000_000, "GB"), (1_000_000, "MB"), (1_000, "kB")];
+    for (size, unit) in UNITS {
+        if n >= size {
+            // Precision is not the point here; f64 holds any size shown.
+            #[allow(clippy::cast_precision_loss)]
+            let value = n as f64 / size as f64;
+            return format!("{value:.1} {unit}");
+        }
+    }
+    format!("{n} B")
+}
+
+/// What a phase does while it waits, when the controller does not say.
+fn default_activity(phase: &str) -> &'static str {
+    match phase {
+        PRECHECK => "running prechecks",
+        QUIESCE => "waiting for the model's agents to quiesce",
+        IMPORT => "importing model",
+        VALIDATION => "validating against the target",
+        SUCCESS => "waiting for the target to activate the model",
+        LOGTRANSFER => "transferring the model's log",
+        REAP => "deleting the source's copy",
+        ABORT => "dropping the import on the target",
+        _ => "",
+    }
+}
+
+/// The progress line of a migration that waits in its phase, e.g.
+/// `  importing model: 1.2 MB of 3.4 MB, 10102 records; agents 2/2 acked`; `None` when it has
+/// ended or there is nothing to say beyond its phase.
+pub fn progress_line(info: &MigrationInfo) -> Option<String> {
+    let phase = info.phase.as_str();
+    if is_terminal(phase) {
+        return None;
+    }
+    let mut groups = Vec::new();
+    if matches!(phase, IMPORT | LOGTRANSFER) {
+        let mut transfer = Vec::new();
+        if info.bytes_total > 0 {
+            transfer.push(format!(
+                "{} of {}",
+                human_bytes(info.bytes_sent),
+                human_bytes(info.bytes_total)
+            ));
+        } else if info.bytes_sent > 0 {
+            transfer.push(format!("{} sent", human_bytes(info.bytes_sent)));
+        }
+        if info.records_total > 0 {
+            transfer.push(format!("{} records", info.records_total));
+        }
+        if !transfer.is_empty() {
+            groups.push(transfer.join(", "));
+        }
+    }
+    if info.agents_total > 0 {
+        let total = info.agents_total;
+        match phase {
+            QUIESCE | IMPORT => groups.push(format!("agents {}/{total} acked", info.agents_acked)),
+            VALIDATION => groups.push(format!(
+                "agents {}/{total} acked, {}/{total} validated",
+                info.agents_acked, info.agents_validated
+            )),
+            _ => {}
+        }
+    }
+    let activity = one_line(&info.activity);
+    if activity.is_empty() && groups.is_empty() {
+        return None;
+    }
+    let activity = if activity.is_empty() {
+        default_activity(phase).to_string()
+    } else {
+        activity
+    };
+    let mut line = format!("  {activity}");
+    if !groups.is_empty() {
+        line.push_str(": ");
+        line.push_str(&groups.join("; "));
+    }
+    Some(line)
+}
+
+/// A line to print while following a migration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Line {
+    /// A phase change: always printed, on its own line.
+    Phase(String),
+    /// Progress within the phase: on a terminal it replaces the previous progress line.
+    Progress(String),
+}
+
+/// Follows one migration across polls: which phase changes were printed, and which progress
+/// line was printed when.
+#[derive(Debug, Clone)]
+pub struct Follow {
+    tty: bool,
+    phases_shown: usize,
+    progress_shown: Option<String>,
+    progress_at: Option<Duration>,
+}
+
+impl Follow {
+    /// A follower that prints to a terminal (`tty`: progress redrawn in place, as often as it
+    /// changes) or not (progress printed when it changes, at once in a new phase, then at most
+    /// every [`PROGRESS_EVERY`]).
+    pub fn new(tty: bool) -> Self {
+        Self {
+            tty,
+            phases_shown: 0,
+            progress_shown: None,
+            progress_at: None,
+        }
+    }
+
+    /// The lines to print for the status `info`, answered `now` after following began: every
+    /// phase change not printed yet, then the progress line if it is due.
+    pub fn observe(&mut self, info: &MigrationInfo, now: Duration) -> Vec<Line> {
+        let mut lines: Vec<Line> = info
+            .history
+            .iter()
+            .skip(self.phases_shown)
+            .map(|change| Line::Phase(phase_line(change)))
+            .collect();
+        self.phases_shown = self.phases_shown.max(info.history.len());
+        if !lines.is_empty() {
+            // A new phase shows its progress at once.
+            self.progress_at = None;
+            if self.tty {
+                // Printing a phase line erased the progress line: draw it again.
+                self.progress_shown = None;
+            }
+        }
+        if let Some(progress) = progress_line(info) {
+            lines.extend(self.progress(progress, now));
+        }
+        lines
+    }
+
+    /// The line to print when the controller did not answer (`error`); it is tried again.
+    pub fn unanswered(&mut self, error: &str, now: Duration) -> Option<Line> {
+        self.progress(format!("  {}; trying again", one_line(error)), now)
+    }
+
+    fn progress(&mut self, line: String, now: Duration) -> Option<Line> {
+        if self.progress_shown.as_ref() == Some(&line) {
+            return None;
+        }
+        if !self.tty
+            && self
+                .progress_at
+                .is_some_and(|at| now < at.saturating_add(PROGRESS_EVERY))
+        {
+            return None;
+        }
+        self.progress_shown = Some(line.clone());
+        self.progress_at = Some(now);
+        Some(Line::Progress(line))
+    }
+}
+
+/// How a migration ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// DONE: the model lives on the target.
+    Done,
+    /// REAPFAILED: the model lives on the target; the source's cleanup is left.
+    ReapFailed,
+    /// ABORTDONE: the model is on the source, as before.
+    Aborted,
+}
+
+/// The outcome of a migration in `phase`, or `None` while it runs.
+pub fn outcome(phase: &str) -> Option<Outcome> {
+    match phase {
+        DONE => Some(Outcome::Done),
+        REAPFAILED => Some(Outcome::ReapFailed),
+        ABORTDONE => Some(Outcome::Aborted),
+        _ => None,
+    }
+}
+
+/// The reason of the last phase change, if any.
+fn last_reason(info: &MigrationInfo) -> Option<&str> {
+    info.history
+        .last()
+        .map(|c| c.reason.as_str())
+        .filter(|r| !r.is_empty())
+}
+
+/// The error of an aborted migration: `migration <id> aborted: <reason>`.
+pub fn aborted_message(info: &MigrationInfo) -> String {
+    let reason = info
+        .abort_reason
+        .as_deref()
+        .filter(|r| !r.is_empty())
+        .or_else(|| last_reason(info))
+        .unwrap_or("no reason was recorded");
+    format!(
+        "migration {} aborted: {}",
+        info.migration_id,
+        one_line(reason)
+    )
+}
+
+/// The warning (stderr) of a migration that ended in REAPFAILED, controller `source` being the
+/// one the model left.
+pub fn reap_failed_warning(info: &MigrationInfo, source: &str) -> String {
+    let mut text = format!(
+        "WARNING migration {} ended in REAPFAILED: model \"{}\" lives on controller \"{}\" now, \
+         but controller \"{source}\" did not delete all of its old copy",
+        info.migration_id, info.model_name, info.target_name
+    );
+    if let Some(reason) = last_reason(info) {
+        text.push_str(&format!(" ({})", one_line(reason)));
+    }
+    text.push_str("; the model itself is fine, only the source's cleanup is left\n");
+    text
+}
+
+/// `d` as `--timeout` spells it: `90s`, `10m`, `1h`, `1h30m`.
+pub fn format_duration(d: Duration) -> String {
+    let secs = d.as_secs();
+    let (h, m, s) = (secs / 3600, secs / 60 % 60, secs % 60);
+    let mut out = String::new();
+    if h > 0 {
+        out.push_str(&format!("{h}h"));
+    }
+    if m > 0 {
+        out.push_str(&format!("{m}m"));
+    }
+    if s > 0 || out.is_empty() {
+        out.push_str(&format!("{s}s"));
+    }
+    out
+}
+
+/// The error when `--wait` gives up after `waited`. `phase` is the last phase seen (`None`: no
+/// status could be read); `model` is how to name the model in a command (`alpha:admin/web`).
+/// The migration itself continues, so the message says how to follow or stop it.
+pub fn timeout_message(id: &str, phase: Option<&str>, waited: Duration, model: &str) -> String {
+    let waited = format_duration(waited);
+    let follow = format!("follow it with 'ctl show-model {model}'");
+    let stop = format!("stop it with 'ctl abort-migration {model}'");
+    match phase {
+        None => format!(
+            "the status of migration {id} could not be read for {waited}; it continues on the \
+             controller: {follow} or {stop}"
+        ),
+        Some(phase) if is_committed(phase) => format!(
+            "migration {id} is still in {phase} after {waited}; it continues on the controller and \
+             can no longer be aborted: {follow}"
+        ),
+        Some(ABORT) => format!(
+            "migration {id} is still in ABORT after {waited}; it continues on the controller, which \
+             unlocks the model once the target has dropped its import: {follow}"
+        ),
+        Some(phase) => format!(
+            "migration {id} is still in {phase} after {waited}; it continues on the controller: \
+             {follow} or {stop}"
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ID: &str = "11111111-2222-4333-8444-555555555555:1";
+
+    fn change(from: &str, to: &str, reason: &str) -> PhaseChange {
+        PhaseChange {
+            from: from.into(),
+            to: to.into(),
+            at_unix_ms: 1_700_000_000_000,
+            reason: reason.into(),
+        }
+    }
+
+    /// The status of migration [`ID`] after the phase changes `history`.
+    fn info(history: &[PhaseChange]) -> MigrationInfo {
+        MigrationInfo {
+            migration_id: ID.into(),
+            model_uuid: "11111111-2222-4333-8444-555555555555".into(),
+            model_name: "admin/web".into(),
+            target_name: "beta".into(),
+            phase: history.last().map(|c| c.to.clone()).unwrap_or_default(),
+            started_unix_ms: 1_700_000_000_000,
+            history: history.to_vec(),
+            initiated_by: "admin".into(),
+            ..Default::default()
+        }
+    }
+
+    /// What `--wait` prints for `polls` (answered `ms` after it began), as the terminal would
+    /// show it without one: progress lines are lines too.
+    fn follow(tty: bool, polls: &[(u64, MigrationInfo)]) -> String {
+        let mut follow = Follow::new(tty);
+        let mut out = String::new();
+        for (ms, info) in polls {
+            for line in follow.observe(info, Duration::from_millis(*ms)) {
+                let (Line::Phase(text) | Line::Progress(text)) = line;
+                out.push_str(&text);
+                out.push('\n');
+            }
+        }
+        out
+    }
+
+    fn done_polls() -> Vec<(u64, MigrationInfo)> {
+        let h = [
+            change(PRECHECK, QUIESCE, "prechecks passed; model locked"),
+            change(
+                QUIESCE,
+                IMPORT,
+                "all 2 agent(s) quiesced; prechecks passed again",
+            ),
+            change(
+                IMPORT,
+                VALIDATION,
+                "controller \"beta\" imported the model (9f2c4e1a)",
+            ),
+            change(
+                VALIDATION,
+                SUCCESS,
+                "digests match and every agent validated against the target",
+            ),
+            change(
+                SUCCESS,
+                LOGTRANSFER,
+                "controller \"beta\" activated the model at epoch 2",
+            ),
+            change(LOGTRANSFER, REAP, "log transferred through 10000"),
+            change(
+                REAP,
+                DONE,
+                "the source's copy of the model was deleted; the redirect remains",
+            ),
+        ];
+        let mut quiesce = info(&h[..1]);
+        quiesce.agents_total = 2;
+        quiesce.agents_acked = 1;
+        let mut quiesce_all = quiesce.clone();
+        quiesce_all.agents_acked = 2;
+        let mut import = info(&h[..2]);
+        import.activity = "importing model".into();
+        import.agents_total = 2;
+        import.agents_acked = 2;
+        import.bytes_total = 3_400_000;
+        import.bytes_sent = 1_200_000;
+        import.records_total = 10_102;
+        // Changes within 2 s of the last progress line are not printed without a terminal.
+        let mut import_more = import.clone();
+        import_more.bytes_sent = 2_000_000;
+        let mut import_most = import.clone();
+        import_most.bytes_sent = 3_100_000;
+        let mut validation = info(&h[..3]);
+        validation.agents_total = 2;
+        validation.agents_acked = 2;
+        validation.agents_validated = 1;
+        let mut success = info(&h[..4]);
+        success.activity = "waiting for controller \"beta\" to acknowledge Activate".into();
+        let mut done = info(&h);
+        done.ended_unix_ms = Some(1_700_000_060_000);
+        vec![
+            (0, quiesce),
+            (500, quiesce_all),
+            (1000, import),
+            (1500, import_more),
+            (3000, import_most),
+            (3500, validation),
+            (4000, success),
+            (4500, info(&h[..5])),
+            (5000, done),
+        ]
+    }
+
+    fn abort_polls() -> Vec<(u64, MigrationInfo)> {
+        let h = [
+            change(PRECHECK, QUIESCE, "prechecks passed; model locked"),
+            change(
+                QUIESCE,
+                ABORT,
+                "machine(s) 3 did not acknowledge the quiesce within 60s",
+            ),
+            change(
+                ABORT,
+                ABORTDONE,
+                "controller \"beta\" dropped the import; model unlocked",
+            ),
+        ];
+        let mut quiesce = info(&h[..1]);
+        quiesce.agents_total = 2;
+        quiesce.agents_acked = 1;
+        let mut abort = info(&h[..2]);
+        abort.abort_reason = Some(h[1].reason.clone());
+        let mut done = info(&h);
+        done.abort_reason = abort.abort_reason.clone();
+        done.ended_unix_ms = Some(1_700_000_070_000);
+        vec![(0, quiesce), (2000, abort), (4000, done)]
+    }
+
+    #[test]
+    fn follow_to_done() {
+        let polls = done_polls();
+        let last = &polls.last().unwrap().1;
+        assert_eq!(outcome(&last.phase), Some(Outcome::Done));
+        insta::assert_snapshot!("migrate_wait_done", follow(false, &polls));
+    }
+
+    #[test]
+    fn follow_to_abortdone() {
+        let polls = abort_polls();
+        let last = &polls.last().unwrap().1;
+        assert_eq!(outcome(&last.phase), Some(Outcome::Aborted));
+        let mut out = follow(false, &polls);
+        out.push_str(&format!("ERROR {}\n", aborted_message(last)));
+        insta::assert_snapshot!("migrate_wait_abortdone", out);
+    }
+
+    #[test]
+    fn a_terminal_gets_every_change_and_progress_again_after_a_phase_line() {
+        let out = follow(true, &done_polls());
+        // Every distinct progress line, however close together.
+        assert!(out.contains("2.0 MB of 3.4 MB"), "{out}");
+        assert!(out.contains("3.1 MB of 3.4 MB"), "{out}");
+        let mut follow = Follow::new(true);
+        let polls = done_polls();
+        follow.observe(&polls[2].1, Duration::ZERO);
+        let mut same = polls[2].1.clone();
+        assert!(follow.observe(&same, Duration::ZERO).is_empty());
+        same.history.push(change(IMPORT, VALIDATION, "imported"));
+        same.phase = IMPORT.into();
+        let lines = follow.observe(&same, Duration::ZERO);
+        assert!(
+            matches!(lines[..], [Line::Phase(_), Line::Progress(_)]),
+            "{lines:?}"
+        );
+    }
+
+    #[test]
+    fn without_a_terminal_progress_is_rate_limited_and_never_repeated() {
+        let mut follow = Follow::new(false);
+        let polls = done_polls();
+        let import = &polls[2].1;
+        assert_eq!(follow.observe(import, Duration::ZERO).len(), 3);
+        assert!(follow.observe(import, Duration::from_secs(60)).is_empty());
+        let line = follow.unanswered(
+            "cannot connect to controller \"alpha\"",
+            Duration::from_secs(61),
+        );
+        assert_eq!(
+            line,
+            Some(Line::Progress(
+                "  cannot connect to controller \"alpha\"; trying again".into()
+            ))
+        );
+        assert_eq!(follow.unanswered("again", Duration::from_secs(62)), None);
+    }
+
+    #[test]
+    fn phase_lines_are_aligned() {
+        assert_eq!(
+            phase_line(&change(SUCCESS, LOGTRANSFER, "activated")),
+            "LOGTRANSFER  activated"
+        );
+        assert_eq!(
+            phase_line(&change(PRECHECK, QUIESCE, "locked\nnow")),
+            "QUIESCE      locked now"
+        );
+        assert_eq!(phase_line(&change(REAP, DONE, "")), "DONE");
+    }
+
+    #[test]
+    fn progress_needs_something_to_say() {
+        assert_eq!(progress_line(&info(&[change(PRECHECK, QUIESCE, "")])), None);
+        let mut i = info(&[change(QUIESCE, IMPORT, "")]);
+        i.bytes_sent = 999;
+        assert_eq!(progress_line(&i).unwrap(), "  importing model: 999 B sent");
+        i.phase = DONE.into();
+        assert_eq!(progress_line(&i), None);
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(human_bytes(0), "0 B");
+        assert_eq!(human_bytes(1_234), "1.2 kB");
+        assert_eq!(human_bytes(3_400_000), "3.4 MB");
+        assert_eq!(human_bytes(2_000_000_000), "2.0 GB");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(format_duration(Duration::from_secs(90)), "1m30s");
+        assert_eq!(format_duration(Duration::from_secs(1800)), "30m");
+        assert_eq!(format_duration(Duration::from_secs(3600)), "1h");
+        assert_eq!(format_duration(Duration::ZERO), "0s");
+    }
+
+    #[test]
+    fn outcomes_and_their_messages() {
+        assert_eq!(outcome(REAPFAILED), Some(Outcome::ReapFailed));
+        assert_eq!(outcome(IMPORT), None);
+        let mut i = info(&[change(REAP, REAPFAILED, "reap timed out after 10m")]);
+        assert_eq!(
+            reap_failed_warning(&i, "alpha"),
+            format!(
+                "WARNING migration {ID} ended in REAPFAILED: model \"admin/web\" lives on \
+                 controller \"beta\" now, but controller \"alpha\" did not delete all of its old \
+                 copy (reap timed out after 10m); the model itself is fine, only the source's \
+                 cleanup is left\n"
+            )
+        );
+        i.history.clear();
+        assert_eq!(
+            aborted_message(&i),
+            format!("migration {ID} aborted: no reason was recorded")
+        );
+        i.abort_reason = Some("aborted by operator: wrong target".into());
+        assert_eq!(
+            aborted_message(&i),
+            format!("migration {ID} aborted: aborted by operator: wrong target")
+        );
+    }
+
+    #[test]
+    fn timeouts_say_how_to_follow_or_stop() {
+        let d = Duration::from_secs(90);
+        let m = "alpha:admin/web";
+        assert_eq!(
+            timeout_message(ID, Some(IMPORT), d, m),
+            format!(
+                "migration {ID} is still in IMPORT after 1m30s; it continues on the controller: \
+                 follow it with 'ctl show-model {m}' or stop it with 'ctl abort-migration {m}'"
+            )
+        );
+        let committed = timeout_message(ID, Some(SUCCESS), d, m);
+        assert!(
+            committed.contains("can no longer be aborted"),
+            "{committed}"
+        );
+        assert!(!committed.contains("abort-migration"), "{committed}");
+        assert!(timeout_message(ID, None, d, m).starts_with("the status of migration"));
+    }
+
+    #[test]
+    fn models_status_column() {
+        assert_eq!(models_status("available", ""), "available");
+        assert_eq!(models_status("busy", "IMPORT"), "migrating: IMPORT");
+        assert_eq!(
+            models_status("available", "ABORTDONE: machine 3 did not ack"),
+            "available (migration aborted)"
+        );
+        assert_eq!(models_status("available", "DONE"), "available");
+        assert_eq!(summary_phase("ABORTDONE: x: y"), "ABORTDONE");
+    }
+}
