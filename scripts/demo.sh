@@ -146,4 +146,29 @@ done
 echo "node $old_leader serves custom.greeting = $("$ctl" controller-config -c alpha --local --endpoint "$(awk -v id="$old_leader" '$1 == id {print $2}' "$(cluster_dir alpha)/ports")" custom.greeting)"
 run "$ctl" show-controller alpha
 
+step "Live migration: the prechecks alone (--dry-run changes nothing)"
+run "$ctl" migrate alpha:demo beta --dry-run
+
+step "Migrating model demo from alpha to beta while the workloads keep running"
+workload_pids_before="$(workload_pids "$demo_dir/machine-0") $(workload_pids "$demo_dir/machine-1")"
+run "$ctl" migrate alpha:demo beta --wait --timeout 5m
+
+step "alpha now only knows where the model went"
+if "$ctl" status -m alpha:demo; then die "alpha still serves the migrated model"; fi
+
+step "The model on beta: same units, same workloads, the agents connected to beta"
+run "$ctl" switch beta:demo
+wait_for_active
+run "$ctl" status
+run "$ctl" show-model demo
+for dir in "$demo_dir/machine-0" "$demo_dir/machine-1"; do
+    for pid in $(workload_pids "$dir"); do
+        [[ " $workload_pids_before " == *" $pid "* ]] || die "workload pid $pid is new: a workload was restarted"
+    done
+done
+echo "workload pids before and after: $workload_pids_before"
+grep -h "controller-name" "$demo_dir"/agent-*.yaml || true
+kill -0 "$workload_pid" || die "workload pid $workload_pid is gone"
+echo "counter/0 still runs as pid $workload_pid; $(wc -l <"$counter_log") lines now"
+
 step "Done"

@@ -6,11 +6,15 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-echo "==> cargo build --workspace --bins"
-cargo build --workspace --bins
+# The migration tests force failures with failpoints (`fail` crate, off unless FAILPOINTS is
+# set); test runs build everything with them so the test build does not replace the binaries.
+features=(--features starling-agent/failpoints)
+echo "==> cargo build --workspace --bins ${features[*]}"
+cargo build --workspace --bins "${features[@]}"
 
-# The whole workspace unless the caller picked packages.
-scope=(--workspace)
+# The whole workspace (with the failpoints feature, so the test build keeps the binaries as
+# built above) unless the caller picked packages.
+scope=(--workspace "${features[@]}")
 for arg in "$@"; do
     case "$arg" in -p | --package | -p=* | --package=*) scope=() ;; esac
 done

@@ -6,7 +6,10 @@
 
 pub mod bins;
 pub mod client;
+pub mod fleet;
+pub mod history;
 pub mod local_cluster;
+pub mod protocol_model;
 pub mod registration;
 pub mod seed;
 

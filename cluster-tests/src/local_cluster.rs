@@ -57,6 +57,8 @@ pub struct ClusterOptions {
     pub election_timeout_max_ms: Option<u64>,
     /// Value of `RUST_LOG` for the nodes (default `info`).
     pub rust_log: String,
+    /// Extra environment of the nodes (e.g. `FAILPOINTS`).
+    pub env: Vec<(String, String)>,
 }
 
 impl ClusterOptions {
@@ -72,6 +74,7 @@ impl ClusterOptions {
             election_timeout_min_ms: None,
             election_timeout_max_ms: None,
             rust_log: std::env::var("STARLING_NODE_LOG").unwrap_or_else(|_| "info".to_owned()),
+            env: Vec::new(),
         }
     }
 }
@@ -192,6 +195,7 @@ impl LocalCluster {
             .arg("--data-dir")
             .arg(&node.data_dir)
             .env("RUST_LOG", &options.rust_log)
+            .envs(options.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);

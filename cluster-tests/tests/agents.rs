@@ -15,17 +15,17 @@
 //! pid, even when the test fails.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::{File, OpenOptions};
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use anyhow::{anyhow, bail, ensure, Context, Result};
-use nix::sys::signal::{kill, killpg, Signal};
-use nix::unistd::{getpgrp, Pid};
+use anyhow::{anyhow, ensure, Context, Result};
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
 use serde_json::Value;
-use starling_cluster_tests::local_cluster::wait_bounded;
+use starling_cluster_tests::fleet::{
+    counter_groups, has_env, rotate_endpoints, running, wait_for, Ctl, Fleet, Machine, WorkloadId,
+    CONDITION_WAIT,
+};
 use starling_cluster_tests::{ClusterOptions, LocalCluster};
 use starling_proto::controller::{DebugLogRequest, FullStatus, ModelRef, StatusRequest};
 use starling_proto::model::{LogLevel, LogRecord};
@@ -44,16 +44,7 @@ const APP: &str = "counter";
 const N_MACHINES: usize = 3;
 const PLACEMENT: &str = "0,0,1,1,2,2";
 const N_UNITS: usize = 6;
-/// Generous: the machine has two cores shared with other tests.
-const CONDITION_WAIT: Duration = Duration::from_secs(60);
-const CTL_TIMEOUT: Duration = Duration::from_secs(60);
-const AGENT_STOP_WAIT: Duration = Duration::from_secs(30);
 const RPC_TIMEOUT: Duration = Duration::from_secs(5);
-const POLL: Duration = Duration::from_millis(100);
-/// Sweeps of the drop guard (a shell may fork between a scan and a kill).
-const SWEEP_ROUNDS_MAX: usize = 50;
-/// `RUST_LOG` of the agents: status reports are logged at debug.
-const AGENT_LOG: &str = "info,starling_agent::machine::context=debug";
 
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -71,83 +62,12 @@ fn now_unix_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// Polls `probe` until it returns `Ok` or `CONDITION_WAIT` passes; an `Err` means "not yet"
-/// and the last one is reported on timeout.
-fn wait_for<T>(what: &str, mut probe: impl FnMut() -> Result<T>) -> Result<T> {
-    let deadline = Instant::now() + CONDITION_WAIT;
-    loop {
-        let reason = match probe() {
-            Ok(value) => return Ok(value),
-            Err(e) => format!("{e:#}"),
-        };
-        if Instant::now() >= deadline {
-            bail!("{what}: not within {CONDITION_WAIT:?}; last: {reason}");
-        }
-        std::thread::sleep(POLL);
-    }
-}
-
 // ---------------------------------------------------------------- ctl
 
-/// What one `ctl` run printed.
-struct CtlRun {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-/// The real `ctl` with its own client store; every run is bounded by `CTL_TIMEOUT`.
-struct Ctl {
-    bin: PathBuf,
-    data: PathBuf,
-    scratch: PathBuf,
-}
-
-impl Ctl {
-    fn run(&self, args: &[&str]) -> Result<CtlRun> {
-        let out_path = self.scratch.join("ctl.out");
-        let err_path = self.scratch.join("ctl.err");
-        let mut child = Command::new(&self.bin)
-            .args(args)
-            .env("CTL_DATA", &self.data)
-            .env_remove("CTL_CONTROLLER")
-            .env_remove("CTL_MODEL")
-            .env_remove("CTL_TOKEN")
-            .env_remove("XDG_DATA_HOME")
-            .stdin(Stdio::null())
-            .stdout(File::create(&out_path)?)
-            .stderr(File::create(&err_path)?)
-            .spawn()
-            .with_context(|| format!("spawning ctl {args:?}"))?;
-        let Some(status) = wait_bounded(&mut child, CTL_TIMEOUT)? else {
-            child.kill().ok();
-            child.wait().ok();
-            bail!("ctl {args:?} did not finish within {CTL_TIMEOUT:?}");
-        };
-        Ok(CtlRun {
-            code: status.code().unwrap_or(-1),
-            stdout: std::fs::read_to_string(&out_path)?,
-            stderr: std::fs::read_to_string(&err_path)?,
-        })
-    }
-
-    /// `ctl ARGS` must exit 0; returns its stdout.
-    fn ok(&self, args: &[&str]) -> Result<String> {
-        let run = self.run(args)?;
-        ensure!(
-            run.code == 0,
-            "ctl {args:?} exited {}: {}",
-            run.code,
-            run.stderr.trim_end()
-        );
-        Ok(run.stdout)
-    }
-
-    /// `ctl status --format json` of the model.
-    fn status(&self) -> Result<Value> {
-        let stdout = self.ok(&["status", "-m", MODEL_ARG, "--format", "json"])?;
-        serde_json::from_str(&stdout).with_context(|| format!("status is not JSON:\n{stdout}"))
-    }
+/// `ctl status --format json` of the model.
+fn status(ctl: &Ctl) -> Result<Value> {
+    let stdout = ctl.ok(&["status", "-m", MODEL_ARG, "--format", "json"])?;
+    serde_json::from_str(&stdout).with_context(|| format!("status is not JSON:\n{stdout}"))
 }
 
 /// Checks `ctl status --format json`: the application has `N_UNITS` units, every unit's
@@ -271,313 +191,7 @@ fn unit_workload(
 
 // ---------------------------------------------------------------- processes
 
-/// A process named by pid and start time (field 22 of `/proc/<pid>/stat`), as agentd records
-/// its workloads.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct WorkloadId {
-    pid: u32,
-    start_time: u64,
-}
-
-/// (state, process group, start time) of a process from `/proc/<pid>/stat`.
-fn proc_stat(pid: u32) -> Option<(String, u32, u64)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name may hold spaces and parens: fields resume after the last ')'.
-    let fields: Vec<&str> = stat[stat.rfind(')')? + 1..].split_whitespace().collect();
-    // fields[0] is field 3 (state), fields[2] field 5 (pgrp), fields[19] field 22 (starttime).
-    Some((
-        fields.first()?.to_string(),
-        fields.get(2)?.parse().ok()?,
-        fields.get(19)?.parse().ok()?,
-    ))
-}
-
-/// Whether `workload` still runs: same pid, same start time, not a zombie.
-fn running(workload: WorkloadId) -> bool {
-    proc_stat(workload.pid).is_some_and(|(state, _, start_time)| {
-        state != "Z" && state != "X" && start_time == workload.start_time
-    })
-}
-
-/// Pids of live processes whose working directory is under `root` (workloads and hooks run in
-/// the unpacked charm, inside the agent's data dir).
-fn processes_under(root: &Path) -> Vec<u32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd.starts_with(root))
-        })
-        .filter(|pid| proc_stat(*pid).is_some_and(|(state, _, _)| state != "Z" && state != "X"))
-        .collect()
-}
-
-/// Process groups of the live counter workloads under `root` (one per workload, whatever
-/// `sh` forks).
-fn counter_groups(root: &Path) -> BTreeSet<u32> {
-    processes_under(root)
-        .into_iter()
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .is_ok_and(|c| String::from_utf8_lossy(&c).contains("counter.sh"))
-        })
-        .filter_map(|pid| proc_stat(pid).map(|(_, pgrp, _)| pgrp))
-        .collect()
-}
-
-/// Whether process `pid` was started with `var` (`KEY=VALUE`) in its environment.
-fn has_env(pid: u32, var: &str) -> bool {
-    std::fs::read(format!("/proc/{pid}/environ"))
-        .is_ok_and(|env| env.split(|b| *b == 0).any(|v| v == var.as_bytes()))
-}
-
-/// Lines in a file (0 when missing).
-fn lines(path: &Path) -> usize {
-    std::fs::read_to_string(path).map_or(0, |s| s.lines().count())
-}
-
 // ---------------------------------------------------------------- the agents
-
-/// One machine: its agent config, data dir, log and running `agentd`.
-struct Machine {
-    id: String,
-    dir: PathBuf,
-    config: PathBuf,
-    data_dir: PathBuf,
-    log: PathBuf,
-    agentd: Option<Child>,
-}
-
-impl Machine {
-    /// Workloads by unit, as agentd recorded them in its state file.
-    fn recorded_workloads(&self) -> Result<BTreeMap<String, WorkloadId>> {
-        let path = self.data_dir.join("state.json");
-        let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("reading {}", path.display()))?;
-        let state: Value = serde_json::from_str(&text)?;
-        let mut out = BTreeMap::new();
-        for (unit, record) in state["units"].as_object().into_iter().flatten() {
-            let workload = &record["workload"];
-            if let (Some(pid), Some(start_time)) =
-                (workload["pid"].as_u64(), workload["start-time"].as_u64())
-            {
-                out.insert(
-                    unit.clone(),
-                    WorkloadId {
-                        pid: u32::try_from(pid)?,
-                        start_time,
-                    },
-                );
-            }
-        }
-        Ok(out)
-    }
-
-    fn unit_dir(&self, unit: &str) -> PathBuf {
-        self.data_dir.join("units").join(unit.replace('/', "-"))
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// The endpoints of the controller connections agentd made in `log` (oldest first).
-    fn connections(log: &str) -> Vec<String> {
-        log.lines()
-            .filter(|l| l.contains("connected to the controller"))
-            .filter_map(|l| l.split("endpoint=").nth(1)?.split_whitespace().next())
-            .map(str::to_owned)
-            .collect()
-    }
-
-    /// The endpoint agentd connected to last.
-    fn endpoint(&self) -> Option<String> {
-        Self::connections(&self.log_text()).pop()
-    }
-}
-
-/// Rotates the `api-endpoints` of the agent config at `path` left by `by`, so the agents start
-/// on different nodes (each dials its endpoints in order) and a killed node always had one.
-fn rotate_endpoints(path: &Path, by: usize) -> Result<()> {
-    let text = std::fs::read_to_string(path)?;
-    let mut config: Value =
-        serde_saphyr::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
-    let endpoints = config["api-endpoints"]
-        .as_array_mut()
-        .context("no api-endpoints in the agent config")?;
-    let n = endpoints.len();
-    endpoints.rotate_left(by % n.max(1));
-    std::fs::write(path, serde_saphyr::to_string(&config)?)?;
-    Ok(())
-}
-
-/// The `agentd` processes of the test. On drop: every agentd is SIGKILLed and reaped, then every
-/// process group of a process left under `root` (workloads, hooks) is SIGKILLed.
-struct Fleet {
-    root: PathBuf,
-    agentd: PathBuf,
-    machines: Vec<Machine>,
-}
-
-impl Fleet {
-    fn start(&mut self, idx: usize) -> Result<()> {
-        let agentd = self.agentd.clone();
-        let machine = &mut self.machines[idx];
-        ensure!(machine.agentd.is_none(), "agentd {idx} already runs");
-        let mut log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&machine.log)?;
-        writeln!(log, "--- harness: starting agentd")?;
-        let child = Command::new(agentd)
-            .arg("--config")
-            .arg(&machine.config)
-            .arg("--data-dir")
-            .arg(&machine.data_dir)
-            .current_dir(&machine.dir)
-            .env("RUST_LOG", AGENT_LOG)
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("spawning agentd")?;
-        info!(machine = %machine.id, pid = child.id(), "agentd started");
-        machine.agentd = Some(child);
-        Ok(())
-    }
-
-    /// SIGKILLs agentd `idx` and reaps it.
-    fn kill(&mut self, idx: usize) -> Result<()> {
-        let machine = &mut self.machines[idx];
-        let mut child = machine
-            .agentd
-            .take()
-            .ok_or_else(|| anyhow!("agentd {idx} is not running"))?;
-        child.kill().ok();
-        child.wait().context("reaping agentd")?;
-        info!(machine = %machine.id, "agentd SIGKILLed");
-        Ok(())
-    }
-
-    /// SIGTERMs agentd `idx` and waits for it to exit.
-    fn terminate(&mut self, idx: usize) -> Result<ExitStatus> {
-        let machine = &mut self.machines[idx];
-        let mut child = machine
-            .agentd
-            .take()
-            .ok_or_else(|| anyhow!("agentd {idx} is not running"))?;
-        kill(Pid::from_raw(i32::try_from(child.id())?), Signal::SIGTERM)?;
-        match wait_bounded(&mut child, AGENT_STOP_WAIT)? {
-            Some(status) => Ok(status),
-            None => {
-                child.kill().ok();
-                child.wait().ok();
-                bail!("agentd {idx} did not exit within {AGENT_STOP_WAIT:?} of SIGTERM")
-            }
-        }
-    }
-
-    /// Workloads of every machine by unit.
-    fn recorded_workloads(&self) -> Result<BTreeMap<String, WorkloadId>> {
-        let mut out = BTreeMap::new();
-        for machine in &self.machines {
-            out.extend(machine.recorded_workloads()?);
-        }
-        Ok(out)
-    }
-
-    /// The machine a unit runs on.
-    fn machine_of(&self, unit: &str) -> Result<&Machine> {
-        self.machines
-            .iter()
-            .find(|m| m.unit_dir(unit).exists())
-            .ok_or_else(|| anyhow!("no machine has a unit dir for {unit}"))
-    }
-
-    /// counter.log line counts by unit.
-    fn counter_lines(&self, units: &[String]) -> Result<BTreeMap<String, usize>> {
-        units
-            .iter()
-            .map(|unit| {
-                let path = self.machine_of(unit)?.unit_dir(unit).join("counter.log");
-                Ok((unit.clone(), lines(&path)))
-            })
-            .collect()
-    }
-
-    /// Waits until every unit's counter.log holds `more` lines beyond `before`.
-    fn wait_counters_grow(&self, before: &BTreeMap<String, usize>, more: usize) -> Result<()> {
-        let units: Vec<String> = before.keys().cloned().collect();
-        wait_for(&format!("{more} more counter.log lines per unit"), || {
-            let now = self.counter_lines(&units)?;
-            for (unit, n) in &now {
-                ensure!(*n >= before[unit] + more, "{unit}: {} → {n}", before[unit]);
-            }
-            Ok(())
-        })
-    }
-
-    fn dump_log_tails(&self, n_lines: usize) {
-        for machine in &self.machines {
-            let text = machine.log_text();
-            let all: Vec<&str> = text.lines().collect();
-            eprintln!(
-                "----- agentd of machine {} ({}):\n{}",
-                machine.id,
-                machine.log.display(),
-                all[all.len().saturating_sub(n_lines)..].join("\n")
-            );
-        }
-    }
-
-    /// Kills every agentd, then every process group left under `root`, by pid.
-    fn sweep(&mut self) {
-        for machine in &mut self.machines {
-            if let Some(mut child) = machine.agentd.take() {
-                child.kill().ok();
-                child.wait().ok();
-            }
-        }
-        let own_group = getpgrp();
-        for _ in 0..SWEEP_ROUNDS_MAX {
-            let pids = processes_under(&self.root);
-            if pids.is_empty() {
-                return;
-            }
-            for pid in pids {
-                let group = proc_stat(pid).map(|(_, pgrp, _)| pgrp);
-                match group.and_then(|g| i32::try_from(g).ok()).map(Pid::from_raw) {
-                    // Workloads and hooks lead their own groups (agentd starts them so).
-                    Some(group) if group != own_group => {
-                        let _ = killpg(group, Signal::SIGKILL);
-                    }
-                    _ => {
-                        let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
-                    }
-                }
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        eprintln!(
-            "processes still under {} after {SWEEP_ROUNDS_MAX} sweeps: {:?}",
-            self.root.display(),
-            processes_under(&self.root)
-        );
-    }
-}
-
-impl Drop for Fleet {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            self.dump_log_tails(40);
-        }
-        self.sweep();
-    }
-}
 
 // ---------------------------------------------------------------- the test
 
@@ -702,7 +316,7 @@ fn everything_runs(env: &mut Env) -> Result<(BTreeMap<String, String>, Workloads
     info!("--- every workload runs, and status says so");
     let fleet = &*env.fleet;
     let placement = wait_for("every unit active and every machine started", || {
-        all_active_and_started(&env.ctl.status()?)
+        all_active_and_started(&status(env.ctl)?)
     })?;
     for (unit, machine_id) in &placement {
         let machine = fleet.machine_of(unit)?;
@@ -801,7 +415,7 @@ fn leader_killed(env: &mut Env, units: &[String], workloads: Workloads) -> Resul
         || machines_heartbeat_after(rt, cluster, new_leader, killed_at),
     )?;
     wait_for("status through ctl", || {
-        all_active_and_started(&env.ctl.status()?)
+        all_active_and_started(&status(env.ctl)?)
     })?;
 
     info!("--- a config change after the failover reaches every workload");
@@ -846,7 +460,7 @@ fn leader_killed(env: &mut Env, units: &[String], workloads: Workloads) -> Resul
         Ok(())
     })?;
     wait_for("status through ctl", || {
-        all_active_and_started(&env.ctl.status()?)
+        all_active_and_started(&status(env.ctl)?)
     })?;
 
     info!(
@@ -964,7 +578,7 @@ fn controller_down(
         "ctl debug-log shows no workload exit of {victim}:\n{text}"
     );
     wait_for("status through ctl", || {
-        all_active_and_started(&env.ctl.status()?)
+        all_active_and_started(&status(env.ctl)?)
     })?;
     Ok((leader, expected))
 }
@@ -1029,7 +643,7 @@ fn agent_restarted(
         }
     }
     wait_for("status through ctl", || {
-        all_active_and_started(&env.ctl.status()?)
+        all_active_and_started(&status(env.ctl)?)
     })?;
     Ok(())
 }

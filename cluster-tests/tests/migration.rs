@@ -1,0 +1,990 @@
+//! Live model migration between real controllers (issue "Live model migration"): real `ctld`
+//! groups on loopback, real `agentd` processes running real workloads, driven through `ctl`.
+//!
+//! - `a_model_migrates_live_and_back`: two 3-node controllers; a model with three applications
+//!   and a relation on two machines; a client writes unique values throughout; `ctl migrate
+//!   --wait` moves it; every acknowledged write is on the target, every workload kept its pid,
+//!   every agent follows, the source redirects; then the model migrates back.
+//! - `prechecks_report_every_failure_and_change_nothing`: each precheck failure and `--dry-run`.
+//! - `aborts_leave_the_source_byte_identical`: aborts forced by failpoints in QUIESCE, IMPORT and
+//!   VALIDATION, and by `ctl abort-migration`.
+//! - `leader_kills_in_every_phase_end_with_one_owner`: the source leader SIGKILLed in each
+//!   phase, the target leader during IMPORT and after SUCCESS.
+//!
+//! The failpoint tests need `ctld` built with `--features starling-agent/failpoints`, as
+//! `scripts/test.sh` builds it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use starling_cluster_tests::client::tls_channel;
+use starling_cluster_tests::fleet::{running, wait_for, Ctl, Fleet, Machine, WorkloadId};
+use starling_cluster_tests::{BearerToken, ClusterOptions, LocalCluster};
+use starling_proto::controller::{
+    GetModelConfigRequest, MigrationStatusRequest, ModelInfo, ModelRef, SetModelConfigRequest,
+};
+use starling_proto::migration::migration_client::MigrationClient;
+use starling_proto::migration::{import_status_response, ImportStatusRequest};
+use tokio::runtime::Runtime;
+use tonic::Code;
+use tracing::info;
+
+const RPC_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a whole migration may take on a loaded 2-core machine.
+const MIGRATION_WAIT: Duration = Duration::from_secs(180);
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
+}
+
+fn runtime() -> Result<Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?)
+}
+
+fn model_ref(name: &str) -> Option<ModelRef> {
+    Some(ModelRef {
+        name: name.to_owned(),
+        uuid: String::new(),
+    })
+}
+
+/// Two controllers, a client store knowing both, and the machines of the test's model.
+struct World {
+    rt: Runtime,
+    controllers: BTreeMap<String, LocalCluster>,
+    ctl: Ctl,
+    fleet: Fleet,
+    _work: tempfile::TempDir,
+}
+
+impl World {
+    /// Starts the controllers `options` describe and registers them in a fresh client store.
+    fn start(options: Vec<ClusterOptions>) -> Result<Self> {
+        init_tracing();
+        let rt = runtime()?;
+        let mut controllers = BTreeMap::new();
+        for options in options {
+            let name = options.name.clone();
+            controllers.insert(name, rt.block_on(LocalCluster::start(options))?);
+        }
+        let work = tempfile::Builder::new()
+            .prefix("starling-migration-")
+            .tempdir()?;
+        let root = work.path().canonicalize()?;
+        let first = controllers.values().next().context("no controller")?;
+        let ctl = Ctl {
+            bin: first.bins().ctl.clone(),
+            data: root.join("ctl-data"),
+            scratch: root.clone(),
+        };
+        let agentd = first.bins().dir.join("agentd");
+        ensure!(
+            agentd.is_file(),
+            "{} is missing: run `cargo build --workspace --bins`",
+            agentd.display()
+        );
+        for cluster in controllers.values() {
+            let registration = cluster.root().join("registration.yaml");
+            ctl.ok(&["register", registration.to_str().context("path")?])?;
+            let name = &cluster.registration().name;
+            ctl.ok(&[
+                "controller-config",
+                "-c",
+                name,
+                "agent-heartbeat-interval=500ms",
+            ])?;
+        }
+        Ok(World {
+            rt,
+            controllers,
+            ctl,
+            fleet: Fleet {
+                root,
+                agentd,
+                machines: Vec::new(),
+            },
+            _work: work,
+        })
+    }
+
+    fn cluster(&self, name: &str) -> &LocalCluster {
+        &self.controllers[name]
+    }
+
+    /// A model `name` on `controller` with one machine (and its running agentd) per entry of
+    /// `machines`.
+    fn add_model(&mut self, controller: &str, name: &str, machines: usize) -> Result<()> {
+        self.ctl.ok(&["add-model", name, "-c", controller])?;
+        let model_arg = format!("{controller}:{name}");
+        for idx in 0..machines {
+            let dir = self.fleet.root.join(format!("{name}-machine-{idx}"));
+            std::fs::create_dir_all(&dir)?;
+            let config = dir.join("agent.yaml");
+            let id = self.ctl.ok(&[
+                "add-machine",
+                "-m",
+                &model_arg,
+                "--agent-config",
+                config.to_str().context("path")?,
+            ])?;
+            ensure!(id.trim() == idx.to_string(), "machine id {id:?}");
+            self.fleet.machines.push(Machine {
+                id: idx.to_string(),
+                data_dir: dir.join("data"),
+                log: dir.join("agentd.log"),
+                dir,
+                config,
+                agentd: None,
+            });
+            let started = self.fleet.machines.len() - 1;
+            self.fleet.start(started)?;
+        }
+        Ok(())
+    }
+
+    fn deploy(&self, model_arg: &str, charm: &str, args: &[&str]) -> Result<()> {
+        let charm = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../scripts/charms")
+            .join(charm);
+        let mut all = vec!["deploy", "-m", model_arg, charm.to_str().context("path")?];
+        all.extend_from_slice(args);
+        self.ctl.ok(&all)?;
+        Ok(())
+    }
+
+    /// `ctl status --format json` of `model_arg`.
+    fn status(&self, model_arg: &str) -> Result<serde_json::Value> {
+        let out = self
+            .ctl
+            .ok(&["status", "-m", model_arg, "--format", "json"])?;
+        Ok(serde_json::from_str(&out)?)
+    }
+
+    /// Waits until every unit of `model_arg` is active and every machine started.
+    fn wait_active(&self, model_arg: &str, units: usize) -> Result<()> {
+        wait_for(&format!("every unit of {model_arg} active"), || {
+            let status = self.status(model_arg)?;
+            let mut seen = 0;
+            for (name, app) in status["applications"].as_object().into_iter().flatten() {
+                for (unit, u) in app["units"].as_object().into_iter().flatten() {
+                    ensure!(
+                        u["workload-status"]["current"] == "active",
+                        "{name}: {unit} is {}",
+                        u["workload-status"]["current"]
+                    );
+                    seen += 1;
+                }
+            }
+            ensure!(seen == units, "{seen} units of {units}");
+            for (id, m) in status["machines"].as_object().into_iter().flatten() {
+                ensure!(
+                    m["agent-status"]["current"] == "started",
+                    "machine {id} is {}",
+                    m["agent-status"]["current"]
+                );
+            }
+            Ok(())
+        })
+    }
+
+    /// The model as any running node of `controller` shows it, or the refusal.
+    fn show_model(
+        &mut self,
+        controller: &str,
+        model: &str,
+    ) -> Result<Result<ModelInfo, tonic::Status>> {
+        let _guard = self.rt.enter();
+        let cluster = self.controllers.get_mut(controller).context("controller")?;
+        let token = cluster.registration().token.clone();
+        let mut last = None;
+        for id in cluster.running_ids() {
+            let mut client = cluster.client_with(id, Some(&token), RPC_TIMEOUT)?;
+            let answer = self.rt.block_on(async {
+                client
+                    .show_model(ModelRef {
+                        name: model.to_owned(),
+                        uuid: String::new(),
+                    })
+                    .await
+            });
+            match answer {
+                Ok(info) => return Ok(Ok(info.into_inner())),
+                Err(status) if status.code() == Code::Unavailable => last = Some(status),
+                Err(status) => return Ok(Err(status)),
+            }
+        }
+        Ok(Err(last.unwrap_or_else(|| {
+            tonic::Status::unavailable("no node running")
+        })))
+    }
+
+    /// Which controllers hold `model` active (visible to clients); each answer must be
+    /// definite (active, migrated away, or absent).
+    fn owners(&mut self, model: &str) -> Result<BTreeSet<String>> {
+        let names: Vec<String> = self.controllers.keys().cloned().collect();
+        let mut owners = BTreeSet::new();
+        for name in names {
+            match self.show_model(&name, model)? {
+                Ok(info) => {
+                    let locked = matches!(
+                        info.migration.as_str(),
+                        "PRECHECK" | "QUIESCE" | "IMPORT" | "VALIDATION" | "ABORT"
+                    );
+                    if !locked {
+                        owners.insert(name);
+                    } else {
+                        owners.insert(format!("{name} (locked)"));
+                    }
+                }
+                Err(status)
+                    if status.code() == Code::NotFound
+                        || status.message().contains("has been migrated to controller") => {}
+                Err(status) => bail!("{name} gave no definite answer about {model}: {status}"),
+            }
+        }
+        Ok(owners)
+    }
+
+    fn description_digest(&mut self, controller: &str, model: &str) -> Result<String> {
+        match self.show_model(controller, model)? {
+            Ok(info) => Ok(info.description_digest),
+            Err(status) => bail!("show-model {controller}:{model}: {status}"),
+        }
+    }
+
+    /// The latest migration of `model` as `controller` (its source) reports it.
+    fn migration_status(
+        &mut self,
+        controller: &str,
+        model: &str,
+    ) -> Result<starling_proto::controller::MigrationInfo> {
+        let _guard = self.rt.enter();
+        let cluster = self.controllers.get_mut(controller).context("controller")?;
+        let token = cluster.registration().token.clone();
+        let mut last = None;
+        for id in cluster.running_ids() {
+            let mut client = cluster.client_with(id, Some(&token), RPC_TIMEOUT)?;
+            match self
+                .rt
+                .block_on(client.migration_status(MigrationStatusRequest {
+                    model: model_ref(model),
+                })) {
+                Ok(info) => return Ok(info.into_inner()),
+                Err(status) => last = Some(status),
+            }
+        }
+        bail!("no node of {controller} answered: {last:?}")
+    }
+
+    /// Waits until the latest migration of `model` from `controller` has ended; its phase.
+    fn wait_migration_end(&mut self, controller: &str, model: &str) -> Result<String> {
+        let deadline = Instant::now() + MIGRATION_WAIT;
+        loop {
+            if let Ok(info) = self.migration_status(controller, model) {
+                if matches!(info.phase.as_str(), "DONE" | "ABORTDONE" | "REAPFAILED") {
+                    return Ok(info.phase);
+                }
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "the migration of {model} from {controller} did not end within {MIGRATION_WAIT:?}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// What target `controller` holds for migration `id`.
+    fn import_state(&self, controller: &str, id: &str) -> Result<import_status_response::State> {
+        let cluster = self.cluster(controller);
+        let channel = self.rt.block_on(async {
+            tls_channel(
+                cluster.grpc_addr(1),
+                &cluster.registration().ca_cert,
+                None,
+                RPC_TIMEOUT,
+            )
+        })?;
+        let mut client = MigrationClient::with_interceptor(
+            channel,
+            BearerToken::new(Some(&cluster.registration().token))?,
+        );
+        let answer = self.rt.block_on(client.import_status(ImportStatusRequest {
+            migration_id: id.to_owned(),
+        }))?;
+        Ok(import_status_response::State::try_from(
+            answer.into_inner().state,
+        )?)
+    }
+
+    fn dump(&self) {
+        self.fleet.dump_log_tails(30);
+        for cluster in self.controllers.values() {
+            cluster.dump_log_tails(40);
+        }
+    }
+}
+
+/// The workloads of every machine, which must all be running.
+fn workloads(fleet: &Fleet, expected: usize) -> Result<BTreeMap<String, WorkloadId>> {
+    wait_for("a running workload for every unit", || {
+        let workloads = fleet.recorded_workloads()?;
+        ensure!(workloads.len() == expected, "recorded: {workloads:?}");
+        for (unit, workload) in &workloads {
+            ensure!(running(*workload), "{unit}: {workload:?} is not running");
+        }
+        Ok(workloads)
+    })
+}
+
+/// The agent config of `machine` names controller `name`.
+fn agent_config_names(machine: &Machine, name: &str) -> Result<()> {
+    let text = std::fs::read_to_string(&machine.config)?;
+    let config: serde_json::Value = serde_saphyr::from_str(&text)?;
+    ensure!(
+        config["controller-name"] == name,
+        "machine {} config names {}",
+        machine.id,
+        config["controller-name"]
+    );
+    Ok(())
+}
+
+/// A client appending unique keys (`w-<n>`) to the model's config on whichever controller
+/// holds the model, following the redirect; it records the keys that were acknowledged.
+struct Writer {
+    stop: Arc<AtomicBool>,
+    acked: Arc<Mutex<Vec<u64>>>,
+    refused: Arc<Mutex<Vec<String>>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Writer {
+    fn start(world: &World, model: &str, first: &str) -> Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let acked = Arc::new(Mutex::new(Vec::new()));
+        let refused = Arc::new(Mutex::new(Vec::new()));
+        let mut clients = BTreeMap::new();
+        for (name, cluster) in &world.controllers {
+            let _guard = world.rt.enter();
+            let token = cluster.registration().token.clone();
+            clients.insert(
+                name.clone(),
+                cluster.client_with(1, Some(&token), RPC_TIMEOUT)?,
+            );
+        }
+        let task = world.rt.spawn({
+            let (stop, acked, refused) = (stop.clone(), acked.clone(), refused.clone());
+            let (model, mut current) = (model.to_owned(), first.to_owned());
+            async move {
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    n += 1;
+                    let client = clients.get_mut(&current).expect("known controller");
+                    let request = SetModelConfigRequest {
+                        model: model_ref(&model),
+                        values: [(format!("w-{n}"), n.to_string())].into(),
+                        request_id: format!("writer-{n}"),
+                    };
+                    match client.set_model_config(request).await {
+                        Ok(_) => acked.lock().expect("lock").push(n),
+                        Err(status) => {
+                            let message = status.message().to_owned();
+                            if let Some(rest) = message.split("migrated to controller \"").nth(1) {
+                                current = rest.split('"').next().unwrap_or_default().to_owned();
+                            }
+                            refused.lock().expect("lock").push(message);
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        });
+        Ok(Writer {
+            stop,
+            acked,
+            refused,
+            task: Some(task),
+        })
+    }
+
+    fn stop(&mut self, rt: &Runtime) -> Vec<u64> {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(task) = self.task.take() {
+            let _ = rt.block_on(task);
+        }
+        self.acked.lock().expect("lock").clone()
+    }
+}
+
+/// The `w-<n>` keys of `model`'s config on `controller`.
+fn written_keys(world: &World, controller: &str, model: &str) -> Result<BTreeSet<u64>> {
+    let cluster = world.cluster(controller);
+    let token = cluster.registration().token.clone();
+    let config = world.rt.block_on(async {
+        let mut client = cluster.client_with(1, Some(&token), RPC_TIMEOUT)?;
+        anyhow::Ok(
+            client
+                .get_model_config(GetModelConfigRequest {
+                    model: model_ref(model),
+                })
+                .await?
+                .into_inner(),
+        )
+    })?;
+    Ok(config
+        .values
+        .keys()
+        .filter_map(|k| k.strip_prefix("w-")?.parse().ok())
+        .collect())
+}
+
+#[test]
+fn a_model_migrates_live_and_back() -> Result<()> {
+    let mut world = World::start(vec![
+        ClusterOptions::new("alpha", 3),
+        ClusterOptions::new("beta", 3),
+    ])?;
+    let result = live_migration(&mut world);
+    if result.is_err() {
+        world.dump();
+    }
+    result
+}
+
+fn live_migration(world: &mut World) -> Result<()> {
+    info!("--- a model with three applications and a relation on two machines");
+    world.add_model("alpha", "shop", 2)?;
+    world.deploy("alpha:shop", "counter", &["--to", "0,1"])?;
+    world.deploy("alpha:shop", "web", &["--to", "0"])?;
+    world.deploy("alpha:shop", "db", &["--to", "1"])?;
+    world
+        .ctl
+        .ok(&["integrate", "-m", "alpha:shop", "web", "db"])?;
+    world.wait_active("alpha:shop", 4)?;
+    let before = workloads(&world.fleet, 4)?;
+    let mut writer = Writer::start(world, "shop", "alpha")?;
+    wait_for("the writer's first acknowledged writes", || {
+        ensure!(writer.acked.lock().expect("lock").len() >= 5, "not yet");
+        Ok(())
+    })?;
+
+    info!("--- a dry run passes and changes nothing");
+    let digest = world.description_digest("alpha", "shop")?;
+    let dry = world
+        .ctl
+        .ok(&["migrate", "alpha:shop", "beta", "--dry-run"])?;
+    ensure!(dry.contains("Prechecks passed"), "dry run: {dry}");
+    ensure!(
+        world
+            .show_model("alpha", "shop")?
+            .map(|i| i.migration)
+            .unwrap_or_default()
+            .is_empty(),
+        "a dry run left a migration record"
+    );
+
+    info!("--- migrate with --wait while the writer writes");
+    let out = world
+        .ctl
+        .ok(&["migrate", "alpha:shop", "beta", "--wait", "--timeout", "3m"])?;
+    ensure!(out.contains("Migration started with ID \""), "{out}");
+    ensure!(out.contains("DONE"), "{out}");
+    let id = out
+        .split("Migration started with ID \"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .context("no id")?
+        .to_owned();
+    ensure!(id.ends_with(":1"), "first attempt id {id}");
+    let _ = digest;
+
+    info!("--- the source redirects clients, and only the target owns the model");
+    let refused = world.ctl.run(&["status", "-m", "alpha:shop"])?;
+    ensure!(
+        refused.code == 1,
+        "status on the source exited {}",
+        refused.code
+    );
+    ensure!(
+        refused.stderr.trim()
+            == "ERROR model \"shop\" has been migrated to controller \"beta\". To access it run 'ctl switch beta:shop'.",
+        "{}",
+        refused.stderr
+    );
+    ensure!(
+        world.owners("shop")? == BTreeSet::from(["beta".to_owned()]),
+        "owners: {:?}",
+        world.owners("shop")?
+    );
+    let info = world
+        .show_model("beta", "shop")?
+        .map_err(|s| anyhow::anyhow!("{s}"))?;
+    ensure!(
+        info.model.as_ref().map(|m| m.ownership_epoch) == Some(1),
+        "epoch {:?}",
+        info.model.map(|m| m.ownership_epoch)
+    );
+
+    info!("--- workloads kept their pids; agents follow the model to beta");
+    world.wait_active("beta:shop", 4)?;
+    let after = workloads(&world.fleet, 4)?;
+    ensure!(before == after, "workloads changed: {before:?} → {after:?}");
+    for machine in &world.fleet.machines {
+        agent_config_names(machine, "beta")?;
+    }
+    let beta_endpoints: Vec<String> = (1..=3)
+        .map(|id| world.cluster("beta").grpc_addr(id).to_owned())
+        .collect();
+    for machine in &world.fleet.machines {
+        let endpoint = machine.endpoint().context("no connection logged")?;
+        ensure!(
+            beta_endpoints.contains(&endpoint),
+            "machine {} is connected to {endpoint}",
+            machine.id
+        );
+    }
+
+    info!("--- every acknowledged write is on the target");
+    wait_for("writes acknowledged by beta", || {
+        let acked = writer.acked.lock().expect("lock").len();
+        ensure!(acked >= 10, "{acked}");
+        Ok(())
+    })?;
+    let acked = writer.stop(&world.rt);
+    let on_beta = written_keys(world, "beta", "shop")?;
+    let lost: Vec<u64> = acked
+        .iter()
+        .filter(|n| !on_beta.contains(n))
+        .copied()
+        .collect();
+    ensure!(
+        lost.is_empty(),
+        "acknowledged writes missing on beta: {lost:?}"
+    );
+    let refused = writer.refused.lock().expect("lock").clone();
+    ensure!(
+        refused
+            .iter()
+            .all(|m| m.contains("locked by migration") || m.contains("has been migrated")),
+        "unexpected refusals: {refused:?}"
+    );
+    info!(
+        acked = acked.len(),
+        refused = refused.len(),
+        "writes checked"
+    );
+
+    info!("--- and back to alpha");
+    let out = world
+        .ctl
+        .ok(&["migrate", "beta:shop", "alpha", "--wait", "--timeout", "3m"])?;
+    ensure!(out.contains(":2\""), "the way back is attempt 2: {out}");
+    ensure!(
+        world.owners("shop")? == BTreeSet::from(["alpha".to_owned()]),
+        "owners: {:?}",
+        world.owners("shop")?
+    );
+    world.wait_active("alpha:shop", 4)?;
+    ensure!(
+        workloads(&world.fleet, 4)? == before,
+        "workloads changed on the way back"
+    );
+    for machine in &world.fleet.machines {
+        agent_config_names(machine, "alpha")?;
+    }
+    let info = world
+        .show_model("alpha", "shop")?
+        .map_err(|s| anyhow::anyhow!("{s}"))?;
+    ensure!(
+        info.model.map(|m| m.ownership_epoch) == Some(2),
+        "epoch after coming back"
+    );
+    let on_alpha = written_keys(world, "alpha", "shop")?;
+    ensure!(on_beta.is_subset(&on_alpha), "writes lost on the way back");
+    Ok(())
+}
+
+#[test]
+fn prechecks_report_every_failure_and_change_nothing() -> Result<()> {
+    let mut old = ClusterOptions::new("old", 1);
+    old.version = Some("0.0.1".into());
+    let mut west = ClusterOptions::new("west", 1);
+    west.region = Some("west".into());
+    let mut world = World::start(vec![
+        ClusterOptions::new("alpha", 1),
+        ClusterOptions::new("beta", 1),
+        old,
+        west,
+    ])?;
+    let result = prechecks(&mut world);
+    if result.is_err() {
+        world.dump();
+    }
+    result
+}
+
+fn prechecks(world: &mut World) -> Result<()> {
+    world.add_model("alpha", "app", 1)?;
+    world.deploy("alpha:app", "counter", &["--to", "0"])?;
+    world.wait_active("alpha:app", 1)?;
+    let digest = world.description_digest("alpha", "app")?;
+
+    info!("--- the controller model never migrates");
+    let run = world
+        .ctl
+        .run(&["migrate", "alpha:controller", "beta", "--dry-run"])?;
+    ensure!(
+        run.code == 1 && run.stderr.contains("controller model"),
+        "{}",
+        run.stderr
+    );
+
+    info!("--- a model with an agent missing, a user unknown on the target, a name taken there");
+    world.ctl.ok(&["add-machine", "-m", "alpha:app"])?; // no agentd for machine 1
+    let added = world.ctl.ok(&["add-user", "-c", "alpha", "carol"])?;
+    ensure!(added.contains("carol") || !added.is_empty(), "{added}");
+    world
+        .ctl
+        .ok(&["grant", "-c", "alpha", "carol", "read", "app"])?;
+    world.ctl.ok(&["add-model", "app", "-c", "beta"])?;
+    let digest_with_machine = world.description_digest("alpha", "app")?;
+    ensure!(
+        digest_with_machine != digest,
+        "adding a machine must change the digest"
+    );
+    let run = world
+        .ctl
+        .run(&["migrate", "alpha:app", "beta", "--dry-run"])?;
+    ensure!(run.code == 1, "dry run with failures exited {}", run.code);
+    for expected in [
+        "machine(s) 1",
+        "not connected",
+        "carol",
+        "unknown on controller \"beta\"",
+        "already has a model named \"admin/app\"",
+    ] {
+        ensure!(
+            run.stderr.contains(expected),
+            "missing {expected:?} in:\n{}",
+            run.stderr
+        );
+    }
+    info!("--- a real run with failures is refused and records nothing");
+    let run = world.ctl.run(&["migrate", "alpha:app", "beta"])?;
+    ensure!(
+        run.code == 1 && run.stderr.contains("migration prechecks failed"),
+        "{}",
+        run.stderr
+    );
+    ensure!(
+        world
+            .show_model("alpha", "app")?
+            .map(|i| i.migration)
+            .unwrap_or_default()
+            .is_empty(),
+        "a refused migration left a record"
+    );
+    ensure!(
+        world.description_digest("alpha", "app")? == digest_with_machine,
+        "changed"
+    );
+
+    info!("--- version, cloud/region, unreachable, not a superuser");
+    let run = world
+        .ctl
+        .run(&["migrate", "alpha:app", "old", "--dry-run"])?;
+    ensure!(
+        run.stderr.contains("version 0.0.1, older than"),
+        "{}",
+        run.stderr
+    );
+    let run = world
+        .ctl
+        .run(&["migrate", "alpha:app", "west", "--dry-run"])?;
+    ensure!(run.stderr.contains("cloud and region"), "{}", run.stderr);
+    let token = world
+        .ctl
+        .ok(&["add-user", "-c", "beta", "dave"])?
+        .split_whitespace()
+        .find(|w| w.len() == 64 && w.chars().all(|c| c.is_ascii_hexdigit()))
+        .context("no token printed")?
+        .to_owned();
+    world
+        .ctl
+        .ok(&["login", "-c", "beta", "--user", "dave", "--token", &token])?;
+    let run = world
+        .ctl
+        .run(&["migrate", "alpha:app", "beta", "--dry-run"])?;
+    ensure!(run.stderr.contains("superuser"), "{}", run.stderr);
+    let west = world.controllers.get_mut("west").context("west")?;
+    west.kill(1)?;
+    let run = world
+        .ctl
+        .run(&["migrate", "alpha:app", "west", "--dry-run"])?;
+    ensure!(run.stderr.contains("unreachable"), "{}", run.stderr);
+    ensure!(
+        world.description_digest("alpha", "app")? == digest_with_machine,
+        "changed"
+    );
+    ensure!(
+        world.show_model("alpha", "app")?.is_ok(),
+        "the source still serves the model"
+    );
+    Ok(())
+}
+
+/// The failpoints of an abort test: the first migration aborts in QUIESCE, the second in
+/// IMPORT, the third in VALIDATION (each failpoint fires once per node).
+const ABORT_FAILPOINTS: &str =
+    "migration.source.quiesce=1*return(test);migration.source.import=1*return(test);migration.source.validation=1*return(test)";
+
+#[test]
+fn aborts_leave_the_source_byte_identical() -> Result<()> {
+    let mut alpha = ClusterOptions::new("alpha", 1);
+    alpha.env = vec![("FAILPOINTS".into(), ABORT_FAILPOINTS.into())];
+    let mut world = World::start(vec![alpha, ClusterOptions::new("beta", 1)])?;
+    let result = aborts(&mut world);
+    if result.is_err() {
+        world.dump();
+    }
+    result
+}
+
+fn aborts(world: &mut World) -> Result<()> {
+    world.add_model("alpha", "app", 1)?;
+    world.deploy("alpha:app", "counter", &["--to", "0"])?;
+    world.wait_active("alpha:app", 1)?;
+    let before = workloads(&world.fleet, 1)?;
+    for (attempt, phase) in [(1, "QUIESCE"), (2, "IMPORT"), (3, "VALIDATION")] {
+        info!(phase, "--- an abort forced in {phase}");
+        let digest = world.description_digest("alpha", "app")?;
+        let run = world
+            .ctl
+            .run(&["migrate", "alpha:app", "beta", "--wait", "--timeout", "2m"])?;
+        ensure!(run.code == 1, "migrate exited {}: {}", run.code, run.stdout);
+        ensure!(run.stderr.contains("aborted"), "{}", run.stderr);
+        let info = world.migration_status("alpha", "app")?;
+        ensure!(info.phase == "ABORTDONE", "phase {}", info.phase);
+        ensure!(
+            info.migration_id.ends_with(&format!(":{attempt}")),
+            "{}",
+            info.migration_id
+        );
+        let from = info
+            .history
+            .iter()
+            .find(|c| c.to == "ABORT")
+            .map(|c| c.from.clone())
+            .unwrap_or_default();
+        ensure!(from == phase, "aborted from {from}, expected {phase}");
+        ensure!(
+            world.description_digest("alpha", "app")? == digest,
+            "the source model changed across an abort in {phase}"
+        );
+        ensure!(
+            world.import_state("beta", &info.migration_id)?
+                == import_status_response::State::NotStarted,
+            "beta still holds an import of {}",
+            info.migration_id
+        );
+        ensure!(world.owners("app")? == BTreeSet::from(["alpha".to_owned()]));
+        // Unlocked: writes are accepted again.
+        set_model_config(
+            world,
+            "alpha",
+            "app",
+            &format!("after-abort-{attempt}"),
+            "yes",
+        )?;
+    }
+    ensure!(
+        workloads(&world.fleet, 1)? == before,
+        "workloads changed across aborts"
+    );
+
+    info!("--- an operator abort: ctl abort-migration while QUIESCE waits for a stopped agent");
+    let digest = world.description_digest("alpha", "app")?;
+    let out = world.ctl.ok(&["migrate", "alpha:app", "beta"])?;
+    ensure!(out.contains("Migration started with ID \""), "{out}");
+    // A stopped agent cannot acknowledge the quiesce, so the migration waits in QUIESCE.
+    let agent = world.fleet.machines[0]
+        .agentd
+        .as_ref()
+        .context("agentd")?
+        .id();
+    let agent = nix::unistd::Pid::from_raw(i32::try_from(agent)?);
+    nix::sys::signal::kill(agent, nix::sys::signal::Signal::SIGSTOP)?;
+    let waited = wait_for("the migration to wait in QUIESCE", || {
+        let info = world_status(&world.controllers["alpha"], &world.rt, "app")?;
+        ensure!(info.phase == "QUIESCE", "phase {}", info.phase);
+        Ok(())
+    });
+    let aborted = world.ctl.run(&["abort-migration", "alpha:app"]);
+    nix::sys::signal::kill(agent, nix::sys::signal::Signal::SIGCONT)?;
+    waited?;
+    let aborted = aborted?;
+    ensure!(aborted.code == 0, "abort-migration: {}", aborted.stderr);
+    ensure!(world.wait_migration_end("alpha", "app")? == "ABORTDONE");
+    let info = world.migration_status("alpha", "app")?;
+    ensure!(
+        info.abort_reason
+            .as_deref()
+            .unwrap_or_default()
+            .contains("aborted by operator"),
+        "{:?}",
+        info.abort_reason
+    );
+    ensure!(
+        world.description_digest("alpha", "app")? == digest,
+        "changed by the abort"
+    );
+    let late = world.ctl.run(&["abort-migration", "alpha:app"])?;
+    ensure!(
+        late.code == 1 && late.stderr.contains("ended"),
+        "{}",
+        late.stderr
+    );
+    world.wait_active("alpha:app", 1)?;
+    ensure!(workloads(&world.fleet, 1)? == before, "workloads changed");
+    Ok(())
+}
+
+/// The latest migration of `model` from one cluster (any node that answers).
+fn world_status(
+    cluster: &LocalCluster,
+    rt: &Runtime,
+    model: &str,
+) -> Result<starling_proto::controller::MigrationInfo> {
+    let token = cluster.registration().token.clone();
+    let mut client = {
+        let _guard = rt.enter();
+        cluster.client_with(1, Some(&token), RPC_TIMEOUT)?
+    };
+    Ok(rt
+        .block_on(client.migration_status(MigrationStatusRequest {
+            model: model_ref(model),
+        }))?
+        .into_inner())
+}
+
+fn set_model_config(
+    world: &World,
+    controller: &str,
+    model: &str,
+    key: &str,
+    value: &str,
+) -> Result<()> {
+    let cluster = world.cluster(controller);
+    let token = cluster.registration().token.clone();
+    world.rt.block_on(async {
+        let mut client = cluster.client_with(1, Some(&token), RPC_TIMEOUT)?;
+        client
+            .set_model_config(SetModelConfigRequest {
+                model: model_ref(model),
+                values: [(key.to_owned(), value.to_owned())].into(),
+                request_id: String::new(),
+            })
+            .await?;
+        anyhow::Ok(())
+    })
+}
+
+#[test]
+fn leader_kills_in_every_phase_end_with_one_owner() -> Result<()> {
+    // Every step of a master sleeps, so each phase lasts long enough to kill a leader in it.
+    let slow = "migration.source.step=return(700)".to_owned();
+    let mut options = Vec::new();
+    for name in ["alpha", "beta"] {
+        let mut o = ClusterOptions::new(name, 3);
+        o.env = vec![("FAILPOINTS".into(), slow.clone())];
+        options.push(o);
+    }
+    let mut world = World::start(options)?;
+    let result = leader_kills(&mut world);
+    if result.is_err() {
+        world.dump();
+    }
+    result
+}
+
+fn leader_kills(world: &mut World) -> Result<()> {
+    world.add_model("alpha", "app", 1)?;
+    world.deploy("alpha:app", "counter", &["--to", "0"])?;
+    world.wait_active("alpha:app", 1)?;
+    let before = workloads(&world.fleet, 1)?;
+    let mut here = "alpha".to_owned();
+    let mut there = "beta".to_owned();
+    let cases: Vec<(&str, bool)> = vec![
+        ("QUIESCE", true),
+        ("IMPORT", true),
+        ("VALIDATION", true),
+        ("SUCCESS", true),
+        ("LOGTRANSFER", true),
+        ("REAP", true),
+        ("IMPORT", false),
+        ("SUCCESS", false),
+    ];
+    for (phase, kill_source) in cases {
+        let victim_side = if kill_source {
+            here.clone()
+        } else {
+            there.clone()
+        };
+        info!(phase, victim = %victim_side, from = %here, to = %there, "--- leader kill");
+        world.ctl.ok(&["migrate", &format!("{here}:app"), &there])?;
+        // Wait for the phase (a fast phase may be missed: then the kill lands in a later one).
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let info = world.migration_status(&here, "app")?;
+            if info.phase == phase {
+                break;
+            }
+            ensure!(
+                Instant::now() < deadline && !matches!(info.phase.as_str(), "DONE" | "ABORTDONE"),
+                "{phase} was not seen (now {}): each step is slowed by a failpoint so it should be",
+                info.phase
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let cluster = world.controllers.get_mut(&victim_side).context("victim")?;
+        let leader = world
+            .rt
+            .block_on(cluster.wait_for_leader(Duration::from_secs(30)))?;
+        cluster.kill(leader)?;
+        info!(leader, "leader SIGKILLed");
+        world
+            .rt
+            .block_on(cluster.wait_for_leader_other_than(Some(leader), Duration::from_secs(60)))?;
+        cluster.start_node(leader)?;
+        let end = world.wait_migration_end(&here, "app")?;
+        let owners = world.owners("app")?;
+        info!(end, ?owners, "migration ended");
+        let expected = if end == "ABORTDONE" {
+            here.clone()
+        } else {
+            there.clone()
+        };
+        ensure!(
+            owners == BTreeSet::from([expected.clone()]),
+            "after {end} the owners are {owners:?}, expected only {expected}"
+        );
+        if end != "ABORTDONE" {
+            std::mem::swap(&mut here, &mut there);
+        }
+        world.wait_active(&format!("{here}:app"), 1)?;
+    }
+    ensure!(workloads(&world.fleet, 1)? == before, "workloads changed");
+    Ok(())
+}
