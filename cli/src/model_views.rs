@@ -1,6 +1,7 @@
-//! The views of models and what is in them: `ctl models`, `show-model`, `status`, `config` and
-//! `debug-log` lines, `whoami`. Like `render`, everything here returns text; the JSON shapes are
-//! the contract of DESIGN.md §6 (kebab-case keys; extra keys are allowed, never fewer).
+//! The views of models and what is in them: `ctl models`, `show-model`, `status`, `config`,
+//! `model-config`, `debug-log` lines and `whoami`. Like `render`, everything here returns text;
+//! the JSON shapes are the contract of DESIGN.md §6 (kebab-case keys; extra keys are allowed,
+//! never fewer).
 
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
@@ -870,6 +871,34 @@ impl AppConfigView {
     }
 }
 
+/// `ctl model-config` with no key: every key of a model's config. YAML and JSON are the bare
+/// map of keys to values; the table has one row per key, in key order.
+#[derive(Debug)]
+pub struct ModelConfigView {
+    /// The qualified model name, for the empty-config line.
+    pub model: String,
+    /// The values by key.
+    pub values: BTreeMap<String, String>,
+}
+
+impl ModelConfigView {
+    /// Renders in `format`.
+    pub fn render(&self, format: Format) -> Result<String> {
+        if let Some(text) = structured(format, &self.values)? {
+            return Ok(text);
+        }
+        if self.values.is_empty() {
+            return Ok(format!("Model \"{}\" has no config.\n", self.model));
+        }
+        let rows: Vec<Vec<String>> = self
+            .values
+            .iter()
+            .map(|(k, v)| vec![k.clone(), v.clone()])
+            .collect();
+        Ok(table(&["Key", "Value"], &rows, &[]))
+    }
+}
+
 /// One `ctl debug-log` line: `ENTITY: TIME LEVEL MODULE MESSAGE`.
 pub fn log_line(record: &LogRecord) -> String {
     let time = rfc3339(record.time_unix_ms).unwrap_or_else(|| "-".to_string());
@@ -1241,6 +1270,50 @@ mod tests {
             assert!(m["status"].as_object().unwrap().contains_key(key), "{key}");
         }
         assert_eq!(m["users"]["bob"]["access"], "read");
+    }
+
+    fn model_config(values: &[(&str, &str)]) -> ModelConfigView {
+        ModelConfigView {
+            model: "admin/web".into(),
+            values: values
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn model_config_formats() {
+        let view = model_config(&[
+            ("owner", "ops-team"),
+            ("backup.window", "02:00-04:00"),
+            ("cost-centre", "a=b c"),
+        ]);
+        assert_eq!(
+            view.render(Format::Tabular).unwrap(),
+            "Key            Value\n\
+             backup.window  02:00-04:00\n\
+             cost-centre    a=b c\n\
+             owner          ops-team\n"
+        );
+        assert_eq!(
+            view.render(Format::Json).unwrap(),
+            "{\n  \"backup.window\": \"02:00-04:00\",\n  \"cost-centre\": \"a=b c\",\n  \
+             \"owner\": \"ops-team\"\n}\n"
+        );
+        let yaml: BTreeMap<String, String> =
+            serde_saphyr::from_str(&view.render(Format::Yaml).unwrap()).unwrap();
+        assert_eq!(yaml, view.values);
+    }
+
+    #[test]
+    fn empty_model_config() {
+        let view = model_config(&[]);
+        assert_eq!(
+            view.render(Format::Tabular).unwrap(),
+            "Model \"admin/web\" has no config.\n"
+        );
+        assert_eq!(view.render(Format::Json).unwrap(), "{}\n");
     }
 
     #[test]

@@ -473,20 +473,27 @@ impl Controller for FakeController {
 
     async fn get_model_config(
         &self,
-        _request: Request<GetModelConfigRequest>,
+        request: Request<GetModelConfigRequest>,
     ) -> Result<Response<ModelConfig>, Status> {
-        Err(Status::unimplemented(
-            "the fake controller has no model config",
-        ))
+        check_auth(&request)?;
+        let r = request.into_inner();
+        self.world
+            .lock()
+            .unwrap()
+            .model_config(r.model.as_ref())
+            .map(Response::new)
     }
 
     async fn set_model_config(
         &self,
-        _request: Request<SetModelConfigRequest>,
+        request: Request<SetModelConfigRequest>,
     ) -> Result<Response<SetModelConfigResponse>, Status> {
-        Err(Status::unimplemented(
-            "the fake controller has no model config",
-        ))
+        check_auth(&request)?;
+        self.world
+            .lock()
+            .unwrap()
+            .set_model_config(request.into_inner())?;
+        Ok(Response::new(SetModelConfigResponse {}))
     }
 
     async fn migrate(
@@ -1496,6 +1503,289 @@ fn users_grant_revoke_login_whoami() {
     let v = json(&data, &["whoami"]);
     assert_eq!(v["user"], "bob");
     assert_eq!(v["controller-access"], "login");
+}
+
+// --- Model config -----------------------------------------------------------------------------
+
+#[test]
+fn model_config_usage_errors_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    // Found before any store or controller is read, so no controller is needed.
+    for (args, message) in [
+        (
+            &["model-config", "owner", "a=1"][..],
+            "cannot mix KEY and KEY=VALUE",
+        ),
+        (
+            &["model-config", "a=1", "owner"],
+            "cannot mix KEY and KEY=VALUE",
+        ),
+        (
+            &["model-config", "owner", "note"],
+            "give a single KEY to print",
+        ),
+        (&["model-config", "=1"], "missing key in \"=1\""),
+        (
+            &["model-config", "a=1", "a=2"],
+            "key \"a\" given more than once",
+        ),
+        (
+            &["model-config", "owner", "--reset", "note"],
+            "cannot print key \"owner\" and --reset keys in one command",
+        ),
+        (
+            &["model-config", "a=1", "--reset", "a"],
+            "key \"a\" is both set and reset",
+        ),
+        (&["model-config", "--reset", "a,,b"], "empty key in --reset"),
+    ] {
+        ctl(dir.path())
+            .args(args)
+            .assert()
+            .code(2)
+            .stdout("")
+            .stderr(predicate::str::contains(message));
+    }
+}
+
+#[test]
+fn model_config_help_explains_free_form_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let help = ok(dir.path(), &["model-config", "--help"]);
+    for text in [
+        "free-form settings",
+        "travel with it when it migrates",
+        "-m, --model <[CONTROLLER:]MODEL>",
+        "--reset <KEY[,KEY...]>",
+        "KEY= removes KEY",
+        "the value alone, for scripts",
+    ] {
+        assert!(help.contains(text), "{text}: {help}");
+    }
+    let overview = ok(dir.path(), &["--help"]);
+    assert!(overview.contains("model-config"), "{overview}");
+}
+
+#[test]
+fn model_config_lists_gets_and_sets() {
+    let (server, _dir, data) = registered();
+    ok(&data, &["add-model", "web"]);
+    assert_eq!(
+        ok(&data, &["model-config"]),
+        "Model \"admin/web\" has no config.\n"
+    );
+    assert_eq!(ok(&data, &["model-config", "--format", "json"]), "{}\n");
+    ctl(&data)
+        .args([
+            "model-config",
+            "owner=ops-team",
+            "note=a=b c",
+            "backup.window=02:00-04:00",
+        ])
+        .assert()
+        .success()
+        .stdout("")
+        .stderr("");
+    {
+        let world = server.state.world.lock().unwrap();
+        let calls = &world.model_config_calls;
+        assert_eq!(calls.len(), 1, "all values in one call");
+        assert_eq!(calls[0].model.as_ref().unwrap().name, "admin/web");
+        assert_eq!(calls[0].values.len(), 3);
+        assert!(uuid::Uuid::parse_str(&calls[0].request_id).is_ok());
+    }
+    assert_eq!(
+        ok(&data, &["model-config"]),
+        "Key            Value\n\
+         backup.window  02:00-04:00\n\
+         note           a=b c\n\
+         owner          ops-team\n"
+    );
+    assert_eq!(ok(&data, &["model-config", "owner"]), "ops-team\n");
+    assert_eq!(ok(&data, &["model-config", "note"]), "a=b c\n");
+    // --format does not change the value printed alone.
+    assert_eq!(
+        ok(&data, &["model-config", "note", "--format", "json"]),
+        "a=b c\n"
+    );
+    let v = json(&data, &["model-config"]);
+    assert_eq!(
+        v,
+        serde_json::json!({
+            "backup.window": "02:00-04:00",
+            "note": "a=b c",
+            "owner": "ops-team",
+        })
+    );
+    let yaml: BTreeMap<String, String> =
+        serde_saphyr::from_str(&ok(&data, &["model-config", "--format", "yaml"])).unwrap();
+    assert_eq!(yaml["note"], "a=b c");
+    assert_eq!(yaml.len(), 3);
+    // Setting again replaces the value, in a new call with a new request id.
+    ok(&data, &["model-config", "owner=dev-team"]);
+    assert_eq!(ok(&data, &["model-config", "owner"]), "dev-team\n");
+    {
+        let world = server.state.world.lock().unwrap();
+        let calls = &world.model_config_calls;
+        assert_eq!(calls.len(), 2);
+        assert_ne!(calls[0].request_id, calls[1].request_id);
+    }
+
+    // -m [controller:]model and CTL_MODEL pick another model; each model has its own keys.
+    ok(
+        &data,
+        &["model-config", "-m", "alpha:controller", "tier=infra"],
+    );
+    assert_eq!(
+        ok(&data, &["model-config", "-m", "controller"]),
+        "Key   Value\ntier  infra\n"
+    );
+    ctl(&data)
+        .env("CTL_MODEL", "alpha:admin/controller")
+        .args(["model-config", "tier"])
+        .assert()
+        .success()
+        .stdout("infra\n");
+    ctl(&data)
+        .args(["model-config", "tier"])
+        .assert()
+        .code(1)
+        .stderr("ERROR model config key \"tier\" is not set\n");
+    ctl(&data)
+        .args(["model-config", "-m", "nope"])
+        .assert()
+        .code(1)
+        .stderr("ERROR model \"admin/nope\" not found\n");
+}
+
+#[test]
+fn model_config_removes_with_empty_value_and_reset() {
+    let (server, _dir, data) = registered();
+    ok(&data, &["add-model", "web"]);
+    ok(&data, &["model-config", "a=1", "b=2", "c=3", "d=4"]);
+    // KEY= removes KEY; it can go with settings in the same call.
+    ok(&data, &["model-config", "a=", "e=5"]);
+    assert_eq!(
+        ok(&data, &["model-config"]),
+        "Key  Value\nb    2\nc    3\nd    4\ne    5\n"
+    );
+    // --reset takes a comma-separated list, may be repeated and may go with KEY=VALUE.
+    ctl(&data)
+        .args(["model-config", "--reset", "b,c", "--reset", "d", "f=6"])
+        .assert()
+        .success()
+        .stdout("")
+        .stderr("");
+    {
+        let world = server.state.world.lock().unwrap();
+        let last = world.model_config_calls.last().unwrap();
+        let want: BTreeMap<String, String> = [("b", ""), ("c", ""), ("d", ""), ("f", "6")]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        assert_eq!(last.values, want);
+    }
+    assert_eq!(ok(&data, &["model-config"]), "Key  Value\ne    5\nf    6\n");
+    // Removing a key that is not set is not an error (the key is not set afterwards).
+    ok(&data, &["model-config", "--reset", "e,zzz"]);
+    assert_eq!(
+        json(&data, &["model-config"]),
+        serde_json::json!({"f": "6"})
+    );
+}
+
+#[test]
+fn model_config_missing_key_is_one_error_line() {
+    let (_server, _dir, data) = registered();
+    ok(&data, &["add-model", "web"]);
+    ctl(&data)
+        .args(["model-config", "owner"])
+        .assert()
+        .code(1)
+        .stdout("")
+        .stderr("ERROR model config key \"owner\" is not set\n");
+    ok(&data, &["model-config", "owner=ops"]);
+    ok(&data, &["model-config", "owner="]);
+    ctl(&data)
+        .args(["model-config", "-m", "alpha:web", "owner"])
+        .assert()
+        .code(1)
+        .stdout("")
+        .stderr("ERROR model config key \"owner\" is not set\n");
+}
+
+#[test]
+fn model_config_refusals_are_printed_as_the_controller_words_them() {
+    let (server, _dir, data) = registered();
+    ok(&data, &["add-model", "web"]);
+    ok(&data, &["model-config", "owner=ops"]);
+    // The controller checks keys and values; a refused call changes nothing.
+    ctl(&data)
+        .args(["model-config", "note=x", "Bad_Key=1"])
+        .assert()
+        .code(1)
+        .stdout("")
+        .stderr(
+            "ERROR invalid model config key \"Bad_Key\": use 1 to 128 lowercase letters, \
+             digits, '-', '.' or '_', starting with a letter or digit\n",
+        );
+    let big = format!("note={}", "x".repeat(4097));
+    ctl(&data)
+        .args(["model-config", &big])
+        .assert()
+        .code(1)
+        .stderr(
+            "ERROR the value of model config key \"note\" is 4097 bytes, at most 4096 allowed\n",
+        );
+    // A model locked by a migration is read-only: reads work, writes are refused.
+    server
+        .state
+        .world
+        .lock()
+        .unwrap()
+        .locked
+        .insert("web".into(), "uuid-model-web:1".into());
+    let locked = "ERROR model \"admin/web\" is locked by migration uuid-model-web:1 and is \
+                  read-only until it completes or aborts\n";
+    for args in [
+        &["model-config", "owner=dev"][..],
+        &["model-config", "--reset", "owner"],
+    ] {
+        ctl(&data)
+            .args(args)
+            .assert()
+            .code(1)
+            .stdout("")
+            .stderr(locked);
+    }
+    assert_eq!(ok(&data, &["model-config"]), "Key    Value\nowner  ops\n");
+}
+
+#[test]
+fn model_config_retry_after_failover_reuses_the_request_id() {
+    let server = fake_server();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("ctl");
+    // Two endpoints of the same fake: the first answer is UNAVAILABLE, the client moves on.
+    let endpoint = server.addr.to_string();
+    register(
+        &data,
+        "alpha",
+        &[endpoint.clone(), endpoint],
+        &server.ca_cert,
+        TOKEN,
+    );
+    ok(&data, &["add-model", "web"]);
+    server.state.world.lock().unwrap().model_config_unavailable = 1;
+    ok(&data, &["model-config", "owner=ops"]);
+    {
+        let world = server.state.world.lock().unwrap();
+        let calls = &world.model_config_calls;
+        assert_eq!(calls.len(), 2, "one refused attempt, one retry");
+        assert_eq!(calls[0], calls[1], "the retry is the same request");
+        assert!(uuid::Uuid::parse_str(&calls[0].request_id).is_ok());
+    }
+    assert_eq!(ok(&data, &["model-config", "owner"]), "ops\n");
 }
 
 // --- Migration --------------------------------------------------------------------------------

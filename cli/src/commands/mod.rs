@@ -9,6 +9,7 @@ pub mod controllers;
 pub mod debug_log;
 pub mod machines;
 pub mod migrate;
+pub mod model_config;
 pub mod models;
 pub mod register;
 pub mod remove_node;
@@ -75,6 +76,9 @@ pub enum Command {
     ShowModel(models::ShowModelArgs),
     /// Destroy a model.
     DestroyModel(models::DestroyModelArgs),
+    /// Show, print or set a model's config: free-form settings kept with the model.
+    #[command(after_long_help = model_config::MODEL_CONFIG_HELP)]
+    ModelConfig(model_config::ModelConfigArgs),
     /// Migrate a model to another controller.
     #[command(after_long_help = migrate::MIGRATE_HELP)]
     Migrate(migrate::MigrateArgs),
@@ -262,6 +266,7 @@ pub async fn run_with(ctx: &Context, command: Command) -> Result<Output> {
         Command::Models(args) => models::models(ctx, args).await,
         Command::ShowModel(args) => models::show_model(ctx, args).await,
         Command::DestroyModel(args) => models::destroy_model(ctx, args).await,
+        Command::ModelConfig(args) => model_config::run(ctx, args).await,
         Command::Migrate(args) => migrate::migrate(ctx, args).await,
         Command::AbortMigration(args) => migrate::abort_migration(ctx, args).await,
         Command::AddMachine(args) => machines::add_machine(ctx, args).await,

@@ -59,6 +59,12 @@ pub struct World {
     pub abort_refusal: Option<String>,
     /// Models that migrated away: short name → target controller.
     pub migrated: BTreeMap<String, String>,
+    /// Models locked by a migration: short name → migration id. Writes to them are refused.
+    pub locked: BTreeMap<String, String>,
+    /// Every SetModelConfig call, including those answered UNAVAILABLE.
+    pub model_config_calls: Vec<SetModelConfigRequest>,
+    /// How many SetModelConfig calls to answer UNAVAILABLE first (a node that lost its leader).
+    pub model_config_unavailable: u32,
 }
 
 fn status(current: &str, message: &str) -> Option<starling_proto::model::Status> {
@@ -506,6 +512,66 @@ impl World {
             .find(|a| a.name == r.application)
             .ok_or_else(|| Status::not_found("application not found"))?;
         app.config.extend(r.values);
+        Ok(())
+    }
+
+    /// GetModelConfig: the model's own config map.
+    pub fn model_config(&self, model: Option<&ModelRef>) -> Result<ModelConfig, Status> {
+        let m = self.model(model)?;
+        Ok(ModelConfig {
+            values: m.model.config.clone(),
+        })
+    }
+
+    /// SetModelConfig, checked like the controller does: every key and value first, so a
+    /// refused call changes nothing; an empty value removes its key.
+    pub fn set_model_config(&mut self, r: SetModelConfigRequest) -> Result<(), Status> {
+        self.model_config_calls.push(r.clone());
+        if self.model_config_unavailable > 0 {
+            self.model_config_unavailable -= 1;
+            return Err(Status::unavailable("no leader"));
+        }
+        let m = self.model(r.model.as_ref())?;
+        let name = format!("{}/{}", m.model.owner, m.model.name);
+        if let Some(migration) = self.locked.get(&m.model.name) {
+            return Err(Status::failed_precondition(format!(
+                "model \"{name}\" is locked by migration {migration} and is read-only until it \
+                 completes or aborts"
+            )));
+        }
+        if r.values.is_empty() {
+            return Err(Status::invalid_argument("no model config values given"));
+        }
+        for (key, value) in &r.values {
+            let valid = key.len() <= 128
+                && key
+                    .chars()
+                    .next()
+                    .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+                && key.chars().all(|c| {
+                    c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '.' | '_')
+                });
+            if !valid {
+                return Err(Status::invalid_argument(format!(
+                    "invalid model config key {key:?}: use 1 to 128 lowercase letters, digits, \
+                     '-', '.' or '_', starting with a letter or digit"
+                )));
+            }
+            if value.len() > 4096 {
+                return Err(Status::invalid_argument(format!(
+                    "the value of model config key {key:?} is {} bytes, at most 4096 allowed",
+                    value.len()
+                )));
+            }
+        }
+        let config = &mut self.model_mut(r.model.as_ref())?.model.config;
+        for (key, value) in r.values {
+            if value.is_empty() {
+                config.remove(&key);
+            } else {
+                config.insert(key, value);
+            }
+        }
         Ok(())
     }
 
