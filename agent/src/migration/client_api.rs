@@ -26,6 +26,15 @@ pub fn summary(
     let Some(record) = stored::latest_migration(state, uuid).map_err(storage_error)? else {
         return Ok(Default::default());
     };
+    // A model that left and came back: its last migration is the one that brought it here, of
+    // which this controller was the target, so the old outbound record is history only.
+    let came_back = stored::read_activated_by(state, uuid)
+        .map_err(storage_error)?
+        .and_then(|by| starling_storage::model::migration::MigrationId::parse(&by).ok())
+        .is_some_and(|by| by.attempt > record.attempt);
+    if came_back {
+        return Ok(Default::default());
+    }
     let id = stored::record_id(&record).to_string();
     let phase = Phase::parse(&record.phase);
     let target = record
