@@ -6,10 +6,15 @@
 #   - leader failover: SIGKILL of the leader to the next committed write (5 repetitions, the
 #     killed node restarted between them),
 #   - the same two loads against a 3-node etcd (Debian's etcd-server) on loopback, driven by the
-#     Python `aetcd` client (Debian ships no etcd `benchmark` tool), when etcd can be had.
+#     Python `aetcd` client (Debian ships no etcd `benchmark` tool), when etcd can be had,
+#   - live migration between two 3-node controllers of models of 1,000 and 10,000 units (one
+#     simulated agent per 100 units; cluster-tests' migration_bench): total time, each phase, the
+#     write-unavailability window seen by a client writing continuously, import MB/s and
+#     records/s, and the time until every agent is on the target.
 # Prints a table and ONE JSON line (prefixed "BENCH_JSON ") with the figures and ratios.
 #
 #   scripts/bench.sh [--duration SECS] [--failover-reps N] [--fsync-secs SECS] [--no-etcd] [--no-build]
+#                    [--migration-units "1000 10000"] [--no-migration] [--only-migration]
 #
 # Only 127.0.0.1 is used; every wait and load is bounded in time; everything started is stopped.
 set -euo pipefail
@@ -23,6 +28,8 @@ failover_reps=5
 fsync_secs=5
 use_etcd=true
 build=true
+core=true
+migration_units="1000 10000"
 while (($#)); do
     case "$1" in
     --duration) duration="${2:?}"; shift 2 ;;
@@ -30,7 +37,10 @@ while (($#)); do
     --fsync-secs) fsync_secs="${2:?}"; shift 2 ;;
     --no-etcd) use_etcd=false; shift ;;
     --no-build) build=false; shift ;;
-    *) echo "usage: $0 [--duration SECS] [--failover-reps N] [--fsync-secs SECS] [--no-etcd] [--no-build]" >&2; exit 2 ;;
+    --migration-units) migration_units="${2:?}"; shift 2 ;;
+    --no-migration) migration_units=""; shift ;;
+    --only-migration) core=false; use_etcd=false; shift ;;
+    *) echo "usage: $0 [--duration SECS] [--failover-reps N] [--fsync-secs SECS] [--no-etcd] [--no-build] [--migration-units \"N ...\"] [--no-migration] [--only-migration]" >&2; exit 2 ;;
     esac
 done
 
@@ -41,7 +51,7 @@ if $build; then
     (cd "$repo" && cargo build --release --bins >&2)
 fi
 bin="$STARLING_BIN_DIR"
-for b in ctld ctl loadgen fsync_probe; do need_bin "$bin/$b"; done
+for b in ctld ctl loadgen fsync_probe migration_bench; do need_bin "$bin/$b"; done
 
 persistent_work="$STARLING_WORK"
 mkdir -p "$persistent_work"
@@ -53,10 +63,14 @@ results="$bench_dir/results"
 mkdir -p "$results"
 etcd_pids=()
 cluster_started=false
+migration_clusters=()
 
 cleanup() {
     local rc=$? pid
     if $cluster_started; then "$scripts/stop-cluster.sh" bench >/dev/null 2>&1 || true; fi
+    for name in "${migration_clusters[@]+"${migration_clusters[@]}"}"; do
+        "$scripts/stop-cluster.sh" "$name" >/dev/null 2>&1 || true
+    done
     for pid in "${etcd_pids[@]+"${etcd_pids[@]}"}"; do
         if [[ "$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null)" == *etcd*"$bench_dir"* ]]; then
             kill -TERM "$pid" 2>/dev/null || true
@@ -82,7 +96,24 @@ step "fdatasync rate of $bench_dir (single writer, ${fsync_secs}s)"
 "$bin/fsync_probe" --dir "$bench_dir" --seconds "$fsync_secs" >"$results/fsync.json"
 cat "$results/fsync.json" >&2
 
+# ---------------------------------------------------------------- live migration
+for units in $migration_units; do
+    step "migration of a $units-unit model between two 3-node controllers"
+    migration_clusters=(migsrc migdst)
+    "$scripts/bootstrap-cluster.sh" migsrc -n 3 >/dev/null
+    "$scripts/bootstrap-cluster.sh" migdst -n 3 >/dev/null
+    machines=$((units / 100 > 10 ? units / 100 : 10))
+    "$bin/migration_bench" --source "$(cluster_dir migsrc)/registration.yaml" \
+        --target "$(cluster_dir migdst)/registration.yaml" --units "$units" --machines "$machines" \
+        --step-timeout 900 | tee "$results/migration-$units.txt" >&2
+    sed -n 's/^MIGRATION_BENCH_JSON //p' "$results/migration-$units.txt" >"$results/migration-$units.json"
+    "$scripts/stop-cluster.sh" migsrc >/dev/null 2>&1 || true
+    "$scripts/stop-cluster.sh" migdst >/dev/null 2>&1 || true
+    migration_clusters=()
+done
+
 # ---------------------------------------------------------------- Starling
+if $core; then
 step "bootstrapping a 3-node controller from $bin"
 cluster_started=true
 "$scripts/bootstrap-cluster.sh" bench -n 3 >/dev/null
@@ -130,6 +161,7 @@ until members_healthy; do
 done
 "$scripts/stop-cluster.sh" bench >/dev/null 2>&1 || true
 cluster_started=false
+fi
 
 # ---------------------------------------------------------------- etcd
 etcd_note="not measured"
@@ -244,16 +276,19 @@ read -r -a ctld_args <<<"${STARLING_CTLD_ARGS:-}"
 for ((i = 0; i < ${#ctld_args[@]}; i++)); do
     [[ "${ctld_args[i]}" != "--election-timeout-max-ms" ]] || election_timeout_max_ms="${ctld_args[i + 1]}"
 done
-python3 - "$results" "$etcd_note" "$election_timeout_max_ms" <<'PY'
+python3 - "$results" "$etcd_note" "$election_timeout_max_ms" "$migration_units" <<'PY'
 import json, os, statistics, sys
 results, etcd_note, election_max = sys.argv[1], sys.argv[2], float(sys.argv[3])
+migration_units = [int(u) for u in sys.argv[4].split()]
 def load(name):
     path = os.path.join(results, name)
     return json.load(open(path)) if os.path.exists(path) and os.path.getsize(path) else None
 fsync = load("fsync.json")
 s1, s256 = load("starling-1.json"), load("starling-256.json")
 e1, e256 = load("etcd-1.json"), load("etcd-256.json")
-failovers = [json.loads(l)["failover_ms"] for l in open(os.path.join(results, "failover.jsonl")) if l.strip()]
+failover_path = os.path.join(results, "failover.jsonl")
+failovers = [json.loads(l)["failover_ms"] for l in open(failover_path) if l.strip()] if os.path.exists(failover_path) else []
+migrations = {u: load(f"migration-{u}.json") for u in migration_units}
 ratio = lambda a, b: round(a / b, 3) if a is not None and b else None
 w = lambda r: r["writes_per_s"] if r else None
 fo_p50 = statistics.median(failovers) if failovers else None
@@ -268,6 +303,14 @@ for label, r in (("starling writes/s, 1 writer", s1), ("starling writes/s, 256 i
         rows.append((label, "-", etcd_note))
 if failovers:
     rows.append(("leader failover p50 (ms)", f"{fo_p50:.0f}", "all: " + ", ".join(f"{x:.0f}" for x in failovers) + f"; election timeout max {election_max:.0f} ms"))
+for u, m in migrations.items():
+    if not m:
+        rows.append((f"migration {u} units", "-", "failed (see the log above)"))
+        continue
+    rows.append((f"migration {u} units: total (ms)", f'{m["total_ms"]}', f'quiesce {m["quiesce_ms"]}, import {m["import_ms"]}, validation {m["validation_ms"]}, activate {m["activate_ms"]}, log+reap {m["logtransfer_reap_ms"]}; {m["machines"]} agents'))
+    rows.append((f"migration {u} units: lock→active (ms)", f'{m["lock_to_active_ms"]}', f'write unavailability {m["write_unavailability_ms"]} ms (longest gap between acknowledged writes)'))
+    rows.append((f"migration {u} units: import", f'{m["import_mb_per_s"]:.2f}', f'MB/s; {m["import_records_per_s"]:.0f} records/s; {m["description_bytes"]} bytes, {m["records"]} records'))
+    rows.append((f"migration {u} units: agents on target (ms)", f'{m["agents_all_on_target_ms_after_success"]}', f'after SUCCESS; {m["agents_switched"]}/{m["machines"]} switched'))
 width = max(len(r[0]) for r in rows)
 print()
 print(f'{"figure":<{width}}  {"value":>8}  detail')
@@ -285,7 +328,13 @@ figures = {
     "ratio_starling_1_over_etcd_1": ratio(w(s1), w(e1)),
     "ratio_starling_256_over_etcd_256": ratio(w(s256), w(e256)),
     "ratio_failover_p50_over_election_max": ratio(fo_p50, election_max),
+    "migrations": {str(u): m for u, m in migrations.items()},
 }
+if len(migration_units) >= 2 and all(migrations.values()):
+    small, large = migration_units[0], migration_units[-1]
+    figures["ratio_migration_total_large_over_small"] = ratio(migrations[large]["total_ms"], migrations[small]["total_ms"])
+    figures["ratio_migration_units_large_over_small"] = ratio(large, small)
+    figures["ratio_migration_window_large_over_small"] = ratio(migrations[large]["lock_to_active_ms"], migrations[small]["lock_to_active_ms"])
 print()
 print("BENCH_JSON " + json.dumps(figures, sort_keys=True))
 PY

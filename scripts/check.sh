@@ -113,7 +113,7 @@ generated_code_only_in_proto() {
 
 step "cargo fmt --all --check" cargo fmt --all --check
 step "cargo clippy --workspace --all-targets -- -D warnings" cargo clippy --workspace --all-targets -- -D warnings
-step "cargo clippy (failpoints) -- -D warnings" cargo clippy --workspace --all-targets --features starling-agent/failpoints -- -D warnings
+step "cargo clippy (failpoints, planted bugs) -- -D warnings" cargo clippy --workspace --all-targets --features starling-agent/failpoints,starling-agent/planted-bugs -- -D warnings
 step "only starling-storage depends on sled" only_dependent sled starling-storage
 step "only starling-raft depends on openraft" only_dependent openraft starling-raft
 step "dependency arrows point down the crate table" layering

@@ -215,6 +215,17 @@ impl LocalCluster {
         Ok(())
     }
 
+    /// Replaces the extra environment of the nodes (e.g. `FAILPOINTS`); it takes effect on
+    /// each node's next [`Self::start_node`].
+    pub fn set_env(&mut self, env: Vec<(String, String)>) {
+        self.options.env = env;
+    }
+
+    /// Whether node `id` is frozen (SIGSTOP) by [`Self::pause`].
+    pub fn is_paused(&self, id: u64) -> bool {
+        self.nodes.get(&id).is_some_and(|n| n.paused)
+    }
+
     /// SIGKILLs node `id` and reaps it.
     pub fn kill(&mut self, id: u64) -> Result<()> {
         let node = self.node_mut(id)?;
@@ -316,6 +327,13 @@ impl LocalCluster {
             .get_mut(&id)
             .and_then(|n| n.child.as_mut())
             .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// The pid of node `id` while it runs.
+    pub fn pid(&mut self, id: u64) -> Option<u32> {
+        self.is_running(id)
+            .then(|| self.nodes[&id].child.as_ref().map(Child::id))
+            .flatten()
     }
 
     /// The gRPC address of node `id`.

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use serde::Deserialize;
+use starling_cluster_tests::init_tracing;
 use starling_cluster_tests::{AuthedControllerClient, ClusterOptions, LocalCluster};
 use starling_proto::agent::agent_client::AgentClient;
 use starling_proto::agent::{
@@ -27,15 +28,6 @@ use tracing::info;
 /// Generous: the machine may be slow and shared.
 const CONDITION_WAIT: Duration = Duration::from_secs(60);
 const POLL: Duration = Duration::from_millis(100);
-
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_test_writer()
-        .try_init();
-}
 
 /// What an agent config carries that these tests use.
 #[derive(Clone, Debug, Deserialize)]

@@ -26,6 +26,7 @@ use starling_cluster_tests::fleet::{
     counter_groups, has_env, rotate_endpoints, running, wait_for, Ctl, Fleet, Machine, WorkloadId,
     CONDITION_WAIT,
 };
+use starling_cluster_tests::init_tracing;
 use starling_cluster_tests::{ClusterOptions, LocalCluster};
 use starling_proto::controller::{DebugLogRequest, FullStatus, ModelRef, StatusRequest};
 use starling_proto::model::{LogLevel, LogRecord};
@@ -45,15 +46,6 @@ const N_MACHINES: usize = 3;
 const PLACEMENT: &str = "0,0,1,1,2,2";
 const N_UNITS: usize = 6;
 const RPC_TIMEOUT: Duration = Duration::from_secs(5);
-
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_test_writer()
-        .try_init();
-}
 
 fn now_unix_ms() -> i64 {
     SystemTime::now()

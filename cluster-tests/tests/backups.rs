@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use serde::Deserialize;
+use starling_cluster_tests::init_tracing;
 use starling_cluster_tests::{AuthedControllerClient, ClusterOptions, LocalCluster};
 use starling_proto::agent::agent_client::AgentClient;
 use starling_proto::agent::HeartbeatRequest;
@@ -29,15 +30,6 @@ const CONDITION_WAIT: Duration = Duration::from_secs(60);
 const POLL: Duration = Duration::from_millis(100);
 /// Most config writes the background writer makes.
 const WRITES_MAX: u64 = 2_000;
-
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_test_writer()
-        .try_init();
-}
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
+use starling_cluster_tests::init_tracing;
 use starling_cluster_tests::local_cluster::run_bounded;
 use starling_cluster_tests::{BearerToken, ClusterOptions, LocalCluster};
 use starling_proto::controller::{
@@ -20,15 +21,6 @@ use tracing::info;
 const RPC_TIMEOUT: Duration = Duration::from_secs(10);
 const TERMINATE_WAIT: Duration = Duration::from_secs(30);
 const REFUSAL_WAIT: Duration = Duration::from_secs(60);
-
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_test_writer()
-        .try_init();
-}
 
 fn expect_code<T: std::fmt::Debug>(
     what: &str,

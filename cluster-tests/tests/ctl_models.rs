@@ -18,6 +18,7 @@ use anyhow::{bail, Context, Result};
 use assert_cmd::Command;
 use predicates::prelude::*;
 use serde_json::Value;
+use starling_cluster_tests::init_tracing;
 use starling_cluster_tests::{ClusterOptions, LocalCluster};
 use tracing::info;
 
@@ -26,15 +27,6 @@ const CTL_TIMEOUT: Duration = Duration::from_secs(60);
 /// Deadline of the conditions the test waits for (leader, agent log records).
 const CONDITION_WAIT: Duration = Duration::from_secs(60);
 const POLL: Duration = Duration::from_millis(200);
-
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_test_writer()
-        .try_init();
-}
 
 /// What one `ctl` run printed.
 #[derive(Debug)]

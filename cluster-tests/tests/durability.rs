@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Result};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use starling_cluster_tests::init_tracing;
 use starling_cluster_tests::seed::test_seed;
 use starling_cluster_tests::{AuthedControllerClient, ClusterOptions, LocalCluster};
 use starling_proto::controller::SetControllerConfigRequest;
@@ -72,15 +73,6 @@ impl History {
         }
         problems
     }
-}
-
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_test_writer()
-        .try_init();
 }
 
 /// Writes `key` = `value` through random running nodes until acknowledged or out of time.

@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use starling_cluster_tests::client::tls_channel;
 use starling_cluster_tests::fleet::{running, wait_for, Ctl, Fleet, Machine, WorkloadId};
+use starling_cluster_tests::init_tracing;
 use starling_cluster_tests::{BearerToken, ClusterOptions, LocalCluster};
 use starling_proto::controller::{
     GetModelConfigRequest, MigrationStatusRequest, ModelInfo, ModelRef, SetModelConfigRequest,
@@ -36,15 +37,6 @@ use tracing::info;
 const RPC_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a whole migration may take on a loaded 2-core machine.
 const MIGRATION_WAIT: Duration = Duration::from_secs(180);
-
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_test_writer()
-        .try_init();
-}
 
 fn runtime() -> Result<Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
@@ -69,10 +61,26 @@ struct World {
     _work: tempfile::TempDir,
 }
 
+/// Fails unless `ctld` was built with the test-only features these tests use (a test build of
+/// one package can replace the binaries `scripts/test.sh` built).
+fn require_test_features(ctld: &Path) -> Result<()> {
+    let out = std::process::Command::new(ctld).arg("--version").output()?;
+    let version = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        version.contains("+failpoints") && version.contains("+planted-bugs"),
+        "{} is `{}`, without the test features: build it with `cargo build --workspace --bins \
+         --features starling-agent/failpoints,starling-agent/planted-bugs` (scripts/test.sh does)",
+        ctld.display(),
+        version.trim()
+    );
+    Ok(())
+}
+
 impl World {
     /// Starts the controllers `options` describe and registers them in a fresh client store.
     fn start(options: Vec<ClusterOptions>) -> Result<Self> {
         init_tracing();
+        require_test_features(&starling_cluster_tests::Bins::locate()?.ctld)?;
         let rt = runtime()?;
         let mut controllers = BTreeMap::new();
         for options in options {
@@ -611,6 +619,18 @@ fn live_migration(world: &mut World) -> Result<()> {
         info.model.map(|m| m.ownership_epoch) == Some(2),
         "epoch after coming back"
     );
+    ensure!(
+        info.migration.is_empty(),
+        "the old outbound migration is not the model's state: {:?}",
+        info.migration
+    );
+    let beta_view = world.migration_status("beta", "shop")?;
+    ensure!(
+        beta_view.phase == "DONE" && beta_view.migration_id.ends_with(":2"),
+        "beta's record of the way back: {} {}",
+        beta_view.migration_id,
+        beta_view.phase
+    );
     let on_alpha = written_keys(world, "alpha", "shop")?;
     ensure!(on_beta.is_subset(&on_alpha), "writes lost on the way back");
     Ok(())
@@ -831,9 +851,19 @@ fn aborts(world: &mut World) -> Result<()> {
         ensure!(info.phase == "QUIESCE", "phase {}", info.phase);
         Ok(())
     });
+    // While it runs, a second migration of the model is refused by the prechecks.
+    let again = world
+        .ctl
+        .run(&["migrate", "alpha:app", "beta", "--dry-run"]);
     let aborted = world.ctl.run(&["abort-migration", "alpha:app"]);
     nix::sys::signal::kill(agent, nix::sys::signal::Signal::SIGCONT)?;
     waited?;
+    let again = again?;
+    ensure!(
+        again.code == 1 && again.stderr.contains("already migrating"),
+        "a second migration while one runs: {}",
+        again.stderr
+    );
     let aborted = aborted?;
     ensure!(aborted.code == 0, "abort-migration: {}", aborted.stderr);
     ensure!(world.wait_migration_end("alpha", "app")? == "ABORTDONE");
@@ -986,5 +1016,246 @@ fn leader_kills(world: &mut World) -> Result<()> {
         world.wait_active(&format!("{here}:app"), 1)?;
     }
     ensure!(workloads(&world.fleet, 1)? == before, "workloads changed");
+    Ok(())
+}
+
+// ---------------------------------------------------------------- calibration
+//
+// Each planted bug (`--features starling-agent/planted-bugs`, armed by STARLING_PLANTED_BUGS)
+// must be caught by the checks the tests above make. Every check here is one the real tests
+// rely on; the bug is what makes it fail.
+
+/// The owners of `model` must be exactly `expected`: the invariant every migration test checks.
+fn one_owner(world: &mut World, model: &str, expected: &str) -> Result<()> {
+    let owners = world.owners(model)?;
+    ensure!(
+        owners == BTreeSet::from([expected.to_owned()]),
+        "owners of {model}: {owners:?}, expected only {expected}"
+    );
+    Ok(())
+}
+
+fn planted(bug: &str) -> (String, String) {
+    ("STARLING_PLANTED_BUGS".to_owned(), bug.to_owned())
+}
+
+#[test]
+fn planted_activate_before_decision_makes_two_owners() -> Result<()> {
+    let mut beta = ClusterOptions::new("beta", 1);
+    beta.env = vec![planted("activate-before-decision")];
+    let mut world = World::start(vec![ClusterOptions::new("alpha", 1), beta])?;
+    world.add_model("alpha", "app", 1)?;
+    world.deploy("alpha:app", "counter", &["--to", "0"])?;
+    world.wait_active("alpha:app", 1)?;
+    world.ctl.ok(&["migrate", "alpha:app", "beta"])?;
+    // The source aborts on the digest mismatch, and cannot drop an import that is already live.
+    wait_for("the source to abort", || {
+        let info = world_status(&world.controllers["alpha"], &world.rt, "app")?;
+        ensure!(info.phase.starts_with("ABORT"), "phase {}", info.phase);
+        Ok(())
+    })?;
+    let caught = one_owner(&mut world, "app", "alpha").and(one_owner(&mut world, "app", "beta"));
+    let error = caught.expect_err("a target that activates early must be caught");
+    info!(%error, "caught");
+    ensure!(
+        world.owners("app")?.len() == 2,
+        "the bug shows as two owners: {:?}",
+        world.owners("app")?
+    );
+    Ok(())
+}
+
+#[test]
+fn planted_abort_after_success_loses_the_model() -> Result<()> {
+    let mut alpha = ClusterOptions::new("alpha", 1);
+    alpha.env = vec![
+        planted("abort-after-success"),
+        (
+            "FAILPOINTS".into(),
+            "migration.source.activate=return".into(),
+        ),
+    ];
+    let mut world = World::start(vec![alpha, ClusterOptions::new("beta", 1)])?;
+    world.add_model("alpha", "app", 1)?;
+    world.deploy("alpha:app", "counter", &["--to", "0"])?;
+    world.wait_active("alpha:app", 1)?;
+    let run = world
+        .ctl
+        .run(&["migrate", "alpha:app", "beta", "--wait", "--timeout", "2m"])?;
+    ensure!(
+        run.code == 1,
+        "the planted abort must end the migration: {}",
+        run.stdout
+    );
+    let owners = world.owners("app")?;
+    ensure!(
+        owners.is_empty(),
+        "the bug shows as no owner at all: {owners:?}"
+    );
+    ensure!(
+        one_owner(&mut world, "app", "alpha").is_err()
+            && one_owner(&mut world, "app", "beta").is_err()
+    );
+    Ok(())
+}
+
+/// Acknowledged writes, then a read from a follower that was stopped while they were made and
+/// has just been resumed: a linearizable read must see them all. The history checker judges.
+fn follower_read_history(world: &mut World) -> Result<starling_cluster_tests::history::History> {
+    use starling_cluster_tests::history::{OpKind, Outcome, Recorder};
+    let recorder = Recorder::new();
+    world.ctl.ok(&["add-model", "reg", "-c", "alpha"])?;
+    let leader = {
+        let cluster = world.controllers.get_mut("alpha").context("alpha")?;
+        world
+            .rt
+            .block_on(cluster.wait_for_leader(Duration::from_secs(30)))?
+    };
+    let follower = (1..=3).find(|id| *id != leader).context("a follower")?;
+    let write = |world: &World, n: u32| -> Result<()> {
+        let value = format!("v{n:04}");
+        let op = recorder.invoke(1, OpKind::append("reg", value.clone(), "alpha"));
+        let cluster = world.cluster("alpha");
+        let token = cluster.registration().token.clone();
+        let result = world.rt.block_on(async {
+            let mut client = cluster.client_with(leader, Some(&token), RPC_TIMEOUT)?;
+            client
+                .set_model_config(SetModelConfigRequest {
+                    model: model_ref("reg"),
+                    values: [(format!("k{n:04}"), value)].into(),
+                    request_id: String::new(),
+                })
+                .await?;
+            anyhow::Ok(())
+        });
+        recorder.complete(
+            op,
+            if result.is_ok() {
+                Outcome::Ok
+            } else {
+                Outcome::Unknown
+            },
+        );
+        result
+    };
+    for n in 0..5 {
+        write(world, n)?;
+    }
+    world
+        .controllers
+        .get_mut("alpha")
+        .context("alpha")?
+        .pause(follower)?;
+    for n in 5..25 {
+        write(world, n)?;
+    }
+    world
+        .controllers
+        .get_mut("alpha")
+        .context("alpha")?
+        .resume(follower)?;
+    let op = recorder.invoke(2, OpKind::read("reg", "alpha"));
+    let cluster = world.cluster("alpha");
+    let token = cluster.registration().token.clone();
+    let config = world.rt.block_on(async {
+        let mut client = cluster.client_with(follower, Some(&token), RPC_TIMEOUT)?;
+        anyhow::Ok(
+            client
+                .get_model_config(GetModelConfigRequest {
+                    model: model_ref("reg"),
+                })
+                .await?
+                .into_inner(),
+        )
+    })?;
+    // One sequential writer: the keys' order is the order of the appends.
+    recorder.complete_read(op, config.values.into_values());
+    Ok(recorder.history())
+}
+
+#[test]
+fn planted_stale_read_is_caught_by_the_history_checker() -> Result<()> {
+    // Control: the real read path passes.
+    let mut world = World::start(vec![ClusterOptions::new("alpha", 3)])?;
+    let history = follower_read_history(&mut world)?;
+    history
+        .check()
+        .map_err(|e| anyhow::anyhow!("the correct read path failed the checker: {e}"))?;
+    drop(world);
+    // The bug: reads served without a read index.
+    let mut alpha = ClusterOptions::new("alpha", 3);
+    alpha.env = vec![planted("stale-read")];
+    let mut world = World::start(vec![alpha])?;
+    let history = follower_read_history(&mut world)?;
+    let error = history
+        .check()
+        .expect_err("a stale follower read must be caught");
+    info!(%error, "caught");
+    Ok(())
+}
+
+/// fdatasync/fsync calls of `pid` while `work` runs, counted by strace.
+fn syncs_during(pid: u32, dir: &Path, work: impl FnOnce() -> Result<()>) -> Result<usize> {
+    let out = dir.join(format!("strace-{pid}.txt"));
+    let mut strace = std::process::Command::new("strace")
+        .args(["-f", "-qq", "-e", "trace=fdatasync,fsync", "-o"])
+        .arg(&out)
+        .arg("-p")
+        .arg(pid.to_string())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .context("strace is needed for this test (apt-get install strace)")?;
+    // strace attaches asynchronously: wait until it traces something.
+    std::thread::sleep(Duration::from_millis(500));
+    let result = work();
+    std::thread::sleep(Duration::from_millis(200));
+    strace.kill().ok();
+    strace.wait().ok();
+    result?;
+    let text = std::fs::read_to_string(&out).unwrap_or_default();
+    Ok(text
+        .lines()
+        .filter(|l| l.contains("fdatasync(") || l.contains("fsync("))
+        .count())
+}
+
+fn sequential_writes(world: &World, n: u32) -> Result<()> {
+    for i in 0..n {
+        set_model_config(world, "alpha", "reg", &format!("k{i}"), "v")?;
+    }
+    Ok(())
+}
+
+#[test]
+fn acknowledged_writes_are_fdatasynced_and_the_planted_unsynced_ack_is_caught() -> Result<()> {
+    const WRITES: u32 = 30;
+    for (bug, expect_synced) in [(None, true), (Some("unsynced-ack"), false)] {
+        let mut alpha = ClusterOptions::new("alpha", 1);
+        alpha.env = bug.map(planted).into_iter().collect();
+        let mut world = World::start(vec![alpha])?;
+        world.ctl.ok(&["add-model", "reg", "-c", "alpha"])?;
+        let pid = world
+            .controllers
+            .get_mut("alpha")
+            .context("alpha")?
+            .pid(1)
+            .context("node 1 runs")?;
+        let dir = world.fleet.root.clone();
+        let syncs = syncs_during(pid, &dir, || sequential_writes(&world, WRITES))?;
+        info!(
+            ?bug,
+            syncs,
+            writes = WRITES,
+            "fdatasync calls during acknowledged writes"
+        );
+        // Each acknowledged write of a lone sequential writer is its own log append.
+        let synced = syncs >= WRITES as usize;
+        ensure!(
+            synced == expect_synced,
+            "bug {bug:?}: {syncs} fdatasync/fsync calls for {WRITES} acknowledged writes"
+        );
+    }
     Ok(())
 }

@@ -430,6 +430,10 @@ impl RaftHandle {
     /// (read index from the leader, then wait to apply it), so a local read after it is
     /// linearizable.
     pub async fn linearizable_barrier(&self) -> Result<(), ProposeError> {
+        if starling_storage::planted::armed("stale-read") {
+            // Planted bug: serve reads from whatever this node has applied.
+            return Ok(());
+        }
         let deadline = Instant::now() + PROPOSE_DEADLINE;
         let mut backoff = Duration::from_millis(20);
         let mut leader_hint = None;

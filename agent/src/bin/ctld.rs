@@ -12,8 +12,18 @@ use starling_agent::init::{self, InitOptions, NodeSpec};
 use starling_agent::node::{self, RunOptions};
 use starling_raft::RaftTiming;
 
+/// `ctld --version`: the build's version and the test-only features it was built with.
+#[cfg(all(feature = "failpoints", feature = "planted-bugs"))]
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " +failpoints +planted-bugs");
+#[cfg(all(feature = "failpoints", not(feature = "planted-bugs")))]
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " +failpoints");
+#[cfg(all(not(feature = "failpoints"), feature = "planted-bugs"))]
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " +planted-bugs");
+#[cfg(not(any(feature = "failpoints", feature = "planted-bugs")))]
+const VERSION: &str = env!("CARGO_PKG_VERSION");
+
 #[derive(Parser)]
-#[command(name = "ctld", version, about = "A Starling controller node")]
+#[command(name = "ctld", version = VERSION, about = "A Starling controller node")]
 struct Cli {
     #[command(subcommand)]
     command: Command,

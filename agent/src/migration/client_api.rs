@@ -12,6 +12,7 @@ use starling_storage::StateRead;
 use tonic::Status;
 use tracing::info;
 
+use super::master::human_bytes;
 use super::{prechecks, MigrationContext, ProgressBoard};
 use crate::auth::Caller;
 use crate::model_service::{propose_and_wait, storage_error};
@@ -53,11 +54,19 @@ pub fn summary(
     let notes = if phase.is_some_and(Phase::is_terminal) {
         String::new()
     } else {
-        let activity = progress
-            .get(&id)
-            .map(|p| p.activity)
-            .filter(|a| !a.is_empty())
-            .unwrap_or_else(|| phase_activity(phase, &target));
+        let live = progress.get(&id).unwrap_or_default();
+        let activity = if live.activity.is_empty() {
+            phase_activity(phase, &target)
+        } else if phase == Some(Phase::Import) && live.bytes_total > 0 {
+            format!(
+                "{} ({} of {})",
+                live.activity,
+                human_bytes(live.bytes_sent),
+                human_bytes(live.bytes_total)
+            )
+        } else {
+            live.activity
+        };
         format!("migrating: {activity}")
     };
     Ok((

@@ -82,16 +82,22 @@ pub async fn run_masters(ctx: MigrationContext, stop: CancellationToken) {
     }
 }
 
-/// The master's deadlines: the defaults, with `migration-quiesce-timeout` from the controller
-/// config.
+/// The master's deadlines: the defaults, with `migration-quiesce-timeout` and
+/// `migration-import-timeout` from the controller config.
 fn limits(ctx: &MigrationContext) -> Limits {
     let mut limits = Limits::default();
     if let Ok(config) = ctx.handle.state().try_controller_config() {
-        if let Some(timeout) = config
-            .get("migration-quiesce-timeout")
-            .and_then(|v| parse_duration(v))
-        {
-            limits.quiesce_timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+        let ms = |key: &str| {
+            config
+                .get(key)
+                .and_then(|v| parse_duration(v))
+                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        };
+        if let Some(timeout) = ms("migration-quiesce-timeout") {
+            limits.quiesce_timeout_ms = timeout;
+        }
+        if let Some(timeout) = ms("migration-import-timeout") {
+            limits.import_timeout_ms = timeout;
         }
     }
     limits
@@ -399,6 +405,11 @@ impl Driver {
                 };
                 if let CallOutcome::Acked = outcome {
                     info!(migration = %self.key, "target activated the model");
+                } else if starling_storage::planted::armed("abort-after-success") {
+                    // Planted bug: give up on an unacknowledged Activate and abort.
+                    self.transition(Phase::Abort, "planted bug: Activate was not acknowledged")
+                        .await?;
+                    return Ok(());
                 } else {
                     warn!(migration = %self.key, ?outcome, "activate not acknowledged; retrying");
                 }
@@ -539,11 +550,7 @@ impl Driver {
         if let Err(status) = self.stage(&digest, &bytes, true).await {
             return Ok((digest, stage_failure(status)));
         }
-        self.activity(format!(
-            "importing model ({} of {}, {records} records)",
-            human_bytes(total),
-            human_bytes(total)
-        ));
+        self.activity("importing model");
         let request = pb::ImportRequest {
             migration_id: self.key.clone(),
             description_digest: digest,
@@ -619,11 +626,7 @@ impl Driver {
             if report {
                 let sent = offset as u64;
                 self.ctx.progress.update(&self.key, |p| p.bytes_sent = sent);
-                self.activity(format!(
-                    "importing model ({} of {})",
-                    human_bytes(sent),
-                    human_bytes(size)
-                ));
+                self.activity("importing model");
             }
         }
         Ok(())

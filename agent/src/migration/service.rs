@@ -234,6 +234,29 @@ impl Migration for MigrationService {
             }),
         )
         .await?;
+        if starling_storage::planted::armed("activate-before-decision") {
+            // Planted bug: make the import live before the source has decided anything.
+            self.propose(
+                &caller,
+                format!("activate-{id}"),
+                command::Op::ActivateModel(ActivateModel {
+                    migration_id: id.to_string(),
+                }),
+            )
+            .await?;
+            let description = self
+                .ctx
+                .handle
+                .state()
+                .model_description(&id.model_uuid)
+                .map_err(storage_error)?
+                .unwrap_or_default();
+            return Ok(Response::new(pb::ImportStatusResponse {
+                state: pb::import_status_response::State::Imported as i32,
+                digest: starling_storage::export::description_digest(&description),
+                ..Default::default()
+            }));
+        }
         let status = self.import_status(&id)?;
         info!(digest = %status.digest, records = status.record_count, "model imported");
         Ok(Response::new(status))

@@ -16,16 +16,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use serde::Deserialize;
+use starling_cluster_tests::sim_agent::{AgentAuth, AgentConfigYaml};
 use starling_cluster_tests::{controller_client, tls_channel, Registration};
 use starling_proto::agent::agent_client::AgentClient;
 use starling_proto::agent::{HeartbeatRequest, WatchRequest};
 use starling_proto::controller::{AddMachineRequest, AddModelRequest, ModelRef};
 use tokio::task::JoinSet;
-use tonic::metadata::{Ascii, MetadataValue};
-use tonic::service::Interceptor;
 use tonic::transport::Channel;
-use tonic::{Request, Status};
 
 #[derive(Parser, Debug)]
 #[command(about = "Hold N simulated machine agents against a controller node")]
@@ -57,43 +54,6 @@ struct Args {
     /// Seconds allowed for creating the machines and for connecting the agents, each.
     #[arg(long, default_value_t = 600)]
     step_timeout: u64,
-}
-
-/// The parts of an agent config the load generator needs.
-#[derive(Deserialize)]
-#[serde(rename_all = "kebab-case")]
-struct AgentConfigYaml {
-    model_uuid: String,
-    machine_id: String,
-    credential: String,
-}
-
-/// Adds an agent's three authentication headers to every call.
-#[derive(Clone)]
-struct AgentAuth {
-    authorization: MetadataValue<Ascii>,
-    model_uuid: MetadataValue<Ascii>,
-    machine_id: MetadataValue<Ascii>,
-}
-
-impl Interceptor for AgentAuth {
-    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        let metadata = request.metadata_mut();
-        metadata.insert("authorization", self.authorization.clone());
-        metadata.insert("x-model-uuid", self.model_uuid.clone());
-        metadata.insert("x-machine-id", self.machine_id.clone());
-        Ok(request)
-    }
-}
-
-impl AgentAuth {
-    fn new(config: &AgentConfigYaml) -> Result<Self> {
-        Ok(Self {
-            authorization: format!("Bearer {}", config.credential).parse()?,
-            model_uuid: config.model_uuid.parse()?,
-            machine_id: config.machine_id.parse()?,
-        })
-    }
 }
 
 /// VmRSS of `pid`, in KiB.

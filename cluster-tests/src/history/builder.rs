@@ -65,7 +65,8 @@ impl HistoryBuilder {
         op.outcome = outcome;
     }
 
-    /// Records that read `id` completed at `time`, successfully, returning `values`.
+    /// Records that read `id` (a list or set read) completed at `time`, successfully,
+    /// returning `values`.
     ///
     /// # Panics
     ///
@@ -77,7 +78,9 @@ impl HistoryBuilder {
         values: impl IntoIterator<Item = S>,
     ) {
         let op = self.pending(id);
-        let OpKind::Read { values: slot, .. } = &mut op.kind else {
+        let (OpKind::Read { values: slot, .. } | OpKind::ReadSet { values: slot, .. }) =
+            &mut op.kind
+        else {
             panic!("op {id} is not a read: {}", op.kind);
         };
         *slot = values.into_iter().map(Into::into).collect();

@@ -63,6 +63,9 @@ pub enum Rule {
     /// An Ok read lists value b before value a although the append of a completed before the
     /// append of b was invoked.
     ReadOrder,
+    /// Two Ok set reads ([`OpKind::ReadSet`]) of which neither contains the other: the set only
+    /// grows, so any two set reads, concurrent or not, must be ordered by inclusion.
+    SetsDiverge,
 }
 
 impl Rule {
@@ -81,6 +84,7 @@ impl Rule {
             Rule::ReadsDiverge => "reads-diverge",
             Rule::ReadRegressed => "read-regressed",
             Rule::ReadOrder => "read-order",
+            Rule::SetsDiverge => "sets-diverge",
         }
     }
 }
@@ -204,7 +208,7 @@ pub struct Summary {
     pub models: usize,
     /// Appends, whatever their outcome.
     pub appends: usize,
-    /// Ok reads (the only ones with evidence).
+    /// Ok reads, list and set (the only ones with evidence).
     pub reads: usize,
     /// Ok ownership observations.
     pub ownership_observations: usize,
@@ -220,7 +224,9 @@ pub struct Summary {
 /// [`Rule::StaleOwner`] / [`Rule::EpochRegression`], [`Rule::DeposedOwnerAck`]; then, read by
 /// read, [`Rule::DuplicateInRead`], [`Rule::InventedValue`], [`Rule::FailedWriteVisible`],
 /// [`Rule::FutureValue`] and [`Rule::ReadOrder`]; then [`Rule::LostWrite`],
-/// [`Rule::ReadsDiverge`] and [`Rule::ReadRegressed`].
+/// [`Rule::ReadsDiverge`] and [`Rule::ReadRegressed`]. Set reads ([`OpKind::ReadSet`]) come
+/// last: the content rules, [`Rule::LostWrite`], [`Rule::SetsDiverge`] and
+/// [`Rule::ReadRegressed`].
 pub fn check(history: &History) -> Result<Summary, CheckError> {
     let index = Index::build(&history.ops).map_err(CheckError::Malformed)?;
     for (model, ops) in &index.models {
@@ -264,6 +270,7 @@ struct ModelOps<'h> {
     claims: Vec<Claim<'h>>,
     appends: Vec<Append<'h>>,
     reads: Vec<Read<'h>>,
+    set_reads: Vec<Read<'h>>,
 }
 
 struct Index<'h> {
@@ -346,6 +353,10 @@ impl<'h> Index<'h> {
                     summary.reads += 1;
                     entry.reads.push(Read { op: i, values });
                 }
+                OpKind::ReadSet { values, .. } if op.outcome == Outcome::Ok => {
+                    summary.reads += 1;
+                    entry.set_reads.push(Read { op: i, values });
+                }
                 OpKind::Ownership {
                     controller,
                     observed,
@@ -362,7 +373,7 @@ impl<'h> Index<'h> {
                     }
                 }
                 OpKind::Migration { .. } => summary.migrations += 1,
-                OpKind::Read { .. } | OpKind::Ownership { .. } => {}
+                OpKind::Read { .. } | OpKind::ReadSet { .. } | OpKind::Ownership { .. } => {}
             }
         }
         summary.models = models.len();
@@ -429,7 +440,15 @@ impl<'h> ModelChecker<'_, 'h> {
         }
         self.no_lost_writes(&reads)?;
         self.reads_form_a_chain(&reads)?;
-        self.reads_never_shrink(&reads)
+        self.reads_never_shrink(&reads)?;
+        let mut sets = self.ops.set_reads.clone();
+        sets.sort_by_key(|read| self.order_key(read.op));
+        for read in &sets {
+            self.read_contents(read)?;
+        }
+        self.no_lost_writes(&sets)?;
+        self.sets_form_a_chain(&sets)?;
+        self.sets_never_shrink(&sets)
     }
 
     fn op(&self, position: usize) -> &'h Op {
@@ -797,6 +816,70 @@ impl<'h> ModelChecker<'_, 'h> {
                             self.op(earlier.op).id,
                             earlier.values.len(),
                             &earlier.values[read.values.len()..]
+                        ),
+                        &[earlier.op, read.op],
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Orders the set reads by size; each must be contained in the next (then all are ordered
+    /// by inclusion). Values are known to be unique within a read (`read_contents`).
+    fn sets_form_a_chain(&self, sets: &[Read]) -> Result<(), Violation> {
+        let mut by_size = sets.to_vec();
+        by_size.sort_by_key(|read| (read.values.len(), self.order_key(read.op)));
+        for pair in by_size.windows(2) {
+            let (small, large) = (pair[0], pair[1]);
+            let larger: HashSet<&str> = large.values.iter().map(String::as_str).collect();
+            if let Some(missing) = small.values.iter().find(|v| !larger.contains(v.as_str())) {
+                return Err(self.violation(
+                    Rule::SetsDiverge,
+                    format!(
+                        "neither set read contains the other: read op {} has {missing:?}, which \
+                         the larger read op {} lacks",
+                        self.op(small.op).id,
+                        self.op(large.op).id,
+                    ),
+                    &[small.op, large.op],
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Sweeps set reads in invocation order against the largest set read completed before each
+    /// (the sets are known to form a chain, so size is enough).
+    fn sets_never_shrink(&self, sets: &[Read]) -> Result<(), Violation> {
+        let mut by_complete = sets.to_vec();
+        by_complete.sort_by_key(|read| (self.completed(read.op), self.op(read.op).id));
+        let mut done = by_complete.iter().peekable();
+        let mut largest: Option<&Read> = None;
+        for read in sets {
+            let invoke = self.op(read.op).invoke;
+            while let Some(earlier) = done.next_if(|r| self.completed(r.op) < invoke) {
+                if largest.is_none_or(|l| earlier.values.len() > l.values.len()) {
+                    largest = Some(earlier);
+                }
+            }
+            if let Some(earlier) = largest {
+                if earlier.values.len() > read.values.len() {
+                    let now: HashSet<&str> = read.values.iter().map(String::as_str).collect();
+                    let gone: Vec<&String> = earlier
+                        .values
+                        .iter()
+                        .filter(|v| !now.contains(v.as_str()))
+                        .collect();
+                    return Err(self.violation(
+                        Rule::ReadRegressed,
+                        format!(
+                            "set read op {} (of {} values) began after set read op {} (of {} \
+                             values) had ended; {gone:?} disappeared",
+                            self.op(read.op).id,
+                            read.values.len(),
+                            self.op(earlier.op).id,
+                            earlier.values.len(),
                         ),
                         &[earlier.op, read.op],
                     ));

@@ -149,6 +149,21 @@ pub enum OpKind {
         /// The list as read, oldest value first.
         values: Vec<String>,
     },
+    /// A linearizable read of the model's whole *set* of values (e.g. the unique keys of its
+    /// config map), served by `controller`; `values` is only meaningful when the outcome is Ok
+    /// and its order carries no meaning. The list-order rules ([`Rule::ReadsDiverge`],
+    /// [`Rule::ReadOrder`]) do not apply to set reads; instead any two Ok set reads must be
+    /// ordered by inclusion ([`Rule::SetsDiverge`]) and a set read invoked after another
+    /// completed must contain it ([`Rule::ReadRegressed`]). The content rules and
+    /// [`Rule::LostWrite`] apply as to list reads.
+    ReadSet {
+        /// The model read.
+        model: String,
+        /// The controller that served the read.
+        controller: String,
+        /// The set as read, in any order.
+        values: Vec<String>,
+    },
     /// An observer asked `controller` who owns `model`; `observed` is only meaningful when the
     /// outcome is Ok.
     Ownership {
@@ -212,6 +227,29 @@ impl OpKind {
         }
     }
 
+    /// A set read of `model` from `controller`, with no values yet (they are filled in on
+    /// completion by [`Recorder::complete_read`] / [`HistoryBuilder::complete_read`]).
+    pub fn read_set(model: impl Into<String>, controller: impl Into<String>) -> Self {
+        OpKind::ReadSet {
+            model: model.into(),
+            controller: controller.into(),
+            values: Vec::new(),
+        }
+    }
+
+    /// A set read of `model` from `controller` that returned `values`.
+    pub fn read_set_values<S: Into<String>>(
+        model: impl Into<String>,
+        controller: impl Into<String>,
+        values: impl IntoIterator<Item = S>,
+    ) -> Self {
+        OpKind::ReadSet {
+            model: model.into(),
+            controller: controller.into(),
+            values: values.into_iter().map(Into::into).collect(),
+        }
+    }
+
     /// An ownership question about `model` to `controller`, with a placeholder answer
     /// ([`Ownership::Absent`]) until it completes.
     pub fn ownership(model: impl Into<String>, controller: impl Into<String>) -> Self {
@@ -253,6 +291,7 @@ impl OpKind {
         match self {
             OpKind::Append { model, .. }
             | OpKind::Read { model, .. }
+            | OpKind::ReadSet { model, .. }
             | OpKind::Ownership { model, .. }
             | OpKind::Migration { model, .. } => model,
         }
@@ -272,6 +311,11 @@ impl fmt::Display for OpKind {
                 controller,
                 values,
             } => write!(f, "read {model:?} via {controller} -> {values:?}"),
+            OpKind::ReadSet {
+                model,
+                controller,
+                values,
+            } => write!(f, "read set {model:?} via {controller} -> {values:?}"),
             OpKind::Ownership {
                 model,
                 controller,
@@ -366,3 +410,6 @@ impl History {
         serde_json::from_str(json)
     }
 }
+
+#[cfg(test)]
+mod set_tests;

@@ -62,6 +62,14 @@ pub const KNOWN_KEYS: &[KeySpec] = &[
         },
     },
     KeySpec {
+        key: "migration-import-timeout",
+        default: "30m",
+        kind: ValueKind::Duration {
+            min: Duration::from_secs(5),
+            max: Duration::from_secs(24 * 3600),
+        },
+    },
+    KeySpec {
         key: "migration-quiesce-timeout",
         default: "60s",
         kind: ValueKind::Duration {
@@ -362,7 +370,7 @@ mod tests {
         assert_eq!(
             reason("foo", "1"),
             "unknown controller-config key \"foo\" (known: agent-heartbeat-interval, backups-to-keep, \
-             migration-quiesce-timeout, model-log-max-records, status-history-size; custom keys start \
+             migration-import-timeout, migration-quiesce-timeout, model-log-max-records, status-history-size; custom keys start \
              with \"custom.\")"
         );
     }

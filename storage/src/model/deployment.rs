@@ -399,4 +399,3 @@ mod tests {
         assert_eq!(log_retention_floor(20_000, 10_000), 10_000);
     }
 }
-

@@ -138,8 +138,21 @@ impl<R: StateRead + ?Sized> Tx<'_, '_, R> {
             .ok_or_else(|| ModelError::invalid(format!("unknown phase {:?}", change.to)))?;
         let logic = stored::to_logic(&record)?;
         let from = logic.phase;
-        let next = rules::apply_transition(&logic, to, self.now_ms, &change.reason)
-            .map_err(migration_error)?;
+        let next = if crate::planted::armed("abort-after-success")
+            && from == Phase::Success
+            && to == Phase::Abort
+        {
+            // Planted bug: let the source take back a transfer it committed.
+            let mut next = logic.clone();
+            next.phase = Phase::Abort;
+            next.phase_since_unix_ms = self.now_ms;
+            next.aborted_from = Some(from);
+            next.abort_reason = Some(change.reason.clone());
+            next
+        } else {
+            rules::apply_transition(&logic, to, self.now_ms, &change.reason)
+                .map_err(migration_error)?
+        };
         let uuid = id.model_uuid.as_str();
         match rules::model_effect(from, to) {
             ModelEffect::Nothing => {}

@@ -1,0 +1,466 @@
+//! `migration_bench`: migrates a model of N units between two running controllers and measures
+//! it. It creates the model on the source (machines through `AddMachine`, a charm uploaded and
+//! deployed, units added in batches), holds one simulated agent per machine (watch, heartbeat,
+//! and the agents' side of a migration: quiesce ack, validation login to the target, switch on
+//! the redirect), runs a client that writes to the model continuously (following the redirect),
+//! starts the migration and follows it to its end.
+//!
+//! Reported: total migration time (record start to DONE), each phase's duration, the import's
+//! throughput (description bytes and records over the IMPORT phase), the write-unavailability
+//! window (the longest gap between two acknowledged writes of the continuous writer: lock to
+//! the target's first acknowledged write) and the time from SUCCESS until every agent receives
+//! updates from the target. One JSON line at the end. Every step is bounded.
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, ensure, Context, Result};
+use clap::Parser;
+use sha2::{Digest, Sha256};
+use starling_cluster_tests::sim_agent::{
+    run_migrating_agent, shared_channels, AgentAuth, AgentConfigYaml, MigrationCounters,
+};
+use starling_cluster_tests::{controller_client, AuthedControllerClient, Registration};
+use starling_proto::controller::{
+    AddMachineRequest, AddModelRequest, AddUnitRequest, CharmChunk, DeployRequest, MigrateRequest,
+    MigrationStatusRequest, ModelRef, SetControllerConfigRequest, SetModelConfigRequest,
+};
+use starling_proto::migration::TargetController;
+use tokio::task::JoinSet;
+
+#[derive(Parser, Debug)]
+#[command(about = "Measure a live migration of an N-unit model between two controllers")]
+struct Args {
+    /// The source controller's registration file.
+    #[arg(long)]
+    source: PathBuf,
+    /// The target controller's registration file.
+    #[arg(long)]
+    target: PathBuf,
+    /// Units in the model.
+    #[arg(long, default_value_t = 1000)]
+    units: usize,
+    /// Machines (one simulated agent each); units are spread round-robin.
+    #[arg(long, default_value_t = 100)]
+    machines: usize,
+    /// Agents sharing one HTTP/2 connection.
+    #[arg(long, default_value_t = 50)]
+    agents_per_connection: usize,
+    /// Seconds allowed for each step (setup, agents, the migration).
+    #[arg(long, default_value_t = 600)]
+    step_timeout: u64,
+}
+
+const UNITS_PER_CALL: usize = 1000;
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// A tar.gz holding a charm whose workload does nothing (the agents are simulated).
+fn charm_archive() -> Result<Vec<u8>> {
+    let metadata =
+        b"name: idle\nsummary: does nothing (migration benchmark)\ncommand: sleep 3600\n";
+    let mut tar = tar::Builder::new(flate2::write::GzEncoder::new(
+        Vec::new(),
+        flate2::Compression::default(),
+    ));
+    let mut header = tar::Header::new_gnu();
+    header.set_size(metadata.len() as u64);
+    header.set_mode(0o644);
+    header.set_cksum();
+    tar.append_data(&mut header, "metadata.yaml", &metadata[..])?;
+    Ok(tar.into_inner()?.finish()?)
+}
+
+async fn admin(registration: &Registration) -> Result<AuthedControllerClient> {
+    controller_client(
+        registration.api_endpoints.first().context("no endpoint")?,
+        &registration.ca_cert,
+        Some(&registration.token),
+        Duration::from_secs(120),
+    )
+}
+
+/// Acknowledged writes of the continuous writer (ms since the epoch), and the refusals.
+#[derive(Default)]
+struct WriterLog {
+    acked: Vec<i64>,
+    refused: u64,
+}
+
+async fn writer(
+    model: String,
+    mut clients: BTreeMap<String, AuthedControllerClient>,
+    mut current: String,
+    log: Arc<Mutex<WriterLog>>,
+    until: tokio::time::Instant,
+) {
+    let mut n = 0u64;
+    while tokio::time::Instant::now() < until {
+        n += 1;
+        let client = clients.get_mut(&current).expect("known controller");
+        let request = SetModelConfigRequest {
+            model: Some(ModelRef {
+                name: model.clone(),
+                uuid: String::new(),
+            }),
+            values: [(format!("bench-{}", n % 64), n.to_string())].into(),
+            request_id: format!("bench-writer-{n}-{}", rand::random::<u32>()),
+        };
+        match client.set_model_config(request).await {
+            Ok(_) => log.lock().expect("lock").acked.push(now_ms()),
+            Err(status) => {
+                log.lock().expect("lock").refused += 1;
+                if let Some(rest) = status.message().split("migrated to controller \"").nth(1) {
+                    let next = rest.split('"').next().unwrap_or_default().to_owned();
+                    if clients.contains_key(&next) {
+                        current = next;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    ensure!(
+        args.units > 0 && args.machines > 0,
+        "--units and --machines must be positive"
+    );
+    let step_timeout = Duration::from_secs(args.step_timeout);
+    let source = Registration::load(&args.source)?;
+    let target = Registration::load(&args.target)?;
+    let mut src = admin(&source).await?;
+    let mut dst = admin(&target).await?;
+    for client in [&mut src, &mut dst] {
+        client
+            .set_controller_config(SetControllerConfigRequest {
+                values: [("agent-heartbeat-interval".to_owned(), "2s".to_owned())].into(),
+                request_id: String::new(),
+            })
+            .await
+            .context("setting the heartbeat interval")?;
+    }
+    let model = format!("bench-{}", rand::random::<u32>());
+    let model_ref = || {
+        Some(ModelRef {
+            name: model.clone(),
+            uuid: String::new(),
+        })
+    };
+    src.add_model(AddModelRequest {
+        name: model.clone(),
+        ..Default::default()
+    })
+    .await
+    .context("adding the model")?;
+
+    eprintln!("creating {} machines", args.machines);
+    let setup_started = Instant::now();
+    let mut configs = Vec::with_capacity(args.machines);
+    let mut in_flight = JoinSet::new();
+    for _ in 0..args.machines {
+        let mut client = src.clone();
+        let model = model_ref();
+        in_flight.spawn(async move {
+            client
+                .add_machine(AddMachineRequest {
+                    model,
+                    ..Default::default()
+                })
+                .await
+        });
+        if in_flight.len() >= 64 {
+            let done = in_flight
+                .join_next()
+                .await
+                .context("a task")???
+                .into_inner();
+            configs.push(serde_saphyr::from_str::<AgentConfigYaml>(
+                std::str::from_utf8(&done.agent_config_yaml)?,
+            )?);
+        }
+    }
+    while let Some(done) = in_flight.join_next().await {
+        let done = done??.into_inner();
+        configs.push(serde_saphyr::from_str::<AgentConfigYaml>(
+            std::str::from_utf8(&done.agent_config_yaml)?,
+        )?);
+    }
+    configs.sort_by_key(|c| c.machine_id.parse::<u64>().unwrap_or(0));
+
+    let archive = charm_archive()?;
+    let digest = hex::encode(Sha256::digest(&archive));
+    let chunk = CharmChunk {
+        digest: digest.clone(),
+        size: archive.len() as u64,
+        offset: 0,
+        data: archive,
+    };
+    src.upload_charm(futures::stream::iter(vec![chunk]))
+        .await
+        .context("uploading the charm")?;
+    let placement: Vec<String> = (0..args.units)
+        .map(|i| configs[i % configs.len()].machine_id.clone())
+        .collect();
+    for (batch, machines) in placement.chunks(UNITS_PER_CALL).enumerate() {
+        if batch == 0 {
+            src.deploy(DeployRequest {
+                model: model_ref(),
+                application: "idle".into(),
+                charm_digest: digest.clone(),
+                to: machines.to_vec(),
+                ..Default::default()
+            })
+            .await
+            .context("deploying")?;
+        } else {
+            src.add_unit(AddUnitRequest {
+                model: model_ref(),
+                application: "idle".into(),
+                to: machines.to_vec(),
+                request_id: String::new(),
+            })
+            .await
+            .context("adding units")?;
+        }
+    }
+    let setup_secs = setup_started.elapsed().as_secs_f64();
+    eprintln!(
+        "{} units on {} machines in {setup_secs:.1}s",
+        args.units, args.machines
+    );
+
+    // The agents, sharing connections, and the writer.
+    let counters = Arc::new(MigrationCounters::default());
+    let channels = shared_channels(args.agents_per_connection, Duration::from_secs(60));
+    let until = tokio::time::Instant::now() + 3 * step_timeout;
+    let mut agents = JoinSet::new();
+    for (idx, config) in configs.iter().enumerate() {
+        let endpoint = &source.api_endpoints[idx % source.api_endpoints.len()];
+        agents.spawn(run_migrating_agent(
+            channels(endpoint, &source.ca_cert)?,
+            AgentAuth::new(config)?,
+            counters.clone(),
+            channels.clone(),
+            until,
+        ));
+    }
+    let deadline = Instant::now() + step_timeout;
+    while (counters.connected.load(Ordering::Relaxed) as usize) < args.machines {
+        ensure!(Instant::now() < deadline, "agents did not connect in time");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Presence is renewed every heartbeat interval; give every agent time to be seen.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let writer_log = Arc::new(Mutex::new(WriterLog::default()));
+    let clients = BTreeMap::from([
+        (source.name.clone(), src.clone()),
+        (target.name.clone(), dst.clone()),
+    ]);
+    let writer_until = tokio::time::Instant::now() + 2 * step_timeout;
+    let writer_task = tokio::spawn(writer(
+        model.clone(),
+        clients,
+        source.name.clone(),
+        writer_log.clone(),
+        writer_until,
+    ));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    eprintln!("migrating {model} from {} to {}", source.name, target.name);
+    let started = src
+        .migrate(MigrateRequest {
+            model: model_ref(),
+            target: Some(TargetController {
+                controller_uuid: target.uuid.clone(),
+                name: target.name.clone(),
+                endpoints: target.api_endpoints.clone(),
+                ca_cert: target.ca_cert.clone(),
+                ca_fingerprint: hex::encode(Sha256::digest(target.ca_cert.as_bytes())),
+                token: target.token.clone(),
+            }),
+            dry_run: false,
+        })
+        .await
+        .context("starting the migration")?
+        .into_inner();
+    let id = started.migration_id;
+    let deadline = Instant::now() + step_timeout;
+    let (mut bytes, mut records) = (0u64, 0u64);
+    let info = loop {
+        ensure!(
+            Instant::now() < deadline,
+            "migration {id} did not end in time"
+        );
+        // Progress (bytes, records) is known only to the node that runs the master.
+        for endpoint in &source.api_endpoints {
+            let Ok(mut client) = controller_client(
+                endpoint,
+                &source.ca_cert,
+                Some(&source.token),
+                Duration::from_secs(5),
+            ) else {
+                continue;
+            };
+            if let Ok(info) = client
+                .migration_status(MigrationStatusRequest { model: model_ref() })
+                .await
+            {
+                let info = info.into_inner();
+                bytes = bytes.max(info.bytes_total);
+                records = records.max(info.records_total);
+            }
+        }
+        let info = src
+            .migration_status(MigrationStatusRequest { model: model_ref() })
+            .await?
+            .into_inner();
+        if matches!(info.phase.as_str(), "DONE" | "ABORTDONE" | "REAPFAILED") {
+            break info;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    if info.phase != "DONE" {
+        bail!(
+            "migration {id} ended in {}: {}",
+            info.phase,
+            info.abort_reason.unwrap_or_default()
+        );
+    }
+    // Let the writer land on the target and the stragglers switch.
+    let switch_deadline = Instant::now() + step_timeout;
+    while (counters.switched.load(Ordering::Relaxed) as usize) < args.machines
+        && Instant::now() < switch_deadline
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    writer_task.abort();
+    agents.abort_all();
+
+    let at = |phase: &str| {
+        info.history
+            .iter()
+            .find(|c| c.to == phase)
+            .map(|c| c.at_unix_ms)
+            .with_context(|| format!("no {phase} in the history"))
+    };
+    let (quiesce, import, validation, success, logtransfer, done) = (
+        at("QUIESCE")?,
+        at("IMPORT")?,
+        at("VALIDATION")?,
+        at("SUCCESS")?,
+        at("LOGTRANSFER")?,
+        at("DONE")?,
+    );
+    let total_ms = info.ended_unix_ms.unwrap_or(done) - info.started_unix_ms;
+    let import_secs = ((validation - import) as f64 / 1000.0).max(0.001);
+    let log = writer_log.lock().expect("lock");
+    let window_ms = log
+        .acked
+        .windows(2)
+        .filter(|w| w[1] >= quiesce)
+        .map(|w| w[1] - w[0])
+        .max()
+        .unwrap_or(0);
+    let first_on_target = log.acked.iter().find(|t| **t >= logtransfer).copied();
+    let switched = counters.switched.load(Ordering::Relaxed);
+    let last_switch = *counters.last_switch.lock().expect("lock");
+    // Instants → ms since the epoch.
+    let agents_ms = last_switch.map(|t| {
+        let ago = Instant::now().saturating_duration_since(t).as_millis() as i64;
+        now_ms() - ago - success
+    });
+    let mb = bytes as f64 / (1024.0 * 1024.0);
+    let mut out = std::io::stdout();
+    writeln!(out, "units                      {}", args.units)?;
+    writeln!(out, "machines (agents)          {}", args.machines)?;
+    writeln!(out, "migration                  {id} {}", info.phase)?;
+    writeln!(out, "total (start → DONE)       {total_ms} ms")?;
+    writeln!(
+        out,
+        "  precheck → lock          {} ms",
+        quiesce - info.started_unix_ms
+    )?;
+    writeln!(out, "  QUIESCE (agents acked)   {} ms", import - quiesce)?;
+    writeln!(out, "  IMPORT                   {} ms", validation - import)?;
+    writeln!(
+        out,
+        "  VALIDATION               {} ms",
+        success - validation
+    )?;
+    writeln!(
+        out,
+        "  SUCCESS → activated      {} ms",
+        logtransfer - success
+    )?;
+    writeln!(out, "  LOGTRANSFER + REAP       {} ms", done - logtransfer)?;
+    writeln!(
+        out,
+        "lock → target active       {} ms",
+        logtransfer - quiesce
+    )?;
+    writeln!(
+        out,
+        "write unavailability       {window_ms} ms (longest gap between acknowledged writes)"
+    )?;
+    writeln!(
+        out,
+        "writes acked / refused     {} / {}",
+        log.acked.len(),
+        log.refused
+    )?;
+    writeln!(
+        out,
+        "import                     {mb:.2} MB, {records} records, {:.2} MB/s, {:.0} records/s",
+        mb / import_secs,
+        records as f64 / import_secs
+    )?;
+    writeln!(
+        out,
+        "agents on the target       {switched}/{} after {} ms from SUCCESS",
+        args.machines,
+        agents_ms.unwrap_or(-1)
+    )?;
+    writeln!(
+        out,
+        "MIGRATION_BENCH_JSON {}",
+        serde_json::json!({
+            "units": args.units,
+            "machines": args.machines,
+            "migration_id": id,
+            "total_ms": total_ms,
+            "precheck_ms": quiesce - info.started_unix_ms,
+            "quiesce_ms": import - quiesce,
+            "import_ms": validation - import,
+            "validation_ms": success - validation,
+            "activate_ms": logtransfer - success,
+            "logtransfer_reap_ms": done - logtransfer,
+            "lock_to_active_ms": logtransfer - quiesce,
+            "write_unavailability_ms": window_ms,
+            "first_write_on_target_after_active_ms": first_on_target.map(|t| t - logtransfer),
+            "writes_acked": log.acked.len(),
+            "writes_refused": log.refused,
+            "description_bytes": bytes,
+            "records": records,
+            "import_mb_per_s": mb / import_secs,
+            "import_records_per_s": records as f64 / import_secs,
+            "agents_switched": switched,
+            "agents_all_on_target_ms_after_success": agents_ms,
+            "setup_secs": setup_secs,
+        })
+    )?;
+    Ok(())
+}

@@ -1,0 +1,468 @@
+//! The chaos tier (issue 6): real `ctld` groups, agents and recorded clients under faults
+//! while models migrate, each run ending with [`World::finish`]: every migration DONE or
+//! ABORTDONE, every model owned by exactly one controller, every acknowledged write present,
+//! every workload still running with its pid, and the history checker green.
+//!
+//! Every test prints its seed and the command replaying it; a failing run is saved under
+//! `target/chaos-failures/` (or `$STARLING_CHAOS_OUT`). `soak_random` is ignored here and run
+//! by `scripts/soak.sh`. The daemons must be built with failpoints:
+//! `cargo build --workspace --bins --features starling-agent/failpoints`.
+
+use std::time::Duration;
+
+use anyhow::{ensure, Context, Result};
+use starling_cluster_tests::chaos::{
+    chaos_seed, random_failpoints, random_run, run_scenario, slow_steps, Fault, LinkMode, Role,
+    World, WorldOptions,
+};
+use starling_cluster_tests::history::Ownership;
+
+/// How long a phase may take to show up.
+const PHASE_WAIT: Duration = Duration::from_secs(60);
+/// How long a migration may take to end.
+const END_WAIT: Duration = Duration::from_secs(150);
+/// The step delay of the scenario worlds (long enough to hit a chosen phase).
+const STEP_MS: u64 = 400;
+
+/// Which side's leader a matrix cell kills.
+#[derive(Clone, Copy, Debug)]
+enum Side {
+    Source,
+    Target,
+}
+
+/// One cell: failpoints on the source and target, the phase to wait for, whose leader dies,
+/// and the end the migration must reach (`None`: either end is acceptable).
+struct Cell {
+    source_fp: &'static str,
+    target_fp: &'static str,
+    phase: &'static str,
+    kill: Side,
+    expect: Option<&'static str>,
+}
+
+fn spec(extra: &str) -> String {
+    if extra.is_empty() {
+        slow_steps(STEP_MS)
+    } else {
+        format!("{};{extra}", slow_steps(STEP_MS))
+    }
+}
+
+fn world(test: &str) -> Result<World> {
+    let seed = chaos_seed(test);
+    let options = WorldOptions::new(test, seed)
+        .failpoints("alpha", &spec(""))
+        .failpoints("beta", &spec(""));
+    World::start(options)
+}
+
+/// Runs `cell` on `model` (which migrates away from where it lives).
+fn run_cell(world: &mut World, model: &str, cell: &Cell) -> Result<()> {
+    let from = world.homes[model].clone();
+    let to = World::other(&from).to_owned();
+    for (controller, extra) in [(&from, cell.source_fp), (&to.clone(), cell.target_fp)] {
+        let wanted = spec(extra);
+        if world.options.failpoints.get(controller.as_str()) != Some(&wanted) {
+            world.set_failpoints(controller, &wanted)?;
+        }
+    }
+    eprintln!(
+        "--- cell: source {from} [{}] target {to} [{}], kill the {:?} leader in {}",
+        cell.source_fp, cell.target_fp, cell.kill, cell.phase
+    );
+    let Some(run) = world.migrate(model)? else {
+        // Only a failpoint that fails the prechecks may make `ctl migrate` refuse.
+        ensure!(
+            cell.source_fp.contains("prechecks"),
+            "ctl migrate refused under {}",
+            cell.source_fp
+        );
+        eprintln!("--- ctl migrate refused (prechecks failed): nothing started");
+        return Ok(());
+    };
+    world.wait_phase(&run, cell.phase, PHASE_WAIT)?;
+    let victim = match cell.kill {
+        Side::Source => from.clone(),
+        Side::Target => to.clone(),
+    };
+    world.kill_leader_and_recover(&victim)?;
+    world.wait_migrations_end(END_WAIT)?;
+    let end = world.end_of(&run.id).unwrap_or("?").to_owned();
+    ensure!(
+        end == "DONE" || end == "ABORTDONE",
+        "{} ended {end}",
+        run.id
+    );
+    if let Some(expect) = cell.expect {
+        ensure!(end == expect, "{} ended {end}, expected {expect}", run.id);
+    }
+    Ok(())
+}
+
+/// The machine model that started on alpha (it has an agent, so QUIESCE and VALIDATION wait
+/// for it).
+fn machine_model(world: &World) -> Result<String> {
+    world
+        .models
+        .iter()
+        .find(|m| m.starts_with("aw-"))
+        .cloned()
+        .context("no machine model")
+}
+
+#[test]
+fn source_leader_killed_in_every_forced_abort_phase() -> Result<()> {
+    let mut world = world("source_leader_killed_in_every_forced_abort_phase")?;
+    run_scenario(&mut world, |world| {
+        let model = machine_model(world)?;
+        for (point, phase) in [
+            ("migration.source.precheck=return", "PRECHECK"),
+            ("migration.source.quiesce=return", "QUIESCE"),
+            ("migration.source.import=return", "IMPORT"),
+            ("migration.source.validation=return", "VALIDATION"),
+        ] {
+            let cell = Cell {
+                source_fp: point,
+                target_fp: "",
+                phase,
+                kill: Side::Source,
+                expect: Some("ABORTDONE"),
+            };
+            run_cell(world, &model, &cell)?;
+        }
+        world.finish()
+    })
+}
+
+#[test]
+fn target_leader_killed_in_import_and_after_success() -> Result<()> {
+    let mut world = world("target_leader_killed_in_import_and_after_success")?;
+    run_scenario(&mut world, |world| {
+        let model = machine_model(world)?;
+        for phase in ["IMPORT", "SUCCESS"] {
+            let cell = Cell {
+                source_fp: "",
+                target_fp: "",
+                phase,
+                kill: Side::Target,
+                expect: None,
+            };
+            run_cell(world, &model, &cell)?;
+        }
+        world.finish()
+    })
+}
+
+#[test]
+fn power_cuts_source_in_quiesce_and_target_after_success() -> Result<()> {
+    let mut world = world("power_cuts_source_in_quiesce_and_target_after_success")?;
+    run_scenario(&mut world, |world| {
+        let model = machine_model(world)?;
+        eprintln!("--- power cut of the source group in QUIESCE");
+        let run = world.migrate(&model)?.context("refused")?;
+        world.wait_phase(&run, "QUIESCE", PHASE_WAIT)?;
+        world.inject(&Fault::PowerCut {
+            controller: run.from.clone(),
+        })?;
+        std::thread::sleep(Duration::from_secs(2));
+        world.heal()?;
+        world.wait_migrations_end(END_WAIT)?;
+        eprintln!("--- power cut of the target group after SUCCESS");
+        let run = world.migrate(&model)?.context("refused")?;
+        world.wait_phase(&run, "SUCCESS", PHASE_WAIT)?;
+        world.inject(&Fault::PowerCut {
+            controller: run.to.clone(),
+        })?;
+        std::thread::sleep(Duration::from_secs(2));
+        world.heal()?;
+        world.wait_migrations_end(END_WAIT)?;
+        ensure!(
+            world.end_of(&run.id) == Some("DONE"),
+            "a migration past SUCCESS must complete: {:?}",
+            world.end_of(&run.id)
+        );
+        world.finish()
+    })
+}
+
+#[test]
+fn concurrent_opposite_migrations_with_a_leader_killed() -> Result<()> {
+    let mut world = world("concurrent_opposite_migrations_with_a_leader_killed")?;
+    run_scenario(&mut world, |world| {
+        let mut runs = Vec::new();
+        for controller in ["alpha", "beta"] {
+            for model in world.models_on(controller) {
+                runs.push(world.migrate(&model)?.context("refused")?);
+            }
+        }
+        world.wait_phase(&runs[0], "IMPORT", PHASE_WAIT)?;
+        let victim = if world.rng.gen_bool(0.5) {
+            "alpha"
+        } else {
+            "beta"
+        };
+        eprintln!("--- killing the leader of {victim} (source of some, target of others)");
+        world.inject(&Fault::Kill {
+            controller: victim.to_owned(),
+            role: Role::Leader,
+        })?;
+        std::thread::sleep(Duration::from_secs(2));
+        world.finish()
+    })
+}
+
+#[test]
+fn partitions_between_source_and_target() -> Result<()> {
+    let mut world = world("partitions_between_source_and_target")?;
+    run_scenario(&mut world, |world| {
+        let model = machine_model(world)?;
+        eprintln!(
+            "--- a partition during IMPORT: the source aborts by itself; the source is intact"
+        );
+        let before = world.owners_of(&model)?;
+        let from = world.homes[&model].clone();
+        // The import deadline (30 minutes by default) made short enough for a test.
+        world.ctl.ok(&[
+            "controller-config",
+            "-c",
+            &from,
+            "migration-import-timeout=8s",
+        ])?;
+        let run = world.migrate(&model)?.context("refused")?;
+        ensure!(
+            world.wait_phase(&run, "IMPORT", PHASE_WAIT)?,
+            "IMPORT was missed"
+        );
+        world.inject(&Fault::Partition {
+            controller: run.to.clone(),
+            mode: LinkMode::Drop,
+        })?;
+        // Still partitioned, the source gives up the import at its deadline and aborts; it
+        // cannot unlock before the target has dropped the import (or 10 minutes passed).
+        ensure!(
+            world.wait_phase(&run, "ABORT", PHASE_WAIT)?,
+            "the source did not abort the partitioned import"
+        );
+        let info = world.migration_status(&run.from, &model)?;
+        ensure!(
+            info.abort_reason
+                .as_deref()
+                .unwrap_or_default()
+                .contains("timed out"),
+            "abort reason {:?}",
+            info.abort_reason
+        );
+        world.heal()?;
+        world.wait_migrations_end(END_WAIT)?;
+        ensure!(
+            world.end_of(&run.id) == Some("ABORTDONE"),
+            "ended {:?}",
+            world.end_of(&run.id)
+        );
+        let after = world.owners_of(&model)?;
+        ensure!(
+            after.get(&from) == before.get(&from)
+                && matches!(after.get(&from), Some(Ownership::Active { .. })),
+            "the source is not intact: {before:?} -> {after:?}"
+        );
+
+        world.ctl.ok(&[
+            "controller-config",
+            "-c",
+            &from,
+            "migration-import-timeout=30m",
+        ])?;
+
+        eprintln!("--- a partition between SUCCESS and Activate: completes after healing");
+        world.set_failpoints(&run.from, &spec("migration.source.activate=2*return"))?;
+        let run = world.migrate(&model)?.context("refused")?;
+        ensure!(
+            world.wait_phase(&run, "SUCCESS", PHASE_WAIT)?,
+            "SUCCESS was missed"
+        );
+        world.inject(&Fault::Partition {
+            controller: run.to.clone(),
+            mode: LinkMode::Blackhole,
+        })?;
+        std::thread::sleep(Duration::from_secs(4));
+        let info = world.migration_status(&run.from, &model)?;
+        ensure!(
+            info.phase == "SUCCESS",
+            "partitioned after SUCCESS, the migration is in {}",
+            info.phase
+        );
+        world.heal()?;
+        world.wait_migrations_end(END_WAIT)?;
+        ensure!(
+            world.end_of(&run.id) == Some("DONE"),
+            "ended {:?}",
+            world.end_of(&run.id)
+        );
+        world.finish()
+    })
+}
+
+/// The source's failpoints, with the phase each acts in and the end it forces (`None`: the
+/// step is retried and the migration completes).
+const SOURCE_POINTS: [(&str, &str, Option<&str>); 11] = [
+    (
+        "migration.source.precheck=return",
+        "PRECHECK",
+        Some("ABORTDONE"),
+    ),
+    (
+        "migration.source.quiesce=return",
+        "QUIESCE",
+        Some("ABORTDONE"),
+    ),
+    (
+        "migration.source.import=return",
+        "IMPORT",
+        Some("ABORTDONE"),
+    ),
+    (
+        "migration.source.validation=return",
+        "VALIDATION",
+        Some("ABORTDONE"),
+    ),
+    ("migration.source.success=3*return", "SUCCESS", Some("DONE")),
+    (
+        "migration.source.logtransfer=3*return",
+        "LOGTRANSFER",
+        Some("DONE"),
+    ),
+    ("migration.source.reap=3*return", "REAP", Some("DONE")),
+    (
+        "migration.source.prechecks=return",
+        "PRECHECK",
+        Some("ABORTDONE"),
+    ),
+    ("migration.source.stream=3*return", "IMPORT", Some("DONE")),
+    (
+        "migration.source.commit-success=3*return",
+        "VALIDATION",
+        Some("DONE"),
+    ),
+    (
+        "migration.source.activate=3*return",
+        "SUCCESS",
+        Some("DONE"),
+    ),
+];
+
+/// The target's failpoints (the source's, paired with them), the phase and the forced end.
+const TARGET_POINTS: [(&str, &str, &str, Option<&str>); 4] = [
+    (
+        "",
+        "migration.target.stage=3*return",
+        "IMPORT",
+        Some("DONE"),
+    ),
+    (
+        "",
+        "migration.target.import=3*return",
+        "IMPORT",
+        Some("DONE"),
+    ),
+    (
+        "",
+        "migration.target.activate=3*return",
+        "SUCCESS",
+        Some("DONE"),
+    ),
+    (
+        "migration.source.validation=return",
+        "migration.target.drop=3*return",
+        "ABORT",
+        Some("ABORTDONE"),
+    ),
+];
+
+fn matrix(test: &str, cells: Vec<Cell>) -> Result<()> {
+    let mut world = world(test)?;
+    run_scenario(&mut world, |world| {
+        let model = machine_model(world)?;
+        for cell in &cells {
+            run_cell(world, &model, cell)?;
+        }
+        world.finish()
+    })
+}
+
+/// Source failpoints that let the migration complete, source leader killed (the forced
+/// aborts are in `source_leader_killed_in_every_forced_abort_phase`).
+#[test]
+fn matrix_source_failpoints_source_leader_killed() -> Result<()> {
+    let cells = SOURCE_POINTS[4..]
+        .iter()
+        .map(|&(point, phase, expect)| Cell {
+            source_fp: point,
+            target_fp: "",
+            phase,
+            kill: Side::Source,
+            expect,
+        })
+        .collect();
+    matrix("matrix_source_failpoints_source_leader_killed", cells)
+}
+
+/// Every source failpoint, target leader killed.
+#[test]
+fn matrix_source_failpoints_target_leader_killed() -> Result<()> {
+    let cells = SOURCE_POINTS
+        .iter()
+        .map(|&(point, phase, expect)| Cell {
+            source_fp: point,
+            target_fp: "",
+            phase,
+            kill: Side::Target,
+            expect,
+        })
+        .collect();
+    matrix("matrix_source_failpoints_target_leader_killed", cells)
+}
+
+/// Every target failpoint, source leader and target leader killed.
+#[test]
+fn matrix_target_failpoints_either_leader_killed() -> Result<()> {
+    let mut cells = Vec::new();
+    for kill in [Side::Source, Side::Target] {
+        for &(source_fp, target_fp, phase, expect) in &TARGET_POINTS {
+            cells.push(Cell {
+                source_fp,
+                target_fp,
+                phase,
+                kill,
+                expect,
+            });
+        }
+    }
+    matrix("matrix_target_failpoints_either_leader_killed", cells)
+}
+
+/// A random scenario: random failpoints, migrations and faults for `STARLING_SOAK_SECS`
+/// (default 60) seconds. Run by `scripts/soak.sh`.
+#[test]
+#[ignore = "soak: run by scripts/soak.sh"]
+fn soak_random() -> Result<()> {
+    let test = "soak_random";
+    let seed = chaos_seed(test);
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(seed ^ 0xfa17);
+    let mut options = WorldOptions::new(test, seed);
+    options.plain_models = rand::Rng::gen_range(&mut rng, 1..=3);
+    for controller in ["alpha", "beta"] {
+        options = options.failpoints(controller, &random_failpoints(&mut rng));
+    }
+    eprintln!("soak failpoints: {:?}", options.failpoints);
+    let secs: u64 = std::env::var("STARLING_SOAK_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(60);
+    let mut world = World::start(options)?;
+    run_scenario(&mut world, |world| {
+        random_run(world, Duration::from_secs(secs))
+    })
+}
+
+use rand::Rng as _;
