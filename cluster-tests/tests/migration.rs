@@ -22,7 +22,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use starling_cluster_tests::client::tls_channel;
-use starling_cluster_tests::fleet::{running, wait_for, Ctl, Fleet, Machine, WorkloadId};
+use starling_cluster_tests::fleet::{
+    all_units_active, running, wait_for, Ctl, Fleet, Machine, WorkloadId,
+};
 use starling_cluster_tests::init_tracing;
 use starling_cluster_tests::{BearerToken, ClusterOptions, LocalCluster};
 use starling_proto::controller::{
@@ -172,39 +174,21 @@ impl World {
         Ok(())
     }
 
-    /// `ctl status --format json` of `model_arg`.
-    fn status(&self, model_arg: &str) -> Result<serde_json::Value> {
-        let out = self
-            .ctl
-            .ok(&["status", "-m", model_arg, "--format", "json"])?;
-        Ok(serde_json::from_str(&out)?)
-    }
-
     /// Waits until every unit of `model_arg` is active and every machine started.
     fn wait_active(&self, model_arg: &str, units: usize) -> Result<()> {
         wait_for(&format!("every unit of {model_arg} active"), || {
-            let status = self.status(model_arg)?;
-            let mut seen = 0;
-            for (name, app) in status["applications"].as_object().into_iter().flatten() {
-                for (unit, u) in app["units"].as_object().into_iter().flatten() {
-                    ensure!(
-                        u["workload-status"]["current"] == "active",
-                        "{name}: {unit} is {}",
-                        u["workload-status"]["current"]
-                    );
-                    seen += 1;
-                }
-            }
-            ensure!(seen == units, "{seen} units of {units}");
-            for (id, m) in status["machines"].as_object().into_iter().flatten() {
-                ensure!(
-                    m["agent-status"]["current"] == "started",
-                    "machine {id} is {}",
-                    m["agent-status"]["current"]
-                );
-            }
-            Ok(())
+            all_units_active(&self.ctl, model_arg, units)
         })
+    }
+
+    /// A model `app` on `controller` with one machine running a counter unit, once everything
+    /// runs; the running workloads.
+    fn counter_model(&mut self, controller: &str) -> Result<BTreeMap<String, WorkloadId>> {
+        self.add_model(controller, "app", 1)?;
+        let model_arg = format!("{controller}:app");
+        self.deploy(&model_arg, "counter", &["--to", "0"])?;
+        self.wait_active(&model_arg, 1)?;
+        workloads(&self.fleet, 1)
     }
 
     /// The model as any running node of `controller` shows it, or the refusal.
@@ -656,9 +640,7 @@ fn prechecks_report_every_failure_and_change_nothing() -> Result<()> {
 }
 
 fn prechecks(world: &mut World) -> Result<()> {
-    world.add_model("alpha", "app", 1)?;
-    world.deploy("alpha:app", "counter", &["--to", "0"])?;
-    world.wait_active("alpha:app", 1)?;
+    world.counter_model("alpha")?;
     let digest = world.description_digest("alpha", "app")?;
 
     info!("--- the controller model never migrates");
@@ -783,10 +765,7 @@ fn aborts_leave_the_source_byte_identical() -> Result<()> {
 }
 
 fn aborts(world: &mut World) -> Result<()> {
-    world.add_model("alpha", "app", 1)?;
-    world.deploy("alpha:app", "counter", &["--to", "0"])?;
-    world.wait_active("alpha:app", 1)?;
-    let before = workloads(&world.fleet, 1)?;
+    let before = world.counter_model("alpha")?;
     for (attempt, phase) in [(1, "QUIESCE"), (2, "IMPORT"), (3, "VALIDATION")] {
         info!(phase, "--- an abort forced in {phase}");
         let digest = world.description_digest("alpha", "app")?;
@@ -950,10 +929,7 @@ fn leader_kills_in_every_phase_end_with_one_owner() -> Result<()> {
 }
 
 fn leader_kills(world: &mut World) -> Result<()> {
-    world.add_model("alpha", "app", 1)?;
-    world.deploy("alpha:app", "counter", &["--to", "0"])?;
-    world.wait_active("alpha:app", 1)?;
-    let before = workloads(&world.fleet, 1)?;
+    let before = world.counter_model("alpha")?;
     let mut here = "alpha".to_owned();
     let mut there = "beta".to_owned();
     let cases: Vec<(&str, bool)> = vec![
@@ -1044,9 +1020,7 @@ fn planted_activate_before_decision_makes_two_owners() -> Result<()> {
     let mut beta = ClusterOptions::new("beta", 1);
     beta.env = vec![planted("activate-before-decision")];
     let mut world = World::start(vec![ClusterOptions::new("alpha", 1), beta])?;
-    world.add_model("alpha", "app", 1)?;
-    world.deploy("alpha:app", "counter", &["--to", "0"])?;
-    world.wait_active("alpha:app", 1)?;
+    world.counter_model("alpha")?;
     world.ctl.ok(&["migrate", "alpha:app", "beta"])?;
     // The source aborts on the digest mismatch, and cannot drop an import that is already live.
     wait_for("the source to abort", || {
@@ -1076,9 +1050,7 @@ fn planted_abort_after_success_loses_the_model() -> Result<()> {
         ),
     ];
     let mut world = World::start(vec![alpha, ClusterOptions::new("beta", 1)])?;
-    world.add_model("alpha", "app", 1)?;
-    world.deploy("alpha:app", "counter", &["--to", "0"])?;
-    world.wait_active("alpha:app", 1)?;
+    world.counter_model("alpha")?;
     let run = world
         .ctl
         .run(&["migrate", "alpha:app", "beta", "--wait", "--timeout", "2m"])?;

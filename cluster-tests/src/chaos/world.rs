@@ -974,29 +974,6 @@ fn wait_active(ctl: &Ctl, model_arg: &str, units: usize) -> Result<()> {
     wait_until(
         &format!("every unit of {model_arg} active"),
         SETTLE_WAIT,
-        || {
-            let out = ctl.ok(&["status", "-m", model_arg, "--format", "json"])?;
-            let status: Value = serde_json::from_str(&out)?;
-            let mut seen = 0;
-            for (name, app) in status["applications"].as_object().into_iter().flatten() {
-                for (unit, u) in app["units"].as_object().into_iter().flatten() {
-                    ensure!(
-                        u["workload-status"]["current"] == "active",
-                        "{name}: {unit} is {}",
-                        u["workload-status"]["current"]
-                    );
-                    seen += 1;
-                }
-            }
-            ensure!(seen == units, "{seen} units of {units}");
-            for (id, m) in status["machines"].as_object().into_iter().flatten() {
-                ensure!(
-                    m["agent-status"]["current"] == "started",
-                    "machine {id} is {}",
-                    m["agent-status"]["current"]
-                );
-            }
-            Ok(())
-        },
+        || crate::fleet::all_units_active(ctl, model_arg, units),
     )
 }
