@@ -190,7 +190,14 @@ impl<R: StateRead + ?Sized> Tx<'_, '_, R> {
                 }
             }
         }
-        self.store_migration(&stored::store_logic(&record, &next));
+        let mut updated = stored::store_logic(&record, &next);
+        if to.is_terminal() {
+            // The target's superuser token is only needed while the master may call it.
+            if let Some(target) = updated.target.as_mut() {
+                target.token.clear();
+            }
+        }
+        self.store_migration(&updated);
         Ok(cmd::Ok::default())
     }
 
