@@ -10,6 +10,7 @@ pub mod client;
 pub mod fleet;
 pub mod history;
 pub mod local_cluster;
+pub mod netns;
 pub mod protocol_model;
 pub mod registration;
 pub mod seed;

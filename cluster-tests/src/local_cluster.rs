@@ -59,6 +59,9 @@ pub struct ClusterOptions {
     pub rust_log: String,
     /// Extra environment of the nodes (e.g. `FAILPOINTS`).
     pub env: Vec<(String, String)>,
+    /// One network namespace per node (node `i` on `hosts[i - 1]`, fixed ports), for
+    /// partitions inside the group; empty: every node on 127.0.0.1.
+    pub hosts: Vec<crate::netns::NetHost>,
 }
 
 impl ClusterOptions {
@@ -75,6 +78,7 @@ impl ClusterOptions {
             election_timeout_max_ms: None,
             rust_log: std::env::var("STARLING_NODE_LOG").unwrap_or_else(|_| "info".to_owned()),
             env: Vec::new(),
+            hosts: Vec::new(),
         }
     }
 }
@@ -120,7 +124,19 @@ impl LocalCluster {
             .tempdir()
             .context("creating the cluster's temp dir")?;
         let root = work.path().join("controller");
-        let ports = free_ports(2 * options.n_nodes as usize)?;
+        if !options.hosts.is_empty() && options.hosts.len() as u64 != options.n_nodes {
+            bail!(
+                "{} hosts for {} nodes",
+                options.hosts.len(),
+                options.n_nodes
+            );
+        }
+        // A node in its own namespace has every port to itself.
+        let ports = if options.hosts.is_empty() {
+            free_ports(2 * options.n_nodes as usize)?
+        } else {
+            (0..options.n_nodes).flat_map(|_| [17070, 17071]).collect()
+        };
         let mut nodes = BTreeMap::new();
         let mut init = Command::new(&bins.ctld);
         init.arg("init")
@@ -130,8 +146,12 @@ impl LocalCluster {
             .arg(&root);
         for id in 1..=options.n_nodes {
             let idx = 2 * (id as usize - 1);
-            let grpc_addr = format!("127.0.0.1:{}", ports[idx]);
-            let http_addr = format!("127.0.0.1:{}", ports[idx + 1]);
+            let host = options
+                .hosts
+                .get(id as usize - 1)
+                .map_or("127.0.0.1", |h| h.ip.as_str());
+            let grpc_addr = format!("{host}:{}", ports[idx]);
+            let http_addr = format!("{host}:{}", ports[idx + 1]);
             init.arg("--node")
                 .arg(format!("{id},{grpc_addr},{http_addr}"));
             nodes.insert(
@@ -189,7 +209,15 @@ impl LocalCluster {
             .open(&node.log_path)
             .with_context(|| format!("opening {}", node.log_path.display()))?;
         writeln!(log, "--- harness: starting node {id}")?;
-        let mut command = Command::new(ctld);
+        let mut command = match options.hosts.get(id as usize - 1) {
+            // `ip netns exec` execs ctld, so the child's pid is the node's.
+            Some(host) => {
+                let mut command = Command::new("ip");
+                command.args(["netns", "exec", &host.netns]).arg(ctld);
+                command
+            }
+            None => Command::new(ctld),
+        };
         command
             .arg("run")
             .arg("--data-dir")

@@ -303,6 +303,77 @@ fn partitions_between_source_and_target() -> Result<()> {
     })
 }
 
+#[test]
+fn partitions_within_a_group() -> Result<()> {
+    if !starling_cluster_tests::netns::Lan::available() {
+        // Partitions inside a group need network namespaces and nftables (root); CI has both.
+        eprintln!("SKIPPED partitions_within_a_group: needs root, `ip` and `nft`");
+        return Ok(());
+    }
+    let test = "partitions_within_a_group";
+    let seed = chaos_seed(test);
+    let options = WorldOptions::new(test, seed)
+        .failpoints("alpha", &spec(""))
+        .failpoints("beta", &spec(""))
+        .in_namespaces();
+    let mut world = World::start(options)?;
+    run_scenario(&mut world, |world| {
+        let model = machine_model(world)?;
+        eprintln!("--- the source leader cut off from its followers during IMPORT");
+        let run = world.migrate(&model)?.context("refused")?;
+        ensure!(
+            world.wait_phase(&run, "IMPORT", PHASE_WAIT)?,
+            "IMPORT was missed"
+        );
+        world.inject(&Fault::Isolate {
+            controller: run.from.clone(),
+            role: Role::Leader,
+        })?;
+        // The majority elects a leader whose master resumes the migration; the old leader can
+        // commit nothing. Heal once it has ended (or after a while, whichever comes first).
+        let _ = world.wait_phase(&run, "DONE", Duration::from_secs(30));
+        world.heal()?;
+        world.wait_migrations_end(END_WAIT)?;
+        let end = world.end_of(&run.id).unwrap_or("?").to_owned();
+        ensure!(
+            end == "DONE" || end == "ABORTDONE",
+            "{} ended {end}",
+            run.id
+        );
+
+        eprintln!("--- the target leader cut off from its group after SUCCESS");
+        let run = world.migrate(&model)?.context("refused")?;
+        ensure!(
+            world.wait_phase(&run, "SUCCESS", PHASE_WAIT)?,
+            "SUCCESS was missed"
+        );
+        world.inject(&Fault::Isolate {
+            controller: run.to.clone(),
+            role: Role::Leader,
+        })?;
+        let _ = world.wait_phase(&run, "DONE", Duration::from_secs(30));
+        world.heal()?;
+        world.wait_migrations_end(END_WAIT)?;
+        ensure!(
+            world.end_of(&run.id) == Some("DONE"),
+            "after SUCCESS it must end DONE, ended {:?}",
+            world.end_of(&run.id)
+        );
+
+        eprintln!("--- a follower of each group cut off while a migration runs");
+        let run = world.migrate(&model)?.context("refused")?;
+        for controller in [run.from.clone(), run.to.clone()] {
+            world.inject(&Fault::Isolate {
+                controller,
+                role: Role::Follower,
+            })?;
+        }
+        world.wait_migrations_end(END_WAIT)?;
+        world.heal()?;
+        world.finish()
+    })
+}
+
 /// The source's failpoints, with the phase each acts in and the end it forces (`None`: the
 /// step is retried and the migration completes).
 const SOURCE_POINTS: [(&str, &str, Option<&str>); 11] = [

@@ -22,8 +22,12 @@
 //! the target). Not proxied: the target's leftover sweeper asks the source at the endpoints of
 //! the source's membership, the Raft traffic inside a group, and the harness's own recorded
 //! clients (they dial the nodes directly, so the workload keeps running on both sides).
-//! Intra-group partitions and nftables/netns are not implemented; SIGSTOP of a node stands in
-//! for a node cut off from its group.
+//!
+//! With [`WorldOptions::in_namespaces`] (root, `ip` and `nft`: what CI has) every node runs in a
+//! network namespace of its own on a private bridge ([`crate::netns::Lan`]); then
+//! [`Fault::Isolate`] cuts one node off from the rest of its group and [`Fault::Partition`]
+//! cuts the two groups apart, both with nftables rules inside the nodes' namespaces (the
+//! proxies are not used: a node's 127.0.0.1 is its own).
 
 pub mod proxy;
 pub mod workload;

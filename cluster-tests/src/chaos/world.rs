@@ -59,6 +59,9 @@ pub struct WorldOptions {
     pub machine_models: bool,
     /// Writing and reading clients.
     pub clients: u64,
+    /// Run every node in its own network namespace (root only), so nodes of one group can be
+    /// partitioned from each other ([`Fault::Isolate`]).
+    pub netns: bool,
 }
 
 impl WorldOptions {
@@ -71,6 +74,7 @@ impl WorldOptions {
             plain_models: 1,
             machine_models: true,
             clients: 3,
+            netns: false,
         }
     }
 
@@ -78,6 +82,12 @@ impl WorldOptions {
     pub fn failpoints(mut self, controller: &str, spec: &str) -> Self {
         self.failpoints
             .insert(controller.to_owned(), spec.to_owned());
+        self
+    }
+
+    /// Runs every node in its own network namespace (see [`Fault::Isolate`]).
+    pub fn in_namespaces(mut self) -> Self {
+        self.netns = true;
         self
     }
 }
@@ -112,6 +122,14 @@ pub enum Fault {
     PowerCut {
         /// The controller.
         controller: String,
+    },
+    /// Cut one node off from the other nodes of its group (both ways; nftables inside the
+    /// nodes' namespaces, so the world must run with `netns`). Clients and agents still reach it.
+    Isolate {
+        /// The controller.
+        controller: String,
+        /// Which node.
+        role: Role,
     },
     /// Partition the controller from everything that reaches it through the proxy: the
     /// other controller's migration master, `ctl` and the agents' validation dials.
@@ -171,6 +189,8 @@ pub struct World {
     clients: Clients,
     workload: Option<Workload>,
     work: Option<tempfile::TempDir>,
+    /// The namespaces the nodes run in (with `netns`); dropped last, after every process.
+    lan: Option<crate::netns::Lan>,
 }
 
 /// Polls `probe` until it returns `Ok` or `wait` passes; the last error is reported.
@@ -201,11 +221,19 @@ impl World {
             .worker_threads(2)
             .enable_all()
             .build()?;
+        let lan = if options.netns {
+            Some(crate::netns::Lan::create(3 * CONTROLLERS.len())?)
+        } else {
+            None
+        };
         let mut controllers = BTreeMap::new();
-        for name in CONTROLLERS {
+        for (index, name) in CONTROLLERS.into_iter().enumerate() {
             let mut cluster = ClusterOptions::new(name, 3);
             if let Some(spec) = options.failpoints.get(name) {
                 cluster.env = vec![("FAILPOINTS".into(), spec.clone())];
+            }
+            if let Some(lan) = &lan {
+                cluster.hosts = lan.hosts()[3 * index..3 * index + 3].to_vec();
             }
             controllers.insert(name.to_owned(), rt.block_on(LocalCluster::start(cluster))?);
         }
@@ -227,26 +255,34 @@ impl World {
         );
         let mut links = BTreeMap::new();
         for (name, cluster) in &controllers {
-            let upstreams: Vec<String> = cluster
-                .node_ids()
-                .into_iter()
-                .map(|id| cluster.grpc_addr(id).to_owned())
-                .collect();
-            let link = rt.block_on(Link::start(&upstreams))?;
-            let proxied = root.join(format!("{name}-registration.yaml"));
-            rewrite_endpoints(
-                &cluster.root().join("registration.yaml"),
-                &proxied,
-                link.endpoints(),
-            )?;
-            ctl.ok(&["register", proxied.to_str().context("path")?])?;
+            if lan.is_some() {
+                // Nodes in namespaces have loopbacks of their own, so a proxy on the test's
+                // 127.0.0.1 is out of their reach: partitions between controllers are
+                // nftables rules between the groups' addresses instead (`Fault::Partition`).
+                let registration = cluster.root().join("registration.yaml");
+                ctl.ok(&["register", registration.to_str().context("path")?])?;
+            } else {
+                let upstreams: Vec<String> = cluster
+                    .node_ids()
+                    .into_iter()
+                    .map(|id| cluster.grpc_addr(id).to_owned())
+                    .collect();
+                let link = rt.block_on(Link::start(&upstreams))?;
+                let proxied = root.join(format!("{name}-registration.yaml"));
+                rewrite_endpoints(
+                    &cluster.root().join("registration.yaml"),
+                    &proxied,
+                    link.endpoints(),
+                )?;
+                ctl.ok(&["register", proxied.to_str().context("path")?])?;
+                links.insert(name.clone(), link);
+            }
             ctl.ok(&[
                 "controller-config",
                 "-c",
                 name,
                 "agent-heartbeat-interval=500ms",
             ])?;
-            links.insert(name.clone(), link);
         }
         let mut nodes = BTreeMap::new();
         for (name, cluster) in &controllers {
@@ -279,6 +315,7 @@ impl World {
             clients: Clients { nodes },
             workload: None,
             work: Some(work),
+            lan,
             options,
         };
         world.add_models()?;
@@ -580,8 +617,37 @@ impl World {
                     .or_default()
                     .extend(ids);
             }
-            Fault::Partition { controller, mode } => {
-                self.links.get(controller).context("link")?.set(*mode);
+            Fault::Partition { controller, mode } => match &self.lan {
+                // In namespaces: every node of `controller` cut off from every node of the
+                // other (packets dropped, whatever the mode).
+                Some(lan) => {
+                    let index = |c: &str| CONTROLLERS.iter().position(|x| *x == c);
+                    let mine = index(controller).context("controller")?;
+                    let theirs = index(World::other(controller)).context("controller")?;
+                    for a in &lan.hosts()[3 * mine..3 * mine + 3] {
+                        for b in &lan.hosts()[3 * theirs..3 * theirs + 3] {
+                            lan.cut(a, b)?;
+                        }
+                    }
+                }
+                None => self.links.get(controller).context("link")?.set(*mode),
+            },
+            Fault::Isolate { controller, role } => {
+                let node = self.node_in_role(controller, *role)?;
+                let index = CONTROLLERS
+                    .iter()
+                    .position(|c| c == controller)
+                    .context("controller")?;
+                let lan = self
+                    .lan
+                    .as_ref()
+                    .context("isolating a node needs a world started with netns")?;
+                let hosts = &lan.hosts()[3 * index..3 * index + 3];
+                let me = &hosts[node as usize - 1];
+                for peer in hosts.iter().filter(|h| *h != me) {
+                    lan.cut(me, peer)?;
+                }
+                info!(controller, node, ?role, "node cut off from its group");
             }
         }
         Ok(())
@@ -593,6 +659,9 @@ impl World {
         info!("--- heal");
         for link in self.links.values() {
             link.set(LinkMode::Pass);
+        }
+        if let Some(lan) = &self.lan {
+            lan.heal()?;
         }
         let killed = std::mem::take(&mut self.killed);
         for (name, cluster) in &mut self.controllers {
