@@ -964,6 +964,24 @@ fn leader_kills(world: &mut World) -> Result<()> {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+        if matches!(phase, "QUIESCE" | "IMPORT" | "VALIDATION") {
+            // The locked model is still readable, and says what is happening.
+            let out =
+                world
+                    .ctl
+                    .ok(&["status", "-m", &format!("{here}:app"), "--format", "json"])?;
+            let status: serde_json::Value = serde_json::from_str(&out)?;
+            let notes = status["model"]["notes"].as_str().unwrap_or_default();
+            ensure!(
+                notes.starts_with("migrating: "),
+                "status notes {notes:?} in {phase}"
+            );
+            let shown = world.show_model(&here, "app")?.map(|i| i.migration);
+            ensure!(
+                shown.as_deref().map_err(|s| s.message().to_owned()) == Ok(phase),
+                "show-model migration {shown:?} in {phase}"
+            );
+        }
         let cluster = world.controllers.get_mut(&victim_side).context("victim")?;
         let leader = world
             .rt
