@@ -38,7 +38,11 @@ const BAD_CREDENTIAL: &str = "unknown machine or bad credential";
 /// Updates a watch stream buffers for a slow agent before it waits.
 const WATCH_CHANNEL_CAPACITY: usize = 2;
 /// Longest a watch sleeps without re-checking for a departed client or a changed state.
-const WATCH_WAKE_MAX: Duration = Duration::from_secs(30);
+const WATCH_WAKE_MAX: Duration = Duration::from_secs(2);
+/// A node that has been without its group this long sends its agents elsewhere: it can serve
+/// their watch from stale state but cannot commit their reports or migration acknowledgements.
+/// Well above the election timeout, so an election alone never triggers it.
+const CUT_OFF_AFTER: Duration = Duration::from_secs(5);
 /// Most status reports, and most log records, one `Report` call carries.
 pub const REPORT_ITEMS_MAX: usize = 1000;
 
@@ -413,6 +417,19 @@ impl AgentService {
         }))
     }
 
+    /// Refuses agents while this node is cut off from its group, so they move to another
+    /// endpoint.
+    fn refuse_if_cut_off(&self) -> Result<(), Status> {
+        match self.handle.cut_off_for(CUT_OFF_AFTER) {
+            Some(age) => Err(Status::unavailable(format!(
+                "controller node {} has been without its group for {}s; try another endpoint",
+                self.handle.node_id(),
+                age.as_secs()
+            ))),
+            None => Ok(()),
+        }
+    }
+
     /// Refuses an agent of a model that is an import here: it is not active yet.
     fn refuse_importing(&self, model_uuid: &str) -> Result<(), Status> {
         if let Some(import) =
@@ -476,6 +493,11 @@ impl AgentService {
         let mut last_sent = None;
         let mut applied = self.handle.state().applied_index();
         loop {
+            if let Err(status) = self.refuse_if_cut_off() {
+                debug!(machine = %agent.machine_id, "watch ended: this node is cut off");
+                let _ = tx.send(Err(status)).await;
+                return;
+            }
             match self.next_update(&agent, &mut last_sent).await {
                 Ok(Some(update)) => {
                     let ends = update.machine_removed || update.redirect.is_some();
@@ -530,6 +552,7 @@ impl Agent for AgentService {
         &self,
         request: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
+        self.refuse_if_cut_off()?;
         let agent = self.authenticate(&request).await?;
         self.refuse_importing(&agent.model_uuid)?;
         self.presence
@@ -661,6 +684,7 @@ impl Agent for AgentService {
         use starling_proto::command::{
             migration_progress::Fact, AgentValidation, MigrationProgress,
         };
+        self.refuse_if_cut_off()?;
         let agent = self.authenticate(&request).await?;
         let message = request.into_inner();
         let id = MigrationId::parse(&message.migration_id)
@@ -710,6 +734,7 @@ impl Agent for AgentService {
         &self,
         request: Request<pb::ValidateLoginRequest>,
     ) -> Result<Response<pb::ValidateLoginResponse>, Status> {
+        self.refuse_if_cut_off()?;
         let agent = self.authenticate(&request).await?;
         let migration_id = request.into_inner().migration_id;
         let reader = self.handle.state().reader();

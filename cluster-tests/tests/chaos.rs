@@ -369,6 +369,13 @@ fn partitions_within_a_group() -> Result<()> {
             })?;
         }
         world.wait_migrations_end(END_WAIT)?;
+        // An agent whose controller node is cut off is sent to another node, so the majority
+        // side completes the migration.
+        ensure!(
+            world.end_of(&run.id) == Some("DONE"),
+            "with a follower of each group cut off it must end DONE, ended {:?}",
+            world.end_of(&run.id)
+        );
         world.heal()?;
         world.finish()
     })

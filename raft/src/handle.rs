@@ -518,6 +518,23 @@ impl RaftHandle {
         (voters, nodes)
     }
 
+    /// How long this node has been without its group, when it looks cut off: a leader whose
+    /// quorum has not acknowledged it, or a follower that has not heard from a leader, for
+    /// longer than `after`. `None` while in contact, in a single-voter group, or before any
+    /// contact was expected (a node that has just started).
+    pub fn cut_off_for(&self, after: Duration) -> Option<Duration> {
+        let metrics = self.inner.raft.metrics().borrow().clone();
+        if metrics.membership_config.membership().voter_ids().count() < 2 {
+            return None;
+        }
+        let age = if metrics.current_leader == Some(self.inner.node_id) {
+            Duration::from_millis(metrics.millis_since_quorum_ack?)
+        } else {
+            self.inner.leader_contact.last()?.elapsed()
+        };
+        (age > after).then_some(age)
+    }
+
     /// The leader this node knows of.
     pub fn current_leader(&self) -> Option<NodeId> {
         self.inner.raft.metrics().borrow().current_leader

@@ -37,7 +37,7 @@ impl LeaderContact {
         *self.last.lock().expect("leader contact poisoned") = Some(Instant::now());
     }
 
-    fn last(&self) -> Option<Instant> {
+    pub(crate) fn last(&self) -> Option<Instant> {
         *self.last.lock().expect("leader contact poisoned")
     }
 }
