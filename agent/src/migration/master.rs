@@ -305,7 +305,7 @@ impl Driver {
             Action::Nothing => {}
             Action::RunPrechecks => {
                 self.activity("running prechecks");
-                let failures = self.prechecks(stored_record, record).await?;
+                let failures = self.prechecks(record).await?;
                 if !failures.is_empty() {
                     warn!(migration = %self.key, ?failures, "prechecks failed");
                 }
@@ -462,11 +462,7 @@ impl Driver {
             .await;
     }
 
-    async fn prechecks(
-        &self,
-        stored_record: &pb::MigrationRecord,
-        record: &MigrationRecord,
-    ) -> anyhow::Result<Vec<String>> {
+    async fn prechecks(&self, record: &MigrationRecord) -> anyhow::Result<Vec<String>> {
         let Some(model) = self.ctx.handle.state().model(&self.id.model_uuid)? else {
             return Ok(vec![format!(
                 "model {} no longer exists",
@@ -477,7 +473,6 @@ impl Driver {
             .map_err(|e| anyhow::anyhow!("{}", e.message()))?;
         let request = prechecks::precheck_request(&self.ctx, &model, &self.key);
         failures.extend(prechecks::ask_target(self.peer(), &record.target.name, request).await);
-        let _ = stored_record;
         if let Some(reason) = failpoint("migration.source.prechecks") {
             failures.push(reason);
         }
