@@ -68,6 +68,15 @@ pub struct Ctl {
 }
 
 impl Ctl {
+    /// `bins`' `ctl` with a client store of its own under `root`.
+    pub fn new(bins: &crate::Bins, root: &Path) -> Self {
+        Ctl {
+            bin: bins.ctl.clone(),
+            data: root.join("ctl-data"),
+            scratch: root.to_path_buf(),
+        }
+    }
+
     /// Runs `ctl ARGS`, whatever its exit code.
     pub fn run(&self, args: &[&str]) -> Result<CtlRun> {
         let out_path = self.scratch.join("ctl.out");
@@ -272,6 +281,21 @@ pub struct Fleet {
 }
 
 impl Fleet {
+    /// No machines yet; agents run `bins`' `agentd` and live under `root`.
+    pub fn new(bins: &crate::Bins, root: PathBuf) -> Result<Self> {
+        let agentd = bins.dir.join("agentd");
+        ensure!(
+            agentd.is_file(),
+            "{} is missing: run `cargo build --workspace --bins`",
+            agentd.display()
+        );
+        Ok(Fleet {
+            root,
+            agentd,
+            machines: Vec::new(),
+        })
+    }
+
     /// Starts agentd `idx` (appending to its log).
     pub fn start(&mut self, idx: usize) -> Result<()> {
         let agentd = self.agentd.clone();

@@ -210,24 +210,10 @@ fn workloads_outlive_controller_failures_and_agent_restarts() -> Result<()> {
         .prefix("starling-agents-")
         .tempdir()?;
     let root = work.path().canonicalize()?;
-    let agentd = cluster.bins().dir.join("agentd");
-    ensure!(
-        agentd.is_file(),
-        "{} is missing: run `cargo build --workspace --bins`",
-        agentd.display()
-    );
-    let ctl = Ctl {
-        bin: cluster.bins().ctl.clone(),
-        data: root.join("ctl-data"),
-        scratch: root.clone(),
-    };
+    let ctl = Ctl::new(cluster.bins(), &root);
     // Declared last, so dropped first: every process is swept before the files and the
     // cluster go.
-    let mut fleet = Fleet {
-        root: root.clone(),
-        agentd,
-        machines: Vec::new(),
-    };
+    let mut fleet = Fleet::new(cluster.bins(), root.clone())?;
     let mut env = Env {
         rt: &rt,
         cluster: &mut cluster,

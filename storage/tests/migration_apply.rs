@@ -4,7 +4,6 @@
 //! older attempt, the redirect, REAP and the log transfer.
 
 use prost::Message;
-use sha2::{Digest, Sha256};
 use starling_proto::command::{self as cmd, command::Op, command_error::Code};
 use starling_proto::migration as mpb;
 use starling_proto::model::{CharmMeta, LogRecord};
@@ -16,28 +15,10 @@ use starling_storage::{
 
 mod support;
 
-use support::{Harness, UUID};
-
-fn digest_of(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
-}
+use support::{digest_of, Harness, UUID};
 
 fn upload(h: &mut Harness, bytes: &[u8]) -> String {
-    let digest = digest_of(bytes);
-    let mut offset = 0;
-    for chunk in bytes.chunks(4096) {
-        h.ok(Op::PutBlobChunk(cmd::PutBlobChunk {
-            digest: digest.clone(),
-            offset,
-            data: chunk.to_vec(),
-        }));
-        offset += chunk.len() as u64;
-    }
-    h.ok(Op::CommitBlob(cmd::CommitBlob {
-        digest: digest.clone(),
-        size: bytes.len() as u64,
-    }));
-    digest
+    h.upload(bytes, 4096)
 }
 
 fn counter() -> CharmMeta {

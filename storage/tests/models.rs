@@ -2,7 +2,6 @@
 //! every refusal leaving the state byte-for-byte as it was; export → import identity.
 
 use proptest::prelude::*;
-use sha2::{Digest, Sha256};
 use starling_proto::command::{self as cmd, command::Op, command_error::Code};
 use starling_proto::model::{Access, CharmMeta, LogRecord, Status};
 use starling_storage::model::charm::parse_metadata;
@@ -13,7 +12,7 @@ use starling_storage::{
 
 mod support;
 
-use support::{Harness, NOW, UUID};
+use support::{digest_of, Harness, NOW, UUID};
 
 fn add_model(uuid: &str, name: &str) -> Op {
     Op::AddModel(cmd::AddModel {
@@ -32,26 +31,8 @@ fn add_machine() -> Op {
     })
 }
 
-fn digest_of(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
-}
-
 fn upload(h: &mut Harness, bytes: &[u8]) -> String {
-    let digest = digest_of(bytes);
-    let mut offset = 0;
-    for chunk in bytes.chunks(7) {
-        h.ok(Op::PutBlobChunk(cmd::PutBlobChunk {
-            digest: digest.clone(),
-            offset,
-            data: chunk.to_vec(),
-        }));
-        offset += chunk.len() as u64;
-    }
-    h.ok(Op::CommitBlob(cmd::CommitBlob {
-        digest: digest.clone(),
-        size: bytes.len() as u64,
-    }));
-    digest
+    h.upload(bytes, 7)
 }
 
 fn charm(name: &str, extra: &str) -> CharmMeta {

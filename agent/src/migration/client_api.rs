@@ -222,6 +222,21 @@ pub async fn migrate(
     })
 }
 
+/// The latest migration of model `uuid` (called `name`) from this controller, or NOT_FOUND.
+fn latest(
+    ctx: &MigrationContext,
+    uuid: &str,
+    name: &str,
+) -> Result<starling_proto::migration::MigrationRecord, Status> {
+    stored::latest_migration(ctx.handle.state().reader(), uuid)
+        .map_err(storage_error)?
+        .ok_or_else(|| {
+            Status::not_found(format!(
+                "model \"{name}\" has never migrated from this controller"
+            ))
+        })
+}
+
 /// `AbortMigration`: persists the operator's request; the master aborts (or the rules refuse
 /// after SUCCESS, with the reason).
 pub async fn abort(
@@ -231,13 +246,7 @@ pub async fn abort(
     name: &str,
     reason: String,
 ) -> Result<pb::AbortMigrationResponse, Status> {
-    let record = stored::latest_migration(ctx.handle.state().reader(), uuid)
-        .map_err(storage_error)?
-        .ok_or_else(|| {
-            Status::not_found(format!(
-                "model \"{name}\" has never migrated from this controller"
-            ))
-        })?;
+    let record = latest(ctx, uuid, name)?;
     let id = stored::record_id(&record).to_string();
     if stored::is_terminal(&record) {
         return Err(Status::failed_precondition(format!(
@@ -270,13 +279,7 @@ pub async fn abort(
 /// `MigrationStatus`: the latest migration of model `uuid`, with live progress when this node
 /// drives it.
 pub fn status(ctx: &MigrationContext, uuid: &str, name: &str) -> Result<pb::MigrationInfo, Status> {
-    let record = stored::latest_migration(ctx.handle.state().reader(), uuid)
-        .map_err(storage_error)?
-        .ok_or_else(|| {
-            Status::not_found(format!(
-                "model \"{name}\" has never migrated from this controller"
-            ))
-        })?;
+    let record = latest(ctx, uuid, name)?;
     let id = stored::record_id(&record).to_string();
     let live = ctx.progress.get(&id).unwrap_or_default();
     let phase = Phase::parse(&record.phase);

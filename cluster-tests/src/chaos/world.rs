@@ -242,17 +242,8 @@ impl World {
             .tempdir()?;
         let root = work.path().canonicalize()?;
         let first = controllers.values().next().context("no controller")?;
-        let ctl = Ctl {
-            bin: first.bins().ctl.clone(),
-            data: root.join("ctl-data"),
-            scratch: root.clone(),
-        };
-        let agentd = first.bins().dir.join("agentd");
-        ensure!(
-            agentd.is_file(),
-            "{} is missing: build the binaries",
-            agentd.display()
-        );
+        let ctl = Ctl::new(first.bins(), &root);
+        let fleet = Fleet::new(first.bins(), root.clone())?;
         let mut links = BTreeMap::new();
         for (name, cluster) in &controllers {
             if lan.is_some() {
@@ -301,11 +292,7 @@ impl World {
             controllers,
             links,
             ctl,
-            fleet: Fleet {
-                root,
-                agentd,
-                machines: Vec::new(),
-            },
+            fleet,
             recorder: Recorder::new(),
             models: Vec::new(),
             homes: BTreeMap::new(),

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+use sha2::{Digest, Sha256};
 use starling_proto::command::{self as cmd, command::Op, command_error::Code, Command};
 use starling_proto::model::ModelDescription;
 use starling_storage::{export_model, ApplyBatch, ApplyLimits, MemStore, StateBackend};
@@ -65,9 +66,33 @@ impl Harness {
         }
     }
 
+    /// Stages `bytes` as a blob in chunks of `chunk_bytes` and commits it; its digest.
+    pub fn upload(&mut self, bytes: &[u8], chunk_bytes: usize) -> String {
+        let digest = digest_of(bytes);
+        let mut offset = 0;
+        for chunk in bytes.chunks(chunk_bytes) {
+            self.ok(Op::PutBlobChunk(cmd::PutBlobChunk {
+                digest: digest.clone(),
+                offset,
+                data: chunk.to_vec(),
+            }));
+            offset += chunk.len() as u64;
+        }
+        self.ok(Op::CommitBlob(cmd::CommitBlob {
+            digest: digest.clone(),
+            size: bytes.len() as u64,
+        }));
+        digest
+    }
+
     pub fn description(&self) -> ModelDescription {
         export_model(&self.store, UUID)
             .expect("reads")
             .expect("model exists")
     }
+}
+
+/// Hex sha256 of `bytes`.
+pub fn digest_of(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
 }
