@@ -35,6 +35,21 @@ pub(crate) fn migrated(redirect: &starling_proto::migration::Redirect) -> Status
     ))
 }
 
+/// The status a client gets for a model this controller holds as an import: it becomes active
+/// here when the migration reaches SUCCESS and the source activates it, moments later.
+fn importing(model_name: &str, import: &starling_proto::migration::ImportRecord) -> Status {
+    let source = import
+        .source
+        .as_ref()
+        .map(|s| s.name.as_str())
+        .unwrap_or_default();
+    Status::failed_precondition(format!(
+        "model \"{model_name}\" is being imported from controller \"{source}\" by migration \
+         {}; it is not active on this controller yet: try again shortly",
+        import.migration_id
+    ))
+}
+
 /// Largest charm archive accepted.
 pub const CHARM_BYTES_MAX: u64 = 64 * 1024 * 1024;
 /// Largest chunk of a charm upload or download.
@@ -89,18 +104,20 @@ impl ModelService {
         }
     }
 
-    /// Refuses a model that is an import here (invisible until activated) or has migrated
-    /// away (the redirect message `ctl` shows).
-    fn visible(&self, model: m::Model) -> Result<m::Model, Status> {
+    /// Refuses a model that is an import here (inactive until the migration activates it) or
+    /// has migrated away (the redirect message `ctl` shows). A caller with access to an import
+    /// learns that it is one, so a client that followed the source's redirect before the
+    /// target activated knows to try again; anyone else gets NOT_FOUND.
+    fn visible(&self, caller: &Caller, model: m::Model) -> Result<m::Model, Status> {
         let reader = self.handle.state().reader();
-        if stored::read_import(reader, &model.uuid)
-            .map_err(storage_error)?
-            .is_some()
-        {
-            return Err(Status::not_found(format!(
-                "model {:?} not found",
-                model.name
-            )));
+        if let Some(import) = stored::read_import(reader, &model.uuid).map_err(storage_error)? {
+            if Self::access_of(caller, &model) == Access::Unspecified {
+                return Err(Status::not_found(format!(
+                    "model {:?} not found",
+                    model.name
+                )));
+            }
+            return Err(importing(&model.name, &import));
         }
         if let Some(redirect) = stored::read_redirect(reader, &model.uuid).map_err(storage_error)? {
             return Err(migrated(&redirect));
@@ -172,7 +189,7 @@ impl ModelService {
                 .model(&model_ref.uuid)
                 .map_err(storage_error)?
                 .ok_or_else(|| Status::not_found(format!("model {} not found", model_ref.uuid)))
-                .and_then(|model| self.visible(model));
+                .and_then(|model| self.visible(caller, model));
         }
         let name = model_ref.name.as_str();
         if name.is_empty() {
@@ -183,7 +200,7 @@ impl ModelService {
             None => (caller.user.clone(), name),
         };
         if let Some(model) = state.model_by_name(&owner, short).map_err(storage_error)? {
-            return self.visible(model);
+            return self.visible(caller, model);
         }
         // A model reaped after migrating away is known only by its redirect.
         if let Some(redirect) = stored::read_redirects(state.reader())

@@ -8,6 +8,8 @@
 //! - `prechecks_report_every_failure_and_change_nothing`: each precheck failure and `--dry-run`.
 //! - `aborts_leave_the_source_byte_identical`: aborts forced by failpoints in QUIESCE, IMPORT and
 //!   VALIDATION, and by `ctl abort-migration`.
+//! - `an_import_not_yet_active_says_so`: between SUCCESS and activation the target tells a
+//!   client with access that the model is being imported, and a user without access nothing.
 //! - `leader_kills_in_every_phase_end_with_one_owner`: the source leader SIGKILLed in each
 //!   phase, the target leader during IMPORT and after SUCCESS.
 //!
@@ -227,8 +229,10 @@ impl World {
                         owners.insert(format!("{name} (locked)"));
                     }
                 }
+                // Absent, migrated away, or held as an import (not active): not an owner.
                 Err(status)
                     if status.code() == Code::NotFound
+                        || status.message().contains("is being imported")
                         || status.message().contains("has been migrated to controller") => {}
                 Err(status) => bail!("{name} gave no definite answer about {model}: {status}"),
             }
@@ -554,9 +558,9 @@ fn live_migration(world: &mut World) -> Result<()> {
     );
     let refused = writer.refused.lock().expect("lock").clone();
     ensure!(
-        refused
-            .iter()
-            .all(|m| m.contains("locked by migration") || m.contains("has been migrated")),
+        refused.iter().all(|m| m.contains("locked by migration")
+            || m.contains("has been migrated")
+            || m.contains("is being imported")),
         "unexpected refusals: {refused:?}"
     );
     info!(
@@ -731,6 +735,104 @@ fn prechecks(world: &mut World) -> Result<()> {
         world.show_model("alpha", "app")?.is_ok(),
         "the source still serves the model"
     );
+    Ok(())
+}
+
+/// Between the source's SUCCESS and the target's activation a client that followed the redirect
+/// is told the model is being imported and to try again, not that it does not exist; a user
+/// without access to the model learns nothing. The source's Activate is held back by a failpoint
+/// until alpha restarts without it.
+#[test]
+fn an_import_not_yet_active_says_so() -> Result<()> {
+    let mut alpha = ClusterOptions::new("alpha", 1);
+    alpha.env = vec![(
+        "FAILPOINTS".into(),
+        "migration.source.activate=return".into(),
+    )];
+    let mut world = World::start(vec![alpha, ClusterOptions::new("beta", 1)])?;
+    let result = import_not_yet_active(&mut world);
+    if result.is_err() {
+        world.dump();
+    }
+    result
+}
+
+fn import_not_yet_active(world: &mut World) -> Result<()> {
+    let before = world.counter_model("alpha")?;
+    let outsider = world
+        .ctl
+        .ok(&["add-user", "-c", "beta", "erin"])?
+        .split_whitespace()
+        .find(|w| w.len() == 64 && w.chars().all(|c| c.is_ascii_hexdigit()))
+        .context("no token printed")?
+        .to_owned();
+    world.ctl.ok(&["migrate", "alpha:app", "beta"])?;
+    let deadline = Instant::now() + MIGRATION_WAIT;
+    loop {
+        let phase = world.migration_status("alpha", "app")?.phase;
+        if phase == "SUCCESS" {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline && !matches!(phase.as_str(), "DONE" | "ABORTDONE"),
+            "the migration should stop in SUCCESS while Activate fails; it is in {phase}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    info!("--- the source redirects; the target says the model is not active yet");
+    let run = world.ctl.run(&["status", "-m", "alpha:app"])?;
+    ensure!(
+        run.code == 1
+            && run
+                .stderr
+                .contains("has been migrated to controller \"beta\""),
+        "{}",
+        run.stderr
+    );
+    let run = world.ctl.run(&["show-model", "beta:app"])?;
+    ensure!(
+        run.code == 1
+            && run
+                .stderr
+                .contains("\"app\" is being imported from controller \"alpha\"")
+            && run.stderr.contains("try again shortly"),
+        "{}",
+        run.stderr
+    );
+    let answer = {
+        let cluster = world.cluster("beta");
+        world.rt.block_on(async {
+            let mut client = cluster.client_with(1, Some(&outsider), RPC_TIMEOUT)?;
+            anyhow::Ok(
+                client
+                    .show_model(ModelRef {
+                        name: "admin/app".into(),
+                        uuid: String::new(),
+                    })
+                    .await,
+            )
+        })?
+    };
+    ensure!(
+        answer.as_ref().map_err(|s| s.code()).err() == Some(Code::NotFound),
+        "a user without access must not learn of the import: {answer:?}"
+    );
+    ensure!(
+        world.owners("app")?.is_empty(),
+        "no controller serves the model before activation"
+    );
+
+    info!("--- alpha restarts without the failpoint: the master activates and finishes");
+    let alpha = world.controllers.get_mut("alpha").context("alpha")?;
+    alpha.set_env(Vec::new());
+    alpha.kill(1)?;
+    alpha.start_node(1)?;
+    let end = world.wait_migration_end("alpha", "app")?;
+    ensure!(end == "DONE", "ended in {end}");
+    one_owner(world, "app", "beta")?;
+    world.wait_active("beta:app", 1)?;
+    ensure!(workloads(&world.fleet, 1)? == before, "workloads changed");
     Ok(())
 }
 

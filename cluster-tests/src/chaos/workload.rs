@@ -68,6 +68,11 @@ pub fn redirect_target(status: &tonic::Status) -> Option<String> {
     Some(rest.split('"').next()?.to_owned())
 }
 
+/// Whether `status` says the controller holds the model as an import, not active yet.
+pub fn importing_here(status: &tonic::Status) -> bool {
+    status.code() == Code::FailedPrecondition && status.message().contains("is being imported")
+}
+
 /// What a ShowModel answer says about ownership: `None` when it is no definite answer.
 pub fn ownership_of(
     answer: &Result<starling_proto::controller::ModelInfo, tonic::Status>,
@@ -86,6 +91,8 @@ pub fn ownership_of(
         Err(status) => {
             if let Some(controller) = redirect_target(status) {
                 Some(Ownership::MigratedTo { controller })
+            } else if importing_here(status) {
+                Some(Ownership::Importing)
             } else if status.code() == Code::NotFound {
                 Some(Ownership::Absent)
             } else {
@@ -224,6 +231,7 @@ async fn client_loop(
                     let definite = status.code() == Code::NotFound
                         || (status.code() == Code::FailedPrecondition
                             && (status.message().contains("locked by migration")
+                                || importing_here(&status)
                                 || redirect_target(&status).is_some()));
                     recorder.complete(
                         id,
@@ -269,8 +277,9 @@ async fn client_loop(
         if let Some(status) = error {
             if let Some(target) = redirect_target(&status) {
                 homes.insert(model.clone(), target);
-            } else if status.code() == Code::NotFound {
-                // Importing here, or gone: try the other controller next time.
+            } else if status.code() == Code::NotFound || importing_here(&status) {
+                // Importing here (not active yet, or a leftover), or gone: try the other
+                // controller next time.
                 if let Some(other) = controllers.iter().find(|c| **c != controller) {
                     homes.insert(model.clone(), other.clone());
                 }
