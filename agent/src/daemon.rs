@@ -12,12 +12,15 @@ pub enum LogFormat {
     Json,
 }
 
-/// Installs the tracing subscriber: `RUST_LOG` if set, else `default_filter`.
+/// Installs the tracing subscriber: `RUST_LOG` if set, else `default_filter`. Colours only on
+/// a terminal: a log file or journald gets plain text.
 pub fn init_tracing(format: LogFormat, default_filter: &str) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
