@@ -26,7 +26,6 @@ use crate::migration::service::MigrationService;
 use crate::migration::{MigrationContext, ProgressBoard};
 use crate::pki::{self, CertKeyPem};
 use crate::presence::{run_presence, PresenceTable};
-use starling_storage::model::migration::TargetLimits;
 
 /// Largest client request a node accepts.
 const CLIENT_MESSAGE_BYTES_MAX: usize = 16 * 1024 * 1024;
@@ -177,11 +176,7 @@ pub async fn run(
     )
     .into_server();
     let masters_task = tokio::spawn(run_masters(migration.clone(), stop.clone()));
-    let sweeper_task = tokio::spawn(run_sweeper(
-        migration.clone(),
-        TargetLimits::default(),
-        stop.clone(),
-    ));
+    let sweeper_task = tokio::spawn(run_sweeper(migration.clone(), stop.clone()));
     let controller = starling_proto::controller::controller_server::ControllerServer::new(
         ControllerService::new(migration, auth_file, ca.clone()),
     )

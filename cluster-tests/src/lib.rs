@@ -14,6 +14,7 @@ pub mod netns;
 pub mod protocol_model;
 pub mod registration;
 pub mod seed;
+pub mod side_port;
 pub mod sim_agent;
 
 pub use bins::Bins;

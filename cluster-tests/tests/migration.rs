@@ -10,6 +10,10 @@
 //!   VALIDATION, and by `ctl abort-migration`.
 //! - `an_import_not_yet_active_says_so`: between SUCCESS and activation the target tells a
 //!   client with access that the model is being imported, and a user without access nothing.
+//! - `a_leftover_import_is_dropped_once_the_source_confirms_the_abort`: an import the target
+//!   would not drop stays while the source is silent and goes once the source answers.
+//! - `a_broken_staging_stream_resumes_where_the_target_stopped`: a stream cut after a few chunks
+//!   resumes at the target's offset; every byte is received once.
 //! - `leader_kills_in_every_phase_end_with_one_owner`: the source leader SIGKILLed in each
 //!   phase, the target leader during IMPORT and after SUCCESS.
 //!
@@ -28,6 +32,7 @@ use starling_cluster_tests::fleet::{
     all_units_active, running, wait_for, Ctl, Fleet, Machine, WorkloadId,
 };
 use starling_cluster_tests::init_tracing;
+use starling_cluster_tests::side_port;
 use starling_cluster_tests::{BearerToken, ClusterOptions, LocalCluster};
 use starling_proto::controller::{
     GetModelConfigRequest, MigrationStatusRequest, ModelInfo, ModelRef, SetModelConfigRequest,
@@ -120,6 +125,12 @@ impl World {
 
     fn cluster(&self, name: &str) -> &LocalCluster {
         &self.controllers[name]
+    }
+
+    fn cluster_mut(&mut self, name: &str) -> &mut LocalCluster {
+        self.controllers
+            .get_mut(name)
+            .expect("a controller of the test")
     }
 
     /// A model `name` on `controller` with one machine (and its running agentd) per entry of
@@ -830,6 +841,208 @@ fn import_not_yet_active(world: &mut World) -> Result<()> {
     alpha.start_node(1)?;
     let end = world.wait_migration_end("alpha", "app")?;
     ensure!(end == "DONE", "ended in {end}");
+    one_owner(world, "app", "beta")?;
+    world.wait_active("beta:app", 1)?;
+    ensure!(workloads(&world.fleet, 1)? == before, "workloads changed");
+    Ok(())
+}
+
+/// An abort whose DropImport the target never acknowledges: the source unlocks the model after
+/// `migration-abort-drop-timeout` and the target keeps the leftover import while the source is
+/// silent, then drops it once the source answers that the migration aborted.
+#[test]
+fn a_leftover_import_is_dropped_once_the_source_confirms_the_abort() -> Result<()> {
+    let mut alpha = ClusterOptions::new("alpha", 1);
+    alpha.env = vec![(
+        "FAILPOINTS".into(),
+        "migration.source.validation=return(test)".into(),
+    )];
+    let mut beta = ClusterOptions::new("beta", 1);
+    beta.env = vec![("FAILPOINTS".into(), "migration.target.drop=return".into())];
+    let mut world = World::start(vec![alpha, beta])?;
+    let result = leftover_import(&mut world);
+    if result.is_err() {
+        world.dump();
+    }
+    result
+}
+
+/// How many times `controller`'s node 1 asked a source about an idle import and got no answer.
+fn unanswered_asks(world: &World, controller: &str) -> Result<usize> {
+    let log = std::fs::read_to_string(world.cluster(controller).log_path(1))?;
+    Ok(log
+        .lines()
+        .filter(|l| {
+            l.contains("asked the source about an idle import") && l.contains("Unreachable")
+        })
+        .count())
+}
+
+fn leftover_import(world: &mut World) -> Result<()> {
+    world.counter_model("alpha")?;
+    let digest = world.description_digest("alpha", "app")?;
+    world.ctl.ok(&[
+        "controller-config",
+        "-c",
+        "alpha",
+        "migration-abort-drop-timeout=2s",
+    ])?;
+
+    info!("--- aborted in VALIDATION; beta refuses to drop its import");
+    let run = world
+        .ctl
+        .run(&["migrate", "alpha:app", "beta", "--wait", "--timeout", "2m"])?;
+    ensure!(run.code == 1, "migrate exited {}: {}", run.code, run.stdout);
+    let info = world.migration_status("alpha", "app")?;
+    ensure!(info.phase == "ABORTDONE", "phase {}", info.phase);
+    let unlocked = info
+        .history
+        .last()
+        .map(|c| c.reason.clone())
+        .unwrap_or_default();
+    ensure!(
+        unlocked.contains("did not acknowledge dropping the import within 2s"),
+        "the unlock reason: {unlocked:?}"
+    );
+    ensure!(
+        world.description_digest("alpha", "app")? == digest,
+        "the source model changed across the abort"
+    );
+    one_owner(world, "app", "alpha")?;
+    ensure!(
+        world.import_state("beta", &info.migration_id)? == import_status_response::State::Imported,
+        "beta should still hold the aborted import"
+    );
+
+    info!("--- alpha is down: beta asks, hears nothing, and keeps the import");
+    world.cluster_mut("alpha").kill(1)?;
+    world.ctl.ok(&[
+        "controller-config",
+        "-c",
+        "beta",
+        "migration-leftover-idle=1s",
+    ])?;
+    wait_for("beta to ask the silent source twice", || {
+        let asks = unanswered_asks(world, "beta")?;
+        ensure!(asks >= 2, "{asks} unanswered asks so far");
+        Ok(())
+    })?;
+    ensure!(
+        world.import_state("beta", &info.migration_id)? == import_status_response::State::Imported,
+        "beta dropped an import while its source was silent"
+    );
+
+    info!("--- alpha is back and answers ABORTDONE: beta drops the import");
+    world.cluster_mut("alpha").start_node(1)?;
+    wait_for("beta to drop the leftover import", || {
+        let state = world.import_state("beta", &info.migration_id)?;
+        ensure!(
+            state == import_status_response::State::NotStarted,
+            "{state:?}"
+        );
+        Ok(())
+    })?;
+    match world.show_model("beta", "app")? {
+        Err(status) if status.code() == Code::NotFound => {}
+        other => bail!("beta still answers for the model: {other:?}"),
+    }
+    one_owner(world, "app", "alpha")?;
+    ensure!(
+        world.description_digest("alpha", "app")? == digest,
+        "the source model changed"
+    );
+    Ok(())
+}
+
+/// A staging stream broken after a few chunks is resumed from the target's staged offset: the
+/// target receives every byte of the description once, and the migration ends in DONE.
+#[test]
+fn a_broken_staging_stream_resumes_where_the_target_stopped() -> Result<()> {
+    let mut alpha = ClusterOptions::new("alpha", 1);
+    alpha.env = vec![(
+        "FAILPOINTS".into(),
+        "migration.source.stage-chunk-bytes=return(256)".into(),
+    )];
+    let mut beta = ClusterOptions::new("beta", 1);
+    beta.env = vec![(
+        "FAILPOINTS".into(),
+        "migration.target.stage-chunk=2*off->1*return".into(),
+    )];
+    let mut world = World::start(vec![alpha, beta])?;
+    let result = broken_stream(&mut world);
+    if result.is_err() {
+        world.dump();
+    }
+    result
+}
+
+fn broken_stream(world: &mut World) -> Result<()> {
+    let before = world.counter_model("alpha")?;
+    // The charm is on beta already (packing is deterministic), so only the description streams.
+    world.ctl.ok(&["add-model", "other", "-c", "beta"])?;
+    let charm = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/charms/counter");
+    world.ctl.ok(&[
+        "deploy",
+        "-m",
+        "beta:other",
+        charm.to_str().context("path")?,
+        "-n",
+        "0",
+    ])?;
+    let digest = world.description_digest("alpha", "app")?;
+
+    let out = world
+        .ctl
+        .ok(&["migrate", "alpha:app", "beta", "--wait", "--timeout", "3m"])?;
+    ensure!(out.contains("DONE"), "{out}");
+    let info = world.migration_status("alpha", "app")?;
+    ensure!(info.phase == "DONE", "phase {}", info.phase);
+    ensure!(
+        !info.history.iter().any(|c| c.to == "ABORT"),
+        "a broken stream must not abort the migration"
+    );
+    // The master logs where it resumed: `… digest=D offset=O size=S`.
+    let source_log = std::fs::read_to_string(world.cluster("alpha").log_path(1))?;
+    let resumed = source_log
+        .lines()
+        .find(|l| {
+            l.contains("resuming staging where the target stopped") && l.contains(digest.as_str())
+        })
+        .with_context(|| format!("the master did not resume staging the description {digest}"))?;
+    let field = |name: &str| -> Result<u64> {
+        resumed
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(&format!("{name}=")))
+            .and_then(|v| v.parse().ok())
+            .with_context(|| format!("no {name}= in {resumed:?}"))
+    };
+    let (offset, size) = (field("offset")?, field("size")?);
+    ensure!(
+        offset > 0 && offset < size,
+        "resumed at {offset} of {size}: not in the middle"
+    );
+    ensure!(
+        world.import_state("beta", &info.migration_id)? == import_status_response::State::Active,
+        "beta does not report the import active"
+    );
+    let received = {
+        let cluster = world.cluster("beta");
+        let metrics = world.rt.block_on(side_port::get(
+            cluster.http_addr(1),
+            &cluster.registration().ca_cert,
+            "/metrics",
+        ))?;
+        side_port::metric(
+            &metrics.body,
+            "starling_migration_stage_bytes_received_total",
+        )
+        .context("no staged-bytes counter on beta")?
+    };
+    ensure!(
+        received == size as f64,
+        "beta received {received} bytes for a {size}-byte description: a resumed stream must \
+         not re-send what was staged"
+    );
     one_owner(world, "app", "beta")?;
     world.wait_active("beta:app", 1)?;
     ensure!(workloads(&world.fleet, 1)? == before, "workloads changed");

@@ -1,8 +1,8 @@
 //! The target's sweeper for imports nobody finishes (the fix for Juju's leftover imports that
-//! block every retry). On the leader, every import idle for `idle_before_asking_ms` is asked
-//! about at its source (`SourceStatus`, authenticated with the secret the source handed over),
-//! and dropped only when the source answers that it aborted the migration or has no record of
-//! it. Silence never drops an import: the source may have committed SUCCESS.
+//! block every retry). On the leader, every import idle for `migration-leftover-idle` (default
+//! 5m) is asked about at its source (`SourceStatus`, authenticated with the secret the source
+//! handed over), and dropped only when the source answers that it aborted the migration or has
+//! no record of it. Silence never drops an import: the source may have committed SUCCESS.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -21,16 +21,30 @@ use super::peer::Peer;
 use super::MigrationContext;
 use crate::controller_service::now_unix_ms;
 
-/// How often the sweeper looks at the imports.
-const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
+/// The longest pause between two looks at the imports.
+const SWEEP_INTERVAL_MAX: Duration = Duration::from_secs(5);
+
+/// The sweeper's timing: the defaults, with `migration-leftover-idle` from the controller
+/// config; an answer stays fresh for at most that long too.
+fn limits(ctx: &MigrationContext) -> TargetLimits {
+    let mut limits = TargetLimits::default();
+    if let Some(idle) = ctx.config_ms("migration-leftover-idle") {
+        limits.idle_before_asking_ms = idle;
+        limits.ask_interval_ms = limits.ask_interval_ms.min(idle);
+    }
+    limits
+}
 
 /// Runs until `stop`.
-pub async fn run_sweeper(ctx: MigrationContext, limits: TargetLimits, stop: CancellationToken) {
+pub async fn run_sweeper(ctx: MigrationContext, stop: CancellationToken) {
     let mut answers: BTreeMap<String, Observed<SourceAnswer>> = BTreeMap::new();
     loop {
+        let limits = limits(&ctx);
+        let pause = Duration::from_millis(limits.idle_before_asking_ms / 2)
+            .clamp(Duration::from_millis(500), SWEEP_INTERVAL_MAX);
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(SWEEP_INTERVAL) => {}
+            _ = tokio::time::sleep(pause) => {}
         }
         if ctx.handle.current_leader() != Some(ctx.handle.node_id()) {
             continue;

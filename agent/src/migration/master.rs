@@ -15,7 +15,6 @@ use starling_proto::migration as pb;
 use starling_proto::model::Life;
 use starling_storage::export::{description_bytes, description_digest};
 use starling_storage::migration as stored;
-use starling_storage::model::controller_config::parse_duration;
 use starling_storage::model::migration::{
     next_action, Action, AgentReport, CallOutcome, ImportStatus, Limits, LogTransferStatus,
     MigrationId, MigrationRecord, Observations, Observed, Phase, PrecheckReport, Progress,
@@ -82,23 +81,18 @@ pub async fn run_masters(ctx: MigrationContext, stop: CancellationToken) {
     }
 }
 
-/// The master's deadlines: the defaults, with `migration-quiesce-timeout` and
-/// `migration-import-timeout` from the controller config.
+/// The master's deadlines: the defaults, with `migration-quiesce-timeout`,
+/// `migration-import-timeout` and `migration-abort-drop-timeout` from the controller config.
 fn limits(ctx: &MigrationContext) -> Limits {
     let mut limits = Limits::default();
-    if let Ok(config) = ctx.handle.state().try_controller_config() {
-        let ms = |key: &str| {
-            config
-                .get(key)
-                .and_then(|v| parse_duration(v))
-                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        };
-        if let Some(timeout) = ms("migration-quiesce-timeout") {
-            limits.quiesce_timeout_ms = timeout;
-        }
-        if let Some(timeout) = ms("migration-import-timeout") {
-            limits.import_timeout_ms = timeout;
-        }
+    if let Some(timeout) = ctx.config_ms("migration-quiesce-timeout") {
+        limits.quiesce_timeout_ms = timeout;
+    }
+    if let Some(timeout) = ctx.config_ms("migration-import-timeout") {
+        limits.import_timeout_ms = timeout;
+    }
+    if let Some(timeout) = ctx.config_ms("migration-abort-drop-timeout") {
+        limits.abort_drop_timeout_ms = Some(timeout);
     }
     limits
 }
@@ -599,11 +593,19 @@ impl Driver {
         }
         let size = data.len() as u64;
         let mut offset = staged.staged_bytes.min(size) as usize;
+        if offset > 0 {
+            info!(migration = %self.key, digest, offset, size, "resuming staging where the target stopped");
+        }
+        // Tests make chunks small to break a stream in the middle of a small model.
+        let chunk_bytes = failpoint_value("migration.source.stage-chunk-bytes")
+            .and_then(|v| v.parse::<usize>().ok())
+            .filter(|n| *n > 0)
+            .unwrap_or(STAGE_CHUNK_BYTES);
         while offset < data.len() {
             // A few chunks per stream, so progress shows and a broken stream loses little.
             let mut chunks = Vec::new();
             while offset < data.len() && chunks.len() < 4 {
-                let end = (offset + STAGE_CHUNK_BYTES).min(data.len());
+                let end = (offset + chunk_bytes).min(data.len());
                 chunks.push(pb::StageChunk {
                     digest: digest.to_owned(),
                     size,

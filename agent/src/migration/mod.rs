@@ -116,4 +116,13 @@ impl MigrationContext {
         }
         endpoints
     }
+
+    /// Controller-config duration `key` in milliseconds, when an operator set it (`None` for
+    /// the default, or when the config cannot be read now).
+    pub fn config_ms(&self, key: &str) -> Option<u64> {
+        let config = self.handle.state().try_controller_config().ok()?;
+        let duration =
+            starling_storage::model::controller_config::parse_duration(config.get(key)?)?;
+        Some(u64::try_from(duration.as_millis()).unwrap_or(u64::MAX))
+    }
 }

@@ -177,7 +177,8 @@ impl Migration for MigrationService {
                     "a staged chunk holds 1 to {CHARM_CHUNK_BYTES_MAX} bytes"
                 )));
             }
-            let end = chunk.offset + chunk.data.len() as u64;
+            let len = chunk.data.len() as u64;
+            let end = chunk.offset + len;
             if end > chunk.size {
                 return Err(Status::invalid_argument(
                     "staged chunks exceed the announced size",
@@ -194,6 +195,7 @@ impl Migration for MigrationService {
                 }),
             )
             .await?;
+            metrics::counter!("starling_migration_stage_bytes_received_total").increment(len);
             last = pb::StageResponse {
                 staged_bytes: end,
                 complete: false,
@@ -211,6 +213,8 @@ impl Migration for MigrationService {
                 .await?;
                 last.complete = true;
             }
+            // Breaks the stream after this chunk is staged (e.g. `2*off->1*return`).
+            failed("migration.target.stage-chunk")?;
         }
         Ok(Response::new(last))
     }

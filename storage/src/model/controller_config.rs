@@ -62,10 +62,26 @@ pub const KNOWN_KEYS: &[KeySpec] = &[
         },
     },
     KeySpec {
+        key: "migration-abort-drop-timeout",
+        default: "10m",
+        kind: ValueKind::Duration {
+            min: Duration::from_secs(1),
+            max: Duration::from_secs(24 * 3600),
+        },
+    },
+    KeySpec {
         key: "migration-import-timeout",
         default: "30m",
         kind: ValueKind::Duration {
             min: Duration::from_secs(5),
+            max: Duration::from_secs(24 * 3600),
+        },
+    },
+    KeySpec {
+        key: "migration-leftover-idle",
+        default: "5m",
+        kind: ValueKind::Duration {
+            min: Duration::from_secs(1),
             max: Duration::from_secs(24 * 3600),
         },
     },
@@ -370,8 +386,9 @@ mod tests {
         assert_eq!(
             reason("foo", "1"),
             "unknown controller-config key \"foo\" (known: agent-heartbeat-interval, backups-to-keep, \
-             migration-import-timeout, migration-quiesce-timeout, model-log-max-records, status-history-size; custom keys start \
-             with \"custom.\")"
+             migration-abort-drop-timeout, migration-import-timeout, migration-leftover-idle, \
+             migration-quiesce-timeout, model-log-max-records, status-history-size; custom keys \
+             start with \"custom.\")"
         );
     }
 
