@@ -351,16 +351,16 @@ impl ModelService {
     ) -> Result<Response<pb::ListModelsResponse>, Status> {
         let caller = self.auth.authenticate(&request)?;
         self.barrier().await?;
-        let models = self
-            .handle
-            .state()
-            .list_models()
-            .map_err(storage_error)?
-            .into_iter()
-            .filter(|model| Self::access_of(&caller, model) != Access::Unspecified)
-            .filter(|model| self.listed(model).unwrap_or(false))
-            .map(|model| self.model_info(model))
-            .collect::<Result<Vec<_>, _>>()?;
+        let models = self.handle.state().consistent(|state| {
+            state
+                .list_models()
+                .map_err(storage_error)?
+                .into_iter()
+                .filter(|model| Self::access_of(&caller, model) != Access::Unspecified)
+                .filter(|model| self.listed(model).unwrap_or(false))
+                .map(|model| self.model_info(model))
+                .collect::<Result<Vec<_>, _>>()
+        })?;
         Ok(Response::new(pb::ListModelsResponse { models }))
     }
 
@@ -371,9 +371,13 @@ impl ModelService {
     ) -> Result<Response<pb::ModelInfo>, Status> {
         let caller = self.auth.authenticate(&request)?;
         self.barrier().await?;
-        let model = self.resolve(&caller, Some(request.get_ref()))?;
-        Self::require(&caller, &model, Access::Read, "read it")?;
-        Ok(Response::new(self.model_info(model)?))
+        // One applied state: the model, whether it is an import or redirected, its migration.
+        let info = self.handle.state().consistent(|_| {
+            let model = self.resolve(&caller, Some(request.get_ref()))?;
+            Self::require(&caller, &model, Access::Read, "read it")?;
+            self.model_info(model)
+        })?;
+        Ok(Response::new(info))
     }
 
     /// `Migrate` (superuser only: it hands the model to another controller).
@@ -832,12 +836,14 @@ impl ModelService {
         let caller = self.auth.authenticate(&request)?;
         self.barrier().await?;
         let message = request.into_inner();
-        let model = self.model_for(
-            &caller,
-            message.model.as_ref(),
-            Access::Read,
-            "read its config",
-        )?;
+        let model = self.handle.state().consistent(|_| {
+            self.model_for(
+                &caller,
+                message.model.as_ref(),
+                Access::Read,
+                "read its config",
+            )
+        })?;
         Ok(Response::new(pb::ModelConfig {
             values: model.config,
         }))

@@ -25,6 +25,7 @@ pub use state_machine::{SnapshotBuilder, StateMachine};
 pub use state_view::StateView;
 
 use snapshot_store::SnapshotStore;
+use state_view::CommitGate;
 
 /// The durable log store of a node.
 pub type SledLogStore = LogStore<Store>;
@@ -64,10 +65,15 @@ where
         .last_applied
         .map_or(0, |log_id| log_id.index);
     let applied_index = Arc::new(AtomicU64::new(applied));
-    let view = StateView::new(Arc::new(backend.clone()), applied_index.clone());
+    let gate = Arc::new(CommitGate::default());
+    let view = StateView::new(
+        Arc::new(backend.clone()),
+        applied_index.clone(),
+        gate.clone(),
+    );
     Ok((
         LogStore::new(backend.clone()),
-        StateMachine::new(backend, snapshots, applied_index),
+        StateMachine::new(backend, snapshots, applied_index, gate),
         view,
     ))
 }

@@ -16,6 +16,7 @@ use starling_storage::{
 };
 
 use super::snapshot_store::{check_snapshot_id, meta_of, SnapshotStore};
+use super::state_view::CommitGate;
 use super::{blocking, record_sync};
 use crate::codec;
 use crate::type_config::{
@@ -30,6 +31,7 @@ pub struct StateMachine<B> {
     backend: B,
     snapshots: SnapshotStore,
     applied_index: Arc<AtomicU64>,
+    gate: Arc<CommitGate>,
     limits: ApplyLimits,
 }
 
@@ -40,11 +42,17 @@ pub struct SnapshotBuilder {
 }
 
 impl<B: StateBackend> StateMachine<B> {
-    pub(super) fn new(backend: B, snapshots: SnapshotStore, applied_index: Arc<AtomicU64>) -> Self {
+    pub(super) fn new(
+        backend: B,
+        snapshots: SnapshotStore,
+        applied_index: Arc<AtomicU64>,
+        gate: Arc<CommitGate>,
+    ) -> Self {
         StateMachine {
             backend,
             snapshots,
             applied_index,
+            gate,
             limits: ApplyLimits::default(),
         }
     }
@@ -62,6 +70,7 @@ fn sm_read_err(e: AnyError) -> StorageError {
 
 fn applies(
     backend: &impl StateBackend,
+    gate: &CommitGate,
     limits: ApplyLimits,
     entries: &[Entry],
 ) -> Result<Vec<Response>, BackendError> {
@@ -87,7 +96,8 @@ fn applies(
     if let Some(last) = entries.last() {
         batch.set_last_applied(&codec::log_id_to_pb(&last.log_id));
     }
-    backend.state_commit(batch.into_writes())?;
+    let writes = batch.into_writes();
+    gate.commit(|| backend.state_commit(writes))?;
     Ok(responses)
 }
 
@@ -160,8 +170,9 @@ impl<B: StateBackend> RaftStateMachine<TypeConfig> for StateMachine<B> {
             return Ok(Vec::new());
         };
         let backend = self.backend.clone();
+        let gate = self.gate.clone();
         let limits = self.limits;
-        let responses = blocking(move || applies(&backend, limits, &entries))
+        let responses = blocking(move || applies(&backend, &gate, limits, &entries))
             .await
             .map_err(|e| StorageIOError::apply(last, e))?;
         self.applied_index.store(last.index, Ordering::Release);
@@ -188,6 +199,7 @@ impl<B: StateBackend> RaftStateMachine<TypeConfig> for StateMachine<B> {
     ) -> Result<(), StorageError> {
         let bytes = snapshot.into_inner();
         let backend = self.backend.clone();
+        let gate = self.gate.clone();
         let snapshots = self.snapshots.clone();
         let meta_given = meta.clone();
         let took = blocking(move || {
@@ -201,7 +213,7 @@ impl<B: StateBackend> RaftStateMachine<TypeConfig> for StateMachine<B> {
             }
             // The file first: once the state is replaced, its snapshot is already durable.
             snapshots.save(&meta_given, &bytes)?;
-            backend.replace_state(&image)
+            gate.commit(|| backend.replace_state(&image))
         })
         .await
         .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), e))?;

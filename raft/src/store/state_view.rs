@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 
 use starling_proto::model::{
     BackupRecord, Blob, LogRecord, Machine, Model, ModelDescription, Unit, User,
@@ -11,11 +11,34 @@ use starling_proto::model::{
 use starling_storage::state::read_effective_config;
 use starling_storage::{keys, records, StateRead, StorageError as BackendError};
 
-/// Read-only access to the applied state. Reads see whole applied batches, never half of one.
+/// Orders state commits against readers that need several reads of one applied state. A commit
+/// holds the lock exclusively and moves the generation to odd while it runs and to the next even
+/// number after; [`StateView::consistent`] reads optimistically and checks the generation, and
+/// only when a commit ran meanwhile reads again holding the lock shared.
+#[derive(Debug, Default)]
+pub(crate) struct CommitGate {
+    lock: RwLock<()>,
+    generation: AtomicU64,
+}
+
+impl CommitGate {
+    /// Runs `commit` (one atomic change of the state) while no locked read runs.
+    pub(crate) fn commit<T>(&self, commit: impl FnOnce() -> T) -> T {
+        let _exclusive = self.lock.write().unwrap_or_else(PoisonError::into_inner);
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        let result = commit();
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        result
+    }
+}
+
+/// Read-only access to the applied state. Each read sees whole applied batches, never half of
+/// one; [`StateView::consistent`] makes several reads see the same applied state.
 #[derive(Clone)]
 pub struct StateView {
     reader: Arc<dyn StateRead + Send + Sync>,
     applied_index: Arc<AtomicU64>,
+    gate: Arc<CommitGate>,
 }
 
 impl std::fmt::Debug for StateView {
@@ -30,11 +53,34 @@ impl StateView {
     pub(super) fn new(
         reader: Arc<dyn StateRead + Send + Sync>,
         applied_index: Arc<AtomicU64>,
+        gate: Arc<CommitGate>,
     ) -> Self {
         StateView {
             reader,
             applied_index,
+            gate,
         }
+    }
+
+    /// Runs `reads` so that they all see one applied state (a model and its import, lock or
+    /// redirect, read one after the other): first without holding anything back, and again
+    /// with applies held back if one committed meanwhile. `reads` may run twice, must only
+    /// read, must not wait for an apply and must not call `consistent` (the lock is not
+    /// reentrant).
+    pub fn consistent<T>(&self, reads: impl Fn(&StateView) -> T) -> T {
+        let before = self.gate.generation.load(Ordering::SeqCst);
+        if before.is_multiple_of(2) {
+            let result = reads(self);
+            if self.gate.generation.load(Ordering::SeqCst) == before {
+                return result;
+            }
+        }
+        let _shared = self
+            .gate
+            .lock
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        reads(self)
     }
 
     /// The effective controller config (defaults merged), or the storage failure.
@@ -169,5 +215,56 @@ impl StateView {
     /// Every backup kept on the controller, in id order.
     pub fn backups(&self) -> Result<Vec<BackupRecord>, BackendError> {
         records::read_records(self.reader.as_ref(), keys::BACKUP_PREFIX)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicBool;
+
+    use starling_storage::{MemStore, StateBackend, WriteSet};
+
+    use super::*;
+
+    /// A writer commits `a` and `b` together, always equal; readers read them one after the
+    /// other. Consistent reads never see them differ.
+    #[test]
+    fn consistent_reads_see_one_commit() {
+        let store = MemStore::new();
+        let gate = Arc::new(CommitGate::default());
+        let view = StateView::new(
+            Arc::new(store.clone()),
+            Arc::new(AtomicU64::new(0)),
+            gate.clone(),
+        );
+        let stop = Arc::new(AtomicBool::new(false));
+        let writer = std::thread::spawn({
+            let (store, gate, stop) = (store.clone(), gate.clone(), stop.clone());
+            move || {
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) && n < 200_000 {
+                    n += 1;
+                    let value = n.to_be_bytes().to_vec();
+                    let writes: WriteSet = [
+                        (b"a".to_vec(), Some(value.clone())),
+                        (b"b".to_vec(), Some(value)),
+                    ]
+                    .into();
+                    gate.commit(|| store.state_commit(writes)).expect("commit");
+                }
+                n
+            }
+        });
+        for _ in 0..20_000 {
+            let (a, b) = view.consistent(|v| {
+                (
+                    v.reader().get(b"a").expect("read"),
+                    v.reader().get(b"b").expect("read"),
+                )
+            });
+            assert_eq!(a, b, "two reads saw different commits");
+        }
+        stop.store(true, Ordering::Relaxed);
+        assert!(writer.join().expect("writer") > 0);
     }
 }
