@@ -127,6 +127,16 @@ impl World {
         &self.controllers[name]
     }
 
+    /// Adds user `name` (no access to any model) to `controller`; their token.
+    fn add_user(&self, controller: &str, name: &str) -> Result<String> {
+        let out = self.ctl.ok(&["add-user", "-c", controller, name])?;
+        let token = out
+            .split_whitespace()
+            .find(|w| w.len() == 64 && w.chars().all(|c| c.is_ascii_hexdigit()))
+            .with_context(|| format!("no token in {out:?}"))?;
+        Ok(token.to_owned())
+    }
+
     fn cluster_mut(&mut self, name: &str) -> &mut LocalCluster {
         self.controllers
             .get_mut(name)
@@ -657,8 +667,7 @@ fn prechecks(world: &mut World) -> Result<()> {
 
     info!("--- a model with an agent missing, a user unknown on the target, a name taken there");
     world.ctl.ok(&["add-machine", "-m", "alpha:app"])?; // no agentd for machine 1
-    let added = world.ctl.ok(&["add-user", "-c", "alpha", "carol"])?;
-    ensure!(added.contains("carol") || !added.is_empty(), "{added}");
+    world.add_user("alpha", "carol")?;
     world
         .ctl
         .ok(&["grant", "-c", "alpha", "carol", "read", "app"])?;
@@ -718,13 +727,7 @@ fn prechecks(world: &mut World) -> Result<()> {
         .ctl
         .run(&["migrate", "alpha:app", "west", "--dry-run"])?;
     ensure!(run.stderr.contains("cloud and region"), "{}", run.stderr);
-    let token = world
-        .ctl
-        .ok(&["add-user", "-c", "beta", "dave"])?
-        .split_whitespace()
-        .find(|w| w.len() == 64 && w.chars().all(|c| c.is_ascii_hexdigit()))
-        .context("no token printed")?
-        .to_owned();
+    let token = world.add_user("beta", "dave")?;
     world
         .ctl
         .ok(&["login", "-c", "beta", "--user", "dave", "--token", &token])?;
@@ -770,13 +773,7 @@ fn an_import_not_yet_active_says_so() -> Result<()> {
 
 fn import_not_yet_active(world: &mut World) -> Result<()> {
     let before = world.counter_model("alpha")?;
-    let outsider = world
-        .ctl
-        .ok(&["add-user", "-c", "beta", "erin"])?
-        .split_whitespace()
-        .find(|w| w.len() == 64 && w.chars().all(|c| c.is_ascii_hexdigit()))
-        .context("no token printed")?
-        .to_owned();
+    let outsider = world.add_user("beta", "erin")?;
     world.ctl.ok(&["migrate", "alpha:app", "beta"])?;
     let deadline = Instant::now() + MIGRATION_WAIT;
     loop {
@@ -835,7 +832,7 @@ fn import_not_yet_active(world: &mut World) -> Result<()> {
     );
 
     info!("--- alpha restarts without the failpoint: the master activates and finishes");
-    let alpha = world.controllers.get_mut("alpha").context("alpha")?;
+    let alpha = world.cluster_mut("alpha");
     alpha.set_env(Vec::new());
     alpha.kill(1)?;
     alpha.start_node(1)?;

@@ -577,12 +577,37 @@ impl World {
         }
     }
 
+    /// The node a fault aimed at `role` in `controller` hits, or `None` when the group has no
+    /// leader to find (earlier faults took down, froze or cut off too many of its nodes): such a
+    /// fault has no target and is skipped. Liveness is judged after the heal, not here.
+    fn target(&mut self, controller: &str, role: Role) -> Result<Option<u64>> {
+        let cluster = self.cluster(controller)?;
+        let available = cluster
+            .running_ids()
+            .into_iter()
+            .filter(|id| !cluster.is_paused(*id))
+            .count();
+        if available < 2 {
+            info!(controller, available, "no quorum running: fault skipped");
+            return Ok(None);
+        }
+        match self.node_in_role(controller, role) {
+            Ok(node) => Ok(Some(node)),
+            Err(e) => {
+                info!(controller, error = %format!("{e:#}"), "no node in that role: fault skipped");
+                Ok(None)
+            }
+        }
+    }
+
     /// Injects `fault`.
     pub fn inject(&mut self, fault: &Fault) -> Result<()> {
         info!(?fault, "--- fault");
         match fault {
             Fault::Kill { controller, role } => {
-                let node = self.node_in_role(controller, *role)?;
+                let Some(node) = self.target(controller, *role)? else {
+                    return Ok(());
+                };
                 self.cluster(controller)?.kill(node)?;
                 self.killed
                     .entry(controller.clone())
@@ -591,7 +616,9 @@ impl World {
                 info!(controller, node, ?role, "node SIGKILLed");
             }
             Fault::Pause { controller, role } => {
-                let node = self.node_in_role(controller, *role)?;
+                let Some(node) = self.target(controller, *role)? else {
+                    return Ok(());
+                };
                 self.cluster(controller)?.pause(node)?;
                 info!(controller, node, ?role, "node SIGSTOPped");
             }
@@ -620,7 +647,9 @@ impl World {
                 None => self.links.get(controller).context("link")?.set(*mode),
             },
             Fault::Isolate { controller, role } => {
-                let node = self.node_in_role(controller, *role)?;
+                let Some(node) = self.target(controller, *role)? else {
+                    return Ok(());
+                };
                 let index = CONTROLLERS
                     .iter()
                     .position(|c| c == controller)
