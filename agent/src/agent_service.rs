@@ -37,7 +37,7 @@ use crate::presence::{heartbeat_interval, PresenceTable};
 const BAD_CREDENTIAL: &str = "unknown machine or bad credential";
 /// Updates a watch stream buffers for a slow agent before it waits.
 const WATCH_CHANNEL_CAPACITY: usize = 2;
-/// Longest a watch sleeps without re-checking for a departed client or a changed state.
+/// Longest a watch sleeps without re-checking that this node is still in its group.
 const WATCH_WAKE_MAX: Duration = Duration::from_secs(2);
 /// A node that has been without its group this long sends its agents elsewhere: it can serve
 /// their watch from stale state but cannot commit their reports or migration acknowledgements.
@@ -492,13 +492,21 @@ impl AgentService {
     ) {
         let mut last_sent = None;
         let mut applied = self.handle.state().applied_index();
+        // The desired state changes only with the applied state; a wake-up without a new
+        // entry only re-checks that this node is still in its group.
+        let mut changed = true;
         loop {
             if let Err(status) = self.refuse_if_cut_off() {
                 debug!(machine = %agent.machine_id, "watch ended: this node is cut off");
                 let _ = tx.send(Err(status)).await;
                 return;
             }
-            match self.next_update(&agent, &mut last_sent).await {
+            let next = if changed {
+                self.next_update(&agent, &mut last_sent).await
+            } else {
+                Ok(None)
+            };
+            match next {
                 Ok(Some(update)) => {
                     let ends = update.machine_removed || update.redirect.is_some();
                     tokio::select! {
@@ -517,7 +525,10 @@ impl AgentService {
                 }
             }
             tokio::select! {
-                now = self.handle.wait_applied_past(applied, WATCH_WAKE_MAX) => applied = now,
+                now = self.handle.wait_applied_past(applied, WATCH_WAKE_MAX) => {
+                    changed = now != applied;
+                    applied = now;
+                }
                 _ = tx.closed() => return,
                 _ = self.stop.cancelled() => return,
             }

@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use starling_cluster_tests::chaos::{
-    chaos_seed, random_failpoints, random_run, run_scenario, slow_steps, Fault, LinkMode, Role,
-    World, WorldOptions,
+    chaos_seed, random_failpoints, random_run, run_scenario, slow_steps, Fault, LinkMode,
+    MigrationRun, Role, World, WorldOptions,
 };
 use starling_cluster_tests::history::Ownership;
 
@@ -24,11 +24,21 @@ const END_WAIT: Duration = Duration::from_secs(150);
 /// The step delay of the scenario worlds (long enough to hit a chosen phase).
 const STEP_MS: u64 = 400;
 
-/// Which side's leader a matrix cell kills.
+/// Which side of a migration a fault hits.
 #[derive(Clone, Copy, Debug)]
 enum Side {
     Source,
     Target,
+}
+
+impl Side {
+    /// The controller on this side of `run`.
+    fn of(self, run: &MigrationRun) -> String {
+        match self {
+            Side::Source => run.from.clone(),
+            Side::Target => run.to.clone(),
+        }
+    }
 }
 
 /// One cell: failpoints on the source and target, the phase to wait for, whose leader dies,
@@ -82,11 +92,7 @@ fn run_cell(world: &mut World, model: &str, cell: &Cell) -> Result<()> {
         return Ok(());
     };
     world.wait_phase(&run, cell.phase, PHASE_WAIT)?;
-    let victim = match cell.kill {
-        Side::Source => from.clone(),
-        Side::Target => to.clone(),
-    };
-    world.kill_leader_and_recover(&victim)?;
+    world.kill_leader_and_recover(&cell.kill.of(&run))?;
     world.wait_migrations_end(END_WAIT)?;
     let end = world.end_of(&run.id).unwrap_or("?").to_owned();
     ensure!(
@@ -303,6 +309,27 @@ fn partitions_between_source_and_target() -> Result<()> {
     })
 }
 
+/// Migrates `model`, cuts the leader of `side` off from its group once the migration is in
+/// `phase`, lets the majority work for up to 30 s, heals, and waits for every migration to end;
+/// how this one ended.
+fn isolate_leader_in(world: &mut World, model: &str, phase: &str, side: Side) -> Result<String> {
+    let run = world.migrate(model)?.context("refused")?;
+    ensure!(
+        world.wait_phase(&run, phase, PHASE_WAIT)?,
+        "{phase} was missed"
+    );
+    world.inject(&Fault::Isolate {
+        controller: side.of(&run),
+        role: Role::Leader,
+    })?;
+    // The majority elects a leader that resumes the migration; the old leader can commit
+    // nothing. Heal once it has ended, or after a while.
+    let _ = world.wait_phase(&run, "DONE", Duration::from_secs(30));
+    world.heal()?;
+    world.wait_migrations_end(END_WAIT)?;
+    Ok(world.end_of(&run.id).unwrap_or("?").to_owned())
+}
+
 #[test]
 fn partitions_within_a_group() -> Result<()> {
     if !starling_cluster_tests::netns::Lan::available() {
@@ -320,45 +347,12 @@ fn partitions_within_a_group() -> Result<()> {
     run_scenario(&mut world, |world| {
         let model = machine_model(world)?;
         eprintln!("--- the source leader cut off from its followers during IMPORT");
-        let run = world.migrate(&model)?.context("refused")?;
-        ensure!(
-            world.wait_phase(&run, "IMPORT", PHASE_WAIT)?,
-            "IMPORT was missed"
-        );
-        world.inject(&Fault::Isolate {
-            controller: run.from.clone(),
-            role: Role::Leader,
-        })?;
-        // The majority elects a leader whose master resumes the migration; the old leader can
-        // commit nothing. Heal once it has ended (or after a while, whichever comes first).
-        let _ = world.wait_phase(&run, "DONE", Duration::from_secs(30));
-        world.heal()?;
-        world.wait_migrations_end(END_WAIT)?;
-        let end = world.end_of(&run.id).unwrap_or("?").to_owned();
-        ensure!(
-            end == "DONE" || end == "ABORTDONE",
-            "{} ended {end}",
-            run.id
-        );
+        let end = isolate_leader_in(world, &model, "IMPORT", Side::Source)?;
+        ensure!(end == "DONE" || end == "ABORTDONE", "ended {end}");
 
         eprintln!("--- the target leader cut off from its group after SUCCESS");
-        let run = world.migrate(&model)?.context("refused")?;
-        ensure!(
-            world.wait_phase(&run, "SUCCESS", PHASE_WAIT)?,
-            "SUCCESS was missed"
-        );
-        world.inject(&Fault::Isolate {
-            controller: run.to.clone(),
-            role: Role::Leader,
-        })?;
-        let _ = world.wait_phase(&run, "DONE", Duration::from_secs(30));
-        world.heal()?;
-        world.wait_migrations_end(END_WAIT)?;
-        ensure!(
-            world.end_of(&run.id) == Some("DONE"),
-            "after SUCCESS it must end DONE, ended {:?}",
-            world.end_of(&run.id)
-        );
+        let end = isolate_leader_in(world, &model, "SUCCESS", Side::Target)?;
+        ensure!(end == "DONE", "after SUCCESS it must end DONE, ended {end}");
 
         eprintln!("--- a follower of each group cut off while a migration runs");
         let run = world.migrate(&model)?.context("refused")?;

@@ -123,6 +123,20 @@ impl World {
         })
     }
 
+    /// Starts the controllers, runs `body`, and prints the agents' and nodes' log tails when it
+    /// fails.
+    fn run(
+        controllers: Vec<ClusterOptions>,
+        body: impl FnOnce(&mut World) -> Result<()>,
+    ) -> Result<()> {
+        let mut world = World::start(controllers)?;
+        let result = body(&mut world);
+        if result.is_err() {
+            world.dump();
+        }
+        result
+    }
+
     fn cluster(&self, name: &str) -> &LocalCluster {
         &self.controllers[name]
     }
@@ -456,15 +470,13 @@ fn written_keys(world: &World, controller: &str, model: &str) -> Result<BTreeSet
 
 #[test]
 fn a_model_migrates_live_and_back() -> Result<()> {
-    let mut world = World::start(vec![
-        ClusterOptions::new("alpha", 3),
-        ClusterOptions::new("beta", 3),
-    ])?;
-    let result = live_migration(&mut world);
-    if result.is_err() {
-        world.dump();
-    }
-    result
+    World::run(
+        vec![
+            ClusterOptions::new("alpha", 3),
+            ClusterOptions::new("beta", 3),
+        ],
+        live_migration,
+    )
 }
 
 fn live_migration(world: &mut World) -> Result<()> {
@@ -638,17 +650,15 @@ fn prechecks_report_every_failure_and_change_nothing() -> Result<()> {
     old.version = Some("0.0.1".into());
     let mut west = ClusterOptions::new("west", 1);
     west.region = Some("west".into());
-    let mut world = World::start(vec![
-        ClusterOptions::new("alpha", 1),
-        ClusterOptions::new("beta", 1),
-        old,
-        west,
-    ])?;
-    let result = prechecks(&mut world);
-    if result.is_err() {
-        world.dump();
-    }
-    result
+    World::run(
+        vec![
+            ClusterOptions::new("alpha", 1),
+            ClusterOptions::new("beta", 1),
+            old,
+            west,
+        ],
+        prechecks,
+    )
 }
 
 fn prechecks(world: &mut World) -> Result<()> {
@@ -763,12 +773,10 @@ fn an_import_not_yet_active_says_so() -> Result<()> {
         "FAILPOINTS".into(),
         "migration.source.activate=return".into(),
     )];
-    let mut world = World::start(vec![alpha, ClusterOptions::new("beta", 1)])?;
-    let result = import_not_yet_active(&mut world);
-    if result.is_err() {
-        world.dump();
-    }
-    result
+    World::run(
+        vec![alpha, ClusterOptions::new("beta", 1)],
+        import_not_yet_active,
+    )
 }
 
 fn import_not_yet_active(world: &mut World) -> Result<()> {
@@ -856,12 +864,7 @@ fn a_leftover_import_is_dropped_once_the_source_confirms_the_abort() -> Result<(
     )];
     let mut beta = ClusterOptions::new("beta", 1);
     beta.env = vec![("FAILPOINTS".into(), "migration.target.drop=return".into())];
-    let mut world = World::start(vec![alpha, beta])?;
-    let result = leftover_import(&mut world);
-    if result.is_err() {
-        world.dump();
-    }
-    result
+    World::run(vec![alpha, beta], leftover_import)
 }
 
 /// How many times `controller`'s node 1 asked a source about an idle import and got no answer.
@@ -965,12 +968,7 @@ fn a_broken_staging_stream_resumes_where_the_target_stopped() -> Result<()> {
         "FAILPOINTS".into(),
         "migration.target.stage-chunk=2*off->1*return".into(),
     )];
-    let mut world = World::start(vec![alpha, beta])?;
-    let result = broken_stream(&mut world);
-    if result.is_err() {
-        world.dump();
-    }
-    result
+    World::run(vec![alpha, beta], broken_stream)
 }
 
 fn broken_stream(world: &mut World) -> Result<()> {
@@ -1055,12 +1053,7 @@ const ABORT_FAILPOINTS: &str =
 fn aborts_leave_the_source_byte_identical() -> Result<()> {
     let mut alpha = ClusterOptions::new("alpha", 1);
     alpha.env = vec![("FAILPOINTS".into(), ABORT_FAILPOINTS.into())];
-    let mut world = World::start(vec![alpha, ClusterOptions::new("beta", 1)])?;
-    let result = aborts(&mut world);
-    if result.is_err() {
-        world.dump();
-    }
-    result
+    World::run(vec![alpha, ClusterOptions::new("beta", 1)], aborts)
 }
 
 fn aborts(world: &mut World) -> Result<()> {
@@ -1219,12 +1212,7 @@ fn leader_kills_in_every_phase_end_with_one_owner() -> Result<()> {
         o.env = vec![("FAILPOINTS".into(), slow.clone())];
         options.push(o);
     }
-    let mut world = World::start(options)?;
-    let result = leader_kills(&mut world);
-    if result.is_err() {
-        world.dump();
-    }
-    result
+    World::run(options, leader_kills)
 }
 
 fn leader_kills(world: &mut World) -> Result<()> {

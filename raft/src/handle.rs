@@ -523,7 +523,8 @@ impl RaftHandle {
     /// longer than `after`. `None` while in contact, in a single-voter group, or before any
     /// contact was expected (a node that has just started).
     pub fn cut_off_for(&self, after: Duration) -> Option<Duration> {
-        let metrics = self.inner.raft.metrics().borrow().clone();
+        let watch = self.inner.raft.metrics();
+        let metrics = watch.borrow();
         if metrics.membership_config.membership().voter_ids().count() < 2 {
             return None;
         }

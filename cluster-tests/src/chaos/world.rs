@@ -193,6 +193,18 @@ pub struct World {
     lan: Option<crate::netns::Lan>,
 }
 
+/// The hosts of `controller`'s three nodes on `lan` (node `i` on the `i`-th).
+fn group_hosts<'a>(
+    lan: &'a crate::netns::Lan,
+    controller: &str,
+) -> Result<&'a [crate::netns::NetHost]> {
+    let index = CONTROLLERS
+        .iter()
+        .position(|c| *c == controller)
+        .with_context(|| format!("unknown controller {controller}"))?;
+    Ok(&lan.hosts()[3 * index..3 * index + 3])
+}
+
 /// Polls `probe` until it returns `Ok` or `wait` passes; the last error is reported.
 pub fn wait_until<T>(
     what: &str,
@@ -227,13 +239,13 @@ impl World {
             None
         };
         let mut controllers = BTreeMap::new();
-        for (index, name) in CONTROLLERS.into_iter().enumerate() {
+        for name in CONTROLLERS {
             let mut cluster = ClusterOptions::new(name, 3);
             if let Some(spec) = options.failpoints.get(name) {
                 cluster.env = vec![("FAILPOINTS".into(), spec.clone())];
             }
             if let Some(lan) = &lan {
-                cluster.hosts = lan.hosts()[3 * index..3 * index + 3].to_vec();
+                cluster.hosts = group_hosts(lan, name)?.to_vec();
             }
             controllers.insert(name.to_owned(), rt.block_on(LocalCluster::start(cluster))?);
         }
@@ -635,11 +647,8 @@ impl World {
                 // In namespaces: every node of `controller` cut off from every node of the
                 // other (packets dropped, whatever the mode).
                 Some(lan) => {
-                    let index = |c: &str| CONTROLLERS.iter().position(|x| *x == c);
-                    let mine = index(controller).context("controller")?;
-                    let theirs = index(World::other(controller)).context("controller")?;
-                    for a in &lan.hosts()[3 * mine..3 * mine + 3] {
-                        for b in &lan.hosts()[3 * theirs..3 * theirs + 3] {
+                    for a in group_hosts(lan, controller)? {
+                        for b in group_hosts(lan, World::other(controller))? {
                             lan.cut(a, b)?;
                         }
                     }
@@ -650,15 +659,11 @@ impl World {
                 let Some(node) = self.target(controller, *role)? else {
                     return Ok(());
                 };
-                let index = CONTROLLERS
-                    .iter()
-                    .position(|c| c == controller)
-                    .context("controller")?;
                 let lan = self
                     .lan
                     .as_ref()
                     .context("isolating a node needs a world started with netns")?;
-                let hosts = &lan.hosts()[3 * index..3 * index + 3];
+                let hosts = group_hosts(lan, controller)?;
                 let me = &hosts[node as usize - 1];
                 for peer in hosts.iter().filter(|h| *h != me) {
                     lan.cut(me, peer)?;
