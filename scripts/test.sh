@@ -20,6 +20,10 @@ for arg in "$@"; do
     case "$arg" in -p | --package | -p=* | --package=*) scope=() ;; esac
 done
 
+# Test errors (anyhow) carry their context in the message; a captured backtrace after it only
+# pushes the message out of a truncated CI log. Panics keep their backtraces (RUST_BACKTRACE).
+export RUST_LIB_BACKTRACE="${RUST_LIB_BACKTRACE:-0}"
+
 if cargo nextest --version >/dev/null 2>&1; then
     profile=default
     [[ "${CI:-}" != "true" ]] || profile=ci

@@ -97,11 +97,17 @@ fn run_cell(world: &mut World, model: &str, cell: &Cell) -> Result<()> {
     let end = world.end_of(&run.id).unwrap_or("?").to_owned();
     ensure!(
         end == "DONE" || end == "ABORTDONE",
-        "{} ended {end}",
-        run.id
+        "{} ended {}",
+        run.id,
+        world.ending(&run.id)
     );
     if let Some(expect) = cell.expect {
-        ensure!(end == expect, "{} ended {end}, expected {expect}", run.id);
+        ensure!(
+            end == expect,
+            "{} ended {}, expected {expect}",
+            run.id,
+            world.ending(&run.id)
+        );
     }
     Ok(())
 }
@@ -185,8 +191,8 @@ fn power_cuts_source_in_quiesce_and_target_after_success() -> Result<()> {
         world.wait_migrations_end(END_WAIT)?;
         ensure!(
             world.end_of(&run.id) == Some("DONE"),
-            "a migration past SUCCESS must complete: {:?}",
-            world.end_of(&run.id)
+            "a migration past SUCCESS must complete: {}",
+            world.ending(&run.id)
         );
         world.finish()
     })
@@ -263,8 +269,8 @@ fn partitions_between_source_and_target() -> Result<()> {
         world.wait_migrations_end(END_WAIT)?;
         ensure!(
             world.end_of(&run.id) == Some("ABORTDONE"),
-            "ended {:?}",
-            world.end_of(&run.id)
+            "ended {}",
+            world.ending(&run.id)
         );
         let after = world.owners_of(&model)?;
         ensure!(
@@ -302,8 +308,8 @@ fn partitions_between_source_and_target() -> Result<()> {
         world.wait_migrations_end(END_WAIT)?;
         ensure!(
             world.end_of(&run.id) == Some("DONE"),
-            "ended {:?}",
-            world.end_of(&run.id)
+            "ended {}",
+            world.ending(&run.id)
         );
         world.finish()
     })
@@ -367,8 +373,8 @@ fn partitions_within_a_group() -> Result<()> {
         // side completes the migration.
         ensure!(
             world.end_of(&run.id) == Some("DONE"),
-            "with a follower of each group cut off it must end DONE, ended {:?}",
-            world.end_of(&run.id)
+            "with a follower of each group cut off it must end DONE, ended {}",
+            world.ending(&run.id)
         );
         world.heal()?;
         world.finish()

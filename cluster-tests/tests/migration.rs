@@ -972,6 +972,55 @@ fn a_broken_staging_stream_resumes_where_the_target_stopped() -> Result<()> {
 }
 
 fn broken_stream(world: &mut World) -> Result<()> {
+    let (resumed, received) = migrate_through_a_broken_stream(world, |line| {
+        line.contains("resuming staging where the target stopped")
+    })?;
+    let (offset, size) = (log_field(&resumed, "offset")?, log_field(&resumed, "size")?);
+    ensure!(
+        offset > 0 && offset < size,
+        "resumed at {offset} of {size}: not in the middle"
+    );
+    ensure!(
+        received == size as f64,
+        "beta received {received} bytes for a {size}-byte description: a resumed stream must \
+         not re-send what was staged"
+    );
+    Ok(())
+}
+
+/// A staging stream broken after its last chunk was staged but before the target committed
+/// it: the resumed master sends no byte again, only asks for the commit, and the migration
+/// ends in DONE (it used to be refused as "blob not found" and abort).
+#[test]
+fn a_stream_broken_before_its_commit_is_committed_on_resume() -> Result<()> {
+    let alpha = ClusterOptions::new("alpha", 1);
+    let mut beta = ClusterOptions::new("beta", 1);
+    beta.env = vec![(
+        "FAILPOINTS".into(),
+        "migration.target.stage-before-commit=1*return".into(),
+    )];
+    World::run(vec![alpha, beta], |world| {
+        let (committed, received) = migrate_through_a_broken_stream(world, |line| {
+            line.contains("committing what the target staged")
+        })?;
+        let size = log_field(&committed, "size")?;
+        ensure!(
+            received == size as f64,
+            "beta received {received} bytes for a {size}-byte description: the commit must \
+             not re-send what was staged"
+        );
+        Ok(())
+    })
+}
+
+/// Migrates alpha:app to beta (the charm deployed on beta first, so only the description
+/// streams) and checks it ends in DONE with no ABORT, the model active on beta only and the
+/// workload untouched. Returns the master's log line about the description that `resumed`
+/// matches, and the bytes beta's staging received.
+fn migrate_through_a_broken_stream(
+    world: &mut World,
+    resumed: impl Fn(&str) -> bool,
+) -> Result<(String, f64)> {
     let before = world.counter_model("alpha")?;
     // The charm is on beta already (packing is deterministic), so only the description streams.
     world.ctl.ok(&["add-model", "other", "-c", "beta"])?;
@@ -996,26 +1045,13 @@ fn broken_stream(world: &mut World) -> Result<()> {
         !info.history.iter().any(|c| c.to == "ABORT"),
         "a broken stream must not abort the migration"
     );
-    // The master logs where it resumed: `… digest=D offset=O size=S`.
+    // The master logs what it did about the description: `… digest=D … size=S`.
     let source_log = std::fs::read_to_string(world.cluster("alpha").log_path(1))?;
-    let resumed = source_log
+    let line = source_log
         .lines()
-        .find(|l| {
-            l.contains("resuming staging where the target stopped") && l.contains(digest.as_str())
-        })
-        .with_context(|| format!("the master did not resume staging the description {digest}"))?;
-    let field = |name: &str| -> Result<u64> {
-        resumed
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix(&format!("{name}=")))
-            .and_then(|v| v.parse().ok())
-            .with_context(|| format!("no {name}= in {resumed:?}"))
-    };
-    let (offset, size) = (field("offset")?, field("size")?);
-    ensure!(
-        offset > 0 && offset < size,
-        "resumed at {offset} of {size}: not in the middle"
-    );
+        .find(|l| resumed(l) && l.contains(digest.as_str()))
+        .with_context(|| format!("the master did not resume staging the description {digest}"))?
+        .to_owned();
     ensure!(
         world.import_state("beta", &info.migration_id)? == import_status_response::State::Active,
         "beta does not report the import active"
@@ -1033,15 +1069,18 @@ fn broken_stream(world: &mut World) -> Result<()> {
         )
         .context("no staged-bytes counter on beta")?
     };
-    ensure!(
-        received == size as f64,
-        "beta received {received} bytes for a {size}-byte description: a resumed stream must \
-         not re-send what was staged"
-    );
     one_owner(world, "app", "beta")?;
     world.wait_active("beta:app", 1)?;
     ensure!(workloads(&world.fleet, 1)? == before, "workloads changed");
-    Ok(())
+    Ok((line, received))
+}
+
+/// `name=value` of a log line, as a number.
+fn log_field(line: &str, name: &str) -> Result<u64> {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(&format!("{name}=")))
+        .and_then(|v| v.parse().ok())
+        .with_context(|| format!("no {name}= in {line:?}"))
 }
 
 /// The failpoints of an abort test: the first migration aborts in QUIESCE, the second in

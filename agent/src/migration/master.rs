@@ -601,7 +601,7 @@ impl Driver {
             .and_then(|v| v.parse::<usize>().ok())
             .filter(|n| *n > 0)
             .unwrap_or(STAGE_CHUNK_BYTES);
-        while offset < data.len() {
+        loop {
             // A few chunks per stream, so progress shows and a broken stream loses little.
             let mut chunks = Vec::new();
             while offset < data.len() && chunks.len() < 4 {
@@ -614,6 +614,17 @@ impl Driver {
                 });
                 offset = end;
             }
+            if chunks.is_empty() {
+                // Every byte is staged but the commit that follows the last chunk never ran
+                // (the stream broke in between): an empty chunk at the end asks for it.
+                info!(migration = %self.key, digest, size, "committing what the target staged");
+                chunks.push(pb::StageChunk {
+                    digest: digest.to_owned(),
+                    size,
+                    offset: size,
+                    data: Vec::new(),
+                });
+            }
             self.peer()
                 .call(|mut c| {
                     let stream = futures::stream::iter(chunks.clone());
@@ -624,6 +635,9 @@ impl Driver {
                 let sent = offset as u64;
                 self.ctx.progress.update(&self.key, |p| p.bytes_sent = sent);
                 self.activity("importing model");
+            }
+            if offset >= data.len() {
+                break;
             }
         }
         Ok(())

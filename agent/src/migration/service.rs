@@ -172,9 +172,13 @@ impl Migration for MigrationService {
                     chunk.size
                 )));
             }
-            if chunk.data.is_empty() || chunk.data.len() > CHARM_CHUNK_BYTES_MAX {
+            // An empty chunk at the very end only closes what is staged: it commits a blob
+            // whose bytes all arrived but whose commit did not (the stream broke in between).
+            let closing = chunk.data.is_empty() && chunk.offset == chunk.size;
+            if (chunk.data.is_empty() && !closing) || chunk.data.len() > CHARM_CHUNK_BYTES_MAX {
                 return Err(Status::invalid_argument(format!(
-                    "a staged chunk holds 1 to {CHARM_CHUNK_BYTES_MAX} bytes"
+                    "a staged chunk holds 1 to {CHARM_CHUNK_BYTES_MAX} bytes (or none, at \
+                     offset = size, to commit what is staged)"
                 )));
             }
             let len = chunk.data.len() as u64;
@@ -184,23 +188,27 @@ impl Migration for MigrationService {
                     "staged chunks exceed the announced size",
                 ));
             }
-            // Deterministic request ids: a resumed stream re-sending a chunk is a no-op.
-            self.propose(
-                &caller,
-                format!("stage-{}-{}", chunk.digest, chunk.offset),
-                command::Op::PutBlobChunk(PutBlobChunk {
-                    digest: chunk.digest.clone(),
-                    offset: chunk.offset,
-                    data: chunk.data,
-                }),
-            )
-            .await?;
-            metrics::counter!("starling_migration_stage_bytes_received_total").increment(len);
+            if !closing {
+                // Deterministic request ids: a resumed stream re-sending a chunk is a no-op.
+                self.propose(
+                    &caller,
+                    format!("stage-{}-{}", chunk.digest, chunk.offset),
+                    command::Op::PutBlobChunk(PutBlobChunk {
+                        digest: chunk.digest.clone(),
+                        offset: chunk.offset,
+                        data: chunk.data,
+                    }),
+                )
+                .await?;
+                metrics::counter!("starling_migration_stage_bytes_received_total").increment(len);
+            }
             last = pb::StageResponse {
                 staged_bytes: end,
                 complete: false,
             };
             if end == chunk.size {
+                // Breaks the stream between the last chunk and its commit.
+                failed("migration.target.stage-before-commit")?;
                 // Verifies the sha256 of everything staged; a mismatch discards the upload.
                 self.propose(
                     &caller,

@@ -156,6 +156,8 @@ pub struct MigrationRun {
     op: OpId,
     /// The terminal phase, once seen.
     pub end: Option<String>,
+    /// Why it aborted, when it did.
+    pub abort_reason: Option<String>,
 }
 
 /// Two controllers, a client store, agents, the recorded workload and the driver.
@@ -494,6 +496,7 @@ impl World {
             id: id.to_owned(),
             op,
             end: None,
+            abort_reason: None,
         };
         self.migrations.push(run.clone());
         Ok(Some(run))
@@ -727,7 +730,7 @@ impl World {
                 let run = &self.migrations[i];
                 (run.from.clone(), run.model.clone(), run.id.clone())
             };
-            let end = loop {
+            let (end, abort_reason) = loop {
                 if let Ok(info) = self.migration_status(&from, &model) {
                     if info.migration_id != id {
                         bail!(
@@ -736,7 +739,7 @@ impl World {
                         );
                     }
                     if TERMINAL.contains(&info.phase.as_str()) {
-                        break info.phase;
+                        break (info.phase, info.abort_reason);
                     }
                 }
                 ensure!(
@@ -745,7 +748,7 @@ impl World {
                 );
                 std::thread::sleep(Duration::from_millis(200));
             };
-            info!(model, id, end, "migration ended");
+            info!(model, id, end, abort_reason, "migration ended");
             let run = &mut self.migrations[i];
             let result = match end.as_str() {
                 "DONE" => MigrationResult::Done,
@@ -757,16 +760,30 @@ impl World {
                 self.homes.insert(run.model.clone(), run.to.clone());
             }
             run.end = Some(end);
+            run.abort_reason = abort_reason;
         }
         Ok(())
     }
 
     /// The end of migration `id` (after [`Self::wait_migrations_end`]).
     pub fn end_of(&self, id: &str) -> Option<&str> {
-        self.migrations
-            .iter()
-            .find(|r| r.id == id)
-            .and_then(|r| r.end.as_deref())
+        self.run_of(id).and_then(|r| r.end.as_deref())
+    }
+
+    /// How migration `id` ended, for messages: `DONE`, `ABORTDONE (why)`, or `not ended`.
+    pub fn ending(&self, id: &str) -> String {
+        let Some(run) = self.run_of(id) else {
+            return format!("unknown migration {id}");
+        };
+        match (&run.end, &run.abort_reason) {
+            (None, _) => "not ended".to_owned(),
+            (Some(end), Some(reason)) if !reason.is_empty() => format!("{end} ({reason})"),
+            (Some(end), _) => end.clone(),
+        }
+    }
+
+    fn run_of(&self, id: &str) -> Option<&MigrationRun> {
+        self.migrations.iter().find(|r| r.id == id)
     }
 
     /// Asks every controller about `model` until each gives a definite answer; the answers
@@ -1015,6 +1032,8 @@ impl World {
         for cluster in self.controllers.values() {
             cluster.dump_log_tails(25);
         }
+        // Last, so a report that keeps only the head and tail of the output still shows it.
+        eprintln!("chaos: {} failed: {error}", self.options.test);
     }
 
     /// The directory of this world's files (kept with `STARLING_KEEP_WORK`).
