@@ -4,8 +4,9 @@
 //!
 //! Phases: every workload runs and status says so; the controller leader is SIGKILLed (same
 //! workload pids, agents reconnect, a config change made afterwards reaches the workloads); the
-//! whole controller is SIGKILLed while a workload is killed (the agent restarts it and the
-//! queued reports arrive once the controller is back); one `agentd` is SIGKILLed and restarted
+//! whole controller is SIGKILLed while a workload is killed (the agent restarts it, is itself
+//! SIGKILLed and restarted, and the queued reports arrive from its outbox file once the
+//! controller is back); one `agentd` is SIGKILLed and restarted
 //! (its workloads are adopted, not duplicated); the agents are stopped with SIGTERM and leave
 //! their workloads running.
 //!
@@ -455,9 +456,10 @@ fn leader_killed(env: &mut Env, units: &[String], workloads: Workloads) -> Resul
 }
 
 /// Every node is SIGKILLed; the workloads keep running, and one killed meanwhile is restarted
-/// by its agent. After the restart the queued reports arrive: the unit's exit is in the model
-/// log and its status is active again, reported after the error. Returns the leader and the
-/// workloads.
+/// by its agent, which is then SIGKILLed and restarted itself. After the controller restarts
+/// the queued reports arrive (from the outbox file the agent reloaded): the unit's exit is in
+/// the model log and its status is active again, reported after the error. Returns the leader
+/// and the workloads.
 fn controller_down(
     env: &mut Env,
     units: &[String],
@@ -494,6 +496,45 @@ fn controller_down(
     for (unit, workload) in &expected {
         ensure!(running(*workload), "{unit}: {workload:?} stopped");
     }
+
+    // The victim's agent is SIGKILLed too, once its outbox file holds the exit record (written
+    // within a moment of being queued); the restarted agent delivers what it had queued.
+    let outbox = victim_machine.data_dir.join("outbox.pb");
+    wait_for("the workload's exit in the agent's outbox file", || {
+        let bytes = std::fs::read(&outbox).with_context(|| outbox.display().to_string())?;
+        ensure!(
+            bytes.windows(15).any(|w| w == b"workload exited"),
+            "{} does not hold the exit yet",
+            outbox.display()
+        );
+        Ok(())
+    })?;
+    let victim_idx = env
+        .fleet
+        .machines
+        .iter()
+        .position(|m| m.unit_dir(&victim).exists())
+        .context("the victim's machine")?;
+    info!(unit = %victim, "--- SIGKILL the victim's agentd while the controller is down; restart it");
+    env.fleet.kill(victim_idx)?;
+    env.fleet.start(victim_idx)?;
+    let fleet = &*env.fleet;
+    let victim_machine = &fleet.machines[victim_idx];
+    wait_for("the restarted agent to load its outbox", || {
+        ensure!(
+            victim_machine
+                .log_text()
+                .contains("the outbox holds what the last run had not delivered"),
+            "not yet"
+        );
+        Ok(())
+    })?;
+    let now = fleet.recorded_workloads()?;
+    ensure!(
+        now == expected,
+        "an agent restarted while the controller was down changed the workloads: {expected:?} \
+         → {now:?}"
+    );
 
     info!("--- restart every node: the queued reports arrive");
     let restarted_at = now_unix_ms();

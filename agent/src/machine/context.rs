@@ -1,20 +1,28 @@
 //! `AgentContext`: what the machine agent's tasks share — who it is, its data dir, its persisted
-//! state, the report outbox and the current controller connection.
+//! state, the report outbox (kept on disk too) and the current controller connection.
 
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use anyhow::Result;
+use starling_proto::agent::ReportRequest;
 use starling_proto::model::{LogLevel, Status};
 use tokio::sync::{watch, Notify};
 
 use super::reports::ReportBuffer;
 use super::session::ControllerCaller;
-use super::state::{AgentState, StateStore};
+use super::state::{AgentState, OutboxStore, StateStore};
 
 /// How many report seqs are reserved in the state file at once, so seqs keep growing across
 /// a SIGKILL without a state write per report.
 const SEQ_RESERVATION: u64 = 1024;
+/// How long the outbox writer gathers changes before it rewrites the file: a hook printing a
+/// thousand lines costs a few writes, not a thousand; a SIGKILL loses at most this much.
+pub const OUTBOX_SAVE_DELAY: Duration = Duration::from_millis(100);
+/// How soon a failed outbox write (a full disk) is tried again when nothing else changes.
+const OUTBOX_RETRY_DELAY: Duration = Duration::from_secs(2);
 
 /// Shared by the runtime, the session and every unit runner.
 #[derive(Debug)]
@@ -31,19 +39,28 @@ pub struct AgentContext {
     outbox: Mutex<ReportBuffer>,
     /// Woken whenever something is queued in the outbox.
     pub outbox_ready: Notify,
+    /// Woken whenever the outbox may have changed (its writer checks the generation).
+    outbox_changed: Notify,
+    outbox_store: OutboxStore,
+    /// The outbox generation on disk; held while the file is written, so writes never race.
+    outbox_saved: Mutex<u64>,
+    outbox_save_failing: AtomicBool,
     caller: watch::Sender<Option<ControllerCaller>>,
 }
 
 impl AgentContext {
-    /// A context over the loaded `state`.
+    /// A context over the loaded `state` and what the last run left in the outbox (`saved`).
     pub fn new(
         model_uuid: String,
         machine_id: String,
         data_dir: PathBuf,
         store: StateStore,
         state: AgentState,
+        saved: ReportRequest,
     ) -> Self {
-        let outbox = ReportBuffer::new(state.next_seq);
+        let outbox = ReportBuffer::restore(state.next_seq, saved);
+        let outbox_store = OutboxStore::new(&data_dir);
+        let saved_generation = outbox.generation();
         Self {
             model_uuid,
             machine_id,
@@ -52,6 +69,10 @@ impl AgentContext {
             state: Mutex::new(state),
             outbox: Mutex::new(outbox),
             outbox_ready: Notify::new(),
+            outbox_changed: Notify::new(),
+            outbox_store,
+            outbox_saved: Mutex::new(saved_generation),
+            outbox_save_failing: AtomicBool::new(false),
             caller: watch::channel(None).0,
         }
     }
@@ -95,6 +116,7 @@ impl AgentContext {
         tracing::debug!(seq, entity, kind, current = %status.current, message = %status.message, "status");
         drop(outbox);
         self.outbox_ready.notify_one();
+        self.outbox_changed.notify_one();
     }
 
     /// Queues a model-log record.
@@ -104,11 +126,70 @@ impl AgentContext {
             .expect("outbox lock")
             .push_log(entity, level, module, message);
         self.outbox_ready.notify_one();
+        self.outbox_changed.notify_one();
     }
 
     /// Runs `f` on the outbox.
     pub fn with_outbox<T>(&self, f: impl FnOnce(&mut ReportBuffer) -> T) -> T {
-        f(&mut self.outbox.lock().expect("outbox lock"))
+        let result = f(&mut self.outbox.lock().expect("outbox lock"));
+        self.outbox_changed.notify_one();
+        result
+    }
+
+    /// Rewrites the outbox file if the outbox changed since it was last written (blocking:
+    /// a write and two fsyncs). `true` when it wrote.
+    pub fn save_outbox(&self) -> Result<bool> {
+        let mut saved = self.outbox_saved.lock().expect("outbox-saved lock");
+        let (generation, pending) = {
+            let outbox = self.outbox.lock().expect("outbox lock");
+            if outbox.generation() == *saved {
+                return Ok(false);
+            }
+            (outbox.generation(), outbox.pending())
+        };
+        self.outbox_store.save(&pending)?;
+        *saved = generation;
+        Ok(true)
+    }
+
+    /// Keeps the outbox file current: after each change, waits [`OUTBOX_SAVE_DELAY`] for more,
+    /// then rewrites it. Runs until the agent aborts it (which then saves once more).
+    pub async fn keep_outbox_saved(self: Arc<Self>) {
+        loop {
+            // After a failed write, try again in a while even if nothing changes.
+            if self.outbox_save_failing.load(Ordering::Relaxed) {
+                let _ =
+                    tokio::time::timeout(OUTBOX_RETRY_DELAY, self.outbox_changed.notified()).await;
+            } else {
+                self.outbox_changed.notified().await;
+            }
+            tokio::time::sleep(OUTBOX_SAVE_DELAY).await;
+            let ctx = self.clone();
+            let result = tokio::task::spawn_blocking(move || ctx.save_outbox()).await;
+            self.note_outbox_save(result.map_err(anyhow::Error::from).and_then(|r| r));
+        }
+    }
+
+    /// Logs a failing outbox write once (a full disk would otherwise log on every change), and
+    /// the recovery. The outbox stays in memory either way.
+    pub fn note_outbox_save(&self, result: Result<bool>) {
+        match result {
+            Ok(_) => {
+                if self.outbox_save_failing.swap(false, Ordering::Relaxed) {
+                    tracing::info!(path = %self.outbox_store.path().display(), "the outbox is saved again");
+                }
+            }
+            Err(e) => {
+                if !self.outbox_save_failing.swap(true, Ordering::Relaxed) {
+                    tracing::error!(
+                        path = %self.outbox_store.path().display(),
+                        error = %format!("{e:#}"),
+                        "cannot save the outbox; queued reports are kept in memory only until it \
+                         works again"
+                    );
+                }
+            }
+        }
     }
 
     /// Publishes the current controller connection (or its loss).

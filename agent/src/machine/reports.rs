@@ -3,10 +3,14 @@
 //! `applied_seq` covers them; when the buffer is full, it keeps only the latest status of each
 //! (entity, kind) — never less, so no entity's current status is lost however long the
 //! controller is away or the model is migrating (one machine has few entities).
+//!
+//! The whole outbox is a `ReportRequest` on disk as well (`<data>/outbox.pb`, see
+//! `state::OutboxStore`), so an agentd killed while the controller is away delivers what it
+//! had queued once it runs again.
 
 use std::collections::{HashMap, VecDeque};
 
-use starling_proto::agent::StatusReport;
+use starling_proto::agent::{ReportRequest, StatusReport};
 use starling_proto::model::{LogLevel, LogRecord, Status};
 
 /// The most status reports kept before coalescing to the latest per (entity, kind).
@@ -29,6 +33,8 @@ pub struct ReportBuffer {
     logs_max: usize,
     /// Log records dropped because the buffer was full, not yet said in a log line.
     logs_dropped: u64,
+    /// Counts changes, so a writer can tell whether what it saved is still current.
+    generation: u64,
 }
 
 impl ReportBuffer {
@@ -48,7 +54,36 @@ impl ReportBuffer {
             coalesce_at: reports_max,
             logs_max,
             logs_dropped: 0,
+            generation: 0,
         }
+    }
+
+    /// A buffer holding what a previous run saved (`saved`, in order), whose next report gets
+    /// at least `next_seq` and always more than any saved one.
+    pub fn restore(next_seq: u64, saved: ReportRequest) -> Self {
+        let mut buffer = Self::new(next_seq);
+        let last_saved = saved.reports.iter().map(|r| r.seq).max().unwrap_or(0);
+        buffer.next_seq = buffer.next_seq.max(last_saved + 1);
+        buffer.reports = saved.reports.into();
+        buffer.logs = saved.logs.into();
+        buffer.coalesce_at = buffer.reports_max.max(buffer.reports.len() * 2);
+        while buffer.logs.len() > buffer.logs_max {
+            buffer.logs.pop_front();
+        }
+        buffer
+    }
+
+    /// Everything queued, oldest first, as the outbox file holds it.
+    pub fn pending(&self) -> ReportRequest {
+        ReportRequest {
+            reports: self.reports.iter().cloned().collect(),
+            logs: self.logs.iter().cloned().collect(),
+        }
+    }
+
+    /// Changes so far (pushes, acknowledgements that dropped something).
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// The `seq` the next report will get.
@@ -63,6 +98,7 @@ impl ReportBuffer {
         }
         let seq = self.next_seq;
         self.next_seq += 1;
+        self.generation += 1;
         self.reports.push_back(StatusReport {
             seq,
             entity: entity.to_string(),
@@ -84,6 +120,7 @@ impl ReportBuffer {
                 );
             }
         }
+        self.generation += 1;
         self.logs.push_back(LogRecord {
             seq: 0,
             time_unix_ms: now_unix_ms(),
@@ -137,6 +174,7 @@ impl ReportBuffer {
     /// The controller answered a batch that carried `logs_sent` log records and has applied
     /// every report up to `applied_seq`.
     pub fn acknowledge(&mut self, applied_seq: u64, logs_sent: usize) {
+        let before = (self.reports.len(), self.logs.len());
         while self.reports.front().is_some_and(|r| r.seq <= applied_seq) {
             self.reports.pop_front();
         }
@@ -145,6 +183,9 @@ impl ReportBuffer {
         }
         let logs_sent = logs_sent.min(self.logs.len());
         self.logs.drain(..logs_sent);
+        if (self.reports.len(), self.logs.len()) != before {
+            self.generation += 1;
+        }
     }
 }
 
@@ -242,6 +283,32 @@ mod tests {
         buffer.acknowledge(20, 0);
         assert!(buffer.is_empty());
         assert_eq!(buffer.coalesce_at, 3);
+    }
+
+    #[test]
+    fn a_restored_buffer_keeps_the_order_and_never_reuses_a_seq() {
+        let mut buffer = ReportBuffer::new(5);
+        buffer.push_status("unit-a-0", "workload", status("error", "exited")); // 5
+        buffer.push_log("unit-a-0", LogLevel::Error, "workload", "exited".into());
+        buffer.push_status("unit-a-0", "workload", status("active", "")); // 6
+        let generation = buffer.generation();
+        assert_eq!(generation, 3);
+        // The saved seqs win over an older reservation in the state file.
+        let mut restored = ReportBuffer::restore(2, buffer.pending());
+        assert_eq!(seqs(&restored), vec![5, 6]);
+        assert_eq!(restored.batch().1[0].message, "exited");
+        assert_eq!(
+            restored.push_status("machine-0", "agent", status("started", "")),
+            7
+        );
+        // A newer reservation wins over the saved seqs.
+        assert_eq!(ReportBuffer::restore(100, buffer.pending()).next_seq(), 100);
+        // An acknowledgement that drops nothing is no change; one that does is.
+        buffer.acknowledge(1, 0);
+        assert_eq!(buffer.generation(), generation);
+        buffer.acknowledge(5, 1);
+        assert_eq!(buffer.generation(), generation + 1);
+        assert_eq!(seqs(&buffer), vec![6]);
     }
 
     #[test]

@@ -16,7 +16,7 @@ use tracing::{info, warn};
 
 use super::context::AgentContext;
 use super::session::{validate_config, Session};
-use super::state::StateStore;
+use super::state::{OutboxStore, StateStore};
 use super::units::{UnitDesired, UnitRunner, HOOK_TIMEOUT, STOP_GRACE};
 use crate::agent_config::AgentConfig;
 
@@ -112,12 +112,26 @@ impl MachineAgent {
             .with_context(|| format!("cannot create the data dir {}", data_dir.display()))?;
         let store = StateStore::new(&data_dir);
         let state = store.load()?;
+        let saved = OutboxStore::new(&data_dir)
+            .load()
+            .unwrap_or_else(|(empty, e)| {
+                warn!(error = %format!("{e:#}"), "starting with an empty outbox");
+                empty
+            });
+        if !saved.reports.is_empty() || !saved.logs.is_empty() {
+            info!(
+                reports = saved.reports.len(),
+                logs = saved.logs.len(),
+                "the outbox holds what the last run had not delivered"
+            );
+        }
         let ctx = Arc::new(AgentContext::new(
             config.model_uuid.clone(),
             config.machine_id.clone(),
             data_dir,
             store,
             state,
+            saved,
         ));
         Ok(Self {
             ctx,
@@ -163,6 +177,7 @@ impl MachineAgent {
             updates_tx,
         );
         let mut session = tokio::spawn(session.run());
+        let outbox_writer = tokio::spawn(self.ctx.clone().keep_outbox_saved());
         tokio::pin!(shutdown);
         let result = loop {
             tokio::select! {
@@ -204,6 +219,14 @@ impl MachineAgent {
         };
         session.abort();
         self.detach_all().await;
+        outbox_writer.abort();
+        let _ = outbox_writer.await;
+        let ctx = self.ctx.clone();
+        let saved = tokio::task::spawn_blocking(move || ctx.save_outbox())
+            .await
+            .map_err(anyhow::Error::from)
+            .and_then(|r| r);
+        self.ctx.note_outbox_save(saved);
         result
     }
 

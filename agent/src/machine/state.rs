@@ -1,7 +1,8 @@
 //! `AgentState`: what the machine agent persists in `<data>/state.json` — the next report seq,
 //! and per unit the spec it last applied, the hooks already run and its workload's pid and
-//! process start time (so a restarted agent adopts its workloads). Rewritten atomically: temp
-//! file, fsync, rename, fsync of the directory.
+//! process start time (so a restarted agent adopts its workloads). `OutboxStore`: the queued
+//! status reports and model-log records in `<data>/outbox.pb`. Both are rewritten atomically:
+//! temp file, fsync, rename, fsync of the directory.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -9,7 +10,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use prost::Message;
 use serde::{Deserialize, Serialize};
-use starling_proto::agent::UnitSpec;
+use starling_proto::agent::{ReportRequest, UnitSpec};
 
 use crate::identity::write_file_atomic;
 
@@ -118,9 +119,98 @@ impl StateStore {
     }
 }
 
+/// The outbox file's name under the data dir.
+pub const OUTBOX_FILE: &str = "outbox.pb";
+
+/// The outbox on disk: a `ReportRequest` holding every queued report and log record.
+#[derive(Clone, Debug)]
+pub struct OutboxStore {
+    path: PathBuf,
+}
+
+impl OutboxStore {
+    /// The outbox file of the data dir `data_dir`.
+    pub fn new(data_dir: &Path) -> Self {
+        Self {
+            path: data_dir.join(OUTBOX_FILE),
+        }
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// What a previous run left queued; a missing file is an empty outbox. A file that does
+    /// not decode is moved aside to `outbox.pb.malformed` (the agent goes on without it rather
+    /// than leave its workloads unsupervised) and reported as `Err` with the empty outbox.
+    pub fn load(&self) -> std::result::Result<ReportRequest, (ReportRequest, anyhow::Error)> {
+        let bytes = match std::fs::read(&self.path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(ReportRequest::default())
+            }
+            Err(e) => {
+                let error = anyhow::Error::new(e)
+                    .context(format!("cannot read the outbox {}", self.path.display()));
+                return Err((ReportRequest::default(), error));
+            }
+        };
+        ReportRequest::decode(bytes.as_slice()).map_err(|e| {
+            let aside = self.path.with_extension("pb.malformed");
+            let moved = std::fs::rename(&self.path, &aside);
+            let error = anyhow::anyhow!(
+                "malformed outbox {} ({e}); {}",
+                self.path.display(),
+                match moved {
+                    Ok(()) => format!("moved to {}", aside.display()),
+                    Err(e) => format!("could not move it aside: {e}"),
+                }
+            );
+            (ReportRequest::default(), error)
+        })
+    }
+
+    /// Rewrites the outbox atomically.
+    pub fn save(&self, pending: &ReportRequest) -> Result<()> {
+        write_file_atomic(&self.path, &pending.encode_to_vec(), 0o600)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use starling_proto::agent::StatusReport;
+    use starling_proto::model::LogRecord;
+
+    #[test]
+    fn the_outbox_round_trips_and_a_malformed_one_is_moved_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = OutboxStore::new(dir.path());
+        assert_eq!(store.load().unwrap(), ReportRequest::default());
+        let pending = ReportRequest {
+            reports: vec![StatusReport {
+                seq: 9,
+                entity: "unit-web-0".into(),
+                kind: "workload".into(),
+                status: None,
+            }],
+            logs: vec![LogRecord {
+                message: "workload exited".into(),
+                ..LogRecord::default()
+            }],
+        };
+        store.save(&pending).unwrap();
+        assert_eq!(store.load().unwrap(), pending);
+
+        std::fs::write(store.path(), b"\xff\xff\xff not protobuf").unwrap();
+        let (empty, error) = store.load().unwrap_err();
+        assert_eq!(empty, ReportRequest::default());
+        assert!(error.to_string().contains("malformed outbox"), "{error}");
+        assert!(!store.path().exists());
+        assert!(dir.path().join("outbox.pb.malformed").exists());
+        assert_eq!(store.load().unwrap(), ReportRequest::default());
+    }
 
     #[test]
     fn missing_file_is_empty_state() {
