@@ -375,6 +375,13 @@ impl Controller for ControllerService {
         self.models.remove_unit(request).await
     }
 
+    async fn remove_application(
+        &self,
+        request: Request<pb::RemoveApplicationRequest>,
+    ) -> Result<Response<pb::RemoveApplicationResponse>, Status> {
+        self.models.remove_application(request).await
+    }
+
     async fn integrate(
         &self,
         request: Request<pb::IntegrateRequest>,
@@ -408,6 +415,13 @@ impl Controller for ControllerService {
         request: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::FullStatus>, Status> {
         self.models.status(request).await
+    }
+
+    async fn status_log(
+        &self,
+        request: Request<pb::StatusLogRequest>,
+    ) -> Result<Response<pb::StatusLogResponse>, Status> {
+        self.models.status_log(request).await
     }
 
     type DebugLogStream = crate::model_service::LogStream;

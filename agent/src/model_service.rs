@@ -11,10 +11,13 @@ use futures::StreamExt;
 use sha2::{Digest, Sha256};
 use starling_proto::command::{command, command_result, Command, CommandResult};
 use starling_proto::controller as pb;
+use starling_proto::model::StatusHistory;
 use starling_proto::model::{self as m, Access};
 use starling_raft::{propose_error_status, RaftHandle};
 use starling_storage::model::charm::parse_metadata;
-use starling_storage::model::deployment::derived_application_status;
+use starling_storage::model::deployment::{self, derived_application_status};
+use starling_storage::model::names::Entity;
+use starling_storage::{keys, records};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{info, instrument};
 
@@ -710,6 +713,87 @@ impl ModelService {
         Ok(Response::new(pb::RemoveUnitResponse {}))
     }
 
+    /// `StatusLog`: the kept status history of a unit (workload and agent), an application, a
+    /// machine or the model, oldest first.
+    pub async fn status_log(
+        &self,
+        request: Request<pb::StatusLogRequest>,
+    ) -> Result<Response<pb::StatusLogResponse>, Status> {
+        let caller = self.auth.authenticate(&request)?;
+        self.barrier().await?;
+        let message = request.into_inner();
+        let model = self.model_for(
+            &caller,
+            message.model.as_ref(),
+            Access::Read,
+            "read its status log",
+        )?;
+        // Only a malformed name is refused here.
+        let source = deployment::status_log_source(&message.entity)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let state = self.handle.state();
+        let reader = state.reader();
+        let uuid = &model.uuid;
+        let exists = match &source.entity {
+            Entity::Model => true,
+            Entity::Machine(number) => state
+                .machine(uuid, *number)
+                .map_err(storage_error)?
+                .is_some(),
+            Entity::Application(name) => records::read_application(reader, uuid, name)
+                .map_err(storage_error)?
+                .is_some(),
+            Entity::Unit {
+                application,
+                number,
+            } => records::read_unit(reader, uuid, application, *number)
+                .map_err(storage_error)?
+                .is_some(),
+        };
+        if !exists {
+            return Err(Status::not_found(format!("{} not found", message.entity)));
+        }
+        let mut histories = Vec::new();
+        for (entity, kind) in &source.histories {
+            let history: Option<StatusHistory> =
+                records::read_record(reader, &keys::history_key(uuid, entity))
+                    .map_err(storage_error)?;
+            histories.push((*kind, history.unwrap_or_default()));
+        }
+        let entries = deployment::merge_status_log(&histories, message.limit as usize)
+            .into_iter()
+            .map(|(kind, status)| pb::StatusLogEntry {
+                kind: kind.to_owned(),
+                status: Some(status.clone()),
+            })
+            .collect();
+        Ok(Response::new(pb::StatusLogResponse { entries }))
+    }
+
+    /// `RemoveApplication`.
+    pub async fn remove_application(
+        &self,
+        request: Request<pb::RemoveApplicationRequest>,
+    ) -> Result<Response<pb::RemoveApplicationResponse>, Status> {
+        let caller = self.auth.authenticate(&request)?;
+        let message = request.into_inner();
+        let model = self.model_for(
+            &caller,
+            message.model.as_ref(),
+            Access::Write,
+            "remove applications",
+        )?;
+        let op = command::Op::RemoveApplication(starling_proto::command::RemoveApplication {
+            model_uuid: model.uuid,
+            application: message.application,
+        });
+        let result = self.propose(&caller, message.request_id, op).await?;
+        let units = Self::ok_fields(&result)
+            .map(|ok| ok.units.clone())
+            .unwrap_or_default();
+        Ok(Response::new(pb::RemoveApplicationResponse { units }))
+    }
+
     /// `Integrate`.
     pub async fn integrate(
         &self,
@@ -1055,6 +1139,7 @@ impl ModelService {
             model_uuid: model.uuid,
             user: message.user,
             access: message.access,
+            revoke: message.revoke,
         });
         self.propose(&caller, message.request_id, op).await?;
         Ok(Response::new(pb::SetModelAccessResponse {}))

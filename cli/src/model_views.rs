@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use anyhow::Result;
 use serde::ser::SerializeMap;
 use serde::{Serialize, Serializer};
-use starling_proto::controller::{ApplicationConfig, FullStatus, ModelInfo};
+use starling_proto::controller::{ApplicationConfig, FullStatus, ModelInfo, StatusLogResponse};
 use starling_proto::model::{Access, Life, LogLevel, LogRecord, Model, Role, Status};
 
 use crate::migration_view::models_status;
@@ -815,6 +815,72 @@ pub struct ConfigSetting {
     pub value: String,
     /// `default` (the charm's) or `user` (set).
     pub source: String,
+}
+
+/// `ctl show-status-log ENTITY`: one row per kept status, oldest first. YAML and JSON are a
+/// list of `{time, type, status, message}`.
+#[derive(Debug, Serialize)]
+#[serde(transparent)]
+pub struct StatusLogView {
+    /// The entries.
+    pub entries: Vec<StatusLogRow>,
+}
+
+/// One entry of [`StatusLogView`].
+#[derive(Debug, Serialize)]
+pub struct StatusLogRow {
+    /// When the status was set (RFC 3339, UTC).
+    pub time: String,
+    /// `workload`, `juju-unit`, `juju-machine`, `application` or `model`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The status.
+    pub status: String,
+    /// Its message.
+    pub message: String,
+}
+
+impl StatusLogView {
+    /// The view of `log`.
+    pub fn new(log: &StatusLogResponse) -> Self {
+        let entries = log
+            .entries
+            .iter()
+            .map(|entry| {
+                let status = entry.status.clone().unwrap_or_default();
+                StatusLogRow {
+                    time: rfc3339(status.since_unix_ms).unwrap_or_else(|| "-".to_owned()),
+                    kind: entry.kind.clone(),
+                    status: status.current,
+                    message: status.message,
+                }
+            })
+            .collect();
+        Self { entries }
+    }
+
+    /// Renders in `format`.
+    pub fn render(&self, format: Format) -> Result<String> {
+        if let Some(text) = structured(format, self)? {
+            return Ok(text);
+        }
+        if self.entries.is_empty() {
+            return Ok("No status history.\n".to_owned());
+        }
+        let rows: Vec<Vec<String>> = self
+            .entries
+            .iter()
+            .map(|e| {
+                vec![
+                    e.time.clone(),
+                    e.kind.clone(),
+                    e.status.clone(),
+                    e.message.clone(),
+                ]
+            })
+            .collect();
+        Ok(table(&["Time", "Type", "Status", "Message"], &rows, &[]))
+    }
 }
 
 /// `ctl config APP`.

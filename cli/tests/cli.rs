@@ -315,6 +315,19 @@ impl Controller for FakeController {
         Ok(Response::new(RemoveUnitResponse {}))
     }
 
+    async fn remove_application(
+        &self,
+        request: Request<RemoveApplicationRequest>,
+    ) -> Result<Response<RemoveApplicationResponse>, Status> {
+        check_auth(&request)?;
+        let units = self
+            .world
+            .lock()
+            .unwrap()
+            .remove_application(request.into_inner())?;
+        Ok(Response::new(RemoveApplicationResponse { units }))
+    }
+
     async fn integrate(
         &self,
         request: Request<IntegrateRequest>,
@@ -373,6 +386,18 @@ impl Controller for FakeController {
             .lock()
             .unwrap()
             .status(r.model.as_ref())
+            .map(Response::new)
+    }
+
+    async fn status_log(
+        &self,
+        request: Request<StatusLogRequest>,
+    ) -> Result<Response<StatusLogResponse>, Status> {
+        check_auth(&request)?;
+        self.world
+            .lock()
+            .unwrap()
+            .status_log(request.into_inner())
             .map(Response::new)
     }
 
@@ -1245,6 +1270,34 @@ fn machines_deploy_config_relations_and_status() {
         .assert()
         .code(2);
 
+    // A unit's status log: its agent and workload entries in a table, or a list of
+    // {time, type, status, message}.
+    let text = ok(&data, &["show-status-log", "counter/0"]);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    assert!(
+        lines[0].starts_with("Time") && lines[0].contains("Type"),
+        "{text}"
+    );
+    assert!(
+        lines[1].contains("juju-unit") && lines[1].contains("idle"),
+        "{text}"
+    );
+    assert!(
+        lines[2].contains("workload") && lines[2].contains("active"),
+        "{text}"
+    );
+    let v = json(&data, &["show-status-log", "counter/0"]);
+    assert_eq!(v[1]["type"], "workload");
+    assert_eq!(v[1]["status"], "active");
+    assert_eq!(v[1]["message"], "");
+    assert!(v[1]["time"].as_str().unwrap().ends_with('Z'), "{v}");
+    ctl(&data)
+        .args(["show-status-log", "counter/9"])
+        .assert()
+        .code(1)
+        .stderr("ERROR counter/9 not found\n");
+
     // Removal.
     ok(&data, &["remove-unit", "counter/3", "counter/2"]);
     ctl(&data).args(["remove-unit", "counter"]).assert().code(2);
@@ -1257,6 +1310,28 @@ fn machines_deploy_config_relations_and_status() {
     let v = json(&data, &["status"]);
     assert_eq!(v["applications"]["counter"]["scale"], 1);
     assert!(v["machines"]["1"].is_null());
+
+    // remove-application asks first; without a terminal it needs -y and changes nothing.
+    ctl(&data)
+        .args(["remove-application", "counter"])
+        .assert()
+        .code(1)
+        .stderr(
+            "ERROR removing application \"counter\" needs confirmation: pass -y (--no-prompt) \
+             when stdin is not a terminal\n",
+        );
+    assert_eq!(
+        json(&data, &["status"])["applications"]["counter"]["scale"],
+        1
+    );
+    ok(&data, &["remove-application", "counter", "-y"]);
+    let v = json(&data, &["status"]);
+    assert!(v["applications"]["counter"].is_null(), "{v}");
+    ctl(&data)
+        .args(["remove-application", "counter", "--no-prompt"])
+        .assert()
+        .code(1)
+        .stderr("ERROR application \"counter\" not found\n");
 }
 
 #[test]
@@ -1453,18 +1528,26 @@ fn users_grant_revoke_login_whoami() {
     ok(&data, &["grant", "bob", "write", "web"]);
     let v = json(&data, &["show-model", "web"]);
     assert_eq!(v["web"]["users"]["bob"]["access"], "write");
+    // As `juju revoke`: revoking write leaves read, revoking read leaves nothing.
     ok(&data, &["revoke", "bob", "write", "alpha:web"]);
+    let v = json(&data, &["show-model", "web"]);
+    assert_eq!(v["web"]["users"]["bob"]["access"], "read");
+    ok(&data, &["revoke", "bob", "read", "alpha:web"]);
     let v = json(&data, &["show-model", "web"]);
     assert!(v["web"]["users"]["bob"].is_null());
     {
         let world = server.state.world.lock().unwrap();
-        assert_eq!(world.access_calls.len(), 2);
-        assert_eq!(world.access_calls[1].access, 0);
-        assert_eq!(
-            world.access_calls[1].model.as_ref().unwrap().name,
-            "admin/web"
-        );
+        assert_eq!(world.access_calls.len(), 3);
+        let revoke = &world.access_calls[1];
+        assert!(revoke.revoke);
+        assert_eq!(revoke.access, starling_proto::model::Access::Write as i32);
+        assert_eq!(revoke.model.as_ref().unwrap().name, "admin/web");
     }
+    ctl(&data)
+        .args(["revoke", "bob", "read", "web"])
+        .assert()
+        .code(1)
+        .stderr("ERROR user \"bob\" has no access to model \"web\"\n");
     ctl(&data)
         .args(["grant", "bob", "superuser", "web"])
         .assert()

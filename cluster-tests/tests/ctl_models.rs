@@ -865,6 +865,37 @@ fn ambiguous_relation(f: &Fixture) -> Result<()> {
     );
     ctl.ok(&["integrate", "web", "pg2:replica"]);
     ctl.ok(&["remove-relation", "web", "pg2:replica"]);
+
+    info!("--- remove-application takes the units and relations with it");
+    ctl.ok(&["integrate", "web", "pg2:replica"]);
+    ctl.ok(&["add-unit", "pg2", "--to", "1"]);
+    let before = ctl.state("demo");
+    ctl.error(
+        &["remove-application", "pg2"],
+        "ERROR removing application \"pg2\" needs confirmation: pass -y (--no-prompt) when \
+         stdin is not a terminal",
+    );
+    assert_eq!(
+        ctl.state("demo"),
+        before,
+        "an unconfirmed removal changed something"
+    );
+    ctl.ok(&["remove-application", "pg2", "-y"]);
+    let status = ctl.json(&["status", "--format", "json"]);
+    assert!(status["applications"].get("pg2").is_none(), "{status}");
+    assert!(
+        !status["relations"].to_string().contains("pg2"),
+        "a relation of pg2 is left: {}",
+        status["relations"]
+    );
+    assert!(
+        status["applications"]["web"]["units"].is_object(),
+        "web lost its units: {status}"
+    );
+    ctl.error(
+        &["remove-application", "pg2", "-y"],
+        "ERROR application \"pg2\" not found",
+    );
     Ok(())
 }
 
@@ -937,6 +968,63 @@ fn debug_log(f: &Fixture) -> Result<()> {
     assert!(
         !only_machine.contains("hello from install"),
         "--include 0 keeps only machine-0's records:\n{only_machine}"
+    );
+    // The unit's status history as the agent reported it, merged oldest first: its agent ran
+    // the install hook (executing, then idle) and its workload has a status; the machine's
+    // agent started.
+    let deadline = Instant::now() + CONDITION_WAIT;
+    let unit_log = loop {
+        let log = ctl.json(&[
+            "show-status-log",
+            "echo/0",
+            "-m",
+            "logs",
+            "--format",
+            "json",
+        ]);
+        let has = |kind: &str, status: &str| {
+            log.as_array()
+                .into_iter()
+                .flatten()
+                .any(|e| e["type"] == kind && (status.is_empty() || e["status"] == status))
+        };
+        if has("juju-unit", "executing") && has("juju-unit", "idle") && has("workload", "") {
+            break log;
+        }
+        if Instant::now() >= deadline {
+            bail!("echo/0's status log is incomplete after {CONDITION_WAIT:?}: {log}");
+        }
+        std::thread::sleep(POLL);
+    };
+    let times: Vec<&str> = unit_log
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["time"].as_str())
+        .collect();
+    assert!(
+        times.windows(2).all(|w| w[0] <= w[1]),
+        "not oldest first: {times:?}"
+    );
+    let table = ctl.ok(&["show-status-log", "echo/0", "-m", "logs", "-n", "2"]);
+    assert_eq!(
+        table.lines().count(),
+        3,
+        "a header and the last 2 entries:\n{table}"
+    );
+    assert!(table.starts_with("Time"), "{table}");
+    let machine_log = ctl.json(&["show-status-log", "0", "-m", "logs", "--format", "json"]);
+    assert!(
+        machine_log
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|e| e["type"] == "juju-machine" && e["status"] == "started"),
+        "{machine_log}"
+    );
+    ctl.error(
+        &["show-status-log", "echo/7", "-m", "logs"],
+        "ERROR echo/7 not found",
     );
     // SIGKILL and reap it.
     drop(agent);

@@ -391,6 +391,56 @@ fn relations_match_by_interface_and_are_unique() {
 }
 
 #[test]
+fn removing_an_application_takes_its_units_relations_and_history() {
+    let (mut h, wp, db) = populated();
+    h.ok(deploy("web", wordpress(), &wp, &["0", "1"]));
+    h.ok(deploy("db", mysql(), &db, &["1"]));
+    h.ok(Op::Integrate(cmd::Integrate {
+        model_uuid: UUID.into(),
+        endpoint_a: "web:db".into(),
+        endpoint_b: "db".into(),
+    }));
+    h.ok(status("unit-web-0", "workload", "active", "up"));
+    h.ok(status("application-web", "", "active", ""));
+    let remove = |application: &str| {
+        Op::RemoveApplication(cmd::RemoveApplication {
+            model_uuid: UUID.into(),
+            application: application.into(),
+        })
+    };
+    h.refused(remove("nope"), Code::NotFound);
+    h.refused(remove("Bad_Name"), Code::InvalidArgument);
+    let before = h.description();
+    assert!(before
+        .status_history
+        .iter()
+        .any(|s| s.entity == "application-web"));
+    assert_eq!(h.ok(remove("web")).units, ["web/0", "web/1"]);
+    let after = h.description();
+    assert!(after.applications.iter().all(|a| a.name != "web"));
+    assert!(after.units.iter().all(|u| u.application != "web"));
+    assert!(after.relations.is_empty(), "{:?}", after.relations);
+    assert!(
+        after
+            .status_history
+            .iter()
+            .all(|s| !s.entity.starts_with("unit-web-") && s.entity != "application-web"),
+        "{:?}",
+        after.status_history
+    );
+    // The rest of the model is untouched.
+    assert_eq!(after.machines, before.machines);
+    assert!(after.applications.iter().any(|a| a.name == "db"));
+    assert_eq!(leaders(&h, "db"), ["db/0"]);
+    h.refused(remove("web"), Code::NotFound);
+    // The name can be deployed again; unit numbers start afresh with the new application.
+    assert_eq!(
+        h.ok(deploy("web", wordpress(), &wp, &["0"])).units,
+        ["web/0"]
+    );
+}
+
+#[test]
 fn application_config_is_checked_and_reset_by_empty_values() {
     let (mut h, wp, _) = populated();
     h.ok(deploy("web", wordpress(), &wp, &[]));
@@ -577,13 +627,16 @@ fn users_and_model_access() {
             .controller_access,
         "login"
     );
-    let grant = |user: &str, access: Access| {
+    let set_access = |user: &str, access: Access, revoke: bool| {
         Op::SetModelAccess(cmd::SetModelAccess {
             model_uuid: UUID.into(),
             user: user.into(),
             access: access as i32,
+            revoke,
         })
     };
+    let grant = |user: &str, access: Access| set_access(user, access, false);
+    let revoke = |user: &str, access: Access| set_access(user, access, true);
     h.ok(grant("bob", Access::Write));
     h.refused(grant("nobody", Access::Read), Code::NotFound);
     h.refused(grant("alice", Access::Read), Code::FailedPrecondition);
@@ -594,6 +647,19 @@ fn users_and_model_access() {
         starling_storage::model::access::access_of(&model, "bob", false),
         Access::Write
     );
+    // Revoking write leaves read; revoking nothing in particular, or from someone without
+    // access, is refused.
+    h.ok(revoke("bob", Access::Write));
+    let model = records::read_model(&h.store, UUID)
+        .expect("reads")
+        .expect("exists");
+    assert_eq!(
+        starling_storage::model::access::access_of(&model, "bob", false),
+        Access::Read
+    );
+    h.refused(revoke("bob", Access::Unspecified), Code::InvalidArgument);
+    h.refused(revoke("carol", Access::Read), Code::NotFound);
+    h.refused(revoke("alice", Access::Write), Code::FailedPrecondition);
     h.ok(grant("bob", Access::Unspecified));
     let users = records::read_model(&h.store, UUID)
         .expect("reads")

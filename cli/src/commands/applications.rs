@@ -1,5 +1,5 @@
-//! `ctl deploy`, `add-unit`, `remove-unit`, `integrate`, `remove-relation` and `config`: the
-//! application commands of a model. Writes print nothing (as Juju's do); `config APP KEY` prints
+//! `ctl deploy`, `add-unit`, `remove-unit`, `remove-application`, `integrate`,
+//! `remove-relation` and `config`: the application commands of a model. Writes print nothing (as Juju's do); `config APP KEY` prints
 //! the value alone.
 
 use std::path::PathBuf;
@@ -9,7 +9,8 @@ use anyhow::{anyhow, bail, Result};
 use clap::Args;
 use starling_proto::controller::{
     AddUnitRequest, DeployRequest, GetApplicationConfigRequest, IntegrateRequest,
-    RemoveRelationRequest, RemoveUnitRequest, SetApplicationConfigRequest,
+    RemoveApplicationRequest, RemoveRelationRequest, RemoveUnitRequest,
+    SetApplicationConfigRequest,
 };
 
 use super::controller_config::ConfigRequest;
@@ -174,6 +175,46 @@ pub async fn remove_unit(ctx: &Context, args: RemoveUnitArgs) -> Result<Output> 
         .call(|mut c| {
             let request = request.clone();
             async move { c.remove_unit(request).await }
+        })
+        .await?;
+    Ok(Output::default())
+}
+
+/// Arguments of `ctl remove-application`.
+#[derive(Debug, Args)]
+pub struct RemoveApplicationArgs {
+    #[command(flatten)]
+    model: ModelArg,
+    /// The application.
+    pub application: String,
+    /// Do not ask for confirmation (required when stdin is not a terminal).
+    #[arg(short = 'y', long = "no-prompt", alias = "yes")]
+    pub no_prompt: bool,
+}
+
+/// Runs `ctl remove-application`: the application, its units (their agents stop the
+/// workloads) and its relations go.
+pub async fn remove_application(ctx: &Context, args: RemoveApplicationArgs) -> Result<Output> {
+    let (client, target) = ctx.connect_model(args.model.model.as_deref(), None)?;
+    let application = &args.application;
+    super::models::confirm_unless(
+        args.no_prompt,
+        &format!("removing application \"{application}\""),
+        &format!(
+            "This removes application \"{application}\" from model \"{target}\" with all its units \
+             (their workloads stop) and relations. Continue?"
+        ),
+        &format!("application \"{application}\" not removed"),
+    )?;
+    let request = RemoveApplicationRequest {
+        model: Some(model_ref(&target)),
+        application: application.clone(),
+        request_id: request_id(),
+    };
+    client
+        .call(|mut c| {
+            let request = request.clone();
+            async move { c.remove_application(request).await }
         })
         .await?;
     Ok(Output::default())

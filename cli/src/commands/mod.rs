@@ -95,6 +95,8 @@ pub enum Command {
     AddUnit(applications::AddUnitArgs),
     /// Remove units.
     RemoveUnit(applications::RemoveUnitArgs),
+    /// Remove an application with its units and relations.
+    RemoveApplication(applications::RemoveApplicationArgs),
     /// Relate two application endpoints.
     Integrate(applications::RelationArgs),
     /// Remove the relation between two application endpoints.
@@ -103,13 +105,16 @@ pub enum Command {
     Config(applications::ConfigArgs),
     /// Show the status of a model.
     Status(status::StatusArgs),
+    /// Show the status history of a unit, application, machine or the model.
+    ShowStatusLog(status::StatusLogArgs),
     /// Show the model's log.
     DebugLog(debug_log::DebugLogArgs),
     /// Add a user to a controller and print its token (once).
     AddUser(users::AddUserArgs),
     /// Give a user access to a model.
     Grant(users::GrantArgs),
-    /// Take a user's access to a model away.
+    /// Take a level of a user's access to a model away (admin leaves write, write leaves read,
+    /// read leaves none).
     Revoke(users::GrantArgs),
     /// Store a user's token for a registered controller, after checking it.
     Login(users::LoginArgs),
@@ -274,10 +279,12 @@ pub async fn run_with(ctx: &Context, command: Command) -> Result<Output> {
         Command::Deploy(args) => applications::deploy(ctx, args).await,
         Command::AddUnit(args) => applications::add_unit(ctx, args).await,
         Command::RemoveUnit(args) => applications::remove_unit(ctx, args).await,
+        Command::RemoveApplication(args) => applications::remove_application(ctx, args).await,
         Command::Integrate(args) => applications::integrate(ctx, args).await,
         Command::RemoveRelation(args) => applications::remove_relation(ctx, args).await,
         Command::Config(args) => applications::config(ctx, args).await,
         Command::Status(args) => status::run(ctx, args).await,
+        Command::ShowStatusLog(args) => status::status_log(ctx, args).await,
         Command::DebugLog(args) => debug_log::run(ctx, args).await,
         Command::AddUser(args) => users::add_user(ctx, args).await,
         Command::Grant(args) => users::grant(ctx, args, true).await,

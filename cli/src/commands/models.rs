@@ -171,6 +171,26 @@ pub struct DestroyModelArgs {
     pub no_prompt: bool,
 }
 
+/// Unless `no_prompt`, asks `question` on the terminal and fails with `declined` unless the
+/// answer is yes; without a terminal it fails saying that `what` needs confirmation.
+pub(super) fn confirm_unless(
+    no_prompt: bool,
+    what: &str,
+    question: &str,
+    declined: &str,
+) -> Result<()> {
+    if no_prompt {
+        return Ok(());
+    }
+    if !std::io::stdin().is_terminal() {
+        bail!("{what} needs confirmation: pass -y (--no-prompt) when stdin is not a terminal");
+    }
+    if !confirm(question)? {
+        bail!("{declined}");
+    }
+    Ok(())
+}
+
 /// Asks `question` on the terminal; true for `y` or `yes`. The one place a command talks to the
 /// user before it has finished, so it writes to stderr itself.
 fn confirm(question: &str) -> Result<bool> {
@@ -195,24 +215,19 @@ pub async fn destroy_model(ctx: &Context, args: DestroyModelArgs) -> Result<Outp
         return Err(UsageError(format!("invalid model name \"{}\"", args.name)).into());
     }
     let (client, target) = ctx.connect_model(Some(&args.name), None)?;
-    if !args.no_prompt {
-        if !std::io::stdin().is_terminal() {
-            bail!(
-                "destroying model \"{target}\" needs confirmation: pass -y (--no-prompt) when stdin is not a terminal"
-            );
-        }
-        let question = format!(
+    confirm_unless(
+        args.no_prompt,
+        &format!("destroying model \"{target}\""),
+        &format!(
             "This destroys model \"{target}\" and everything in it{}. Continue?",
             if args.force {
                 ", even its machines"
             } else {
                 ""
             }
-        );
-        if !confirm(&question)? {
-            bail!("model \"{target}\" not destroyed");
-        }
-    }
+        ),
+        &format!("model \"{target}\" not destroyed"),
+    )?;
     let request = DestroyModelRequest {
         model: Some(model_ref(&target)),
         force: args.force,

@@ -1,5 +1,5 @@
 //! `ctl status [--watch DURATION [--watch-count N]]`: the model's status as the controller
-//! reports it. With `--watch` the status is redrawn every DURATION (the screen is cleared first
+//! reports it; `ctl show-status-log ENTITY`: the status history it keeps of one entity. With `--watch` the status is redrawn every DURATION (the screen is cleared first
 //! when stdout is a terminal) until interrupted or until N redraws; frames are printed as they
 //! come, so `-o FILE` receives nothing. When stdout is not a terminal `--watch-count` is
 //! required, so a script can never loop forever by accident.
@@ -9,11 +9,11 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use clap::Args;
-use starling_proto::controller::StatusRequest;
+use starling_proto::controller::{StatusLogRequest, StatusRequest};
 
 use super::{model_ref, parse_duration, Context, ModelArg};
 use crate::client::ControllerClient;
-use crate::model_views::StatusView;
+use crate::model_views::{StatusLogView, StatusView};
 use crate::render::Format;
 use crate::target::ModelTarget;
 use crate::{Output, UsageError};
@@ -96,4 +96,36 @@ pub async fn run(ctx: &Context, args: StatusArgs) -> Result<Output> {
         }
         tokio::time::sleep(interval).await;
     }
+}
+
+/// Arguments of `ctl show-status-log`.
+#[derive(Debug, Args)]
+pub struct StatusLogArgs {
+    #[command(flatten)]
+    model: ModelArg,
+    /// A unit (`web/0`), an application (`web`), a machine (`0`) or `model`.
+    pub entity: String,
+    /// Show only the last N entries (0: every kept one; the controller keeps the last
+    /// `status-history-size` of each history).
+    #[arg(short = 'n', value_name = "N", default_value_t = 0)]
+    pub limit: u32,
+}
+
+/// Runs `ctl show-status-log`: a unit's workload and agent (`juju-unit`) histories merged, or
+/// the history of an application, a machine or the model, oldest first.
+pub async fn status_log(ctx: &Context, args: StatusLogArgs) -> Result<Output> {
+    let (client, target) = ctx.connect_model(args.model.model.as_deref(), None)?;
+    let request = StatusLogRequest {
+        model: Some(model_ref(&target)),
+        entity: args.entity.clone(),
+        limit: args.limit,
+    };
+    let log = client
+        .call(|mut c| {
+            let request = request.clone();
+            async move { c.status_log(request).await }
+        })
+        .await?;
+    let view = StatusLogView::new(&log);
+    Ok(Output::stdout(view.render(ctx.format_or(Format::Tabular))?))
 }

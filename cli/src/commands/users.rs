@@ -86,15 +86,15 @@ pub struct GrantArgs {
     controller: ControllerArg,
     /// The user.
     pub user: String,
-    /// The access level.
+    /// The access level (to grant, or to take away).
     #[arg(value_enum)]
     pub access: AccessArg,
     /// The model, `[controller:]model`.
     pub model: String,
 }
 
-/// Runs `ctl grant` (`grant`) or `ctl revoke` (`!grant`). Revoking removes every access the
-/// user has to the model, whichever level is named.
+/// Runs `ctl grant` (`grant`) or `ctl revoke` (`!grant`). Revoking a level leaves the user the
+/// level below it, as `juju revoke` does: admin → write, write → read, read → none.
 pub async fn grant(ctx: &Context, args: GrantArgs, grant: bool) -> Result<Output> {
     let (controller_part, model_part) = split_model_name(&args.model);
     if model_part.is_empty() {
@@ -106,16 +106,12 @@ pub async fn grant(ctx: &Context, args: GrantArgs, grant: bool) -> Result<Output
         _ => args.model.clone(),
     };
     let (client, target) = ctx.connect_model(Some(&model), None)?;
-    let access = if grant {
-        Access::from(args.access)
-    } else {
-        Access::Unspecified
-    };
     let request = SetModelAccessRequest {
         model: Some(model_ref(&target)),
         user: args.user,
-        access: access as i32,
+        access: Access::from(args.access) as i32,
         request_id: request_id(),
+        revoke: !grant,
     };
     client
         .call(|mut c| {

@@ -417,6 +417,52 @@ impl World {
         Ok(())
     }
 
+    /// A unit's log from its current statuses (the fake keeps no history): agent, then
+    /// workload.
+    pub fn status_log(&self, r: StatusLogRequest) -> Result<StatusLogResponse, Status> {
+        let m = self.model(r.model.as_ref())?;
+        let unit = m
+            .units
+            .iter()
+            .find(|u| u.name == r.entity)
+            .ok_or_else(|| Status::not_found(format!("{} not found", r.entity)))?;
+        let entries = [
+            ("juju-unit", &unit.agent_status),
+            ("workload", &unit.workload_status),
+        ]
+        .into_iter()
+        .map(|(kind, status)| StatusLogEntry {
+            kind: kind.into(),
+            status: status.clone(),
+        })
+        .collect();
+        Ok(StatusLogResponse { entries })
+    }
+
+    pub fn remove_application(
+        &mut self,
+        r: RemoveApplicationRequest,
+    ) -> Result<Vec<String>, Status> {
+        let m = self.model_mut(r.model.as_ref())?;
+        let app = r.application;
+        if !m.applications.iter().any(|a| a.name == app) {
+            return Err(Status::not_found(format!(
+                "application \"{app}\" not found"
+            )));
+        }
+        let units = m
+            .units
+            .iter()
+            .filter(|u| u.application == app)
+            .map(|u| u.name.clone())
+            .collect();
+        m.applications.retain(|a| a.name != app);
+        m.units.retain(|u| u.application != app);
+        m.relations
+            .retain(|r| r.endpoints.iter().all(|e| e.application != app));
+        Ok(units)
+    }
+
     fn endpoint(m: &FakeModel, spec: &str, other: &str) -> Result<(String, String), Status> {
         let (app, ep) = match spec.split_once(':') {
             Some((a, e)) => (a.to_string(), e.to_string()),
@@ -630,11 +676,29 @@ impl World {
             return Err(Status::not_found(format!("user \"{}\" not found", r.user)));
         }
         let m = self.model_mut(r.model.as_ref())?;
+        let had = m
+            .model
+            .users
+            .iter()
+            .find(|u| u.name == r.user)
+            .map_or(Access::Unspecified as i32, |u| u.access);
+        let access = if r.revoke {
+            // The level below the revoked one, or what the user had if that was less.
+            if had == Access::Unspecified as i32 {
+                return Err(Status::not_found(format!(
+                    "user \"{}\" has no access to model \"{}\"",
+                    r.user, m.model.name
+                )));
+            }
+            had.min(r.access - 1)
+        } else {
+            r.access
+        };
         m.model.users.retain(|u| u.name != r.user);
-        if r.access != Access::Unspecified as i32 {
+        if access != Access::Unspecified as i32 {
             m.model.users.push(ModelUser {
                 name: r.user,
-                access: r.access,
+                access,
             });
         }
         Ok(())

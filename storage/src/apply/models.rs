@@ -93,6 +93,7 @@ pub(super) fn apply_model_op<R: StateRead + ?Sized>(
         Op::Deploy(deploy) => tx.deploy(deploy),
         Op::AddUnits(add) => tx.add_units(add),
         Op::RemoveUnits(remove) => tx.remove_units_op(remove),
+        Op::RemoveApplication(remove) => tx.remove_application(remove),
         Op::Integrate(integrate) => tx.integrate(integrate),
         Op::RemoveRelation(remove) => tx.remove_relation(remove),
         Op::SetApplicationConfig(set) => tx.set_application_config(set),
@@ -502,6 +503,33 @@ impl<R: StateRead + ?Sized> Tx<'_, '_, R> {
             units.push(unit);
         }
         let removed = self.remove_units(&model.uuid, &units)?;
+        Ok(cmd::Ok {
+            units: removed,
+            ..Default::default()
+        })
+    }
+
+    /// Removes the application, its units (their agents stop the workloads) and every
+    /// relation it is in (the other side's units see the relation depart).
+    fn remove_application(&mut self, remove: &cmd::RemoveApplication) -> Outcome {
+        let model = self.model(&remove.model_uuid)?;
+        let application = self.application(&model.uuid, &remove.application)?;
+        let units = records::read_application_units(&self.state, &model.uuid, &application.name)?;
+        let removed = self.remove_units(&model.uuid, &units)?;
+        for relation in records::read_relations(&self.state, &model.uuid)? {
+            if relation
+                .endpoints
+                .iter()
+                .any(|e| e.application == application.name)
+            {
+                self.state
+                    .delete(keys::relation_key(&model.uuid, relation.id));
+            }
+        }
+        self.state
+            .delete(keys::application_key(&model.uuid, &application.name));
+        let entity = Entity::Application(application.name.clone()).to_string();
+        self.state.delete(keys::history_key(&model.uuid, &entity));
         Ok(cmd::Ok {
             units: removed,
             ..Default::default()
@@ -1018,6 +1046,14 @@ impl<R: StateRead + ?Sized> Tx<'_, '_, R> {
         names::check_user_name(&set.user)?;
         let level = Access::try_from(set.access)
             .map_err(|_| ModelError::invalid(format!("unknown access level {}", set.access)))?;
+        if set.revoke {
+            if level == Access::Unspecified {
+                return Err(ModelError::invalid("revoke names no access level").into());
+            }
+            access::revoke_access(&mut model, &set.user, level)?;
+            self.put(keys::model_record_key(&model.uuid), &model);
+            return Ok(cmd::Ok::default());
+        }
         access::set_access(&mut model, &set.user, level)?;
         if level != Access::Unspecified && records::read_user(&self.state, &set.user)?.is_none() {
             return Err(ModelError::UserNotFound {

@@ -65,6 +65,37 @@ pub fn set_access(model: &mut Model, user: &str, access: Access) -> Result<(), M
     Ok(())
 }
 
+/// Takes `level` away from `user`, as `juju revoke` does: the user keeps the level below it
+/// if they had more (admin → write, write → read, read → none) and is unchanged if they had
+/// less. Returns the access left. Refused for the owner and for a user with no access.
+pub fn revoke_access(model: &mut Model, user: &str, level: Access) -> Result<Access, ModelError> {
+    if model.owner == user {
+        return Err(ModelError::OwnerAccess {
+            model: model.name.clone(),
+            user: user.to_owned(),
+        });
+    }
+    let current = access_of(model, user, false);
+    if current == Access::Unspecified {
+        return Err(ModelError::NoModelAccess {
+            model: model.name.clone(),
+            user: user.to_owned(),
+        });
+    }
+    let below = match level {
+        Access::Admin => Access::Write,
+        Access::Write => Access::Read,
+        Access::Read | Access::Unspecified => Access::Unspecified,
+    };
+    let left = if (current as i32) < (level as i32) {
+        current
+    } else {
+        below
+    };
+    set_access(model, user, left)?;
+    Ok(left)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -107,6 +138,48 @@ mod tests {
         assert_eq!(access_of(&m, "bob", false), Access::Unspecified);
         assert!(matches!(
             set_access(&mut m, "alice", Access::Read),
+            Err(ModelError::OwnerAccess { .. })
+        ));
+    }
+
+    #[test]
+    fn revoking_a_level_leaves_the_one_below() {
+        let mut m = model();
+        set_access(&mut m, "bob", Access::Admin).expect("grant");
+        assert_eq!(
+            revoke_access(&mut m, "bob", Access::Admin),
+            Ok(Access::Write)
+        );
+        assert_eq!(access_of(&m, "bob", false), Access::Write);
+        // Revoking more than the user has changes nothing.
+        assert_eq!(
+            revoke_access(&mut m, "bob", Access::Admin),
+            Ok(Access::Write)
+        );
+        assert_eq!(
+            revoke_access(&mut m, "bob", Access::Write),
+            Ok(Access::Read)
+        );
+        assert_eq!(
+            revoke_access(&mut m, "bob", Access::Read),
+            Ok(Access::Unspecified)
+        );
+        assert!(m.users.is_empty());
+        assert_eq!(
+            revoke_access(&mut m, "bob", Access::Read),
+            Err(ModelError::NoModelAccess {
+                model: "prod".into(),
+                user: "bob".into()
+            })
+        );
+        // Revoking read from an admin takes everything.
+        set_access(&mut m, "carol", Access::Admin).expect("grant");
+        assert_eq!(
+            revoke_access(&mut m, "carol", Access::Read),
+            Ok(Access::Unspecified)
+        );
+        assert!(matches!(
+            revoke_access(&mut m, "alice", Access::Write),
             Err(ModelError::OwnerAccess { .. })
         ));
     }

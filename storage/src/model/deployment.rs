@@ -175,6 +175,62 @@ pub fn push_status_history(history: &mut StatusHistory, status: Status, keep: us
     history.entries.drain(..excess);
 }
 
+/// What `ctl show-status-log` names and reads: the entity, and its status histories (the key
+/// under the model's history prefix) with the type each is shown as.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StatusLogSource {
+    /// The entity `ctl` named, as the model knows it.
+    pub entity: names::Entity,
+    /// (history key, type) pairs: a unit has its workload and its agent (`juju-unit`).
+    pub histories: Vec<(String, &'static str)>,
+}
+
+/// The status histories of `name` as `ctl show-status-log` takes it: a unit (`web/0`), an
+/// application (`web`), a machine (`0`) or `model`.
+pub fn status_log_source(name: &str) -> Result<StatusLogSource, ModelError> {
+    use names::Entity;
+    let entity = if name == "model" {
+        Entity::Model
+    } else if name.contains('/') {
+        let (application, number) = names::parse_unit_name(name)?;
+        Entity::Unit {
+            application: application.to_owned(),
+            number,
+        }
+    } else if name.starts_with(|c: char| c.is_ascii_digit()) {
+        Entity::Machine(names::parse_machine_id(name)?)
+    } else {
+        names::check_application_name(name)?;
+        Entity::Application(name.to_owned())
+    };
+    let key = entity.to_string();
+    let histories = match &entity {
+        Entity::Model => vec![(key, "model")],
+        Entity::Machine(_) => vec![(key, "juju-machine")],
+        Entity::Application(_) => vec![(key, "application")],
+        Entity::Unit { .. } => vec![(format!("{key}/agent"), "juju-unit"), (key, "workload")],
+    };
+    Ok(StatusLogSource { entity, histories })
+}
+
+/// The entries of several histories as one log, oldest first (ties keep the order of
+/// `histories`), the last `limit` of them (all when `limit` is 0).
+pub fn merge_status_log<'h>(
+    histories: &'h [(&'static str, StatusHistory)],
+    limit: usize,
+) -> Vec<(&'static str, &'h Status)> {
+    let mut entries: Vec<(&'static str, &Status)> = histories
+        .iter()
+        .flat_map(|(kind, h)| h.entries.iter().map(move |s| (*kind, s)))
+        .collect();
+    entries.sort_by_key(|(_, s)| s.since_unix_ms);
+    if limit > 0 {
+        let excess = entries.len().saturating_sub(limit);
+        entries.drain(..excess);
+    }
+    entries
+}
+
 /// The lowest model-log sequence number kept once the log reaches `next_seq`: records below it
 /// are evicted so at most `max_records` remain.
 pub fn log_retention_floor(next_seq: u64, max_records: u64) -> u64 {
@@ -221,6 +277,81 @@ pub fn check_model_config_entry(key: &str, value: &str) -> Result<(), ModelError
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn status_log_sources_follow_the_entity_named() {
+        let unit = status_log_source("web/3").unwrap();
+        assert_eq!(
+            unit.histories,
+            [
+                ("unit-web-3/agent".to_owned(), "juju-unit"),
+                ("unit-web-3".to_owned(), "workload")
+            ]
+        );
+        assert_eq!(
+            status_log_source("0").unwrap().histories,
+            [("machine-0".to_owned(), "juju-machine")]
+        );
+        assert_eq!(
+            status_log_source("web").unwrap().histories,
+            [("application-web".to_owned(), "application")]
+        );
+        assert_eq!(
+            status_log_source("model").unwrap().histories,
+            [("model".to_owned(), "model")]
+        );
+        for bad in ["web/x", "Web", "0x", "", "/1", "web/-1"] {
+            assert!(
+                matches!(status_log_source(bad), Err(ModelError::InvalidName { .. })),
+                "{bad:?}: {:?}",
+                status_log_source(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn status_logs_merge_oldest_first_and_keep_the_last_entries() {
+        let at = |current: &str, since: i64| Status {
+            current: current.into(),
+            message: String::new(),
+            since_unix_ms: since,
+        };
+        let histories = vec![
+            (
+                "juju-unit",
+                StatusHistory {
+                    entity: "unit-web-0/agent".into(),
+                    entries: vec![at("allocating", 1), at("executing", 3), at("idle", 5)],
+                },
+            ),
+            (
+                "workload",
+                StatusHistory {
+                    entity: "unit-web-0".into(),
+                    entries: vec![at("waiting", 1), at("active", 4)],
+                },
+            ),
+        ];
+        let log: Vec<(&str, &str)> = merge_status_log(&histories, 0)
+            .into_iter()
+            .map(|(kind, s)| (kind, s.current.as_str()))
+            .collect();
+        assert_eq!(
+            log,
+            [
+                ("juju-unit", "allocating"),
+                ("workload", "waiting"),
+                ("juju-unit", "executing"),
+                ("workload", "active"),
+                ("juju-unit", "idle")
+            ]
+        );
+        let last: Vec<&str> = merge_status_log(&histories, 2)
+            .into_iter()
+            .map(|(_, s)| s.current.as_str())
+            .collect();
+        assert_eq!(last, ["active", "idle"]);
+    }
 
     #[test]
     fn application_status_is_its_most_severe_unit() {

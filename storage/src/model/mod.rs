@@ -283,6 +283,14 @@ pub enum ModelError {
         /// The owner.
         user: String,
     },
+    /// `revoke` named a user with no access to the model.
+    #[error("user {user:?} has no access to model {model:?}")]
+    NoModelAccess {
+        /// The model's name.
+        model: String,
+        /// The user.
+        user: String,
+    },
     /// A machine agent reported about something that is not its machine or a unit on it.
     #[error("the agent of machine {machine} may not report about {entity}")]
     NotAgentEntity {
@@ -324,7 +332,8 @@ impl ModelError {
             | EndpointNotFound { .. }
             | RelationNotFound { .. }
             | BlobNotFound { .. }
-            | UserNotFound { .. } => ErrorKind::NotFound,
+            | UserNotFound { .. }
+            | NoModelAccess { .. } => ErrorKind::NotFound,
             ModelExists { .. }
             | ModelUuidExists { .. }
             | ApplicationExists { .. }
