@@ -20,7 +20,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     )?;
     // BTreeMap for every proto map: prost encodes maps in iteration order, and replicated
     // records, snapshots and model digests must be the same bytes on every node.
+    // Every service uses `codec::Codec`: prost with smaller per-call buffers (see there).
     tonic_prost_build::configure()
+        .codec_path("crate::codec::Codec")
         .btree_map(".")
         .build_server(true)
         .build_client(true)

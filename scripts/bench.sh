@@ -10,11 +10,15 @@
 #   - live migration between two 3-node controllers of models of 1,000 and 10,000 units (one
 #     simulated agent per 100 units; cluster-tests' migration_bench): total time, each phase, the
 #     write-unavailability window seen by a client writing continuously, import MB/s and
-#     records/s, and the time until every agent is on the target.
+#     records/s, and the time until every agent is on the target,
+#   - agent fan-in: N simulated agents (default 10,000), each with its own TLS connection, Watch
+#     stream and heartbeats, held by a 1-node controller (cluster-tests' agent_load): the node's
+#     RSS per agent.
 # Prints a table and ONE JSON line (prefixed "BENCH_JSON ") with the figures and ratios.
 #
 #   scripts/bench.sh [--duration SECS] [--failover-reps N] [--fsync-secs SECS] [--no-etcd] [--no-build]
 #                    [--migration-units "1000 10000"] [--no-migration] [--only-migration]
+#                    [--agents N] (0: no fan-in step)
 #
 # Only 127.0.0.1 is used; every wait and load is bounded in time; everything started is stopped.
 set -euo pipefail
@@ -30,6 +34,7 @@ use_etcd=true
 build=true
 core=true
 migration_units="1000 10000"
+agents=10000
 while (($#)); do
     case "$1" in
     --duration) duration="${2:?}"; shift 2 ;;
@@ -39,8 +44,9 @@ while (($#)); do
     --no-build) build=false; shift ;;
     --migration-units) migration_units="${2:?}"; shift 2 ;;
     --no-migration) migration_units=""; shift ;;
-    --only-migration) core=false; use_etcd=false; shift ;;
-    *) echo "usage: $0 [--duration SECS] [--failover-reps N] [--fsync-secs SECS] [--no-etcd] [--no-build] [--migration-units \"N ...\"] [--no-migration] [--only-migration]" >&2; exit 2 ;;
+    --only-migration) core=false; use_etcd=false; agents=0; shift ;;
+    --agents) agents="${2:?}"; shift 2 ;;
+    *) echo "usage: $0 [--duration SECS] [--failover-reps N] [--fsync-secs SECS] [--no-etcd] [--no-build] [--migration-units \"N ...\"] [--no-migration] [--only-migration] [--agents N]" >&2; exit 2 ;;
     esac
 done
 
@@ -51,7 +57,7 @@ if $build; then
     (cd "$repo" && cargo build --release --bins >&2)
 fi
 bin="$STARLING_BIN_DIR"
-for b in ctld ctl loadgen fsync_probe migration_bench; do need_bin "$bin/$b"; done
+for b in ctld ctl loadgen fsync_probe migration_bench agent_load; do need_bin "$bin/$b"; done
 
 persistent_work="$STARLING_WORK"
 mkdir -p "$persistent_work"
@@ -63,11 +69,13 @@ results="$bench_dir/results"
 mkdir -p "$results"
 etcd_pids=()
 cluster_started=false
+fanin_started=false
 migration_clusters=()
 
 cleanup() {
     local rc=$? pid
     if $cluster_started; then "$scripts/stop-cluster.sh" bench >/dev/null 2>&1 || true; fi
+    if $fanin_started; then "$scripts/stop-cluster.sh" fanin >/dev/null 2>&1 || true; fi
     for name in "${migration_clusters[@]+"${migration_clusters[@]}"}"; do
         "$scripts/stop-cluster.sh" "$name" >/dev/null 2>&1 || true
     done
@@ -111,6 +119,19 @@ for units in $migration_units; do
     "$scripts/stop-cluster.sh" migdst >/dev/null 2>&1 || true
     migration_clusters=()
 done
+
+# ---------------------------------------------------------------- agent fan-in
+if ((agents > 0)); then
+    step "agent fan-in: $agents agents, one TLS connection each, on a 1-node controller"
+    fanin_started=true
+    "$scripts/bootstrap-cluster.sh" fanin -n 1 >/dev/null
+    "$bin/agent_load" --registration "$(cluster_dir fanin)/registration.yaml" \
+        --agents "$agents" --connections-per-agent --ctld-pid "$(recorded_pid fanin 1)" \
+        --duration 20 | tee "$results/fanin.txt" >&2
+    { grep '^{' "$results/fanin.txt" || true; } | tail -n 1 >"$results/fanin.json"
+    "$scripts/stop-cluster.sh" fanin >/dev/null 2>&1 || true
+    fanin_started=false
+fi
 
 # ---------------------------------------------------------------- Starling
 if $core; then
@@ -289,6 +310,7 @@ e1, e256 = load("etcd-1.json"), load("etcd-256.json")
 failover_path = os.path.join(results, "failover.jsonl")
 failovers = [json.loads(l)["failover_ms"] for l in open(failover_path) if l.strip()] if os.path.exists(failover_path) else []
 migrations = {u: load(f"migration-{u}.json") for u in migration_units}
+fanin = load("fanin.json")
 ratio = lambda a, b: round(a / b, 3) if a is not None and b else None
 w = lambda r: r["writes_per_s"] if r else None
 fo_p50 = statistics.median(failovers) if failovers else None
@@ -311,6 +333,8 @@ for u, m in migrations.items():
     rows.append((f"migration {u} units: lock→active (ms)", f'{m["lock_to_active_ms"]}', f'write unavailability {m["write_unavailability_ms"]} ms (longest gap between acknowledged writes)'))
     rows.append((f"migration {u} units: import", f'{m["import_mb_per_s"]:.2f}', f'MB/s; {m["import_records_per_s"]:.0f} records/s; {m["description_bytes"]} bytes, {m["records"]} records'))
     rows.append((f"migration {u} units: agents on target (ms)", f'{m["agents_all_on_target_ms_after_success"]}', f'after SUCCESS; {m["agents_switched"]}/{m["machines"]} switched'))
+if fanin:
+    rows.append(("agent fan-in: KiB of controller RSS per agent", f'{fanin["kib_per_agent"]:.1f}', f'{fanin["connected"]}/{fanin["agents"]} agents connected over {fanin["connections"]} TLS connections, {fanin["errors"]} errors; RSS {fanin["rss_machines_kib"]} → {fanin["rss_agents_kib"]} KiB'))
 width = max(len(r[0]) for r in rows)
 print()
 print(f'{"figure":<{width}}  {"value":>8}  detail')
@@ -329,6 +353,8 @@ figures = {
     "ratio_starling_256_over_etcd_256": ratio(w(s256), w(e256)),
     "ratio_failover_p50_over_election_max": ratio(fo_p50, election_max),
     "migrations": {str(u): m for u, m in migrations.items()},
+    "fanin": fanin,
+    "fanin_kib_per_agent": fanin and fanin["kib_per_agent"],
 }
 if len(migration_units) >= 2 and all(migrations.values()):
     small, large = migration_units[0], migration_units[-1]

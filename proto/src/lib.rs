@@ -1,7 +1,9 @@
 //! Starling's wire format (gRPC services) and the durable encoding of Raft log entries,
 //! snapshots and commands. Generated from `proto/starling/*.proto`; nothing here is hand-written
-//! except this module tree.
+//! except this module tree and the services' codec (`codec`).
 #![allow(missing_docs, clippy::all, clippy::pedantic)]
+
+pub mod codec;
 
 /// Models and their entities, and the exported model description.
 pub mod model {
