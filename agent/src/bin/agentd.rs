@@ -15,7 +15,8 @@ struct Cli {
     /// The agent config file (`ctl add-machine --agent-config FILE` writes it).
     #[arg(long)]
     config: PathBuf,
-    /// Data dir (charms, unit dirs, state, undelivered reports); default: <dir of config>/machine-<id>-data.
+    /// Data dir (charms, unit dirs, state, undelivered reports); default:
+    /// <dir of config>/machine-<id>-data.
     #[arg(long)]
     data_dir: Option<PathBuf>,
     /// Log format on stderr.

@@ -1,6 +1,6 @@
 //! `ctl deploy`, `add-unit`, `remove-unit`, `remove-application`, `integrate`,
-//! `remove-relation` and `config`: the application commands of a model. Writes print nothing (as Juju's do); `config APP KEY` prints
-//! the value alone.
+//! `remove-relation` and `config`: the application commands of a model. Writes print nothing
+//! (as Juju's do); `config APP KEY` prints the value alone.
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -1,8 +1,9 @@
 //! `ctl status [--watch DURATION [--watch-count N]]`: the model's status as the controller
-//! reports it; `ctl show-status-log ENTITY`: the status history it keeps of one entity. With `--watch` the status is redrawn every DURATION (the screen is cleared first
-//! when stdout is a terminal) until interrupted or until N redraws; frames are printed as they
-//! come, so `-o FILE` receives nothing. When stdout is not a terminal `--watch-count` is
-//! required, so a script can never loop forever by accident.
+//! reports it; `ctl show-status-log ENTITY`: the status history it keeps of one entity. With
+//! `--watch` the status is redrawn every DURATION (the screen is cleared first when stdout is a
+//! terminal) until interrupted or until N redraws; frames are printed as they come, so `-o FILE`
+//! receives nothing. When stdout is not a terminal `--watch-count` is required, so a script can
+//! never loop forever by accident.
 
 use std::io::{IsTerminal, Write};
 use std::time::Duration;
