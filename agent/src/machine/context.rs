@@ -39,7 +39,7 @@ pub struct AgentContext {
     outbox: Mutex<ReportBuffer>,
     /// Woken whenever something is queued in the outbox.
     pub outbox_ready: Notify,
-    /// Woken whenever the outbox may have changed (its writer checks the generation).
+    /// Woken whenever the outbox changed (its generation moved).
     outbox_changed: Notify,
     outbox_store: OutboxStore,
     /// The outbox generation on disk; held while the file is written, so writes never race.
@@ -129,10 +129,16 @@ impl AgentContext {
         self.outbox_changed.notify_one();
     }
 
-    /// Runs `f` on the outbox.
+    /// Runs `f` on the outbox (the writer is woken only if `f` changed it).
     pub fn with_outbox<T>(&self, f: impl FnOnce(&mut ReportBuffer) -> T) -> T {
-        let result = f(&mut self.outbox.lock().expect("outbox lock"));
-        self.outbox_changed.notify_one();
+        let mut outbox = self.outbox.lock().expect("outbox lock");
+        let before = outbox.generation();
+        let result = f(&mut outbox);
+        let changed = outbox.generation() != before;
+        drop(outbox);
+        if changed {
+            self.outbox_changed.notify_one();
+        }
         result
     }
 
