@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Benchmarks a local 3-node controller against limits measured in the same run (DESIGN.md §9):
+# Benchmarks a local 3-node controller against limits measured in the same run (docs/performance.md):
 #   - the disk's single-writer fdatasync rate (cluster-tests' fsync_probe, same directory),
 #   - committed writes/s and p50/p99 latency with 1 writer and with 256 in flight (256 B values,
 #     cluster-tests' loadgen over TLS with the admin token),

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Everything a change must pass before it lands: formatting, clippy (warnings are errors), the
-# architecture invariants of DESIGN.md §2.2 checked mechanically, then scripts/test.sh.
+# architecture invariants of ARCHITECTURE.md checked mechanically, then scripts/test.sh.
 # Every step runs even when an earlier one failed; the summary names what failed.
 #
 #   scripts/check.sh [--no-test] [extra test args...]
@@ -51,8 +51,9 @@ only_dependent() {
     fi
 }
 
-# Dependency arrows only point down the table proto < storage < raft < agent; cli depends only on
-# proto; nothing depends on cluster-tests, which may depend on everything.
+# Dependency arrows only point down the table proto < storage < raft < ctld; the shared daemon
+# crate depends on proto at most, agentd on proto and the daemon crate, cli on proto; nothing
+# depends on cluster-tests, which may depend on everything.
 layering() {
     local script
     script="$(cat <<'PY'
@@ -61,7 +62,9 @@ allowed = {
     "starling-proto": set(),
     "starling-storage": {"starling-proto"},
     "starling-raft": {"starling-proto", "starling-storage"},
-    "starling-agent": {"starling-proto", "starling-storage", "starling-raft"},
+    "starling-daemon": {"starling-proto"},
+    "starling-ctld": {"starling-proto", "starling-storage", "starling-raft", "starling-daemon"},
+    "starling-agentd": {"starling-proto", "starling-daemon"},
     "starling-cli": {"starling-proto"},
 }
 meta = json.load(sys.stdin)
@@ -91,13 +94,21 @@ PY
     cargo metadata --format-version 1 --no-deps | python3 -c "$script"
 }
 
-cli_is_thin() {
+# PACKAGE's normal dependency tree (its build, not its tests) holds none of the controller's
+# storage and consensus crates.
+is_thin() {
     local out
-    out="$(cargo tree -e normal -p starling-cli --prefix none --charset ascii)" || return 1
-    if grep -E '^(sled|openraft|starling-raft|starling-storage) ' <<<"$out"; then
-        echo "starling-cli must not pull in the crates above"
+    out="$(cargo tree -e normal -p "$1" --prefix none --charset ascii)" || return 1
+    if grep -E '^(sled|openraft|starling-raft|starling-storage|starling-ctld) ' <<<"$out"; then
+        echo "$1 must not pull in the crates above"
         return 1
     fi
+}
+
+# No import cycle between the top-level modules of starling-ctld: each module's `crate::x`
+# paths (in `use` lines and inline) are its edges; a cycle is printed with its edges' files.
+ctld_modules_acyclic() {
+    python3 scripts/module_cycles.py agent/ctld/src
 }
 
 generated_code_only_in_proto() {
@@ -113,11 +124,14 @@ generated_code_only_in_proto() {
 
 step "cargo fmt --all --check" cargo fmt --all --check
 step "cargo clippy --workspace --all-targets -- -D warnings" cargo clippy --workspace --all-targets -- -D warnings
-step "cargo clippy (failpoints, planted bugs) -- -D warnings" cargo clippy --workspace --all-targets --features starling-agent/failpoints,starling-agent/planted-bugs -- -D warnings
+step "cargo clippy (failpoints, planted bugs) -- -D warnings" cargo clippy --workspace --all-targets --features starling-ctld/failpoints,starling-ctld/planted-bugs -- -D warnings
 step "only starling-storage depends on sled" only_dependent sled starling-storage
 step "only starling-raft depends on openraft" only_dependent openraft starling-raft
 step "dependency arrows point down the crate table" layering
-step "ctl does not pull in raft, storage, sled or openraft" cli_is_thin
+step "ctl does not pull in raft, storage, sled or openraft" is_thin starling-cli
+step "agentd does not pull in raft, storage, sled or openraft" is_thin starling-agentd
+step "the shared daemon crate stays small" is_thin starling-daemon
+step "no import cycles between starling-ctld's top-level modules" ctld_modules_acyclic
 step "generated code only in starling-proto" generated_code_only_in_proto
 if $run_tests; then
     step "scripts/test.sh" scripts/test.sh "$@"

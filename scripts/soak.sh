@@ -53,7 +53,7 @@ mkdir -p "$out/failures" "$out/runs"
 out="$(cd "$out" && pwd)"
 
 echo "==> building the daemons with failpoints and the chaos test"
-cargo build --workspace --bins --features starling-agent/failpoints,starling-agent/planted-bugs
+cargo build --workspace --bins --features starling-ctld/failpoints,starling-ctld/planted-bugs
 cargo nextest run -p starling-cluster-tests --test chaos --no-run
 
 random_seed() {

@@ -9,7 +9,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # The migration tests force failures with failpoints (`fail` crate, off unless FAILPOINTS is
 # set) and calibrate themselves against planted bugs (off unless STARLING_PLANTED_BUGS names
 # them); test runs build everything with both so the test build does not replace the binaries.
-features=(--features starling-agent/failpoints,starling-agent/planted-bugs)
+features=(--features starling-ctld/failpoints,starling-ctld/planted-bugs)
 echo "==> cargo build --workspace --bins ${features[*]}"
 cargo build --workspace --bins "${features[@]}"
 

@@ -16,11 +16,8 @@ use flate2::{Compression, GzBuilder};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use starling_proto::controller::CharmChunk;
+use starling_proto::limits::{BLOB_BYTES_MAX, BLOB_CHUNK_BYTES_MAX};
 
-/// The largest `data` of one `UploadCharm` chunk.
-pub const UPLOAD_CHUNK_BYTES_MAX: usize = 1024 * 1024;
-/// The largest charm archive `ctl` uploads.
-pub const ARCHIVE_BYTES_MAX: u64 = 256 * 1024 * 1024;
 /// The file every charm has at its root.
 pub const METADATA_FILE: &str = "metadata.yaml";
 
@@ -56,9 +53,9 @@ impl CharmArchive {
         let name = charm_name(&metadata)
             .with_context(|| format!("invalid {}", metadata_path.display()))?;
         let bytes = pack_dir(dir)?;
-        if bytes.len() as u64 > ARCHIVE_BYTES_MAX {
+        if bytes.len() as u64 > BLOB_BYTES_MAX {
             bail!(
-                "charm \"{}\" packs to {} bytes, more than the limit of {ARCHIVE_BYTES_MAX}",
+                "charm \"{}\" packs to {} bytes, more than the limit of {BLOB_BYTES_MAX}",
                 dir.display(),
                 bytes.len()
             );
@@ -73,14 +70,14 @@ impl CharmArchive {
 
     /// The number of `UploadCharm` chunks.
     pub fn chunk_count(&self) -> usize {
-        self.bytes.len().div_ceil(UPLOAD_CHUNK_BYTES_MAX).max(1)
+        self.bytes.len().div_ceil(BLOB_CHUNK_BYTES_MAX).max(1)
     }
 
     /// Chunk `idx` of the upload. Every chunk names the digest and total size, so a server may
     /// read them from the first one.
     pub fn chunk(&self, idx: usize) -> CharmChunk {
-        let start = (idx * UPLOAD_CHUNK_BYTES_MAX).min(self.bytes.len());
-        let end = (start + UPLOAD_CHUNK_BYTES_MAX).min(self.bytes.len());
+        let start = (idx * BLOB_CHUNK_BYTES_MAX).min(self.bytes.len());
+        let end = (start + BLOB_CHUNK_BYTES_MAX).min(self.bytes.len());
         CharmChunk {
             digest: self.digest.clone(),
             size: self.bytes.len() as u64,
@@ -280,7 +277,7 @@ mod tests {
     fn chunks_cover_the_archive_in_order() {
         let archive = CharmArchive {
             name: "x".into(),
-            bytes: (0..(2 * UPLOAD_CHUNK_BYTES_MAX + 5))
+            bytes: (0..(2 * BLOB_CHUNK_BYTES_MAX + 5))
                 .map(|i| i as u8)
                 .collect(),
             digest: "d".into(),
@@ -291,7 +288,7 @@ mod tests {
             let chunk = archive.chunk(idx);
             assert_eq!(chunk.offset as usize, joined.len());
             assert_eq!(chunk.size as usize, archive.bytes.len());
-            assert!(chunk.data.len() <= UPLOAD_CHUNK_BYTES_MAX);
+            assert!(chunk.data.len() <= BLOB_CHUNK_BYTES_MAX);
             joined.extend_from_slice(&chunk.data);
         }
         assert_eq!(joined, archive.bytes);

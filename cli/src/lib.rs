@@ -4,6 +4,7 @@
 pub mod charm;
 pub mod client;
 pub mod commands;
+pub mod format;
 pub mod migration_view;
 pub mod model_views;
 pub mod render;

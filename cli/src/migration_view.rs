@@ -7,29 +7,33 @@ use std::time::Duration;
 
 use starling_proto::controller::MigrationInfo;
 use starling_proto::migration::PhaseChange;
+use starling_proto::phase::Phase;
 
+use crate::format::{format_duration, human_bytes};
+
+// The phase names as `ctl` matches them; `Phase` spells them.
 /// The record before the lock: prechecks run.
-pub const PRECHECK: &str = "PRECHECK";
+pub const PRECHECK: &str = Phase::Precheck.as_str();
 /// The model is locked; its agents are asked to stop mutating and acknowledge.
-pub const QUIESCE: &str = "QUIESCE";
+pub const QUIESCE: &str = Phase::Quiesce.as_str();
 /// The model is streamed to the target, which imports it (invisible, read-only).
-pub const IMPORT: &str = "IMPORT";
+pub const IMPORT: &str = Phase::Import.as_str();
 /// Digests are compared; every agent proves it can log in to the target.
-pub const VALIDATION: &str = "VALIDATION";
+pub const VALIDATION: &str = Phase::Validation.as_str();
 /// The point of no return: the model is a redirect on the source; the target activates it.
-pub const SUCCESS: &str = "SUCCESS";
+pub const SUCCESS: &str = Phase::Success.as_str();
 /// The model's log is copied to the target.
-pub const LOGTRANSFER: &str = "LOGTRANSFER";
+pub const LOGTRANSFER: &str = Phase::LogTransfer.as_str();
 /// The source deletes its copy of the model, keeping the redirect.
-pub const REAP: &str = "REAP";
+pub const REAP: &str = Phase::Reap.as_str();
 /// Terminal: the model lives on the target.
-pub const DONE: &str = "DONE";
+pub const DONE: &str = Phase::Done.as_str();
 /// The target is told to drop its import; then the model is unlocked.
-pub const ABORT: &str = "ABORT";
+pub const ABORT: &str = Phase::Abort.as_str();
 /// Terminal: the model is on the source, unlocked, exactly as before.
-pub const ABORTDONE: &str = "ABORTDONE";
+pub const ABORTDONE: &str = Phase::AbortDone.as_str();
 /// Terminal: the model lives on the target; the source's copy was not all deleted.
-pub const REAPFAILED: &str = "REAPFAILED";
+pub const REAPFAILED: &str = Phase::ReapFailed.as_str();
 
 /// How often `ctl migrate --wait` asks for the migration's status.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(500);
@@ -40,20 +44,17 @@ const PHASE_WIDTH: usize = 12;
 
 /// Whether `phase` ends the migration.
 pub fn is_terminal(phase: &str) -> bool {
-    matches!(phase, DONE | ABORTDONE | REAPFAILED)
+    Phase::parse(phase).is_some_and(Phase::is_terminal)
 }
 
 /// Whether `phase` is at or after SUCCESS, where a migration can no longer be aborted.
 pub fn is_committed(phase: &str) -> bool {
-    matches!(phase, SUCCESS | LOGTRANSFER | REAP | DONE | REAPFAILED)
+    Phase::parse(phase).is_some_and(Phase::is_committed)
 }
 
 /// Whether `phase` is a phase of a migration that has not ended yet.
 pub fn is_in_progress(phase: &str) -> bool {
-    matches!(
-        phase,
-        PRECHECK | QUIESCE | IMPORT | VALIDATION | SUCCESS | LOGTRANSFER | REAP | ABORT
-    )
+    Phase::parse(phase).is_some_and(Phase::is_in_progress)
 }
 
 /// The phase of a model's migration summary (`ModelInfo.migration`): `IMPORT` for `IMPORT`,
@@ -96,20 +97,6 @@ pub fn phase_line(change: &PhaseChange) -> String {
         width = PHASE_WIDTH
     );
     line.trim_end().to_string()
-}
-
-/// `n` bytes for people: `512 B`, `1.2 kB`, `3.4 MB`, `1.0 GB` (powers of 1000).
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [(u64, &str); 3] = [(1_000_000_000, "GB"), (1_000_000, "MB"), (1_000, "kB")];
-    for (size, unit) in UNITS {
-        if n >= size {
-            // Precision is not the point here; f64 holds any size shown.
-            #[allow(clippy::cast_precision_loss)]
-            let value = n as f64 / size as f64;
-            return format!("{value:.1} {unit}");
-        }
-    }
-    format!("{n} B")
 }
 
 /// What a phase does while it waits, when the controller does not say.
@@ -317,23 +304,6 @@ pub fn reap_failed_warning(info: &MigrationInfo, source: &str) -> String {
     }
     text.push_str("; the model itself is fine, only the source's cleanup is left\n");
     text
-}
-
-/// `d` as `--timeout` spells it: `90s`, `10m`, `1h`, `1h30m`.
-pub fn format_duration(d: Duration) -> String {
-    let secs = d.as_secs();
-    let (h, m, s) = (secs / 3600, secs / 60 % 60, secs % 60);
-    let mut out = String::new();
-    if h > 0 {
-        out.push_str(&format!("{h}h"));
-    }
-    if m > 0 {
-        out.push_str(&format!("{m}m"));
-    }
-    if s > 0 || out.is_empty() {
-        out.push_str(&format!("{s}s"));
-    }
-    out
 }
 
 /// The error when `--wait` gives up after `waited`. `phase` is the last phase seen (`None`: no
@@ -580,22 +550,6 @@ mod tests {
         assert_eq!(progress_line(&i).unwrap(), "  importing model: 999 B sent");
         i.phase = DONE.into();
         assert_eq!(progress_line(&i), None);
-    }
-
-    #[test]
-    fn sizes() {
-        assert_eq!(human_bytes(0), "0 B");
-        assert_eq!(human_bytes(1_234), "1.2 kB");
-        assert_eq!(human_bytes(3_400_000), "3.4 MB");
-        assert_eq!(human_bytes(2_000_000_000), "2.0 GB");
-    }
-
-    #[test]
-    fn durations() {
-        assert_eq!(format_duration(Duration::from_secs(90)), "1m30s");
-        assert_eq!(format_duration(Duration::from_secs(1800)), "30m");
-        assert_eq!(format_duration(Duration::from_secs(3600)), "1h");
-        assert_eq!(format_duration(Duration::ZERO), "0s");
     }
 
     #[test]

@@ -29,7 +29,7 @@ pub const POLL: Duration = Duration::from_millis(100);
 /// Sweeps of the drop guard (a shell may fork between a scan and a kill).
 const SWEEP_ROUNDS_MAX: usize = 50;
 /// `RUST_LOG` of the agents: status reports are logged at debug.
-pub const AGENT_LOG: &str = "info,starling_agent::machine::context=debug";
+pub const AGENT_LOG: &str = "info,starling_agentd::context=debug";
 
 /// Polls `probe` until it returns `Ok` or `CONDITION_WAIT` passes; an `Err` means "not yet"
 /// and the last one is reported on timeout.

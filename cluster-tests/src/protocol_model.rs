@@ -1,4 +1,4 @@
-//! A stateright model of the migration protocol (DESIGN.md §5, `docs/migration.md`): one model
+//! A stateright model of the migration protocol (`docs/migration.md`): one model
 //! moves from a source controller to a target controller, over an unordered network that loses
 //! and duplicates messages, while either controller's leader may crash and timers fire early.
 //! The checker explores every interleaving within a fault budget and checks the safety rules

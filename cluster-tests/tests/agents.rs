@@ -10,7 +10,7 @@
 //! (its workloads are adopted, not duplicated); the agents are stopped with SIGTERM and leave
 //! their workloads running.
 //!
-//! Everything is driven through `ctl` where the contract (DESIGN.md §6) says what it prints, and
+//! Everything is driven through `ctl` where the contract (docs/ctl.md) says what it prints, and
 //! through the `Controller` gRPC API where a check needs a status' `since` or a log record's
 //! time. Every agent and every workload process group the test caused is killed on drop, by
 //! pid, even when the test fails.

@@ -6,7 +6,7 @@
 //! Every test prints its seed and the command replaying it; a failing run is saved under
 //! `target/chaos-failures/` (or `$STARLING_CHAOS_OUT`). `soak_random` is ignored here and run
 //! by `scripts/soak.sh`. The daemons must be built with failpoints:
-//! `cargo build --workspace --bins --features starling-agent/failpoints`.
+//! `cargo build --workspace --bins --features starling-ctld/failpoints`.
 
 use std::time::Duration;
 

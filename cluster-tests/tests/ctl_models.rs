@@ -1,7 +1,7 @@
 //! The real `ctl` binary against a real 3-node controller (issue "Models"): every model command,
 //! every output format of the listing and status commands (insta snapshots with uuids, times,
 //! ports, digests, tokens and Raft counters redacted, plus explicit checks of the JSON contract of
-//! DESIGN.md §6), errors and exit codes, a read-only user's refused writes, and the same model
+//! docs/ctl.md), errors and exit codes, a read-only user's refused writes, and the same model
 //! state on every node after the leader is SIGKILLed.
 //!
 //! One controller is shared by the phases of one test (named with `info!("--- ...")`), so the
@@ -362,7 +362,7 @@ fn register(f: &Fixture) -> Result<()> {
         &[],
     );
     assert_eq!(ctl.ok(&["switch"]), "alpha:admin/controller\n");
-    // Every controller has a model named `controller` (DESIGN.md §1); the bootstrap nodes
+    // Every controller has a model named `controller` (docs/concepts.md); the bootstrap nodes
     // create it once the group has a leader, so wait for it rather than race it.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     loop {

@@ -17,7 +17,7 @@
 //! - `leader_kills_in_every_phase_end_with_one_owner`: the source leader SIGKILLed in each
 //!   phase, the target leader during IMPORT and after SUCCESS.
 //!
-//! The failpoint tests need `ctld` built with `--features starling-agent/failpoints`, as
+//! The failpoint tests need `ctld` built with `--features starling-ctld/failpoints`, as
 //! `scripts/test.sh` builds it.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -78,7 +78,7 @@ fn require_test_features(ctld: &Path) -> Result<()> {
     ensure!(
         version.contains("+failpoints") && version.contains("+planted-bugs"),
         "{} is `{}`, without the test features: build it with `cargo build --workspace --bins \
-         --features starling-agent/failpoints,starling-agent/planted-bugs` (scripts/test.sh does)",
+         --features starling-ctld/failpoints,starling-ctld/planted-bugs` (scripts/test.sh does)",
         ctld.display(),
         version.trim()
     );
@@ -1341,7 +1341,7 @@ fn leader_kills(world: &mut World) -> Result<()> {
 
 // ---------------------------------------------------------------- calibration
 //
-// Each planted bug (`--features starling-agent/planted-bugs`, armed by STARLING_PLANTED_BUGS)
+// Each planted bug (`--features starling-ctld/planted-bugs`, armed by STARLING_PLANTED_BUGS)
 // must be caught by the checks the tests above make. Every check here is one the real tests
 // rely on; the bug is what makes it fail.
 

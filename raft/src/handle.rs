@@ -47,7 +47,7 @@ impl Default for RaftTiming {
             // 150 ms, not 100: openraft 0.9 cuts an AppendEntries off after one heartbeat period,
             // and a follower's fsync can stall for tens of milliseconds behind a large batch.
             heartbeat_ms: 150,
-            // 5-10x the heartbeat (DESIGN.md §3). Failover takes about the max: the watchdog
+            // 5-10x the heartbeat (docs/concepts.md). Failover takes about the max: the watchdog
             // campaigns when the leader lease (= max) expires.
             election_timeout_min_ms: 750,
             election_timeout_max_ms: 1500,

@@ -10,6 +10,7 @@
 //! the log (consistent across keys) and every node writes the same archive bytes; a restore is one
 //! atomic write set.
 
+use starling_proto::limits::{BLOB_BYTES_MAX, BLOB_CHUNK_BYTES_MAX};
 use std::cmp::Ordering;
 use std::collections::BTreeSet;
 
@@ -31,10 +32,6 @@ use crate::{StorageError, WriteSet};
 pub const MAGIC: &[u8] = b"STARLINGBACKUP\0";
 /// The archive layout this build writes and reads.
 pub const ARCHIVE_FORMAT_VERSION: u32 = 1;
-/// Largest archive (the largest blob the controller keeps).
-pub const ARCHIVE_BYTES_MAX: u64 = 256 * 1024 * 1024;
-/// The chunk size of a stored archive blob.
-const ARCHIVE_CHUNK_BYTES: usize = 1024 * 1024;
 /// Longest backup id.
 const BACKUP_ID_CHARS_MAX: usize = 128;
 /// The key prefixes a backup holds and a restore writes.
@@ -334,19 +331,19 @@ fn create_backup<R: StateRead + ?Sized>(
         metadata: Some(metadata.clone()),
         content,
     });
-    if archive.len() as u64 > ARCHIVE_BYTES_MAX {
+    if archive.len() as u64 > BLOB_BYTES_MAX {
         return refused(
             Code::FailedPrecondition,
             format!(
-                "the backup would be {} bytes, more than the {ARCHIVE_BYTES_MAX} a controller keeps",
+                "the backup would be {} bytes, more than the {BLOB_BYTES_MAX} a controller keeps",
                 archive.len()
             ),
         );
     }
     let digest = sha256_hex(&archive);
     let mut chunk_offsets = Vec::new();
-    for (idx, chunk) in archive.chunks(ARCHIVE_CHUNK_BYTES).enumerate() {
-        let offset = (idx * ARCHIVE_CHUNK_BYTES) as u64;
+    for (idx, chunk) in archive.chunks(BLOB_CHUNK_BYTES_MAX).enumerate() {
+        let offset = (idx * BLOB_CHUNK_BYTES_MAX) as u64;
         chunk_offsets.push(offset);
         state.put(keys::blob_data_key(&digest, offset), chunk.to_vec());
     }

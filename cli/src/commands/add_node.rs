@@ -11,7 +11,8 @@ use clap::Args;
 use serde::Serialize;
 use starling_proto::controller::AddNodeRequest;
 
-use super::{parse_duration, Context, ControllerArg};
+use super::{Context, ControllerArg};
+use crate::format::parse_duration;
 use crate::render::{structured, Format};
 use crate::Output;
 

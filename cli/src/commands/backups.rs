@@ -4,7 +4,7 @@
 //!
 //! The archive checks mirror `storage::backup` (this crate does not depend on the storage crate).
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -17,11 +17,12 @@ use starling_proto::controller::{
     BackupInfo, CharmChunk, CreateBackupRequest, DownloadBackupRequest, ListBackupsRequest,
     RestoreBackupRequest, ShowControllerRequest,
 };
+use starling_proto::limits::BLOB_CHUNK_BYTES_MAX;
 use starling_proto::model::{BackupArchive, BackupMetadata};
 
 use super::{Context, ControllerArg};
 use crate::client::ControllerClient;
-use crate::model_views::rfc3339;
+use crate::format::rfc3339;
 use crate::render::{structured, table, Format};
 use crate::{Output, UsageError};
 
@@ -29,8 +30,6 @@ use crate::{Output, UsageError};
 pub const MAGIC: &[u8] = b"STARLINGBACKUP\0";
 /// The archive layout this build reads (`storage::backup::ARCHIVE_FORMAT_VERSION`).
 pub const ARCHIVE_FORMAT_VERSION: u32 = 1;
-/// Upload chunk size.
-const CHUNK_BYTES: usize = 1024 * 1024;
 
 /// Picks the controller of a backup command: `-c NAME`, or `-m NAME:controller` (the controller
 /// model, as Juju spells it).
@@ -219,35 +218,35 @@ pub fn check_version(metadata: &BackupMetadata, controller_version: &str) -> Res
     Ok(())
 }
 
-/// Progress on stderr when it is a terminal; nothing otherwise (the summary line says it all).
+/// A byte progress bar on stderr when it is a terminal (`indicatif` hides it otherwise: the
+/// summary line says it all).
 struct Progress {
-    tty: bool,
-    what: &'static str,
+    bar: indicatif::ProgressBar,
 }
 
 impl Progress {
     fn new(what: &'static str) -> Self {
-        Self {
-            tty: std::io::stderr().is_terminal(),
-            what,
-        }
+        let bar = indicatif::ProgressBar::hidden();
+        bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{msg} [{bar:30}] {binary_bytes}/{binary_total_bytes}",
+            )
+            .expect("a valid progress template")
+            .progress_chars("#>-"),
+        );
+        bar.set_message(what);
+        Self { bar }
     }
 
     fn update(&self, done: u64, total: u64) {
-        if !self.tty || total == 0 {
+        if total == 0 {
             return;
         }
-        let width = 30u64;
-        let filled = (done.min(total) * width / total) as usize;
-        let _ = write!(
-            std::io::stderr(),
-            "\r{} [{}{}] {done}/{total} bytes",
-            self.what,
-            "#".repeat(filled),
-            " ".repeat(width as usize - filled)
-        );
+        self.bar.set_length(total);
+        self.bar.set_position(done.min(total));
         if done >= total {
-            let _ = writeln!(std::io::stderr());
+            self.bar.finish();
         }
     }
 }
@@ -431,10 +430,10 @@ pub async fn restore_backup(ctx: &Context, args: RestoreBackupArgs) -> Result<Ou
             let digest = digest.clone();
             let progress = progress.clone();
             async move {
-                let n_chunks = bytes.len().div_ceil(CHUNK_BYTES);
+                let n_chunks = bytes.len().div_ceil(BLOB_CHUNK_BYTES_MAX);
                 let chunks = (0..n_chunks).map(move |idx| {
-                    let start = idx * CHUNK_BYTES;
-                    let end = (start + CHUNK_BYTES).min(bytes.len());
+                    let start = idx * BLOB_CHUNK_BYTES_MAX;
+                    let end = (start + BLOB_CHUNK_BYTES_MAX).min(bytes.len());
                     progress.update(end as u64, size);
                     CharmChunk {
                         digest: digest.clone(),

@@ -1,5 +1,5 @@
 //! `ctl migrate MODEL TARGET` and `ctl abort-migration MODEL`: live model migration between two
-//! controllers (DESIGN.md §5 and §6, docs/migration.md). The source controller runs the
+//! controllers (docs/migration.md, docs/ctl.md). The source controller runs the
 //! migration; `ctl` hands it the target's endpoints, CA and token from the client store. With
 //! `--wait` it polls the migration's status and prints each phase change as it comes (like
 //! `status --watch`, so `-o FILE` receives nothing), until the migration ends or `--timeout`.
@@ -16,13 +16,14 @@ use starling_proto::controller::{
 use starling_proto::migration::TargetController;
 use tonic::Code;
 
-use super::{model_ref, parse_duration, Context};
+use super::{model_ref, Context};
 use crate::client::{is_transient, CallError, ControllerClient};
+use crate::format::parse_duration;
+use crate::format::short_for_user;
 use crate::migration_view::{
     aborted_message, is_committed, outcome, reap_failed_warning, timeout_message, Follow, Line,
     Outcome, ABORT, POLL_INTERVAL, PRECHECK, QUIESCE,
 };
-use crate::model_views::short_for_user;
 use crate::store::StoreState;
 use crate::target::{split_model_name, ModelTarget};
 use crate::{DetailedError, Output, UsageError};
@@ -243,7 +244,8 @@ pub async fn migrate(ctx: &Context, args: MigrateArgs) -> Result<Output> {
     }
 
     let tty = std::io::stdout().is_terminal();
-    let mut printer = Printer::new(std::io::stdout(), tty);
+    let bar = progress_bar(indicatif::ProgressDrawTarget::stdout());
+    let mut printer = Printer::new(std::io::stdout(), tty, bar);
     printer.text(&started)?;
     let (poller, _) = ctx.connect_model(Some(&model), Some(POLL_CALL_TIMEOUT))?;
     let timeout = args.timeout.unwrap_or(WAIT_DEFAULT);
@@ -368,22 +370,33 @@ fn is_not_found(error: &anyhow::Error) -> bool {
 }
 
 /// Prints followed lines as they come. Phase lines are lines; on a terminal the progress line is
-/// redrawn in place (and erased before the next phase line), elsewhere it is a line too. A
-/// closed pipe stops the printing, not the following.
+/// an `indicatif` bar redrawn in place (cleared while a phase line is printed and at the end),
+/// elsewhere it is a line too. A closed pipe stops the printing, not the following.
 pub struct Printer<W: Write> {
     out: W,
     tty: bool,
-    progress_drawn: bool,
+    bar: indicatif::ProgressBar,
     closed: bool,
 }
 
+/// The progress bar of `migrate --wait` on stdout: only its message, the current activity.
+pub fn progress_bar(target: indicatif::ProgressDrawTarget) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::with_draw_target(None, target);
+    bar.set_style(indicatif::ProgressStyle::with_template("{msg}").expect("a valid template"));
+    bar
+}
+
 impl<W: Write> Printer<W> {
-    /// A printer to `out`, a terminal when `tty`.
-    pub fn new(out: W, tty: bool) -> Self {
+    /// A printer to `out`; on a terminal (`tty`) progress goes to `bar`, else it is hidden and
+    /// progress lines are printed as lines.
+    pub fn new(out: W, tty: bool, bar: indicatif::ProgressBar) -> Self {
+        if !tty {
+            bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+        }
         Self {
             out,
             tty,
-            progress_drawn: false,
+            bar,
             closed: false,
         }
     }
@@ -411,19 +424,10 @@ impl<W: Write> Printer<W> {
         }
     }
 
-    /// Erases the progress line, if one is drawn.
-    fn erase(&mut self) -> Result<()> {
-        if self.progress_drawn {
-            self.progress_drawn = false;
-            self.write("\r\x1b[2K")?;
-        }
-        Ok(())
-    }
-
-    /// Prints whole lines of `text`.
+    /// Prints whole lines of `text`, above the progress bar.
     pub fn text(&mut self, text: &str) -> Result<()> {
-        self.erase()?;
-        self.write(text)
+        let bar = self.bar.clone();
+        bar.suspend(|| self.write(text))
     }
 
     /// Prints `line`.
@@ -432,17 +436,17 @@ impl<W: Write> Printer<W> {
             Line::Phase(text) => self.text(&format!("{text}\n")),
             Line::Progress(text) if self.tty => {
                 let cut: String = text.chars().take(TTY_PROGRESS_CHARS).collect();
-                self.write(&format!("\r\x1b[2K{cut}"))?;
-                self.progress_drawn = true;
+                self.bar.set_message(cut);
                 Ok(())
             }
             Line::Progress(text) => self.write(&format!("{text}\n")),
         }
     }
 
-    /// Leaves the output at the start of a fresh line.
+    /// Clears the progress bar: the output ends with the last whole line.
     pub fn finish(&mut self) -> Result<()> {
-        self.erase()
+        self.bar.finish_and_clear();
+        Ok(())
     }
 }
 
@@ -595,21 +599,30 @@ mod tests {
 
     #[test]
     fn a_terminal_gets_one_redrawn_progress_line() {
-        let mut p = Printer::new(Vec::new(), true);
+        let term = indicatif::InMemoryTerm::new(10, 120);
+        let target = indicatif::ProgressDrawTarget::term_like_with_hz(Box::new(term.clone()), 200);
+        let bar = progress_bar(target);
+        let mut p = Printer::new(Vec::new(), true, bar);
         p.text("Migration started with ID \"m:1\"\n").unwrap();
         p.line(&Line::Progress("  a".into())).unwrap();
+        assert_eq!(term.contents(), "  a");
         p.line(&Line::Progress("  b".repeat(50))).unwrap();
+        // One line, redrawn in place and cut short.
+        let cut: String = "  b".repeat(50).chars().take(TTY_PROGRESS_CHARS).collect();
+        assert_eq!(term.contents(), cut.trim_end());
         p.line(&Line::Phase("IMPORT       x".into())).unwrap();
         p.finish().unwrap();
-        let out = String::from_utf8(p.into_inner()).unwrap();
-        let cut: String = "  b".repeat(50).chars().take(TTY_PROGRESS_CHARS).collect();
+        // Cleared at the end; the lines themselves never contain the progress.
+        assert_eq!(term.contents(), "");
         assert_eq!(
-            out,
-            format!(
-                "Migration started with ID \"m:1\"\n\r\x1b[2K  a\r\x1b[2K{cut}\r\x1b[2KIMPORT       x\n"
-            )
+            String::from_utf8(p.into_inner()).unwrap(),
+            "Migration started with ID \"m:1\"\nIMPORT       x\n"
         );
-        let mut p = Printer::new(Vec::new(), false);
+        let mut p = Printer::new(
+            Vec::new(),
+            false,
+            progress_bar(indicatif::ProgressDrawTarget::hidden()),
+        );
         p.line(&Line::Progress("  a".into())).unwrap();
         p.line(&Line::Phase("DONE".into())).unwrap();
         p.finish().unwrap();

@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use std::collections::BTreeMap;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 use starling_proto::controller::ModelRef;
 
@@ -232,24 +232,6 @@ impl Context {
     }
 }
 
-/// Parses a duration such as `90`, `90s`, `5m` or `1h`.
-pub fn parse_duration(text: &str) -> Result<Duration> {
-    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
-        Some(idx) => text.split_at(idx),
-        None => (text, "s"),
-    };
-    let n: u64 = number
-        .parse()
-        .map_err(|_| anyhow::anyhow!("invalid duration \"{text}\""))?;
-    let secs = match unit {
-        "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        _ => bail!("invalid duration \"{text}\": use e.g. 30s, 5m or 1h"),
-    };
-    Ok(Duration::from_secs(secs))
-}
-
 /// Runs the parsed command line in this process's environment.
 pub async fn run(cli: Cli) -> Result<Output> {
     let ctx = Context::from_process(cli.format)?;
@@ -306,13 +288,5 @@ mod tests {
     #[test]
     fn cli_definition_is_consistent() {
         Cli::command().debug_assert();
-    }
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("90").unwrap(), Duration::from_secs(90));
-        assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
-        assert!(parse_duration("5x").is_err());
-        assert!(parse_duration("").is_err());
     }
 }

@@ -12,8 +12,9 @@ use anyhow::{Context as _, Result};
 use clap::Args;
 use starling_proto::controller::{StatusLogRequest, StatusRequest};
 
-use super::{model_ref, parse_duration, Context, ModelArg};
+use super::{model_ref, Context, ModelArg};
 use crate::client::ControllerClient;
+use crate::format::parse_duration;
 use crate::model_views::{StatusLogView, StatusView};
 use crate::render::Format;
 use crate::target::ModelTarget;

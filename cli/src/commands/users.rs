@@ -9,7 +9,8 @@ use starling_proto::model::Access;
 
 use super::{model_ref, request_id, Context, ControllerArg};
 use crate::client::{ConnectionInfo, ControllerClient};
-use crate::model_views::{short_for_user, WhoAmIView};
+use crate::format::short_for_user;
+use crate::model_views::WhoAmIView;
 use crate::render::Format;
 use crate::store::AccountDetails;
 use crate::target::{resolve_controller, resolve_model, split_model_name};

@@ -18,20 +18,28 @@ pub fn access_of(model: &Model, user: &str, superuser: bool) -> Access {
         .map_or(Access::Unspecified, ModelUser::access)
 }
 
-/// Refuses unless `user` has at least `needed` access to `model`.
+/// Refuses unless `user` has at least `needed` access to `model`; `what` names what the user
+/// asked to do, for the refusal ("deploy", "read its log").
 pub fn require_access(
     model: &Model,
     user: &str,
     superuser: bool,
     needed: Access,
+    what: &str,
 ) -> Result<(), ModelError> {
-    if access_of(model, user, superuser) as i32 >= needed as i32 {
+    let has = access_of(model, user, superuser);
+    if has as i32 >= needed as i32 {
         return Ok(());
     }
     Err(ModelError::PermissionDenied {
         user: user.to_owned(),
         model: model.name.clone(),
+        has: match has {
+            Access::Unspecified => "no",
+            held => access_name(held),
+        },
         needed: access_name(needed),
+        what: what.to_owned(),
     })
 }
 
@@ -115,14 +123,19 @@ mod tests {
         assert_eq!(access_of(&m, "bob", false), Access::Unspecified);
         assert_eq!(access_of(&m, "root", true), Access::Admin);
         set_access(&mut m, "bob", Access::Write).expect("grant");
-        require_access(&m, "bob", false, Access::Read).expect("write ≥ read");
-        require_access(&m, "bob", false, Access::Write).expect("write");
-        let err = require_access(&m, "bob", false, Access::Admin).expect_err("not admin");
+        require_access(&m, "bob", false, Access::Read, "read it").expect("write ≥ read");
+        require_access(&m, "bob", false, Access::Write, "deploy").expect("write");
+        let err =
+            require_access(&m, "bob", false, Access::Admin, "destroy it").expect_err("not admin");
         assert_eq!(
             err.to_string(),
-            "user \"bob\" needs admin access to model \"prod\""
+            "user \"bob\" has write access to model \"prod\" and may not destroy it (admin access needed)"
         );
-        assert!(require_access(&m, "carol", false, Access::Read).is_err());
+        let err = require_access(&m, "carol", false, Access::Read, "read it").expect_err("none");
+        assert_eq!(
+            err.to_string(),
+            "user \"carol\" has no access to model \"prod\" and may not read it (read access needed)"
+        );
     }
 
     #[test]

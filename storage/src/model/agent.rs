@@ -1,7 +1,10 @@
 //! Pure rules for machine agents: which entities an agent may report about, which of its
 //! numbered reports are still to apply, and how its presence reads as an agent status.
+//! (What each machine should run is `desired`.)
 
 use std::collections::BTreeMap;
+
+use starling_proto::model::Status;
 
 use super::names::Entity;
 
@@ -65,6 +68,24 @@ pub fn presence_status(
         "down"
     } else {
         "lost"
+    }
+}
+
+/// A machine's agent status as `status` shows it: the presence-derived value, with the message
+/// the agent last stored (if any). `since` is the last heartbeat when there was one.
+pub fn machine_agent_status(
+    stored: Option<&Status>,
+    last_seen_unix_ms: Option<i64>,
+    now_unix_ms: i64,
+    interval: std::time::Duration,
+) -> Status {
+    let interval_ms = u64::try_from(interval.as_millis()).unwrap_or(u64::MAX);
+    Status {
+        current: presence_status(last_seen_unix_ms, now_unix_ms, interval_ms).to_owned(),
+        message: stored.map(|s| s.message.clone()).unwrap_or_default(),
+        since_unix_ms: last_seen_unix_ms
+            .or_else(|| stored.map(|s| s.since_unix_ms))
+            .unwrap_or(0),
     }
 }
 
@@ -134,5 +155,37 @@ mod tests {
         assert_eq!(presence_status(Some(now - 10_001), now, interval), "lost");
         // A clock behind the recorder's reads as just seen.
         assert_eq!(presence_status(Some(now + 5000), now, interval), "started");
+    }
+
+    #[test]
+    fn machine_status_keeps_the_stored_message() {
+        let stored = starling_proto::model::Status {
+            current: "pending".into(),
+            message: "installing".into(),
+            since_unix_ms: 5,
+        };
+        let interval = std::time::Duration::from_millis(200);
+        let status = machine_agent_status(Some(&stored), Some(1000), 1100, interval);
+        assert_eq!(
+            (
+                status.current.as_str(),
+                status.message.as_str(),
+                status.since_unix_ms
+            ),
+            ("started", "installing", 1000)
+        );
+        assert_eq!(
+            machine_agent_status(Some(&stored), Some(1000), 1000 + 601, interval).current,
+            "down"
+        );
+        assert_eq!(
+            machine_agent_status(Some(&stored), Some(1000), 1000 + 2001, interval).current,
+            "lost"
+        );
+        let never = machine_agent_status(Some(&stored), None, 1000, interval);
+        assert_eq!(
+            (never.current.as_str(), never.since_unix_ms),
+            ("pending", 5)
+        );
     }
 }

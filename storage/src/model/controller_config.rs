@@ -108,6 +108,23 @@ pub const KNOWN_KEYS: &[KeySpec] = &[
     },
 ];
 
+/// The key of the agents' heartbeat period.
+pub const AGENT_HEARTBEAT_INTERVAL: &str = "agent-heartbeat-interval";
+
+/// The duration `key` has in `config` (stored values over defaults, as `effective_config`
+/// makes), else the key's default; `None` for a key that is not a known duration.
+pub fn duration(config: &BTreeMap<String, String>, key: &str) -> Option<Duration> {
+    config
+        .get(key)
+        .and_then(|v| parse_duration(v))
+        .or_else(|| known_key(key).and_then(|spec| parse_duration(spec.default)))
+}
+
+/// The agents' heartbeat period in `config`.
+pub fn agent_heartbeat_interval(config: &BTreeMap<String, String>) -> Duration {
+    duration(config, AGENT_HEARTBEAT_INTERVAL).expect("the heartbeat default is a valid duration")
+}
+
 /// The spec of a known key.
 pub fn known_key(key: &str) -> Option<&'static KeySpec> {
     KNOWN_KEYS.iter().find(|spec| spec.key == key)
@@ -236,33 +253,13 @@ fn check_custom_key(key: &str, name: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Parses `<digits><unit>` repeated, units `ms`, `s`, `m`, `h` (e.g. `1m30s`). `None` if
-/// malformed, zero or overflowing.
+/// Parses a duration as `humantime` spells it (`500ms`, `10s`, `1m30s`, `1h 30m`). `None` if
+/// malformed, zero or overflowing. Every node parses a stored value with this one function, so
+/// they all read the same duration.
 pub fn parse_duration(text: &str) -> Option<Duration> {
-    let mut rest = text;
-    let mut total = Duration::ZERO;
-    if rest.is_empty() {
-        return None;
-    }
-    while !rest.is_empty() {
-        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
-        if digits == 0 {
-            return None;
-        }
-        let number: u64 = rest[..digits].parse().ok()?;
-        rest = &rest[digits..];
-        let unit_len = rest.bytes().take_while(u8::is_ascii_alphabetic).count();
-        let part = match &rest[..unit_len] {
-            "ms" => Duration::from_millis(number),
-            "s" => Duration::from_secs(number),
-            "m" => Duration::from_secs(number.checked_mul(60)?),
-            "h" => Duration::from_secs(number.checked_mul(3600)?),
-            _ => return None,
-        };
-        rest = &rest[unit_len..];
-        total = total.checked_add(part)?;
-    }
-    (!total.is_zero()).then_some(total)
+    humantime::parse_duration(text)
+        .ok()
+        .filter(|d| !d.is_zero())
 }
 
 #[cfg(test)]
@@ -304,6 +301,21 @@ mod tests {
         for bad in ["", "10", "s", "0s", "1.5s", "10 s", "-1s", "10x", "1s2"] {
             assert_eq!(parse_duration(bad), None, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn agent_heartbeat_interval_reads_the_config_or_its_default() {
+        assert_eq!(
+            super::agent_heartbeat_interval(&BTreeMap::from([(
+                AGENT_HEARTBEAT_INTERVAL.to_owned(),
+                "200ms".to_owned()
+            )])),
+            Duration::from_millis(200)
+        );
+        assert_eq!(
+            super::agent_heartbeat_interval(&BTreeMap::new()),
+            Duration::from_secs(10)
+        );
     }
 
     #[test]

@@ -1,129 +1,18 @@
 //! The migration's phase machine and the migration master's "what next", as pure code: the
 //! persisted `MigrationRecord`, the legal `Phase` transitions, `next_action` (persisted record +
 //! observations + time → one `Action`) and the target's rules for leftover imports, Activate and
-//! drop requests. No I/O, no async, no clock: time comes in as `now_unix_ms`. DESIGN.md §5 and
-//! `docs/migration.md` describe the protocol this implements.
+//! drop requests. No I/O, no async, no clock: time comes in as `now_unix_ms`. `docs/migration.md`
+//! describes the protocol this implements.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use super::ErrorKind;
 
-/// The persisted step of a migration (DESIGN.md §5). Forward only: see `can_transition_to`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Phase {
-    /// The record exists and prechecks run; nothing is locked yet. (Juju's NONE/PRECHECK.)
-    Precheck,
-    /// The model is locked (read-only); every agent of the model must acknowledge.
-    Quiesce,
-    /// The source streams the locked model's export; the target stages and commits it in
-    /// importing mode.
-    Import,
-    /// Digests are compared; agents prove they can log in to the target.
-    Validation,
-    /// The transfer is committed: the source model is a redirect. Point of no return.
-    Success,
-    /// The model's log is streamed to the target.
-    LogTransfer,
-    /// The source deletes the model's data, keeping the redirect.
-    Reap,
-    /// Terminal: the model lives on the target and the source is clean.
-    Done,
-    /// Any failure before SUCCESS: the target is told to drop its import.
-    Abort,
-    /// Terminal: the source model is unlocked, exactly as it was before the migration.
-    AbortDone,
-    /// Terminal: the model lives on the target; the source's cleanup is left to the operator.
-    ReapFailed,
-}
+pub use starling_proto::phase::Phase;
 
-impl Phase {
-    /// Every phase, in declaration order.
-    pub const ALL: [Phase; 11] = [
-        Phase::Precheck,
-        Phase::Quiesce,
-        Phase::Import,
-        Phase::Validation,
-        Phase::Success,
-        Phase::LogTransfer,
-        Phase::Reap,
-        Phase::Done,
-        Phase::Abort,
-        Phase::AbortDone,
-        Phase::ReapFailed,
-    ];
-
-    /// Whether `self → to` is a legal transition. The graph is acyclic: no phase is ever
-    /// re-entered, and nothing at or after SUCCESS leads to ABORT.
-    pub fn can_transition_to(self, to: Phase) -> bool {
-        use Phase::*;
-        matches!(
-            (self, to),
-            (Precheck, Quiesce | Abort)
-                | (Quiesce, Import | Abort)
-                | (Import, Validation | Abort)
-                | (Validation, Success | Abort)
-                | (Success, LogTransfer)
-                | (LogTransfer, Reap)
-                | (Reap, Done | ReapFailed)
-                | (Abort, AbortDone)
-        )
-    }
-
-    /// The phases `self` may move to.
-    pub fn next_phases(self) -> Vec<Phase> {
-        Phase::ALL
-            .into_iter()
-            .filter(|to| self.can_transition_to(*to))
-            .collect()
-    }
-
-    /// DONE, ABORTDONE and REAPFAILED: nothing more happens.
-    pub fn is_terminal(self) -> bool {
-        matches!(self, Phase::Done | Phase::AbortDone | Phase::ReapFailed)
-    }
-
-    /// SUCCESS and every phase after it: the transfer is committed and can never be aborted.
-    pub fn is_committed(self) -> bool {
-        matches!(
-            self,
-            Phase::Success | Phase::LogTransfer | Phase::Reap | Phase::Done | Phase::ReapFailed
-        )
-    }
-
-    /// ABORT and ABORTDONE.
-    pub fn is_aborting(self) -> bool {
-        matches!(self, Phase::Abort | Phase::AbortDone)
-    }
-
-    /// The name used in records, logs and `ctl` output (Juju's spelling).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Phase::Precheck => "PRECHECK",
-            Phase::Quiesce => "QUIESCE",
-            Phase::Import => "IMPORT",
-            Phase::Validation => "VALIDATION",
-            Phase::Success => "SUCCESS",
-            Phase::LogTransfer => "LOGTRANSFER",
-            Phase::Reap => "REAP",
-            Phase::Done => "DONE",
-            Phase::Abort => "ABORT",
-            Phase::AbortDone => "ABORTDONE",
-            Phase::ReapFailed => "REAPFAILED",
-        }
-    }
-
-    /// The phase named `name` (as `as_str` spells it).
-    pub fn parse(name: &str) -> Option<Phase> {
-        Phase::ALL.into_iter().find(|phase| phase.as_str() == name)
-    }
-}
-
-impl fmt::Display for Phase {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+/// Largest model description a target imports.
+pub const DESCRIPTION_BYTES_MAX: u64 = 256 * 1024 * 1024;
 
 /// What a transition does to the model itself, in the same atomic write as the record's new
 /// phase. The apply layer must commit both together or neither.
@@ -971,14 +860,9 @@ fn abort(reason: String) -> Action {
 }
 
 /// `ms` as an operator reads it: `90s`, `250ms`, `10m`.
+/// `ms` for a reason an operator reads (`250ms`, `1m 30s`, `10m`).
 fn human_ms(ms: u64) -> String {
-    if ms.is_multiple_of(60_000) && ms >= 60_000 {
-        format!("{}m", ms / 60_000)
-    } else if ms.is_multiple_of(1000) {
-        format!("{}s", ms / 1000)
-    } else {
-        format!("{ms}ms")
-    }
+    humantime::format_duration(std::time::Duration::from_millis(ms)).to_string()
 }
 
 fn join(machines: &BTreeSet<String>) -> String {
@@ -1675,7 +1559,7 @@ mod tests {
     #[test]
     fn human_durations() {
         assert_eq!(human_ms(250), "250ms");
-        assert_eq!(human_ms(90_000), "90s");
+        assert_eq!(human_ms(90_000), "1m 30s");
         assert_eq!(human_ms(600_000), "10m");
     }
 }

@@ -7,6 +7,7 @@ pub mod agent;
 pub mod charm;
 pub mod controller_config;
 pub mod deployment;
+pub mod desired;
 pub mod migration;
 pub mod names;
 pub mod relation;
@@ -299,15 +300,19 @@ pub enum ModelError {
         /// The entity it named.
         entity: String,
     },
-    /// The caller's access to the model is too low.
-    #[error("user {user:?} needs {needed} access to model {model:?}")]
+    /// The caller's access to the model is too low for what it asked.
+    #[error("user {user:?} has {has} access to model {model:?} and may not {what} ({needed} access needed)")]
     PermissionDenied {
         /// The caller.
         user: String,
         /// The model's name.
         model: String,
+        /// The access the caller has ("no" for none), lowercase.
+        has: &'static str,
         /// The access needed, lowercase.
         needed: &'static str,
+        /// What the caller asked to do ("deploy", "read its log").
+        what: String,
     },
 }
 

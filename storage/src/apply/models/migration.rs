@@ -10,6 +10,7 @@ use starling_proto::model::{Life, ModelDescription};
 use super::{Outcome, Refusal, Tx};
 use crate::keys;
 use crate::migration::{self as stored, record_id};
+use crate::model::migration::DESCRIPTION_BYTES_MAX;
 use crate::model::migration::{
     self as rules, AgentReport, MigrationError, MigrationId, MigrationRecord, ModelEffect, Phase,
     Progress, TargetActivate, TargetController, TargetDrop, TargetImport, TargetImportState,
@@ -19,9 +20,6 @@ use crate::model::{names, ModelError};
 use crate::records::{self, BLOB_RANGE_BYTES_MAX};
 use crate::state::StateRead;
 use crate::{export, StorageError};
-
-/// Largest model description a target imports.
-pub const DESCRIPTION_BYTES_MAX: u64 = 256 * 1024 * 1024;
 
 fn parse_id(id: &str) -> Result<MigrationId, Refusal> {
     Ok(MigrationId::parse(id).map_err(ModelError::from)?)

@@ -1,0 +1,381 @@
+//! Migrations in the client API: `Migrate` (prechecks, dry run, start), `AbortMigration`,
+//! `MigrationStatus`, and the summary `show-model`, `models` and `status` show.
+
+use bytesize::ByteSize;
+use rand::RngCore;
+use starling_proto::command::{command, RequestMigrationAbort, StartMigration};
+use starling_proto::controller as pb;
+use starling_proto::migration as mpb;
+use starling_proto::model::Access;
+use starling_proto::model::Model;
+use starling_storage::migration as stored;
+use starling_storage::model::migration::Phase;
+use starling_storage::StateRead;
+use tonic::{Request, Response, Status};
+use tracing::info;
+
+use super::ClientApi;
+use crate::auth::{self, Caller};
+use crate::context::{NodeContext, ProgressBoard};
+use crate::migration::prechecks;
+use crate::plumbing::{propose_and_wait, storage_error};
+
+/// The `migration`, `migration-start`, `migration-end` fields and the status note of model
+/// `uuid`, from its latest migration here (empty when it never migrated from here).
+pub fn summary(
+    state: &(dyn StateRead + Send + Sync),
+    progress: &ProgressBoard,
+    uuid: &str,
+) -> Result<(String, i64, i64, String), Status> {
+    let Some(record) = stored::latest_migration(state, uuid).map_err(storage_error)? else {
+        return Ok(Default::default());
+    };
+    // A model that left and came back: its last migration is the one that brought it here, of
+    // which this controller was the target, so the old outbound record is history only.
+    let came_back = stored::read_activated_by(state, uuid)
+        .map_err(storage_error)?
+        .and_then(|by| starling_storage::model::migration::MigrationId::parse(&by).ok())
+        .is_some_and(|by| by.attempt > record.attempt);
+    if came_back {
+        return Ok(Default::default());
+    }
+    let id = stored::record_id(&record).to_string();
+    let phase = Phase::parse(&record.phase);
+    let target = record
+        .target
+        .as_ref()
+        .map(|t| t.name.clone())
+        .unwrap_or_default();
+    let migration = match phase {
+        Some(Phase::AbortDone) => format!(
+            "ABORTDONE: {}",
+            record.abort_reason.clone().unwrap_or_default()
+        ),
+        Some(Phase::Done) => format!("DONE: migrated to controller \"{target}\""),
+        _ => record.phase.clone(),
+    };
+    let notes = if phase.is_some_and(Phase::is_terminal) {
+        String::new()
+    } else {
+        let live = progress.get(&id).unwrap_or_default();
+        let activity = if live.activity.is_empty() {
+            phase_activity(phase, &target)
+        } else if phase == Some(Phase::Import) && live.bytes_total > 0 {
+            format!(
+                "{} ({} of {})",
+                live.activity,
+                ByteSize::b(live.bytes_sent).display().si(),
+                ByteSize::b(live.bytes_total).display().si()
+            )
+        } else {
+            live.activity
+        };
+        format!("migrating: {activity}")
+    };
+    Ok((
+        migration,
+        record.started_unix_ms,
+        record.ended_unix_ms.unwrap_or(0),
+        notes,
+    ))
+}
+
+/// What a phase means, when no live progress is known on the answering node.
+fn phase_activity(phase: Option<Phase>, target: &str) -> String {
+    match phase {
+        Some(Phase::Precheck) => "running prechecks".into(),
+        Some(Phase::Quiesce) => "waiting for agents to quiesce".into(),
+        Some(Phase::Import) => format!("importing model on controller \"{target}\""),
+        Some(Phase::Validation) => "validating agents against the target".into(),
+        Some(Phase::Success) => format!("activating the model on controller \"{target}\""),
+        Some(Phase::LogTransfer) => "transferring the model's log".into(),
+        Some(Phase::Reap) => "removing the model's data from this controller".into(),
+        Some(Phase::Abort) => "aborting".into(),
+        _ => "in progress".into(),
+    }
+}
+
+/// The uuid and name of the model `model_ref` names, here or migrated away from here.
+pub fn find_model(
+    ctx: &NodeContext,
+    caller: &Caller,
+    model_ref: Option<&pb::ModelRef>,
+) -> Result<(String, String), Status> {
+    let model_ref = model_ref.ok_or_else(|| Status::invalid_argument("no model given"))?;
+    let state = ctx.handle.state();
+    if !model_ref.uuid.is_empty() {
+        return Ok((model_ref.uuid.clone(), model_ref.uuid.clone()));
+    }
+    let (owner, name) = match model_ref.name.split_once('/') {
+        Some((owner, name)) => (owner.to_owned(), name.to_owned()),
+        None => (caller.user.clone(), model_ref.name.clone()),
+    };
+    if let Some(model) = state.model_by_name(&owner, &name).map_err(storage_error)? {
+        return Ok((model.uuid, model.name));
+    }
+    let redirects = stored::read_redirects(state.reader()).map_err(storage_error)?;
+    let mut matching = redirects.iter().filter(|r| {
+        r.model_name == name && (r.model_owner == owner || !model_ref.name.contains('/'))
+    });
+    match (matching.next(), matching.next()) {
+        (Some(r), None) => Ok((r.model_uuid.clone(), r.model_name.clone())),
+        _ => Err(Status::not_found(format!(
+            "model {:?} not found",
+            model_ref.name
+        ))),
+    }
+}
+
+/// `Migrate`: every precheck, then (unless a dry run) the migration record in PRECHECK; the
+/// master takes it from there.
+pub async fn migrate(
+    ctx: &NodeContext,
+    caller: &Caller,
+    model: Model,
+    request: pb::MigrateRequest,
+) -> Result<pb::MigrateResponse, Status> {
+    let mut target = request
+        .target
+        .ok_or_else(|| Status::invalid_argument("no target controller given"))?;
+    if target.endpoints.is_empty() || target.ca_cert.is_empty() {
+        return Err(Status::invalid_argument(
+            "the target controller needs endpoints and a CA certificate",
+        ));
+    }
+    let mut failures = prechecks::source_checks(ctx, &model, None)?;
+    if target.controller_uuid == ctx.identity.controller_uuid
+        || target.name == ctx.identity.controller_name
+    {
+        failures.push(format!(
+            "controller \"{}\" is the model's own controller; migrate to another one",
+            target.name
+        ));
+    }
+    let next_attempt = stored::latest_migration(ctx.handle.state().reader(), &model.uuid)
+        .map_err(storage_error)?
+        .map_or(1, |m| m.attempt + 1);
+    let probe_id = format!("{}:{next_attempt}", model.uuid);
+    let peer = prechecks::target_peer(&target)?;
+    let question = prechecks::precheck_request(ctx, &model, &probe_id);
+    // Ask the target even for a model that fails here, so every failure shows at once.
+    let answer = peer
+        .call(|mut client| {
+            let question = question.clone();
+            async move { client.precheck(question).await }
+        })
+        .await;
+    match answer {
+        Ok(answer) => {
+            failures.extend(answer.failures);
+            if target.controller_uuid.is_empty() {
+                target.controller_uuid = answer.controller_uuid;
+            } else if target.controller_uuid != answer.controller_uuid {
+                failures.push(format!(
+                    "controller \"{}\" answers with uuid {}, not the {} the client store has",
+                    target.name, answer.controller_uuid, target.controller_uuid
+                ));
+            }
+        }
+        Err(_) => {
+            failures.extend(prechecks::ask_target(&peer, &target.name, question).await);
+        }
+    }
+    if request.dry_run {
+        return Ok(pb::MigrateResponse {
+            migration_id: String::new(),
+            precheck_failures: failures,
+        });
+    }
+    if !failures.is_empty() {
+        return Err(Status::failed_precondition(format!(
+            "migration prechecks failed:\n  - {}",
+            failures.join("\n  - ")
+        )));
+    }
+    let mut secret = [0u8; 32];
+    rand::thread_rng().fill_bytes(&mut secret);
+    let result = propose_and_wait(
+        &ctx.handle,
+        &caller.user,
+        String::new(),
+        command::Op::StartMigration(StartMigration {
+            model_uuid: model.uuid.clone(),
+            target: Some(mpb::TargetController {
+                ca_fingerprint: if target.ca_fingerprint.is_empty() {
+                    hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
+                        target.ca_cert.as_bytes(),
+                    ))
+                } else {
+                    target.ca_fingerprint.clone()
+                },
+                ..target.clone()
+            }),
+            source_secret: hex::encode(secret),
+        }),
+    )
+    .await?;
+    let migration_id = match result.result {
+        Some(starling_proto::command::command_result::Result::Ok(ok)) => ok.migration_id,
+        _ => return Err(Status::internal("the migration started without an id")),
+    };
+    info!(migration = %migration_id, model = %model.name, target = %target.name, "migration started");
+    Ok(pb::MigrateResponse {
+        migration_id,
+        precheck_failures: Vec::new(),
+    })
+}
+
+/// The latest migration of model `uuid` (called `name`) from this controller, or NOT_FOUND.
+fn latest(
+    ctx: &NodeContext,
+    uuid: &str,
+    name: &str,
+) -> Result<starling_proto::migration::MigrationRecord, Status> {
+    stored::latest_migration(ctx.handle.state().reader(), uuid)
+        .map_err(storage_error)?
+        .ok_or_else(|| {
+            Status::not_found(format!(
+                "model \"{name}\" has never migrated from this controller"
+            ))
+        })
+}
+
+/// `AbortMigration`: persists the operator's request; the master aborts (or the rules refuse
+/// after SUCCESS, with the reason).
+pub async fn abort(
+    ctx: &NodeContext,
+    caller: &Caller,
+    uuid: &str,
+    name: &str,
+    reason: String,
+) -> Result<pb::AbortMigrationResponse, Status> {
+    let record = latest(ctx, uuid, name)?;
+    let id = stored::record_id(&record).to_string();
+    if stored::is_terminal(&record) {
+        return Err(Status::failed_precondition(format!(
+            "migration {id} of model \"{name}\" has already ended in {}",
+            record.phase
+        )));
+    }
+    let reason = if reason.is_empty() {
+        format!("requested by {}", caller.user)
+    } else {
+        format!("{reason} (requested by {})", caller.user)
+    };
+    propose_and_wait(
+        &ctx.handle,
+        &caller.user,
+        String::new(),
+        command::Op::RequestMigrationAbort(RequestMigrationAbort {
+            migration_id: id.clone(),
+            reason,
+        }),
+    )
+    .await?;
+    info!(migration = %id, "abort requested");
+    Ok(pb::AbortMigrationResponse {
+        migration_id: id,
+        phase: record.phase,
+    })
+}
+
+/// `MigrationStatus`: the latest migration of model `uuid`, with live progress when this node
+/// drives it.
+pub fn status(ctx: &NodeContext, uuid: &str, name: &str) -> Result<pb::MigrationInfo, Status> {
+    let record = latest(ctx, uuid, name)?;
+    let id = stored::record_id(&record).to_string();
+    let live = ctx.progress.get(&id).unwrap_or_default();
+    let phase = Phase::parse(&record.phase);
+    let target = record
+        .target
+        .as_ref()
+        .map(|t| t.name.clone())
+        .unwrap_or_default();
+    let activity = if phase.is_some_and(Phase::is_terminal) {
+        String::new()
+    } else if !live.activity.is_empty() {
+        live.activity.clone()
+    } else {
+        phase_activity(phase, &target)
+    };
+    let machines = ctx
+        .handle
+        .state()
+        .model_description(uuid)
+        .map_err(storage_error)?
+        .map_or(0, |d| d.machines.len() as u64);
+    Ok(pb::MigrationInfo {
+        migration_id: id,
+        model_uuid: record.model_uuid.clone(),
+        model_name: record.model_name.clone(),
+        target_name: target,
+        phase: record.phase.clone(),
+        started_unix_ms: record.started_unix_ms,
+        ended_unix_ms: record.ended_unix_ms,
+        abort_reason: record.abort_reason.clone(),
+        abort_requested: record.abort_requested.clone(),
+        history: record.history.clone(),
+        activity,
+        bytes_sent: live.bytes_sent,
+        bytes_total: live.bytes_total,
+        records_total: live.records_total,
+        agents_total: live.agents_total.max(machines),
+        agents_acked: record.agents_acked.len() as u64,
+        agents_validated: record.agents_validated.len() as u64,
+        initiated_by: record.initiated_by.clone(),
+    })
+}
+
+impl ClientApi {
+    /// `Migrate` (superuser only: it hands the model to another controller).
+    pub(super) async fn migrate(
+        &self,
+        request: Request<pb::MigrateRequest>,
+    ) -> Result<Response<pb::MigrateResponse>, Status> {
+        let caller = self
+            .auth
+            .authenticate_superuser(&request, "migrate models")?;
+        self.barrier().await?;
+        let message = request.into_inner();
+        let model = self.resolve(&caller, message.model.as_ref())?;
+        let response = migrate(&self.ctx, &caller, model, message).await?;
+        Ok(Response::new(response))
+    }
+
+    /// `AbortMigration`.
+    pub(super) async fn abort_migration(
+        &self,
+        request: Request<pb::AbortMigrationRequest>,
+    ) -> Result<Response<pb::AbortMigrationResponse>, Status> {
+        let caller = self
+            .auth
+            .authenticate_superuser(&request, "abort migrations")?;
+        self.barrier().await?;
+        let message = request.into_inner();
+        let (uuid, name) = find_model(&self.ctx, &caller, message.model.as_ref())?;
+        let response = abort(&self.ctx, &caller, &uuid, &name, message.reason).await?;
+        Ok(Response::new(response))
+    }
+
+    /// `MigrationStatus`: readable by anyone with read access to the model while it is here,
+    /// and by superusers after it left.
+    pub(super) async fn migration_status(
+        &self,
+        request: Request<pb::MigrationStatusRequest>,
+    ) -> Result<Response<pb::MigrationInfo>, Status> {
+        let caller = self.auth.authenticate(&request)?;
+        self.barrier().await?;
+        let message = request.into_inner();
+        let (uuid, name) = find_model(&self.ctx, &caller, message.model.as_ref())?;
+        match self.handle.state().model(&uuid).map_err(storage_error)? {
+            Some(model) => Self::require(&caller, &model, Access::Read, "read its migrations")?,
+            None if caller.access != auth::SUPERUSER => {
+                return Err(Status::permission_denied(format!(
+                    "model \"{name}\" has left this controller; only a superuser may read its migration"
+                )))
+            }
+            None => {}
+        }
+        Ok(Response::new(status(&self.ctx, &uuid, &name)?))
+    }
+}

@@ -1,0 +1,132 @@
+//! The target's sweeper for imports nobody finishes (the fix for Juju's leftover imports that
+//! block every retry). On the leader, every import idle for `migration-leftover-idle` (default
+//! 5m) is asked about at its source (`SourceStatus`, authenticated with the secret the source
+//! handed over), and dropped only when the source answers that it aborted the migration or has
+//! no record of it. Silence never drops an import: the source may have committed SUCCESS.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use starling_proto::command::{command, Command, DropImport};
+use starling_proto::migration as pb;
+use starling_storage::migration as stored;
+use starling_storage::model::migration::{
+    target_leftover_decision, MigrationId, Observed, Phase, SourceAnswer, TargetAction,
+    TargetImport, TargetImportState, TargetLimits,
+};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::peer::Peer;
+use crate::context::NodeContext;
+use crate::plumbing::now_unix_ms;
+
+/// The longest pause between two looks at the imports.
+const SWEEP_INTERVAL_MAX: Duration = Duration::from_secs(5);
+
+/// The sweeper's timing: the defaults, with `migration-leftover-idle` from the controller
+/// config; an answer stays fresh for at most that long too.
+fn limits(ctx: &NodeContext) -> TargetLimits {
+    let mut limits = TargetLimits::default();
+    if let Some(idle) = ctx.config_ms("migration-leftover-idle") {
+        limits.idle_before_asking_ms = idle;
+        limits.ask_interval_ms = limits.ask_interval_ms.min(idle);
+    }
+    limits
+}
+
+/// Runs until `stop`.
+pub async fn run_sweeper(ctx: NodeContext, stop: CancellationToken) {
+    let mut answers: BTreeMap<String, Observed<SourceAnswer>> = BTreeMap::new();
+    loop {
+        let limits = limits(&ctx);
+        let pause = Duration::from_millis(limits.idle_before_asking_ms / 2)
+            .clamp(Duration::from_millis(500), SWEEP_INTERVAL_MAX);
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(pause) => {}
+        }
+        if ctx.handle.current_leader() != Some(ctx.handle.node_id()) {
+            continue;
+        }
+        let imports = match stored::read_imports(ctx.handle.state().reader()) {
+            Ok(imports) => imports,
+            Err(e) => {
+                warn!(error = %e, "cannot read imports");
+                continue;
+            }
+        };
+        answers.retain(|id, _| imports.iter().any(|i| &i.migration_id == id));
+        for import in imports {
+            let Ok(migration_id) = MigrationId::parse(&import.migration_id) else {
+                continue;
+            };
+            let held = TargetImport {
+                migration_id,
+                state: TargetImportState::Imported {
+                    digest: import.digest.clone(),
+                },
+                last_activity_unix_ms: import.imported_unix_ms,
+            };
+            let now = now_unix_ms();
+            match target_leftover_decision(&held, answers.get(&import.migration_id), now, &limits) {
+                TargetAction::Keep { .. } => {}
+                TargetAction::AskSource => {
+                    let answer = ask_source(&import).await;
+                    info!(migration = %import.migration_id, ?answer, "asked the source about an idle import");
+                    answers.insert(
+                        import.migration_id.clone(),
+                        Observed::at(answer, now_unix_ms()),
+                    );
+                }
+                TargetAction::Drop { reason } => {
+                    info!(migration = %import.migration_id, reason, "dropping a leftover import");
+                    let command = Command {
+                        request_id: format!("leftover-drop-{}", import.migration_id),
+                        op: Some(command::Op::DropImport(DropImport {
+                            migration_id: import.migration_id.clone(),
+                            reason,
+                        })),
+                        proposed_unix_ms: now_unix_ms(),
+                        caller: String::new(),
+                    };
+                    if let Err(e) = ctx.handle.propose(command).await {
+                        warn!(error = %e, "cannot drop the leftover import yet");
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn ask_source(import: &pb::ImportRecord) -> SourceAnswer {
+    use pb::source_status_response::Answer;
+    let source = import.source.clone().unwrap_or_default();
+    let Ok(peer) = Peer::new(
+        &source.endpoints,
+        &source.ca_cert,
+        &source.secret,
+        Duration::from_secs(10),
+    ) else {
+        return SourceAnswer::Unreachable;
+    };
+    let request = pb::SourceStatusRequest {
+        migration_id: import.migration_id.clone(),
+    };
+    let answer = peer
+        .call(|mut c| {
+            let r = request.clone();
+            async move { c.source_status(r).await }
+        })
+        .await;
+    let Ok(answer) = answer else {
+        return SourceAnswer::Unreachable;
+    };
+    let phase = Phase::parse(&answer.phase).unwrap_or(Phase::Precheck);
+    match Answer::try_from(answer.answer).unwrap_or(Answer::Unknown) {
+        Answer::Unknown => SourceAnswer::Unknown,
+        Answer::InProgress => SourceAnswer::InProgress { phase },
+        Answer::Aborted => SourceAnswer::Aborted { phase },
+        Answer::Committed => SourceAnswer::Committed { phase },
+    }
+}

@@ -1,0 +1,420 @@
+//! The `Migration` peer service. As a target, a node answers prechecks, stages the model
+//! description (resumably), imports it through its Raft group, activates or drops the import and
+//! stores the transferred log; every step is a proposal under a request id derived from the
+//! migration id, so a repeat is answered with the first result. As a source, it tells a target
+//! what became of a migration it holds an import of (`SourceStatus`).
+
+use futures::StreamExt;
+use starling_proto::command::{
+    command, ActivateModel, CommitBlob, DropImport, ImportLog, ImportModel, PutBlobChunk,
+};
+use starling_proto::limits::{BLOB_BYTES_MAX, BLOB_CHUNK_BYTES_MAX, MESSAGE_BYTES_MAX};
+use starling_proto::migration as pb;
+use starling_proto::migration::migration_server::{Migration, MigrationServer};
+use starling_storage::migration as stored;
+use starling_storage::model::migration::{
+    source_answer, MigrationId, SourceAnswer, DESCRIPTION_BYTES_MAX,
+};
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{info, instrument};
+
+use super::failpoint;
+use crate::auth::{self, constant_time_eq, Authenticator, Caller};
+use crate::context::NodeContext;
+use crate::plumbing::{proposal, propose_and_wait, storage_error};
+
+/// Largest model description or charm the target stages.
+const STAGE_BYTES_MAX: u64 = if BLOB_BYTES_MAX > DESCRIPTION_BYTES_MAX {
+    BLOB_BYTES_MAX
+} else {
+    DESCRIPTION_BYTES_MAX
+};
+
+/// The peer service of one node.
+#[derive(Clone)]
+pub struct MigrationService {
+    ctx: NodeContext,
+    auth: Authenticator,
+}
+
+fn parse_id(id: &str) -> Result<MigrationId, Status> {
+    MigrationId::parse(id).map_err(|e| Status::invalid_argument(e.to_string()))
+}
+
+fn failed(point: &str) -> Result<(), Status> {
+    match failpoint(point) {
+        Some(reason) => Err(Status::unavailable(reason)),
+        None => Ok(()),
+    }
+}
+
+impl MigrationService {
+    /// The service of the node `ctx` describes.
+    pub fn new(ctx: NodeContext, auth: Authenticator) -> Self {
+        MigrationService { ctx, auth }
+    }
+
+    /// As a tonic server.
+    pub fn into_server(self) -> MigrationServer<Self> {
+        MigrationServer::new(self)
+            .max_decoding_message_size(MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(MESSAGE_BYTES_MAX)
+    }
+
+    fn superuser<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
+        self.auth
+            .authenticate_superuser(request, "migrate models to this controller")
+    }
+
+    async fn barrier(&self) -> Result<(), Status> {
+        self.ctx
+            .handle
+            .linearizable_barrier()
+            .await
+            .map_err(|e| proposal(&e))
+    }
+
+    async fn propose(
+        &self,
+        caller: &Caller,
+        request_id: String,
+        op: command::Op,
+    ) -> Result<starling_proto::command::Ok, Status> {
+        let result = propose_and_wait(&self.ctx.handle, &caller.user, request_id, op).await?;
+        match result.result {
+            Some(starling_proto::command::command_result::Result::Ok(ok)) => Ok(ok),
+            _ => Err(Status::internal("a proposal succeeded without a result")),
+        }
+    }
+
+    fn import_status(&self, id: &MigrationId) -> Result<pb::ImportStatusResponse, Status> {
+        use pb::import_status_response::State;
+        let state = self.ctx.handle.state().reader();
+        let uuid = &id.model_uuid;
+        if let Some(import) = stored::read_import(state, uuid).map_err(storage_error)? {
+            if import.migration_id == id.to_string() {
+                return Ok(pb::ImportStatusResponse {
+                    state: State::Imported as i32,
+                    digest: import.digest,
+                    description_bytes: import.description_bytes,
+                    record_count: import.record_count,
+                });
+            }
+        }
+        if stored::read_activated_by(state, uuid)
+            .map_err(storage_error)?
+            .as_deref()
+            == Some(id.to_string().as_str())
+        {
+            return Ok(pb::ImportStatusResponse {
+                state: State::Active as i32,
+                ..Default::default()
+            });
+        }
+        Ok(pb::ImportStatusResponse::default())
+    }
+
+    fn staged(&self, digest: &str) -> Result<pb::StageResponse, Status> {
+        let state = self.ctx.handle.state();
+        if let Some(blob) = state.blob(digest).map_err(storage_error)? {
+            return Ok(pb::StageResponse {
+                staged_bytes: blob.size,
+                complete: true,
+            });
+        }
+        let upload = starling_storage::records::read_blob_upload(state.reader(), digest)
+            .map_err(storage_error)?;
+        Ok(pb::StageResponse {
+            staged_bytes: upload.map_or(0, |u| u.next_offset),
+            complete: false,
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl Migration for MigrationService {
+    #[instrument(skip_all, fields(node_id = self.ctx.identity.node_id))]
+    async fn precheck(
+        &self,
+        request: Request<pb::PrecheckRequest>,
+    ) -> Result<Response<pb::PrecheckResponse>, Status> {
+        self.superuser(&request)?;
+        self.barrier().await?;
+        let failures = super::prechecks::target_checks(&self.ctx, request.get_ref())?;
+        Ok(Response::new(pb::PrecheckResponse {
+            failures,
+            target_version: self.ctx.identity.version.clone(),
+            controller_uuid: self.ctx.identity.controller_uuid.clone(),
+            controller_name: self.ctx.identity.controller_name.clone(),
+        }))
+    }
+
+    async fn staged(
+        &self,
+        request: Request<pb::StagedRequest>,
+    ) -> Result<Response<pb::StageResponse>, Status> {
+        self.superuser(&request)?;
+        self.barrier().await?;
+        Ok(Response::new(self.staged(&request.get_ref().digest)?))
+    }
+
+    async fn stage(
+        &self,
+        request: Request<Streaming<pb::StageChunk>>,
+    ) -> Result<Response<pb::StageResponse>, Status> {
+        let caller = self.superuser(&request)?;
+        failed("migration.target.stage")?;
+        let mut stream = request.into_inner();
+        let mut last = pb::StageResponse::default();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk?;
+            if chunk.digest.len() != 64 || !chunk.digest.chars().all(|c| c.is_ascii_hexdigit()) {
+                return Err(Status::invalid_argument(
+                    "the staged digest is not a hex sha256",
+                ));
+            }
+            if chunk.size == 0 || chunk.size > STAGE_BYTES_MAX {
+                return Err(Status::invalid_argument(format!(
+                    "staged size {} is outside 1..={STAGE_BYTES_MAX}",
+                    chunk.size
+                )));
+            }
+            // An empty chunk at the very end only closes what is staged: it commits a blob
+            // whose bytes all arrived but whose commit did not (the stream broke in between).
+            let closing = chunk.data.is_empty() && chunk.offset == chunk.size;
+            if (chunk.data.is_empty() && !closing) || chunk.data.len() > BLOB_CHUNK_BYTES_MAX {
+                return Err(Status::invalid_argument(format!(
+                    "a staged chunk holds 1 to {BLOB_CHUNK_BYTES_MAX} bytes (or none, at \
+                     offset = size, to commit what is staged)"
+                )));
+            }
+            let len = chunk.data.len() as u64;
+            let end = chunk.offset + len;
+            if end > chunk.size {
+                return Err(Status::invalid_argument(
+                    "staged chunks exceed the announced size",
+                ));
+            }
+            if !closing {
+                // Deterministic request ids: a resumed stream re-sending a chunk is a no-op.
+                self.propose(
+                    &caller,
+                    format!("stage-{}-{}", chunk.digest, chunk.offset),
+                    command::Op::PutBlobChunk(PutBlobChunk {
+                        digest: chunk.digest.clone(),
+                        offset: chunk.offset,
+                        data: chunk.data,
+                    }),
+                )
+                .await?;
+                metrics::counter!("starling_migration_stage_bytes_received_total").increment(len);
+            }
+            last = pb::StageResponse {
+                staged_bytes: end,
+                complete: false,
+            };
+            if end == chunk.size {
+                // Breaks the stream between the last chunk and its commit.
+                failed("migration.target.stage-before-commit")?;
+                // Verifies the sha256 of everything staged; a mismatch discards the upload.
+                self.propose(
+                    &caller,
+                    format!("stage-{}-commit", chunk.digest),
+                    command::Op::CommitBlob(CommitBlob {
+                        digest: chunk.digest.clone(),
+                        size: chunk.size,
+                    }),
+                )
+                .await?;
+                last.complete = true;
+            }
+            // Breaks the stream after this chunk is staged (e.g. `2*off->1*return`).
+            failed("migration.target.stage-chunk")?;
+        }
+        Ok(Response::new(last))
+    }
+
+    #[instrument(skip_all, fields(node_id = self.ctx.identity.node_id, migration = %request.get_ref().migration_id))]
+    async fn import(
+        &self,
+        request: Request<pb::ImportRequest>,
+    ) -> Result<Response<pb::ImportStatusResponse>, Status> {
+        let caller = self.superuser(&request)?;
+        failed("migration.target.import")?;
+        let message = request.into_inner();
+        let id = parse_id(&message.migration_id)?;
+        self.propose(
+            &caller,
+            format!("import-{id}"),
+            command::Op::ImportModel(ImportModel {
+                migration_id: id.to_string(),
+                description_digest: message.description_digest,
+                source: message.source,
+            }),
+        )
+        .await?;
+        if starling_storage::planted::armed("activate-before-decision") {
+            // Planted bug: make the import live before the source has decided anything.
+            self.propose(
+                &caller,
+                format!("activate-{id}"),
+                command::Op::ActivateModel(ActivateModel {
+                    migration_id: id.to_string(),
+                }),
+            )
+            .await?;
+            let description = self
+                .ctx
+                .handle
+                .state()
+                .model_description(&id.model_uuid)
+                .map_err(storage_error)?
+                .unwrap_or_default();
+            return Ok(Response::new(pb::ImportStatusResponse {
+                state: pb::import_status_response::State::Imported as i32,
+                digest: starling_storage::export::description_digest(&description),
+                ..Default::default()
+            }));
+        }
+        let status = self.import_status(&id)?;
+        info!(digest = %status.digest, records = status.record_count, "model imported");
+        Ok(Response::new(status))
+    }
+
+    async fn import_status(
+        &self,
+        request: Request<pb::ImportStatusRequest>,
+    ) -> Result<Response<pb::ImportStatusResponse>, Status> {
+        self.superuser(&request)?;
+        self.barrier().await?;
+        let id = parse_id(&request.get_ref().migration_id)?;
+        Ok(Response::new(self.import_status(&id)?))
+    }
+
+    #[instrument(skip_all, fields(node_id = self.ctx.identity.node_id, migration = %request.get_ref().migration_id))]
+    async fn activate(
+        &self,
+        request: Request<pb::ActivateRequest>,
+    ) -> Result<Response<pb::ActivateResponse>, Status> {
+        let caller = self.superuser(&request)?;
+        failed("migration.target.activate")?;
+        let id = parse_id(&request.get_ref().migration_id)?;
+        let already =
+            self.import_status(&id)?.state == pb::import_status_response::State::Active as i32;
+        let ok = self
+            .propose(
+                &caller,
+                format!("activate-{id}"),
+                command::Op::ActivateModel(ActivateModel {
+                    migration_id: id.to_string(),
+                }),
+            )
+            .await?;
+        info!(epoch = ok.ownership_epoch, "model activated");
+        Ok(Response::new(pb::ActivateResponse {
+            ownership_epoch: ok.ownership_epoch,
+            already_active: already,
+        }))
+    }
+
+    #[instrument(skip_all, fields(node_id = self.ctx.identity.node_id, migration = %request.get_ref().migration_id))]
+    async fn drop_import(
+        &self,
+        request: Request<pb::DropImportRequest>,
+    ) -> Result<Response<pb::DropImportResponse>, Status> {
+        let caller = self.superuser(&request)?;
+        failed("migration.target.drop")?;
+        let message = request.into_inner();
+        let id = parse_id(&message.migration_id)?;
+        let ok = self
+            .propose(
+                &caller,
+                format!("drop-{id}"),
+                command::Op::DropImport(DropImport {
+                    migration_id: id.to_string(),
+                    reason: message.reason,
+                }),
+            )
+            .await?;
+        info!(dropped = ok.dropped, "drop import");
+        Ok(Response::new(pb::DropImportResponse {
+            dropped: ok.dropped,
+        }))
+    }
+
+    async fn transfer_log(
+        &self,
+        request: Request<pb::TransferLogRequest>,
+    ) -> Result<Response<pb::TransferLogResponse>, Status> {
+        let caller = self.superuser(&request)?;
+        let message = request.into_inner();
+        let id = parse_id(&message.migration_id)?;
+        let first = message.records.first().map_or(0, |r| r.seq);
+        let ok = self
+            .propose(
+                &caller,
+                format!("log-{id}-{first}-{}", message.records.len()),
+                command::Op::ImportLog(ImportLog {
+                    migration_id: id.to_string(),
+                    records: message.records,
+                }),
+            )
+            .await?;
+        Ok(Response::new(pb::TransferLogResponse {
+            position: ok.log_position,
+        }))
+    }
+
+    async fn source_status(
+        &self,
+        request: Request<pb::SourceStatusRequest>,
+    ) -> Result<Response<pb::SourceStatusResponse>, Status> {
+        use pb::source_status_response::Answer;
+        let id = parse_id(&request.get_ref().migration_id)?;
+        self.barrier().await?;
+        let record =
+            stored::read_migration(self.ctx.handle.state().reader(), &id).map_err(storage_error)?;
+        if record.is_none() {
+            // "No such migration" tells nobody anything secret, and it is what lets a target
+            // drop an import its source forgot (e.g. restored from an older backup).
+            return Ok(Response::new(pb::SourceStatusResponse {
+                answer: Answer::Unknown as i32,
+                phase: String::new(),
+            }));
+        }
+        // The target presents the secret it was handed with the import; a superuser may ask too.
+        let secret_ok = record.as_ref().is_some_and(|record| {
+            let presented = request
+                .metadata()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .unwrap_or("");
+            !record.source_secret.is_empty()
+                && constant_time_eq(presented.as_bytes(), record.source_secret.as_bytes())
+        });
+        if !secret_ok {
+            let caller = self.auth.authenticate(&request)?;
+            if caller.access != auth::SUPERUSER {
+                return Err(Status::permission_denied(
+                    "only the migration's target or a superuser may ask about it",
+                ));
+            }
+        }
+        let logic = record
+            .as_ref()
+            .map(stored::to_logic)
+            .transpose()
+            .map_err(storage_error)?;
+        let (answer, phase) = match source_answer(logic.as_ref()) {
+            SourceAnswer::Unknown | SourceAnswer::Unreachable => (Answer::Unknown, String::new()),
+            SourceAnswer::InProgress { phase } => (Answer::InProgress, phase.to_string()),
+            SourceAnswer::Aborted { phase } => (Answer::Aborted, phase.to_string()),
+            SourceAnswer::Committed { phase } => (Answer::Committed, phase.to_string()),
+        };
+        Ok(Response::new(pb::SourceStatusResponse {
+            answer: answer as i32,
+            phase,
+        }))
+    }
+}

@@ -1,0 +1,264 @@
+//! `ctld run`: one controller node — storage, Raft, the gRPC services on one TLS port, and the
+//! HTTPS side port — until the shutdown future completes.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use metrics_exporter_prometheus::PrometheusHandle;
+use starling_raft::{
+    Node, NodeOptions, PeerChannels, PeerDialer, RaftHandle, RaftService, RaftTiming,
+};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, instrument, warn};
+
+use crate::agent_api::AgentService;
+use crate::auth::Authenticator;
+use crate::client_api::ClientApi;
+use crate::context::{NodeContext, ProgressBoard};
+use crate::http;
+use crate::identity::DataDir;
+use crate::migration::leftovers::run_sweeper;
+use crate::migration::master::run_masters;
+use crate::migration::service::MigrationService;
+use crate::pki::{self, CertKeyPem};
+use crate::plumbing::now_unix_ms;
+use crate::presence::{run_presence, PresenceTable};
+
+/// What `ctld run` was asked to do.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// The node's data dir.
+    pub data_dir: DataDir,
+    /// Raft timing.
+    pub timing: RaftTiming,
+}
+
+/// The name of the model every controller has; it holds controller-level state and is never
+/// migrated.
+pub const CONTROLLER_MODEL: &str = "controller";
+
+/// Creates the controller model once the group has a leader. Every bootstrap node tries; the
+/// fixed request id makes the first one win and the others no-ops, and a later attempt that
+/// finds the model (after its idempotency record was evicted) is refused harmlessly.
+async fn ensure_controller_model(
+    handle: RaftHandle,
+    identity: crate::identity::NodeIdentity,
+    stop: CancellationToken,
+) {
+    use starling_proto::command::{command, AddModel, Command};
+    let command = Command {
+        request_id: format!("bootstrap-controller-model-{}", identity.controller_uuid),
+        op: Some(command::Op::AddModel(AddModel {
+            // The controller model shares the controller's uuid.
+            uuid: identity.controller_uuid.clone(),
+            name: CONTROLLER_MODEL.into(),
+            owner: "admin".into(),
+            cloud: identity.cloud.clone(),
+            region: identity.region.clone(),
+            config: Default::default(),
+            agent_version: identity.version.clone(),
+        })),
+        proposed_unix_ms: now_unix_ms(),
+        caller: "admin".into(),
+    };
+    // Bounded: a group that has no leader for this long has bigger problems, and the next
+    // start of a bootstrap node tries again.
+    for _ in 0..60 {
+        if stop.is_cancelled() {
+            return;
+        }
+        match handle.state().model(&identity.controller_uuid) {
+            Ok(Some(_)) => return,
+            Ok(None) => {}
+            Err(e) => {
+                warn!(error = %e, "cannot read the controller model");
+                return;
+            }
+        }
+        match handle.propose(command.clone()).await {
+            Ok(_) => {
+                info!("controller model created");
+                return;
+            }
+            Err(e) => warn!(error = %e, "cannot create the controller model yet; retrying"),
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+/// Runs the node until `shutdown` completes, then stops serving and shuts Raft down.
+#[instrument(skip_all, fields(data_dir = %options.data_dir.root().display()))]
+pub async fn run(
+    options: RunOptions,
+    prometheus: PrometheusHandle,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
+    let data_dir = &options.data_dir;
+    let identity = data_dir.read_identity()?;
+    let auth_file = data_dir.read_auth()?;
+    let ca = CertKeyPem {
+        cert: data_dir.read_pem(&data_dir.ca_cert())?,
+        key: data_dir.read_pem(&data_dir.ca_key())?,
+    };
+    let node_cert = CertKeyPem {
+        cert: data_dir.read_pem(&data_dir.node_cert())?,
+        key: data_dir.read_pem(&data_dir.node_key())?,
+    };
+    info!(
+        controller = %identity.controller_name,
+        controller_uuid = %identity.controller_uuid,
+        node_id = identity.node_id,
+        version = %identity.version,
+        "starting controller node"
+    );
+
+    let (log_store, state_machine, state) =
+        starling_raft::store::open_sled(&data_dir.state(), &identity.controller_uuid)
+            .map_err(|e| anyhow::anyhow!("{e}"))
+            .with_context(|| {
+                format!(
+                    "cannot open the node's state in {}",
+                    data_dir.root().display()
+                )
+            })?;
+
+    // Bind both ports before starting Raft so a port clash fails fast.
+    let grpc_listener = TcpListener::bind(&identity.address)
+        .await
+        .with_context(|| format!("cannot listen on {}", identity.address))?;
+    let http_listener = TcpListener::bind(&identity.http_address)
+        .await
+        .with_context(|| format!("cannot listen on {}", identity.http_address))?;
+
+    let channels = PeerChannels::new(PeerDialer::new(
+        pki::peer_client_tls(&ca.cert, &node_cert),
+        Duration::from_secs(2),
+    ));
+    let raft_options = NodeOptions {
+        node_id: identity.node_id,
+        controller_uuid: identity.controller_uuid.clone(),
+        version: identity.version.clone(),
+        timing: options.timing.clone(),
+        channels,
+    };
+    let handle = RaftHandle::start(raft_options, log_store, state_machine, state)
+        .await
+        .context("cannot start raft")?;
+
+    let stop = CancellationToken::new();
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<starling_proto::controller::controller_server::ControllerServer<ClientApi>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(starling_proto::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("cannot build the reflection service")?;
+    let ctx = NodeContext {
+        handle: handle.clone(),
+        identity: identity.clone(),
+        ca_cert: ca.cert.clone(),
+        progress: ProgressBoard::default(),
+        bootstrap_users: auth_file.users.iter().map(|u| u.name.clone()).collect(),
+    };
+    let migration_service = MigrationService::new(
+        ctx.clone(),
+        Authenticator::new(auth_file.clone(), Some(handle.state().clone())),
+    )
+    .into_server();
+    let masters_task = tokio::spawn(run_masters(ctx.clone(), stop.clone()));
+    let sweeper_task = tokio::spawn(run_sweeper(ctx.clone(), stop.clone()));
+    let controller = ClientApi::new(ctx.clone(), auth_file, ca.clone()).into_server();
+    // Agents' watch streams end on `stop`, so the server's graceful shutdown is not held up.
+    let presence = std::sync::Arc::new(PresenceTable::new());
+    let agents = AgentService::new(&ctx, presence.clone(), stop.clone()).into_server();
+    let presence_task = tokio::spawn(run_presence(handle.clone(), presence, stop.clone()));
+    let grpc = tonic::transport::Server::builder()
+        .tls_config(pki::server_tls(&ca.cert, &node_cert))
+        .context("invalid TLS configuration")?
+        .tcp_nodelay(true)
+        .add_service(RaftService::new(handle.clone()).into_server())
+        .add_service(controller)
+        .add_service(agents)
+        .add_service(migration_service)
+        .add_service(health_service)
+        .add_service(reflection)
+        .serve_with_incoming_shutdown(
+            TcpListenerStream::new(grpc_listener),
+            stop.clone().cancelled_owned(),
+        );
+    let grpc_task = tokio::spawn(grpc);
+    let http_task = tokio::spawn(http::serve(
+        http_listener,
+        pki::http_server_tls(&node_cert)?,
+        handle.clone(),
+        prometheus.clone(),
+        stop.clone().cancelled_owned(),
+    ));
+    tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            // Histograms are summarized on render; upkeep keeps their memory bounded.
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            while !stop.is_cancelled() {
+                tick.tick().await;
+                prometheus.run_upkeep();
+            }
+        }
+    });
+    info!(address = %identity.address, http_address = %identity.http_address, "serving");
+
+    if identity.bootstrap {
+        let members: BTreeMap<u64, Node> = identity
+            .initial_members
+            .iter()
+            .map(|m| (m.id, Node::new(m.address.clone())))
+            .collect();
+        if !members.contains_key(&identity.node_id) {
+            bail!(
+                "identity of node {} does not list it among the initial members",
+                identity.node_id
+            );
+        }
+        handle
+            .initialize_if_new(members)
+            .await
+            .context("cannot initialize the raft group")?;
+        tokio::spawn(ensure_controller_model(
+            handle.clone(),
+            identity.clone(),
+            stop.clone(),
+        ));
+    }
+
+    shutdown.await;
+    info!("shutting down");
+    stop.cancel();
+    if let Err(e) = grpc_task.await {
+        warn!(error = %e, "grpc server task failed");
+    }
+    if let Err(e) = http_task.await {
+        warn!(error = %e, "side port task failed");
+    }
+    if let Err(e) = presence_task.await {
+        warn!(error = %e, "presence task failed");
+    }
+    for (name, task) in [
+        ("migration master", masters_task),
+        ("import sweeper", sweeper_task),
+    ] {
+        if let Err(e) = task.await {
+            warn!(error = %e, "{name} task failed");
+        }
+    }
+    handle.shutdown().await;
+    info!("stopped");
+    Ok(())
+}

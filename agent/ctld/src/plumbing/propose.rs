@@ -1,0 +1,41 @@
+//! Proposing a command for a caller and waiting until this node has applied it, so the caller
+//! reads its own write; request ids make a retried call apply once.
+
+use starling_proto::command::{command, Command, CommandResult};
+use starling_raft::RaftHandle;
+use tonic::Status;
+
+use super::now_unix_ms;
+use super::status::{command_result_status, proposal};
+
+/// The client's request id, or a new random one.
+pub fn request_id_or_new(request_id: String) -> String {
+    if request_id.is_empty() {
+        uuid::Uuid::new_v4().to_string()
+    } else {
+        request_id
+    }
+}
+
+/// Proposes `op` for user `caller` (under the client's request id, or a new one), maps a refusal to
+/// its status, and waits until this node has applied it, so the caller reads its own write.
+pub async fn propose_and_wait(
+    handle: &RaftHandle,
+    caller: &str,
+    request_id: String,
+    op: command::Op,
+) -> Result<CommandResult, Status> {
+    let command = Command {
+        request_id: request_id_or_new(request_id),
+        op: Some(op),
+        proposed_unix_ms: now_unix_ms(),
+        caller: caller.to_owned(),
+    };
+    let proposed = handle.propose(command).await.map_err(|e| proposal(&e))?;
+    command_result_status(&proposed.result)?;
+    handle
+        .wait_applied(proposed.log_index)
+        .await
+        .map_err(|e| proposal(&e))?;
+    Ok(proposed.result)
+}
