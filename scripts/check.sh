@@ -4,6 +4,8 @@
 # Every step runs even when an earlier one failed; the summary names what failed.
 #
 #   scripts/check.sh [--no-test] [extra test args...]
+#   scripts/check.sh --rule NAME [ARGS...]   # one architecture rule alone, e.g.
+#                                            # `--rule is_thin starling-agentd`, `--rule layering`
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -121,6 +123,12 @@ generated_code_only_in_proto() {
         return 1
     fi
 }
+
+if [[ "${1:-}" == "--rule" ]]; then
+    shift
+    "$@"
+    exit
+fi
 
 step "cargo fmt --all --check" cargo fmt --all --check
 step "cargo clippy --workspace --all-targets -- -D warnings" cargo clippy --workspace --all-targets -- -D warnings

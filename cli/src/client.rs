@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use starling_proto::controller::controller_client::ControllerClient as GrpcClient;
+use starling_proto::limits::MESSAGE_BYTES_MAX;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
@@ -191,7 +192,9 @@ impl ControllerClient {
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
         let channel = self.connect(endpoint).await?;
-        let grpc = GrpcClient::with_interceptor(channel, self.auth.clone());
+        // The controller answers up to the shared limit (a large model's status), not tonic's 4 MiB.
+        let grpc = GrpcClient::with_interceptor(channel, self.auth.clone())
+            .max_decoding_message_size(MESSAGE_BYTES_MAX);
         match f(grpc).await {
             Ok(response) => Ok(response.into_inner()),
             Err(status) if status.code() == Code::Unavailable => {

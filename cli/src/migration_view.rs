@@ -585,7 +585,7 @@ mod tests {
         assert_eq!(
             timeout_message(ID, Some(IMPORT), d, m),
             format!(
-                "migration {ID} is still in IMPORT after 1m30s; it continues on the controller: \
+                "migration {ID} is still in IMPORT after 1m 30s; it continues on the controller: \
                  follow it with 'ctl show-model {m}' or stop it with 'ctl abort-migration {m}'"
             )
         );

@@ -19,6 +19,7 @@ use starling_proto::agent::agent_client::AgentClient;
 use starling_proto::agent::{
     AgentUpdate, HeartbeatRequest, MigrationNotice, Redirect, ReportRequest, WatchRequest,
 };
+use starling_proto::limits::MESSAGE_BYTES_MAX;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tonic::metadata::{AsciiMetadataValue, MetadataMap};
@@ -203,7 +204,9 @@ impl Session {
             let ended = match connect(&endpoint, &self.config.ca_cert).await {
                 Ok(channel) => {
                     let caller = ControllerCaller {
-                        client: AgentClient::new(channel),
+                        // A machine with many units gets updates beyond tonic's 4 MiB default.
+                        client: AgentClient::new(channel)
+                            .max_decoding_message_size(MESSAGE_BYTES_MAX),
                         auth,
                     };
                     let ended = self.serve(&endpoint, caller, &mut backoff).await;

@@ -298,7 +298,10 @@ mod tests {
         assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
         assert_eq!(parse_duration("1m30s"), Some(Duration::from_secs(90)));
         assert_eq!(parse_duration("2h"), Some(Duration::from_secs(7200)));
-        for bad in ["", "10", "s", "0s", "1.5s", "10 s", "-1s", "10x", "1s2"] {
+        // humantime's grammar: spaces between parts and fractions are fine.
+        assert_eq!(parse_duration("1m 30s"), Some(Duration::from_secs(90)));
+        assert_eq!(parse_duration("1.5s"), Some(Duration::from_millis(1500)));
+        for bad in ["", "10", "s", "0s", "-1s", "10x", "1s2", "ten"] {
             assert_eq!(parse_duration(bad), None, "{bad:?}");
         }
     }

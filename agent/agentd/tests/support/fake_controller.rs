@@ -514,7 +514,7 @@ pub fn pack(dir: &Path) -> Vec<u8> {
 /// The packed `scripts/charms/counter` charm and its digest.
 pub fn counter_charm() -> (Vec<u8>, String) {
     use sha2::{Digest, Sha256};
-    let charm = pack(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/charms/counter"));
+    let charm = pack(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/charms/counter"));
     let digest = hex::encode(Sha256::digest(&charm));
     (charm, digest)
 }

@@ -13,7 +13,7 @@ use tonic::{Request, Response, Status};
 use tracing::instrument;
 
 use super::{AgentIdentity, AgentService};
-use crate::plumbing::{command_result_status, now_unix_ms, proposal, storage_error};
+use crate::plumbing::{now_unix_ms, propose, storage_error};
 
 /// Checks each entity an agent report names: `PermissionDenied` for one that is not the
 /// machine or a unit on it (a unit that no longer exists passes; applying skips it).
@@ -123,12 +123,7 @@ impl AgentService {
             proposed_unix_ms: now_unix_ms(),
             caller: format!("machine-{}", agent.machine_id),
         };
-        let proposed = self
-            .handle
-            .propose(command)
-            .await
-            .map_err(|e| proposal(&e))?;
-        command_result_status(&proposed.result)?;
+        let proposed = propose(&self.handle, command).await?;
         let applied_seq = match &proposed.result.result {
             Some(command_result::Result::Ok(ok)) => ok.applied_seq,
             _ => 0,

@@ -10,7 +10,7 @@ use tonic::{Request, Response, Status};
 use tracing::{debug, instrument};
 
 use super::AgentService;
-use crate::plumbing::{command_result_status, now_unix_ms, proposal, storage_error};
+use crate::plumbing::{now_unix_ms, propose, storage_error};
 
 impl AgentService {
     #[instrument(skip_all, fields(node_id = self.handle.node_id()))]
@@ -57,12 +57,7 @@ impl AgentService {
             proposed_unix_ms: now_unix_ms(),
             caller: format!("machine-{}", agent.machine_id),
         };
-        let proposed = self
-            .handle
-            .propose(command)
-            .await
-            .map_err(|e| proposal(&e))?;
-        command_result_status(&proposed.result)?;
+        propose(&self.handle, command).await?;
         debug!(migration = %id, machine = %agent.machine_id, phase = %message.phase, ok = message.ok, "agent reported");
         Ok(Response::new(pb::MigrationReportResponse {}))
     }

@@ -15,7 +15,7 @@ use crate::auth::{self, Caller};
 use crate::identity::NodeIdentity;
 use crate::init::node_files;
 use crate::pki;
-use crate::plumbing::{command_result_status, now_unix_ms, proposal};
+use crate::plumbing::{now_unix_ms, proposal, propose};
 
 /// How long `ShowController` waits for each member's own status.
 const MEMBER_STATUS_TIMEOUT: Duration = Duration::from_secs(2);
@@ -136,12 +136,7 @@ impl ClientApi {
             proposed_unix_ms: now_unix_ms(),
             caller: caller.user,
         };
-        let proposed = self
-            .handle
-            .propose(command)
-            .await
-            .map_err(|e| proposal(&e))?;
-        command_result_status(&proposed.result)?;
+        let proposed = propose(&self.handle, command).await?;
         Ok(Response::new(pb::SetControllerConfigResponse {
             log_index: proposed.log_index,
         }))

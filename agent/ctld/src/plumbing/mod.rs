@@ -7,7 +7,7 @@ pub mod propose;
 pub mod status;
 
 pub use blobs::{blob_chunks, charm_chunks, read_blob, BlobChunk, ChunkStream};
-pub use propose::{propose_and_wait, request_id_or_new};
+pub use propose::{propose, propose_and_wait, request_id_or_new};
 pub use status::{command_result_status, proposal, refusal, storage_error};
 
 /// Milliseconds since the Unix epoch, for commands' `proposed_unix_ms`.

@@ -2,7 +2,7 @@
 //! reads its own write; request ids make a retried call apply once.
 
 use starling_proto::command::{command, Command, CommandResult};
-use starling_raft::RaftHandle;
+use starling_raft::{Proposed, RaftHandle};
 use tonic::Status;
 
 use super::now_unix_ms;
@@ -31,11 +31,18 @@ pub async fn propose_and_wait(
         proposed_unix_ms: now_unix_ms(),
         caller: caller.to_owned(),
     };
-    let proposed = handle.propose(command).await.map_err(|e| proposal(&e))?;
-    command_result_status(&proposed.result)?;
+    let proposed = propose(handle, command).await?;
     handle
         .wait_applied(proposed.log_index)
         .await
         .map_err(|e| proposal(&e))?;
     Ok(proposed.result)
+}
+
+/// Proposes `command` and maps a refusal (not leader, or a rule the state machine applied) to
+/// its status, without waiting for this node to apply it.
+pub async fn propose(handle: &RaftHandle, command: Command) -> Result<Proposed, Status> {
+    let proposed = handle.propose(command).await.map_err(|e| proposal(&e))?;
+    command_result_status(&proposed.result)?;
+    Ok(proposed)
 }
