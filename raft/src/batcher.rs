@@ -4,6 +4,9 @@
 //! at once, so under load the queue fills while they commit and the next entry carries more; when
 //! idle, a lone command goes out at once (nothing waits for company).
 
+use std::sync::Arc;
+use std::time::Instant;
+
 use futures::stream::{FuturesUnordered, StreamExt};
 use openraft::error::{ClientWriteError, RaftError};
 use prost::Message;
@@ -13,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, instrument};
 
 use crate::handle::{ProposeError, Proposed};
+use crate::stages::WriteTimeline;
 use crate::type_config::{Raft, Request};
 
 /// Bounds on proposal batching.
@@ -45,6 +49,7 @@ impl Default for BatchLimits {
 struct Proposal {
     command: Command,
     encoded_bytes: usize,
+    queued: Instant,
     reply: oneshot::Sender<Result<Proposed, ProposeError>>,
 }
 
@@ -52,17 +57,50 @@ struct Proposal {
 #[derive(Clone)]
 pub(crate) struct ProposalBatcher {
     queue: mpsc::Sender<Proposal>,
+    /// While true, queued proposals wait (a leadership hand-off is under way).
+    held: Arc<tokio::sync::watch::Sender<bool>>,
+}
+
+/// Holds proposals back until dropped.
+pub(crate) struct Hold(Arc<tokio::sync::watch::Sender<bool>>);
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        self.0.send_replace(false);
+    }
+}
+
+/// What a batch's entry needs besides the proposals: the Raft node and where its moments are.
+#[derive(Clone)]
+struct Writer {
+    raft: Raft,
+    timeline: Arc<WriteTimeline>,
 }
 
 impl ProposalBatcher {
     /// Starts the batching task for `raft`; it stops when `stop` is cancelled or every
     /// `ProposalBatcher` is dropped, after answering what it already took.
-    pub(crate) fn spawn(raft: Raft, limits: BatchLimits, stop: CancellationToken) -> Self {
+    pub(crate) fn spawn(
+        raft: Raft,
+        timeline: Arc<WriteTimeline>,
+        limits: BatchLimits,
+        stop: CancellationToken,
+    ) -> Self {
         assert!(limits.queued_commands_max > 0 && limits.batch_commands_max > 0);
         assert!(limits.batches_in_flight_max > 0);
         let (queue, rx) = mpsc::channel(limits.queued_commands_max);
-        tokio::spawn(run(raft, rx, limits, stop));
-        ProposalBatcher { queue }
+        let (held, held_rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(run(Writer { raft, timeline }, rx, held_rx, limits, stop));
+        ProposalBatcher {
+            queue,
+            held: Arc::new(held),
+        }
+    }
+
+    /// Holds queued proposals back (they are not handed to Raft) until the guard is dropped.
+    pub(crate) fn hold(&self) -> Hold {
+        self.held.send_replace(true);
+        Hold(self.held.clone())
     }
 
     /// Proposes `command` in the next entry with room; `NotLeader` when this node does not lead.
@@ -71,6 +109,7 @@ impl ProposalBatcher {
         let proposal = Proposal {
             encoded_bytes: command.encoded_len(),
             command,
+            queued: Instant::now(),
             reply,
         };
         self.queue.send(proposal).await.map_err(|_| stopped())?;
@@ -84,8 +123,9 @@ fn stopped() -> ProposeError {
 
 #[instrument(skip_all)]
 async fn run(
-    raft: Raft,
+    writer: Writer,
     mut queue: mpsc::Receiver<Proposal>,
+    mut held: tokio::sync::watch::Receiver<bool>,
     limits: BatchLimits,
     stop: CancellationToken,
 ) {
@@ -108,8 +148,14 @@ async fn run(
                 },
             },
         };
+        if *held.borrow() {
+            tokio::select! {
+                () = stop.cancelled() => break,
+                _ = held.wait_for(|held| !*held) => {}
+            }
+        }
         let batch = collect_batch(first, &mut queue, &mut carried, &limits);
-        in_flight.push(write_batch(raft.clone(), batch));
+        in_flight.push(write_batch(writer.clone(), batch));
     }
     // Answer what was taken; what is still queued is answered by dropping it (`stopped`).
     while in_flight.next().await.is_some() {}
@@ -142,7 +188,7 @@ fn collect_batch(
 
 /// Proposes `batch` as one entry (a lone command as a plain command entry) and answers each
 /// proposer with its own result.
-async fn write_batch(raft: Raft, mut batch: Vec<Proposal>) {
+async fn write_batch(writer: Writer, mut batch: Vec<Proposal>) {
     let n_commands = batch.len();
     metrics::counter!("starling_raft_proposal_entries_total").increment(1);
     metrics::histogram!("starling_raft_proposal_batch_commands").record(n_commands as f64);
@@ -156,7 +202,28 @@ async fn write_batch(raft: Raft, mut batch: Vec<Proposal>) {
                 .collect(),
         )
     };
-    let outcome = raft.client_write(request).await;
+    let proposed = Instant::now();
+    let outcome = writer.raft.client_write(request).await;
+    if let Ok(response) = &outcome {
+        let answered = Instant::now();
+        let voters = writer
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .count();
+        for proposal in &batch {
+            writer.timeline.observe_write(
+                response.log_id.index,
+                proposal.queued,
+                proposed,
+                answered,
+                voters / 2,
+            );
+        }
+    }
     match outcome {
         Ok(response) if n_commands == 1 => {
             let done = Proposed {
@@ -223,6 +290,7 @@ mod tests {
             Proposal {
                 command,
                 encoded_bytes: bytes,
+                queued: Instant::now(),
                 reply,
             },
             rx,

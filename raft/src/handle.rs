@@ -24,10 +24,11 @@ use crate::watchdog::{self, LeaderContact, WatchdogTiming};
 pub struct RaftTiming {
     /// Leader heartbeat period; openraft 0.9 also uses it as the AppendEntries RPC timeout.
     pub heartbeat_ms: u64,
-    /// Lower bound of the randomized election timeout.
+    /// Lower bound of the election timeout, and the leader lease: a voter that heard from a
+    /// leader less than this long ago refuses to vote for anyone else.
     pub election_timeout_min_ms: u64,
-    /// Upper bound of the randomized election timeout; also openraft's leader lease, after
-    /// which the election watchdog makes a voter follower without leader contact campaign.
+    /// Upper bound of the election timeout: a voter follower without leader contact campaigns
+    /// (after a pre-vote) at a random point between the bounds, drawn afresh for each attempt.
     pub election_timeout_max_ms: u64,
     /// Deadline for sending one snapshot chunk.
     pub install_snapshot_timeout_ms: u64,
@@ -44,13 +45,15 @@ pub struct RaftTiming {
 impl Default for RaftTiming {
     fn default() -> Self {
         Self {
-            // 150 ms, not 100: openraft 0.9 cuts an AppendEntries off after one heartbeat period,
-            // and a follower's fsync can stall for tens of milliseconds behind a large batch.
-            heartbeat_ms: 150,
-            // 5-10x the heartbeat (docs/concepts.md). Failover takes about the max: the watchdog
-            // campaigns when the leader lease (= max) expires.
-            election_timeout_min_ms: 750,
-            election_timeout_max_ms: 1500,
+            // openraft 0.9 cuts an AppendEntries off after one heartbeat period; a follower's
+            // fsync behind a large batch can take tens of milliseconds (a cut-off append is
+            // retried, and whatever the follower stored by then is kept).
+            heartbeat_ms: 100,
+            // 4-7 heartbeats. Failover takes the earliest survivor's draw in [min, max] plus an
+            // election: about 0.5 s. Shorter makes a leader whose heartbeats are delayed by CPU
+            // or disk stalls (its Raft core waits for its own log fsync) lose its lease.
+            election_timeout_min_ms: 400,
+            election_timeout_max_ms: 700,
             install_snapshot_timeout_ms: 10_000,
             snapshot_chunk_bytes_max: 1024 * 1024,
             snapshot_logs_since_last: 10_000,
@@ -63,11 +66,20 @@ impl Default for RaftTiming {
 impl RaftTiming {
     /// The validated openraft configuration for these settings.
     pub fn to_config(&self, cluster_name: &str) -> Result<Config, Box<openraft::ConfigError>> {
+        if self.election_timeout_max_ms < self.election_timeout_min_ms {
+            return Err(Box::new(openraft::ConfigError::ElectionTimeout {
+                min: self.election_timeout_min_ms,
+                max: self.election_timeout_max_ms,
+            }));
+        }
         let config = Config {
             cluster_name: cluster_name.to_string(),
             heartbeat_interval: self.heartbeat_ms,
-            election_timeout_min: self.election_timeout_min_ms,
-            election_timeout_max: self.election_timeout_max_ms,
+            // openraft's leader lease is its `election_timeout_max`; its own election timer is
+            // off (the watchdog campaigns), so only the lease matters: our minimum.
+            election_timeout_min: self.election_timeout_min_ms.saturating_sub(1),
+            election_timeout_max: self.election_timeout_min_ms,
+            enable_elect: false,
             install_snapshot_timeout: self.install_snapshot_timeout_ms,
             snapshot_max_chunk_size: self.snapshot_chunk_bytes_max,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(self.snapshot_logs_since_last),
@@ -156,6 +168,7 @@ struct Inner {
     state: StateView,
     batcher: ProposalBatcher,
     leader_contact: Arc<LeaderContact>,
+    timing: RaftTiming,
     /// Stops the batcher and the election watchdog.
     stop: CancellationToken,
 }
@@ -189,36 +202,51 @@ impl RaftHandle {
             channels,
         } = options;
         let config = Arc::new(timing.to_config(&controller_uuid)?);
-        let network = Network::new(&controller_uuid, channels.clone());
+        let timeline = state.timeline();
+        let network = Network::new(&controller_uuid, channels.clone(), timeline.clone());
         let raft = Raft::new(node_id, config, network, log_store, state_machine)
             .await
             .map_err(Box::new)?;
         let stop = CancellationToken::new();
         let leader_contact = Arc::new(LeaderContact::default());
-        let batcher = ProposalBatcher::spawn(raft.clone(), timing.batch, stop.clone());
-        watchdog::spawn(
-            raft.clone(),
-            node_id,
-            leader_contact.clone(),
-            WatchdogTiming {
-                lease: Duration::from_millis(timing.election_timeout_max_ms),
-                heartbeat: Duration::from_millis(timing.heartbeat_ms),
-            },
-            stop.clone(),
-        );
+        let batcher = ProposalBatcher::spawn(raft.clone(), timeline, timing.batch, stop.clone());
         let handle = Self {
             inner: Arc::new(Inner {
-                raft,
+                raft: raft.clone(),
                 node_id,
                 controller_uuid,
                 version,
                 channels,
                 state,
                 batcher,
-                leader_contact,
-                stop,
+                leader_contact: leader_contact.clone(),
+                timing: timing.clone(),
+                stop: stop.clone(),
             }),
         };
+        // The watchdog must not keep the node alive: it asks through a weak reference.
+        let weak = Arc::downgrade(&handle.inner);
+        let pre_vote: watchdog::PreVote = Arc::new(move || {
+            let weak = weak.clone();
+            Box::pin(async move {
+                match weak.upgrade() {
+                    Some(inner) => RaftHandle { inner }.pre_vote_round().await,
+                    None => false,
+                }
+            })
+        });
+        watchdog::spawn(
+            raft,
+            node_id,
+            leader_contact,
+            WatchdogTiming {
+                timeout_min: Duration::from_millis(timing.election_timeout_min_ms),
+                timeout_max: Duration::from_millis(timing.election_timeout_max_ms),
+                heartbeat: Duration::from_millis(timing.heartbeat_ms),
+            },
+            pre_vote,
+            stop,
+        );
         handle.spawn_metrics_exporter();
         Ok(handle)
     }
@@ -367,11 +395,14 @@ impl RaftHandle {
             command: Some(command.clone()),
         });
         request.set_timeout(deadline.saturating_duration_since(Instant::now()));
+        let sent = Instant::now();
         let response = client
             .forward(request)
             .await
             .map_err(|s| format!("forwarding to leader {leader}: {}", s.message()))?
             .into_inner();
+        metrics::histogram!("starling_raft_write_stage_seconds", "stage" => "forward")
+            .record(sent.elapsed().as_secs_f64());
         Ok(Proposed {
             result: response.result.unwrap_or_default(),
             log_index: response.log_index,
@@ -627,6 +658,244 @@ impl RaftHandle {
                 .map_err(membership_error)?;
         }
         Ok(())
+    }
+
+    /// Asks every other voter whether it would vote for this node (pre-vote); true when a
+    /// majority of the voters, this node included, would.
+    async fn pre_vote_round(&self) -> bool {
+        let (voters, nodes) = self.membership();
+        if !voters.contains(&self.inner.node_id) {
+            return false;
+        }
+        let needed = voters.len() / 2 + 1;
+        let last_log_index = self.node_status().last_log_index;
+        let timeout = Duration::from_millis(self.inner.timing.election_timeout_min_ms);
+        let mut asks: futures::stream::FuturesUnordered<_> = voters
+            .iter()
+            .filter(|id| **id != self.inner.node_id)
+            .filter_map(|id| Some((*id, nodes.get(id)?.clone())))
+            .map(|(id, address)| async move {
+                let mut client = self.inner.channels.client(id, &address).ok()?;
+                let mut request = tonic::Request::new(pb::PreVoteRequest {
+                    controller_uuid: self.inner.controller_uuid.clone(),
+                    candidate_id: self.inner.node_id,
+                    last_log_index,
+                });
+                request.set_timeout(timeout);
+                let answer = client.pre_vote(request).await.ok()?.into_inner();
+                if !answer.granted {
+                    debug!(voter = id, reason = %answer.reason, "pre-vote refused");
+                }
+                Some(answer.granted)
+            })
+            .collect();
+        let mut granted = 1;
+        if granted >= needed {
+            return true;
+        }
+        while let Some(answer) = futures::StreamExt::next(&mut asks).await {
+            granted += usize::from(answer == Some(true));
+            if granted >= needed {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// This node's answer to a pre-vote from `candidate`: granted unless it still hears from a
+    /// leader (or is one with a live quorum) or its log is ahead of the candidate's.
+    pub fn pre_vote_answer(&self, candidate: NodeId, last_log_index: u64) -> Result<(), String> {
+        let lease = Duration::from_millis(self.inner.timing.election_timeout_min_ms);
+        let (state, my_last, quorum_ack_ms, leader) = {
+            let watch = self.inner.raft.metrics();
+            let m = watch.borrow();
+            (
+                m.state,
+                m.last_log_index.unwrap_or(0),
+                m.millis_since_quorum_ack,
+                m.current_leader,
+            )
+        };
+        if state == ServerState::Leader
+            && quorum_ack_ms.is_some_and(|ms| Duration::from_millis(ms) < lease)
+        {
+            return Err("this node leads and its quorum answers".into());
+        }
+        if state != ServerState::Leader {
+            if let Some(contact) = self.inner.leader_contact.last() {
+                if contact.elapsed() < lease && leader != Some(candidate) {
+                    return Err(format!(
+                        "heard from leader {leader:?} {} ms ago",
+                        contact.elapsed().as_millis()
+                    ));
+                }
+            }
+        }
+        if my_last > last_log_index {
+            return Err(format!(
+                "log ahead of the candidate's ({my_last} > {last_log_index})"
+            ));
+        }
+        Ok(())
+    }
+
+    /// Hands leadership to a caught-up voter before this node stops or leaves (etcd's
+    /// move-leader): holds new proposals back, waits until a voter has every entry, tells it to
+    /// campaign, and waits until this node is no longer the leader. Returns the new leader's id,
+    /// or `None` when this node did not lead or no other voter could take over within `limit`
+    /// (then leadership stays, and stopping costs the followers an election timeout).
+    pub async fn transfer_leadership(&self, limit: Duration) -> Option<NodeId> {
+        let deadline = Instant::now() + limit;
+        let (voters, nodes) = self.membership();
+        let others: Vec<NodeId> = voters
+            .into_iter()
+            .filter(|id| *id != self.inner.node_id)
+            .collect();
+        if self.current_leader() != Some(self.inner.node_id) || others.is_empty() {
+            return None;
+        }
+        let _held = self.inner.batcher.hold();
+        let started = Instant::now();
+        let mut asked: Option<NodeId> = None;
+        while Instant::now() < deadline {
+            let (state, last, matched) = {
+                let watch = self.inner.raft.metrics();
+                let m = watch.borrow();
+                (
+                    m.state,
+                    m.last_log_index.unwrap_or(0),
+                    m.replication.clone(),
+                )
+            };
+            if state != ServerState::Leader {
+                let leader = self.current_leader();
+                info!(
+                    new_leader = ?leader,
+                    took_ms = started.elapsed().as_millis() as u64,
+                    "leadership handed over"
+                );
+                metrics::counter!("starling_raft_leader_transfers_total").increment(1);
+                return leader.or(asked);
+            }
+            if asked.is_none() {
+                // The most caught-up voter, once it holds every entry.
+                let target = others
+                    .iter()
+                    .filter_map(|id| {
+                        let m = matched.as_ref()?.get(id)?.map_or(0, |l| l.index);
+                        Some((m, *id))
+                    })
+                    .max()
+                    .filter(|(m, _)| *m >= last)
+                    .map(|(_, id)| id);
+                if let Some(target) = target {
+                    match self.ask_to_campaign(target, &nodes, last).await {
+                        Ok(()) => asked = Some(target),
+                        Err(e) => warn!(target, error = %e, "leader hand-off refused"),
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        warn!(
+            limit_ms = limit.as_millis() as u64,
+            "no voter took over leadership in time; keeping it"
+        );
+        None
+    }
+
+    async fn ask_to_campaign(
+        &self,
+        target: NodeId,
+        nodes: &BTreeMap<NodeId, String>,
+        last_log_index: u64,
+    ) -> Result<(), String> {
+        let address = nodes
+            .get(&target)
+            .ok_or_else(|| format!("node {target} has no address"))?;
+        let mut client = self
+            .inner
+            .channels
+            .client(target, address)
+            .map_err(|e| e.to_string())?;
+        let mut request = tonic::Request::new(pb::TransferLeaderRequest {
+            controller_uuid: self.inner.controller_uuid.clone(),
+            leader_id: self.inner.node_id,
+            leader_last_log_index: last_log_index,
+        });
+        request.set_timeout(Duration::from_millis(
+            self.inner.timing.election_timeout_min_ms,
+        ));
+        client
+            .transfer_leader(request)
+            .await
+            .map(|_| ())
+            .map_err(|s| s.message().to_string())
+    }
+
+    /// Removes this node from the group while it leads: hands leadership over first (so the
+    /// group needs no election), then asks the new leader to remove it. A node that does not
+    /// lead, or finds no voter to take over, removes itself as any leader would.
+    pub async fn remove_self_handing_over(&self, limit: Duration) -> Result<(), ProposeError> {
+        let me = self.inner.node_id;
+        let Some(leader) = self.transfer_leadership(limit).await else {
+            return self
+                .change_voters(BTreeSet::new(), BTreeSet::from([me]))
+                .await;
+        };
+        let mut client =
+            self.leader_client(leader)
+                .map_err(|reason| ProposeError::Unavailable {
+                    leader_hint: Some(leader),
+                    reason,
+                })?;
+        let mut request = tonic::Request::new(pb::RemoveNodeAtLeaderRequest {
+            controller_uuid: self.inner.controller_uuid.clone(),
+            node_id: me,
+        });
+        request.set_timeout(PROPOSE_DEADLINE);
+        client
+            .remove_node_at_leader(request)
+            .await
+            .map(|_| ())
+            .map_err(|s| ProposeError::Unavailable {
+                leader_hint: Some(leader),
+                reason: format!("removal at the new leader {leader}: {}", s.message()),
+            })
+    }
+
+    /// Campaigns at once because the leader `leader` hands leadership over; refused when this
+    /// node is not a voter follower or misses entries up to `leader_last_log_index`.
+    pub async fn campaign_for_transfer(
+        &self,
+        leader: NodeId,
+        leader_last_log_index: u64,
+    ) -> Result<(), String> {
+        let (state, last) = {
+            let watch = self.inner.raft.metrics();
+            let m = watch.borrow();
+            (m.state, m.last_log_index.unwrap_or(0))
+        };
+        let (voters, _) = self.membership();
+        if state != ServerState::Follower || !voters.contains(&self.inner.node_id) {
+            return Err(format!(
+                "node {} is not a voter follower",
+                self.inner.node_id
+            ));
+        }
+        if last < leader_last_log_index {
+            return Err(format!(
+                "node {} holds entries up to {last}, not {leader_last_log_index}",
+                self.inner.node_id
+            ));
+        }
+        info!(from = leader, "leader hands over; campaigning");
+        self.inner
+            .raft
+            .trigger()
+            .elect()
+            .await
+            .map_err(|e| e.to_string())
     }
 
     /// Stops the Raft node (and the proposal batcher and election watchdog).

@@ -9,6 +9,7 @@ pub mod codec;
 pub mod handle;
 pub mod network;
 pub mod service;
+pub mod stages;
 pub mod store;
 pub mod type_config;
 mod watchdog;

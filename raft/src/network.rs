@@ -22,6 +22,7 @@ use starling_proto::raft::raft_client::RaftClient;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 use crate::codec;
+use crate::stages::{Mark, WriteTimeline};
 use crate::type_config::{Node, NodeId, TypeConfig};
 
 /// Largest gRPC message a peer accepts or sends: a batch of log entries or one snapshot chunk.
@@ -106,14 +107,21 @@ impl PeerChannels {
 pub struct Network {
     controller_uuid: Arc<str>,
     channels: PeerChannels,
+    timeline: Arc<WriteTimeline>,
 }
 
 impl Network {
-    /// A network for the controller `controller_uuid`, dialling through `channels`.
-    pub fn new(controller_uuid: &str, channels: PeerChannels) -> Self {
+    /// A network for the controller `controller_uuid`, dialling through `channels`, noting when
+    /// entries leave and are acknowledged in `timeline`.
+    pub fn new(
+        controller_uuid: &str,
+        channels: PeerChannels,
+        timeline: Arc<WriteTimeline>,
+    ) -> Self {
         Self {
             controller_uuid: controller_uuid.into(),
             channels,
+            timeline,
         }
     }
 }
@@ -127,6 +135,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             target,
             node: node.clone(),
             channels: self.channels.clone(),
+            timeline: self.timeline.clone(),
         }
     }
 }
@@ -137,6 +146,7 @@ pub struct PeerConnection {
     target: NodeId,
     node: Node,
     channels: PeerChannels,
+    timeline: Arc<WriteTimeline>,
 }
 
 type RpcResult<T, E = openraft::error::Infallible> =
@@ -203,6 +213,11 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>> {
         let ttl = option.hard_ttl();
+        let (first, last) = match (rpc.entries.first(), rpc.entries.last()) {
+            (Some(first), Some(last)) => (first.log_id.index, last.log_id.index),
+            _ => (1, 0),
+        };
+        self.timeline.mark(first, last, Mark::Sent);
         let message = pb::AppendEntriesRequest {
             controller_uuid: self.controller_uuid.to_string(),
             vote: Some(codec::vote_to_pb(&rpc.vote)),
@@ -223,7 +238,10 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         }
         use pb::append_entries_response::Result as R;
         match response.result {
-            Some(R::Success(_)) => Ok(AppendEntriesResponse::Success),
+            Some(R::Success(_)) => {
+                self.timeline.mark(first, last, Mark::Acked);
+                Ok(AppendEntriesResponse::Success)
+            }
             Some(R::PartialSuccess(p)) => Ok(AppendEntriesResponse::PartialSuccess(
                 codec::opt_log_id_from_pb(p.matched.as_ref()),
             )),

@@ -94,6 +94,7 @@ impl RaftRpc for RaftService {
         let vote = codec::req_vote_from_pb(message.vote.as_ref(), "append-entries request")
             .map_err(malformed)?;
         self.handle.note_append_entries(&vote);
+        let arrived = (!entries.is_empty()).then(std::time::Instant::now);
         let rpc = openraft::raft::AppendEntriesRequest {
             vote,
             prev_log_id: codec::opt_log_id_from_pb(message.prev_log_id.as_ref()),
@@ -126,6 +127,10 @@ impl RaftRpc for RaftService {
                 ..Default::default()
             },
         };
+        if let Some(arrived) = arrived {
+            metrics::histogram!("starling_raft_follower_append_seconds")
+                .record(arrived.elapsed().as_secs_f64());
+        }
         Ok(Response::new(response))
     }
 
@@ -218,6 +223,47 @@ impl RaftRpc for RaftService {
             .await
             .map_err(|e| propose_error_status(&e))?;
         Ok(Response::new(pb::ReadIndexResponse { read_index }))
+    }
+
+    async fn pre_vote(
+        &self,
+        request: Request<pb::PreVoteRequest>,
+    ) -> Result<Response<pb::PreVoteResponse>, Status> {
+        self.admit(&request, &request.get_ref().controller_uuid)?;
+        let message = request.into_inner();
+        let answer = self
+            .handle
+            .pre_vote_answer(message.candidate_id, message.last_log_index);
+        Ok(Response::new(pb::PreVoteResponse {
+            granted: answer.is_ok(),
+            reason: answer.err().unwrap_or_default(),
+        }))
+    }
+
+    async fn transfer_leader(
+        &self,
+        request: Request<pb::TransferLeaderRequest>,
+    ) -> Result<Response<pb::TransferLeaderResponse>, Status> {
+        self.admit(&request, &request.get_ref().controller_uuid)?;
+        let message = request.into_inner();
+        self.handle
+            .campaign_for_transfer(message.leader_id, message.leader_last_log_index)
+            .await
+            .map_err(Status::failed_precondition)?;
+        Ok(Response::new(pb::TransferLeaderResponse {}))
+    }
+
+    async fn remove_node_at_leader(
+        &self,
+        request: Request<pb::RemoveNodeAtLeaderRequest>,
+    ) -> Result<Response<pb::RemoveNodeAtLeaderResponse>, Status> {
+        self.admit(&request, &request.get_ref().controller_uuid)?;
+        let node_id = request.into_inner().node_id;
+        self.handle
+            .change_voters(Default::default(), [node_id].into())
+            .await
+            .map_err(|e| propose_error_status(&e))?;
+        Ok(Response::new(pb::RemoveNodeAtLeaderResponse {}))
     }
 
     async fn node_status(

@@ -1,15 +1,20 @@
-//! `ElectionWatchdog`: starts an election as soon as the leader's lease has run out. openraft 0.9
-//! makes a follower with a committed vote wait `leader_lease` (= election timeout max) PLUS a
-//! random election timeout after the last leader contact, while the other voters already grant
-//! votes once their own lease expired. So a voter follower that has accepted no AppendEntries for
-//! `election_timeout_max + jitter` calls `raft.trigger().elect()`; a healthy leader is never
-//! disturbed (its heartbeats keep the contact fresh), learners and leaders never campaign.
-//! It makes at most `ATTEMPTS_MAX` attempts per lost leader: a node whose log is behind can never
-//! win, and retrying every heartbeat would drive the term up faster than the node that can win
-//! catches up with it (a livelock). After that, openraft's own randomized election timer retries.
+//! `ElectionWatchdog`: the only thing that starts elections. openraft 0.9's own election timer is
+//! off (`enable_elect = false`): it draws one random timeout per node for its whole life (two
+//! survivors can split the vote again and again) and campaigns without asking first (a follower
+//! that was paused for a second deposes a healthy leader on waking up).
 //!
-//! The decision (`Schedule::step`) is pure; the task only observes and acts.
+//! A voter follower campaigns once it has accepted no AppendEntries for its election timeout,
+//! drawn afresh in `[election_timeout_min, election_timeout_max]` for every attempt; and only
+//! after a pre-vote: a majority of the voters (itself included) must answer that they too have
+//! lost the leader for at least `election_timeout_min` (openraft's leader lease, after which they
+//! grant votes) and that its log is not behind theirs. So a node that merely woke up, or whose log
+//! is behind, does not raise the term; a failed attempt is retried after another random draw.
+//! A healthy leader is never disturbed (its heartbeats keep the contact fresh); learners and
+//! leaders never campaign.
+//!
+//! The decision (`Schedule::step`) is pure; the task only observes, asks and acts.
 
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -17,12 +22,9 @@ use openraft::ServerState;
 use rand::{Rng, SeedableRng};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, instrument, warn};
+use tracing::{debug, info, instrument, warn};
 
 use crate::type_config::{NodeId, Raft, Vote};
-
-/// Elections the watchdog starts per lost leader; openraft's own timer takes over after them.
-const ATTEMPTS_MAX: u32 = 2;
 
 /// When this node last accepted an AppendEntries (or heartbeat) from a leader.
 #[derive(Debug, Default)]
@@ -45,9 +47,12 @@ impl LeaderContact {
 /// The watchdog's timing, from `RaftTiming`.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct WatchdogTiming {
-    /// openraft's leader lease: the election timeout max.
-    pub lease: Duration,
-    /// The leader heartbeat period; jitter and retries are fractions of it.
+    /// The shortest election timeout; also openraft's leader lease (voters refuse votes for this
+    /// long after their last leader contact).
+    pub timeout_min: Duration,
+    /// The longest election timeout.
+    pub timeout_max: Duration,
+    /// The leader heartbeat period; the watchdog looks at the clock four times per heartbeat.
     pub heartbeat: Duration,
 }
 
@@ -57,15 +62,12 @@ impl WatchdogTiming {
         (self.heartbeat / 4).max(Duration::from_millis(5))
     }
 
-    /// Spreads the followers' first attempts over half a heartbeat, so one usually asks first.
-    fn first_attempt_jitter(&self, rng: &mut impl Rng) -> Duration {
-        self.heartbeat.mul_f64(rng.gen_range(0.0..0.5))
-    }
-
-    /// After an attempt without a leader (split vote, or a voter whose lease had not quite
-    /// expired): try again after one to two heartbeats.
-    fn retry_delay(&self, rng: &mut impl Rng) -> Duration {
-        self.heartbeat.mul_f64(rng.gen_range(1.0..2.0))
+    /// One election timeout, drawn afresh for every attempt.
+    fn draw(&self, rng: &mut impl Rng) -> Duration {
+        if self.timeout_max <= self.timeout_min {
+            return self.timeout_min;
+        }
+        rng.gen_range(self.timeout_min..=self.timeout_max)
     }
 }
 
@@ -74,6 +76,8 @@ impl WatchdogTiming {
 pub(crate) struct Observation {
     /// A voter that is not the leader (a follower or a candidate).
     pub campaigning_voter: bool,
+    /// The group's only voter: it campaigns at once (it has nobody to hear from or ask).
+    pub sole_voter: bool,
     /// The last accepted leader contact.
     pub contact: Option<Instant>,
     /// The node's vote.
@@ -84,7 +88,8 @@ pub(crate) struct Observation {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Step {
     Wait,
-    Elect,
+    /// Ask the voters (pre-vote) and campaign if a majority agrees.
+    Campaign,
 }
 
 /// When the next election attempt is due.
@@ -95,7 +100,8 @@ pub(crate) struct Schedule {
     next_attempt: Instant,
     seen_contact: Option<Instant>,
     seen_vote: Option<Vote>,
-    attempts_left: u32,
+    /// A sole voter's next attempt, one heartbeat after the last.
+    sole_retry_at: Option<Instant>,
 }
 
 impl Schedule {
@@ -108,48 +114,56 @@ impl Schedule {
         Schedule {
             node_id,
             timing,
-            next_attempt: now + timing.lease + timing.first_attempt_jitter(rng),
+            next_attempt: now + timing.draw(rng),
             seen_contact: None,
             seen_vote: None,
-            attempts_left: ATTEMPTS_MAX,
+            sole_retry_at: None,
         }
     }
 
-    /// The pure decision: given what the node looks like at `now`, elect or wait.
+    /// The pure decision: given what the node looks like at `now`, campaign or wait.
     pub(crate) fn step(&mut self, seen: &Observation, now: Instant, rng: &mut impl Rng) -> Step {
-        let lease = self.timing.lease;
         if !seen.campaigning_voter {
-            // A leader or a learner; when it becomes a follower the lease counts from then.
-            self.next_attempt = now + lease + self.timing.first_attempt_jitter(rng);
+            // A leader or a learner; when it becomes a follower the timeout counts from then.
+            self.next_attempt = now + self.timing.draw(rng);
             self.seen_contact = seen.contact;
             self.seen_vote = Some(seen.vote);
-            self.attempts_left = ATTEMPTS_MAX;
+            self.sole_retry_at = None;
             return Step::Wait;
+        }
+        if seen.sole_voter {
+            if self.sole_retry_at.is_some_and(|at| now < at) {
+                return Step::Wait;
+            }
+            self.sole_retry_at = Some(now + self.timing.heartbeat);
+            return Step::Campaign;
         }
         if seen.contact > self.seen_contact {
             self.seen_contact = seen.contact;
-            self.attempts_left = ATTEMPTS_MAX;
             if let Some(contact) = seen.contact {
-                self.next_attempt = contact + lease + self.timing.first_attempt_jitter(rng);
+                self.next_attempt = contact + self.timing.draw(rng);
             }
         }
         if self.seen_vote != Some(seen.vote) {
             self.seen_vote = Some(seen.vote);
             // Another candidate is campaigning (this node granted it, or learned its higher
-            // term): give it a lease to win. This node's own candidacy changes nothing here.
+            // term): give it a timeout to win. This node's own candidacy changes nothing here.
             if seen.vote.leader_id().voted_for() != Some(self.node_id) {
-                let after_grant = now + lease + self.timing.first_attempt_jitter(rng);
-                self.next_attempt = self.next_attempt.max(after_grant);
+                self.next_attempt = self.next_attempt.max(now + self.timing.draw(rng));
             }
         }
-        if now >= self.next_attempt && self.attempts_left > 0 {
-            self.attempts_left -= 1;
-            self.next_attempt = now + self.timing.retry_delay(rng);
-            return Step::Elect;
+        if now >= self.next_attempt {
+            // Whatever comes of it, the next attempt waits for a fresh draw.
+            self.next_attempt = now + self.timing.draw(rng);
+            return Step::Campaign;
         }
         Step::Wait
     }
 }
+
+/// Asks every other voter whether it would vote for this node; true when a majority of the
+/// voters (this node included) would.
+pub(crate) type PreVote = Arc<dyn Fn() -> futures::future::BoxFuture<'static, bool> + Send + Sync>;
 
 /// Starts the watchdog of `raft`; it stops when `stop` is cancelled or the node shuts down.
 pub(crate) fn spawn(
@@ -157,9 +171,10 @@ pub(crate) fn spawn(
     node_id: NodeId,
     contact: Arc<LeaderContact>,
     timing: WatchdogTiming,
+    pre_vote: PreVote,
     stop: CancellationToken,
 ) {
-    tokio::spawn(run(raft, node_id, contact, timing, stop));
+    tokio::spawn(run(raft, node_id, contact, timing, pre_vote, stop));
 }
 
 #[instrument(skip_all, fields(node_id))]
@@ -168,6 +183,7 @@ async fn run(
     node_id: NodeId,
     contact: Arc<LeaderContact>,
     timing: WatchdogTiming,
+    pre_vote: PreVote,
     stop: CancellationToken,
 ) {
     let metrics = raft.metrics();
@@ -185,45 +201,68 @@ async fn run(
             if m.state == ServerState::Shutdown || m.running_state.is_err() {
                 break;
             }
+            let voters = m
+                .membership_config
+                .membership()
+                .voter_ids()
+                .collect::<Vec<_>>();
             Observation {
                 campaigning_voter: matches!(
                     m.state,
                     ServerState::Follower | ServerState::Candidate
-                ) && m.membership_config.membership().voter_ids().count() > 1
-                    && m.membership_config
-                        .membership()
-                        .voter_ids()
-                        .any(|id| id == node_id),
+                ) && voters.contains(&node_id),
+                sole_voter: voters == [node_id],
                 contact: contact.last(),
                 vote: m.vote,
             }
         };
-        if schedule.step(&seen, Instant::now(), &mut rng) == Step::Elect {
-            info!(
-                term = seen.vote.leader_id().term,
-                since_leader_contact_ms = seen.contact.map(|c| c.elapsed().as_millis() as u64),
-                "leader lease expired without contact; starting an election"
+        if schedule.step(&seen, Instant::now(), &mut rng) != Step::Campaign {
+            continue;
+        }
+        let since_contact_ms = seen.contact.map(|c| c.elapsed().as_millis() as u64);
+        let granted = tokio::select! {
+            () = stop.cancelled() => break,
+            granted = bounded(pre_vote(), timing.timeout_min) => granted,
+        };
+        // A leader may have spoken while the voters were asked.
+        if !granted || contact.last() > seen.contact {
+            debug!(
+                since_contact_ms,
+                "pre-vote not granted by a majority; not campaigning"
             );
-            metrics::counter!("starling_raft_watchdog_elections_total").increment(1);
-            if let Err(e) = raft.trigger().elect().await {
-                warn!(error = %e, "election trigger refused; watchdog stops");
-                break;
-            }
+            metrics::counter!("starling_raft_prevotes_refused_total").increment(1);
+            continue;
+        }
+        info!(
+            term = seen.vote.leader_id().term,
+            since_contact_ms, "no leader contact and a majority agrees; starting an election"
+        );
+        metrics::counter!("starling_raft_watchdog_elections_total").increment(1);
+        if let Err(e) = raft.trigger().elect().await {
+            warn!(error = %e, "election trigger refused; watchdog stops");
+            break;
         }
     }
+}
+
+/// `future`'s answer, or false once `limit` has passed.
+async fn bounded(future: impl Future<Output = bool>, limit: Duration) -> bool {
+    tokio::time::timeout(limit, future).await.unwrap_or(false)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const LEASE: Duration = Duration::from_millis(1500);
-    const HEARTBEAT: Duration = Duration::from_millis(150);
+    const MIN: Duration = Duration::from_millis(400);
+    const MAX: Duration = Duration::from_millis(700);
+    const HEARTBEAT: Duration = Duration::from_millis(100);
 
     fn setup() -> (Schedule, Instant, rand::rngs::StdRng) {
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
         let timing = WatchdogTiming {
-            lease: LEASE,
+            timeout_min: MIN,
+            timeout_max: MAX,
             heartbeat: HEARTBEAT,
         };
         let start = Instant::now();
@@ -235,6 +274,7 @@ mod tests {
         vote.commit();
         Observation {
             campaigning_voter: true,
+            sole_voter: false,
             contact,
             vote,
         }
@@ -251,42 +291,58 @@ mod tests {
     }
 
     #[test]
-    fn fires_once_the_lease_expired_and_retries_within_two_heartbeats() {
+    fn campaigns_within_the_timeout_range_and_redraws_after_each_attempt() {
         let (mut schedule, start, mut rng) = setup();
         let seen = follower(Some(start), 1, 1);
         assert_eq!(schedule.step(&seen, start, &mut rng), Step::Wait);
-        assert_eq!(schedule.step(&seen, start + LEASE, &mut rng), Step::Wait);
-        let due = start + LEASE + HEARTBEAT / 2;
-        assert_eq!(schedule.step(&seen, due, &mut rng), Step::Elect);
-        // Its own candidacy (term 2, voted for itself) does not push the retry out.
-        let mut candidacy = seen.clone();
-        candidacy.vote = Vote::new(2, 2);
-        assert_eq!(schedule.step(&candidacy, due, &mut rng), Step::Wait);
         assert_eq!(
-            schedule.step(&candidacy, due + HEARTBEAT * 2, &mut rng),
-            Step::Elect
+            schedule.step(&seen, start + MIN - Duration::from_millis(1), &mut rng),
+            Step::Wait
         );
+        let mut attempts = Vec::new();
+        let mut now = start;
+        while attempts.len() < 50 {
+            now += HEARTBEAT / 4;
+            if schedule.step(&seen, now, &mut rng) == Step::Campaign {
+                attempts.push(now);
+            }
+        }
+        // The first attempt lies in [min, max] after the contact (plus one tick of polling)...
+        assert!(attempts[0] >= start + MIN && attempts[0] <= start + MAX + HEARTBEAT / 4);
+        // ...and every retry waits a fresh draw: the gaps vary and stay in the range.
+        let gaps: Vec<Duration> = attempts.windows(2).map(|w| w[1] - w[0]).collect();
+        assert!(gaps.iter().all(|g| *g >= MIN && *g <= MAX + HEARTBEAT / 4));
+        assert!(gaps.iter().any(|g| *g != gaps[0]), "the same draw forever");
     }
 
     #[test]
-    fn gives_up_after_bounded_attempts_until_a_leader_is_heard() {
+    fn a_new_leader_contact_rearms_it() {
         let (mut schedule, start, mut rng) = setup();
         let seen = follower(Some(start), 1, 1);
-        let mut elections = 0;
-        for tick in 0..1000u32 {
-            let now = start + HEARTBEAT / 4 * tick;
-            if schedule.step(&seen, now, &mut rng) == Step::Elect {
-                elections += 1;
-            }
-        }
-        assert_eq!(elections, ATTEMPTS_MAX);
-        // A new leader's contact re-arms it.
-        let later = start + HEARTBEAT * 300;
+        assert_eq!(schedule.step(&seen, start + MAX, &mut rng), Step::Campaign);
+        let later = start + MAX * 2;
         let seen = follower(Some(later), 9, 3);
         assert_eq!(schedule.step(&seen, later, &mut rng), Step::Wait);
         assert_eq!(
-            schedule.step(&seen, later + LEASE + HEARTBEAT / 2, &mut rng),
-            Step::Elect
+            schedule.step(&seen, later + MIN - Duration::from_millis(1), &mut rng),
+            Step::Wait
+        );
+        assert_eq!(schedule.step(&seen, later + MAX, &mut rng), Step::Campaign);
+    }
+
+    #[test]
+    fn a_sole_voter_campaigns_at_once_and_then_every_heartbeat() {
+        let (mut schedule, start, mut rng) = setup();
+        let mut seen = follower(None, 1, 1);
+        seen.sole_voter = true;
+        assert_eq!(schedule.step(&seen, start, &mut rng), Step::Campaign);
+        assert_eq!(
+            schedule.step(&seen, start + HEARTBEAT / 2, &mut rng),
+            Step::Wait
+        );
+        assert_eq!(
+            schedule.step(&seen, start + HEARTBEAT, &mut rng),
+            Step::Campaign
         );
     }
 
@@ -294,9 +350,10 @@ mod tests {
     fn never_fires_on_leaders_or_learners() {
         let (mut schedule, start, mut rng) = setup();
         for beat in 0..100u32 {
-            let now = start + LEASE * beat;
+            let now = start + MAX * beat;
             let seen = Observation {
                 campaigning_voter: false,
+                sole_voter: false,
                 contact: None,
                 vote: Vote::new(1, 2),
             };
@@ -305,16 +362,17 @@ mod tests {
     }
 
     #[test]
-    fn granting_another_candidate_gives_it_a_lease() {
+    fn granting_another_candidate_gives_it_a_timeout_to_win() {
         let (mut schedule, start, mut rng) = setup();
         assert_eq!(
             schedule.step(&follower(Some(start), 1, 1), start, &mut rng),
             Step::Wait
         );
-        // Just before this node's own attempt, it grants node 3's candidacy.
-        let grant_at = start + LEASE;
+        // Just before this node's own attempt could be due, it grants node 3's candidacy.
+        let grant_at = start + MIN - Duration::from_millis(1);
         let granted = Observation {
             campaigning_voter: true,
+            sole_voter: false,
             contact: Some(start),
             vote: Vote::new(2, 3),
         };
@@ -324,8 +382,16 @@ mod tests {
             Step::Wait
         );
         assert_eq!(
-            schedule.step(&granted, grant_at + LEASE + HEARTBEAT, &mut rng),
-            Step::Elect
+            schedule.step(
+                &granted,
+                grant_at + MIN - Duration::from_millis(1),
+                &mut rng
+            ),
+            Step::Wait
+        );
+        assert_eq!(
+            schedule.step(&granted, grant_at + MAX, &mut rng),
+            Step::Campaign
         );
     }
 }

@@ -63,13 +63,20 @@ enum Command {
         /// Log format on stderr.
         #[arg(long, value_enum, default_value_t = LogFormat::Text)]
         log_format: LogFormat,
-        /// Leader heartbeat period (also the AppendEntries RPC timeout).
+        /// Leader heartbeat period, also the AppendEntries RPC timeout (openraft 0.9). Shorter
+        /// detects nothing sooner by itself but cuts off appends a slow follower disk needs;
+        /// keep it several times below the minimum election timeout.
         #[arg(long, default_value_t = RaftTiming::default().heartbeat_ms)]
         heartbeat_ms: u64,
-        /// Minimum election timeout.
+        /// Minimum election timeout, and the leader lease: a voter that heard from its leader
+        /// less than this long ago refuses to vote for another. Failover takes about this plus
+        /// a share of (max - min); lower fails over sooner, but a leader stalled this long by
+        /// CPU or disk (its Raft core waits for its own log fsync) loses leadership.
         #[arg(long, default_value_t = RaftTiming::default().election_timeout_min_ms)]
         election_timeout_min_ms: u64,
-        /// Maximum election timeout.
+        /// Maximum election timeout: a follower without leader contact campaigns, after a
+        /// pre-vote, at a random time between min and max, drawn again for every attempt; a
+        /// wider range makes split votes rarer and failover slower on average.
         #[arg(long, default_value_t = RaftTiming::default().election_timeout_max_ms)]
         election_timeout_max_ms: u64,
         /// Build a snapshot after this many applied entries.

@@ -1,9 +1,12 @@
-//! Measures this disk's single-writer fdatasync rate: appends a small record to a file in `--dir`
-//! and fdatasyncs it, one after the other, for `--seconds`. The benchmark divides Starling's
-//! 1-writer commit rate by this figure. Prints one JSON line.
+//! Measures the two physical limits of a commit on this machine: the disk's single-writer
+//! fdatasync rate and latency (appends a small record to a file in `--dir` and fdatasyncs it, one
+//! after the other, for `--seconds`) and the loopback TCP round trip (a 64-byte ping-pong with
+//! TCP_NODELAY between two threads on 127.0.0.1, for `--rtt-seconds`). The benchmark compares a
+//! single writer's commit latency with 2 fdatasyncs + 1 round trip. Prints one JSON line.
 
 use std::fs::OpenOptions;
-use std::io::Write;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -22,6 +25,51 @@ struct Args {
     /// Bytes appended before each fdatasync.
     #[arg(long, default_value_t = 256)]
     record_bytes: usize,
+    /// How long to measure the loopback round trip.
+    #[arg(long, default_value_t = 1.0)]
+    rtt_seconds: f64,
+}
+
+/// Microseconds at percentile `p` of sorted samples.
+fn pct(sorted_us: &[u64], p: f64) -> u64 {
+    if sorted_us.is_empty() {
+        return 0;
+    }
+    let idx = ((sorted_us.len() as f64 * p).ceil() as usize).clamp(1, sorted_us.len());
+    sorted_us[idx - 1]
+}
+
+/// Round trips of a 64-byte message over loopback TCP, for `duration`.
+fn loopback_rtts_us(duration: Duration) -> Result<Vec<u64>> {
+    const MESSAGE: usize = 64;
+    let listener = TcpListener::bind("127.0.0.1:0").context("binding 127.0.0.1")?;
+    let address = listener.local_addr()?;
+    let echo = std::thread::spawn(move || -> std::io::Result<()> {
+        let (mut stream, _) = listener.accept()?;
+        stream.set_nodelay(true)?;
+        let mut buf = [0u8; MESSAGE];
+        // Ends when the client closes its side.
+        while stream.read_exact(&mut buf).is_ok() {
+            stream.write_all(&buf)?;
+        }
+        Ok(())
+    });
+    let mut stream = TcpStream::connect(address)?;
+    stream.set_nodelay(true)?;
+    let mut buf = [7u8; MESSAGE];
+    let mut rtts = Vec::new();
+    let start = Instant::now();
+    while start.elapsed() < duration {
+        let t = Instant::now();
+        stream.write_all(&buf)?;
+        stream.read_exact(&mut buf)?;
+        rtts.push(t.elapsed().as_micros() as u64);
+    }
+    drop(stream);
+    echo.join()
+        .map_err(|_| anyhow::anyhow!("echo thread panicked"))??;
+    rtts.sort_unstable();
+    Ok(rtts)
 }
 
 fn main() -> Result<()> {
@@ -43,22 +91,19 @@ fn main() -> Result<()> {
     }
     let elapsed = start.elapsed().as_secs_f64();
     latencies_us.sort_unstable();
-    let pct = |p: f64| -> u64 {
-        if latencies_us.is_empty() {
-            return 0;
-        }
-        let idx = ((latencies_us.len() as f64 * p).ceil() as usize).clamp(1, latencies_us.len());
-        latencies_us[idx - 1]
-    };
+    let rtts = loopback_rtts_us(Duration::from_secs_f64(args.rtt_seconds))?;
     println!(
         "{}",
         serde_json::json!({
             "fsyncs": latencies_us.len(),
             "seconds": elapsed,
             "fsyncs_per_s": latencies_us.len() as f64 / elapsed,
-            "p50_us": pct(0.50),
-            "p99_us": pct(0.99),
-            "p999_us": pct(0.999),
+            "p50_us": pct(&latencies_us, 0.50),
+            "p99_us": pct(&latencies_us, 0.99),
+            "p999_us": pct(&latencies_us, 0.999),
+            "loopback_rtt_p50_us": pct(&rtts, 0.50),
+            "loopback_rtt_p99_us": pct(&rtts, 0.99),
+            "loopback_round_trips": rtts.len(),
             "record_bytes": args.record_bytes,
             "dir": args.dir,
         })

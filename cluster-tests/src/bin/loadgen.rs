@@ -1,9 +1,13 @@
-//! Write-load generator for `scripts/bench.sh`: SetControllerConfig of `custom.<prefix>-<i>` with a
-//! fixed-size value over TLS with the registration's admin token, N in flight for a fixed time;
-//! and the leader-failover probe (SIGKILL the leader, time the next committed write).
-//! Prints one JSON line per run. Talks only to the registration's (loopback) endpoints.
+//! Write-load generator for `scripts/bench.sh`, for Starling and for etcd through the same code:
+//! one tokio runtime, N writer tasks sharing C HTTP/2 connections, fixed-size values, the same
+//! warm-up, timing and percentiles; only the put differs (Starling: `SetControllerConfig` of
+//! `custom.<prefix>-<i>` over TLS with the registration's admin token; etcd: `KV.Put` of
+//! `<prefix>-<i>`). Also the leader-failover probe (SIGKILL the leader, time the next committed
+//! write) and the pause probe (one writer that moves to another endpoint at the first error and
+//! reports its longest wait between two commits, for rolling restarts).
+//! Prints one JSON line per run. Talks only to the (loopback) endpoints it is given.
 
-use std::path::PathBuf;
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,19 +27,22 @@ const PROBE_INTERVAL: Duration = Duration::from_millis(10);
 /// Bound on overlapping failover probe writes.
 const PROBES_IN_FLIGHT_MAX: usize = 256;
 
-/// Starling write-load generator.
+/// Write-load generator for Starling and etcd.
 #[derive(Parser, Debug)]
 struct Args {
-    /// The controller's registration file (`ctld init` writes it).
-    #[arg(long)]
-    registration: PathBuf,
+    /// A Starling controller's registration file (`ctld init` writes it).
+    #[arg(long, conflicts_with = "etcd", required_unless_present = "etcd")]
+    registration: Option<std::path::PathBuf>,
+    /// An etcd cluster instead: its client endpoints, host:port, comma-separated (plaintext).
+    #[arg(long, value_delimiter = ',')]
+    etcd: Vec<String>,
     #[command(subcommand)]
     command: Cmd,
 }
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
-    /// Prints the leader's node id and address as JSON.
+    /// Prints the leader's id, client endpoint and term as JSON.
     Leader,
     /// Runs CONCURRENCY writers for DURATION and reports writes/s and latency.
     Write {
@@ -51,7 +58,7 @@ enum Cmd {
         /// HTTP/2 connections the writers share.
         #[arg(long, default_value_t = 4)]
         conns: usize,
-        /// Distinct keys written (`custom.<prefix>-<i % keys>`).
+        /// Distinct keys written (`<prefix>-<i % keys>`).
         #[arg(long, default_value_t = 10_000)]
         keys: u64,
         /// Key prefix.
@@ -73,16 +80,29 @@ enum Cmd {
         #[arg(long, default_value_t = 60.0)]
         timeout_secs: f64,
     },
+    /// One writer for DURATION that moves to the next endpoint at the first failed write;
+    /// reports the longest time between two commits (run it across a rolling restart).
+    Pauses {
+        /// Seconds to run.
+        #[arg(long)]
+        duration_secs: f64,
+        /// Stop early once this file exists (the restart driver creates it when done).
+        #[arg(long)]
+        stop_file: Option<std::path::PathBuf>,
+    },
 }
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> Result<()> {
     let args = Args::parse();
-    let registration = Registration::load(&args.registration)?;
-    match args.command {
+    let system = match &args.registration {
+        Some(path) => System::Starling(Registration::load(path)?),
+        None => System::Etcd(args.etcd.clone()),
+    };
+    let report = match args.command {
         Cmd::Leader => {
-            let (id, address) = find_leader(&registration).await?;
-            println!("{}", serde_json::json!({"leader": id, "address": address}));
+            let leader = system.find_leader().await?;
+            serde_json::json!({"leader": leader.id, "address": leader.address, "term": leader.term})
         }
         Cmd::Write {
             concurrency,
@@ -94,110 +114,217 @@ async fn main() -> Result<()> {
             target,
         } => {
             let endpoints = match target.as_str() {
-                "leader" => vec![find_leader(&registration).await?.1],
-                "all" => registration.api_endpoints.clone(),
+                "leader" => vec![system.find_leader().await?.address],
+                "all" => system.endpoints(),
                 other => bail!("--target must be leader or all, not {other:?}"),
             };
             let load = Load {
                 concurrency: concurrency.max(1),
                 duration: Duration::from_secs_f64(duration_secs),
-                value_bytes,
+                value: random_value(value_bytes),
                 keys: keys.max(1),
                 prefix,
             };
-            let report = run_load(&registration, &endpoints, conns.max(1), &load).await?;
-            println!("{report}");
+            let clients = (0..conns.max(1))
+                .map(|i| system.client(&endpoints[i % endpoints.len()], RPC_TIMEOUT))
+                .collect::<Result<Vec<_>>>()?;
+            let mut report = run_load(clients, &load).await?;
+            report["endpoints"] = serde_json::json!(endpoints);
+            report["client"] = serde_json::json!(system.client_name());
+            report
         }
         Cmd::Failover {
             kill_pid,
             kill_endpoint,
             timeout_secs,
         } => {
-            let report = failover(
-                &registration,
-                kill_pid,
-                &kill_endpoint,
-                Duration::from_secs_f64(timeout_secs),
-            )
-            .await?;
-            println!("{report}");
+            let survivors: Vec<String> = system
+                .endpoints()
+                .into_iter()
+                .filter(|e| *e != kill_endpoint)
+                .collect();
+            if survivors.is_empty() {
+                bail!("no endpoint besides {kill_endpoint}");
+            }
+            let clients = survivors
+                .iter()
+                .map(|e| system.client(e, PROBE_ATTEMPT_TIMEOUT))
+                .collect::<Result<Vec<_>>>()?;
+            failover(clients, kill_pid, Duration::from_secs_f64(timeout_secs)).await?
         }
-    }
+        Cmd::Pauses {
+            duration_secs,
+            stop_file,
+        } => {
+            let clients = system
+                .endpoints()
+                .iter()
+                .map(|e| system.client(e, PROBE_ATTEMPT_TIMEOUT))
+                .collect::<Result<Vec<_>>>()?;
+            pauses(
+                clients,
+                Duration::from_secs_f64(duration_secs),
+                stop_file.as_deref(),
+            )
+            .await?
+        }
+    };
+    println!("{report}");
     Ok(())
 }
 
-fn client(
-    registration: &Registration,
-    endpoint: &str,
-    timeout: Duration,
-) -> Result<AuthedControllerClient> {
-    controller_client(
+/// The cluster under load.
+enum System {
+    Starling(Registration),
+    Etcd(Vec<String>),
+}
+
+impl System {
+    fn endpoints(&self) -> Vec<String> {
+        match self {
+            System::Starling(r) => r.api_endpoints.clone(),
+            System::Etcd(endpoints) => endpoints.clone(),
+        }
+    }
+
+    fn client_name(&self) -> &'static str {
+        match self {
+            System::Starling(_) => "rust tonic (TLS, bearer token)",
+            System::Etcd(_) => "rust tonic (etcdserverpb.KV/Put, plaintext)",
+        }
+    }
+
+    /// A client on its own HTTP/2 connection to `endpoint`.
+    fn client(&self, endpoint: &str, timeout: Duration) -> Result<Client> {
+        Ok(match self {
+            System::Starling(r) => Client::Starling(controller_client(
+                endpoint,
+                &r.ca_cert,
+                Some(&r.token),
+                timeout,
+            )?),
+            System::Etcd(_) => Client::Etcd(etcd::KvClient::connect_lazy(endpoint, timeout)?),
+        })
+    }
+
+    /// Asks the endpoints in turn who leads.
+    async fn find_leader(&self) -> Result<Leader> {
+        let mut last_error = None;
+        for endpoint in self.endpoints() {
+            let found = match self {
+                System::Starling(r) => starling_leader(r, &endpoint).await,
+                System::Etcd(_) => etcd_leader(&endpoint).await,
+            };
+            match found {
+                Ok(Some(leader)) => return Ok(leader),
+                Ok(None) => last_error = Some(format!("{endpoint}: not the leader or none known")),
+                Err(e) => last_error = Some(format!("{endpoint}: {e:#}")),
+            }
+        }
+        bail!("no leader found: {}", last_error.unwrap_or_default())
+    }
+}
+
+/// Who leads: its id, its client endpoint and the term.
+struct Leader {
+    id: u64,
+    address: String,
+    term: u64,
+}
+
+async fn starling_leader(registration: &Registration, endpoint: &str) -> Result<Option<Leader>> {
+    let mut c = controller_client(
         endpoint,
         &registration.ca_cert,
         Some(&registration.token),
-        timeout,
+        Duration::from_secs(3),
+    )?;
+    let info = c
+        .show_controller(ShowControllerRequest {})
+        .await?
+        .into_inner();
+    let Some(id) = info.leader_id else {
+        return Ok(None);
+    };
+    let term = info.members.iter().map(|m| m.term).max().unwrap_or(0);
+    // The client endpoint is the member's peer address: one port serves both.
+    Ok(info.members.iter().find(|m| m.id == id).map(|m| Leader {
+        id,
+        address: m.address.clone(),
+        term,
+    }))
+}
+
+/// The leader if `endpoint` is it: etcd's Maintenance.Status names the leader by member id.
+async fn etcd_leader(endpoint: &str) -> Result<Option<Leader>> {
+    let mut c = etcd::KvClient::connect_lazy(endpoint, Duration::from_secs(3))?;
+    let status = c.status().await?;
+    let header = status.header.unwrap_or_default();
+    Ok(
+        (status.leader != 0 && status.leader == header.member_id).then(|| Leader {
+            id: status.leader,
+            address: endpoint.to_owned(),
+            term: header.raft_term,
+        }),
     )
 }
 
-/// Asks the endpoints in turn who leads; returns its id and client address.
-async fn find_leader(registration: &Registration) -> Result<(u64, String)> {
-    let mut last_error = None;
-    for endpoint in &registration.api_endpoints {
-        let mut c = client(registration, endpoint, Duration::from_secs(3))?;
-        match c.show_controller(ShowControllerRequest {}).await {
-            Ok(info) => {
-                let info = info.into_inner();
-                if let Some(leader) = info.leader_id {
-                    if let Some(member) = info.members.iter().find(|m| m.id == leader) {
-                        return Ok((leader, member.address.clone()));
-                    }
+/// A writer's connection, to either system.
+#[derive(Clone)]
+enum Client {
+    Starling(AuthedControllerClient),
+    Etcd(etcd::KvClient),
+}
+
+impl Client {
+    /// Writes `value` under `key`; resolves once the write is committed.
+    fn put(&self, key: String, value: String) -> impl Future<Output = Result<()>> + Send {
+        let mut client = self.clone();
+        async move {
+            match &mut client {
+                Client::Starling(c) => {
+                    c.set_controller_config(SetControllerConfigRequest {
+                        values: [(format!("custom.{key}"), value)].into(),
+                        request_id: String::new(),
+                    })
+                    .await?;
                 }
-                last_error = Some(format!("{endpoint}: no leader known"));
+                Client::Etcd(c) => {
+                    c.put(key.into_bytes(), value.into_bytes()).await?;
+                }
             }
-            Err(status) => last_error = Some(format!("{endpoint}: {status}")),
+            Ok(())
         }
     }
-    bail!("no leader found: {}", last_error.unwrap_or_default())
+}
+
+fn random_value(bytes: usize) -> String {
+    let mut rng = rand::thread_rng();
+    (0..bytes)
+        .map(|_| char::from(b'a' + rng.gen_range(0..26u8)))
+        .collect()
 }
 
 struct Load {
     concurrency: usize,
     duration: Duration,
-    value_bytes: usize,
+    value: String,
     keys: u64,
     prefix: String,
 }
 
-fn request(prefix: &str, keys: u64, key_idx: u64, value: &str) -> SetControllerConfigRequest {
-    SetControllerConfigRequest {
-        values: [(
-            format!("custom.{prefix}-{}", key_idx % keys),
-            value.to_owned(),
-        )]
-        .into(),
-        request_id: String::new(),
+fn percentile_ms(sorted_us: &[u64], p: f64) -> f64 {
+    if sorted_us.is_empty() {
+        return 0.0;
     }
+    let idx = ((sorted_us.len() as f64 * p).ceil() as usize).clamp(1, sorted_us.len());
+    sorted_us[idx - 1] as f64 / 1000.0
 }
 
-async fn run_load(
-    registration: &Registration,
-    endpoints: &[String],
-    conns: usize,
-    load: &Load,
-) -> Result<serde_json::Value> {
-    let clients = (0..conns)
-        .map(|i| client(registration, &endpoints[i % endpoints.len()], RPC_TIMEOUT))
-        .collect::<Result<Vec<_>>>()?;
-    let value: String = {
-        let mut rng = rand::thread_rng();
-        (0..load.value_bytes)
-            .map(|_| char::from(b'a' + rng.gen_range(0..26u8)))
-            .collect()
-    };
+async fn run_load(clients: Vec<Client>, load: &Load) -> Result<serde_json::Value> {
     // Warm-up: connections established and the leader's path hot before timing.
     for (i, c) in clients.iter().enumerate() {
-        let mut c = c.clone();
-        c.set_controller_config(request(&load.prefix, load.keys, i as u64, &value))
+        c.put(format!("{}-{i}", load.prefix), load.value.clone())
             .await
             .context("warm-up write")?;
     }
@@ -207,19 +334,19 @@ async fn run_load(
     let deadline = start + load.duration;
     let mut tasks = Vec::new();
     for worker_idx in 0..load.concurrency {
-        let mut c = clients[worker_idx % clients.len()].clone();
+        let c = clients[worker_idx % clients.len()].clone();
         let counter = counter.clone();
         let errors = errors.clone();
-        let value = value.clone();
+        let value = load.value.clone();
         let (prefix, keys) = (load.prefix.clone(), load.keys);
         tasks.push(tokio::spawn(async move {
             let mut latencies_us = Vec::new();
             while Instant::now() < deadline {
                 let key_idx = counter.fetch_add(1, Ordering::Relaxed);
-                let req = request(&prefix, keys, key_idx, &value);
+                let key = format!("{prefix}-{}", key_idx % keys);
                 let t = Instant::now();
-                match c.set_controller_config(req).await {
-                    Ok(_) => latencies_us.push(t.elapsed().as_micros() as u64),
+                match c.put(key, value.clone()).await {
+                    Ok(()) => latencies_us.push(t.elapsed().as_micros() as u64),
                     Err(_) => {
                         errors.fetch_add(1, Ordering::Relaxed);
                     }
@@ -234,53 +361,34 @@ async fn run_load(
     }
     let elapsed = start.elapsed().as_secs_f64();
     latencies_us.sort_unstable();
-    let pct_ms = |p: f64| -> f64 {
-        if latencies_us.is_empty() {
-            return 0.0;
-        }
-        let idx = ((latencies_us.len() as f64 * p).ceil() as usize).clamp(1, latencies_us.len());
-        latencies_us[idx - 1] as f64 / 1000.0
+    let mean_ms = if latencies_us.is_empty() {
+        0.0
+    } else {
+        latencies_us.iter().sum::<u64>() as f64 / latencies_us.len() as f64 / 1000.0
     };
     Ok(serde_json::json!({
         "concurrency": load.concurrency,
+        "conns": clients.len(),
         "writes": latencies_us.len(),
         "errors": errors.load(Ordering::Relaxed),
         "seconds": elapsed,
         "writes_per_s": latencies_us.len() as f64 / elapsed,
-        "p50_ms": pct_ms(0.50),
-        "p99_ms": pct_ms(0.99),
-        "value_bytes": load.value_bytes,
-        "endpoints": endpoints,
+        "mean_ms": mean_ms,
+        "p50_ms": percentile_ms(&latencies_us, 0.50),
+        "p99_ms": percentile_ms(&latencies_us, 0.99),
+        "max_ms": percentile_ms(&latencies_us, 1.0),
+        "value_bytes": load.value.len(),
     }))
 }
 
 async fn failover(
-    registration: &Registration,
+    clients: Vec<Client>,
     kill_pid: i32,
-    kill_endpoint: &str,
     timeout: Duration,
 ) -> Result<serde_json::Value> {
-    let survivors: Vec<String> = registration
-        .api_endpoints
-        .iter()
-        .filter(|e| e.as_str() != kill_endpoint)
-        .cloned()
-        .collect();
-    if survivors.is_empty() {
-        bail!("no endpoint besides {kill_endpoint}");
-    }
-    let clients = survivors
-        .iter()
-        .map(|e| client(registration, e, PROBE_ATTEMPT_TIMEOUT))
-        .collect::<Result<Vec<_>>>()?;
-    let probe = |n: u64| SetControllerConfigRequest {
-        values: [("custom.failover-probe".to_owned(), n.to_string())].into(),
-        request_id: String::new(),
-    };
     // The survivors must be writable before the kill, so the timing starts from a healthy group.
     for c in &clients {
-        c.clone()
-            .set_controller_config(probe(0))
+        c.put("failover-probe".into(), "0".into())
             .await
             .context("write before the kill")?;
     }
@@ -299,10 +407,10 @@ async fn failover(
                     bail!("no committed write within {timeout:?} of the kill ({attempts} attempts)");
                 }
                 if in_flight.len() < PROBES_IN_FLIGHT_MAX {
-                    let mut c = clients[(attempts as usize) % clients.len()].clone();
+                    let c = clients[(attempts as usize) % clients.len()].clone();
                     attempts += 1;
-                    let request = probe(attempts);
-                    in_flight.spawn(async move { c.set_controller_config(request).await.is_ok() });
+                    let put = c.put("failover-probe".into(), attempts.to_string());
+                    in_flight.spawn(async move { put.await.is_ok() });
                 }
             }
             Some(done) = in_flight.join_next() => {
@@ -312,6 +420,154 @@ async fn failover(
                     return Ok(serde_json::json!({"failover_ms": ms, "attempts": attempts}));
                 }
             }
+        }
+    }
+}
+
+async fn pauses(
+    clients: Vec<Client>,
+    duration: Duration,
+    stop_file: Option<&std::path::Path>,
+) -> Result<serde_json::Value> {
+    let value = random_value(256);
+    let start = Instant::now();
+    let mut last_commit = Instant::now();
+    let mut longest = Duration::ZERO;
+    let (mut writes, mut errors, mut endpoint) = (0u64, 0u64, 0usize);
+    let mut pauses_over_50ms = Vec::new();
+    while start.elapsed() < duration && !stop_file.is_some_and(|f| f.exists()) {
+        let put = clients[endpoint].put(format!("pauses-{}", writes % 1000), value.clone());
+        match put.await {
+            Ok(()) => {
+                let gap = last_commit.elapsed();
+                if gap > Duration::from_millis(50) {
+                    pauses_over_50ms.push((gap.as_secs_f64() * 1000.0).round());
+                }
+                longest = longest.max(gap);
+                last_commit = Instant::now();
+                writes += 1;
+            }
+            Err(_) => {
+                errors += 1;
+                endpoint = (endpoint + 1) % clients.len();
+            }
+        }
+    }
+    Ok(serde_json::json!({
+        "writes": writes,
+        "errors": errors,
+        "seconds": start.elapsed().as_secs_f64(),
+        "longest_pause_ms": longest.as_secs_f64() * 1000.0,
+        "pauses_over_50ms": pauses_over_50ms,
+    }))
+}
+
+/// A minimal etcd v3 client: the two calls the benchmark needs, `KV.Put` and
+/// `Maintenance.Status`, as hand-written prost messages carrying etcd's field numbers, over a
+/// tonic channel built like the Starling client's (one HTTP/2 connection, TCP_NODELAY).
+mod etcd {
+    use std::time::Duration;
+
+    use anyhow::{Context, Result};
+    use tonic::codegen::http::uri::PathAndQuery;
+    use tonic::transport::{Channel, Endpoint};
+
+    /// `etcdserverpb.ResponseHeader`.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct ResponseHeader {
+        #[prost(uint64, tag = "1")]
+        pub cluster_id: u64,
+        #[prost(uint64, tag = "2")]
+        pub member_id: u64,
+        #[prost(int64, tag = "3")]
+        pub revision: i64,
+        #[prost(uint64, tag = "4")]
+        pub raft_term: u64,
+    }
+
+    /// `etcdserverpb.PutRequest` (key and value; no lease, no prev_kv).
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct PutRequest {
+        #[prost(bytes = "vec", tag = "1")]
+        pub key: Vec<u8>,
+        #[prost(bytes = "vec", tag = "2")]
+        pub value: Vec<u8>,
+    }
+
+    /// `etcdserverpb.PutResponse` (the header; prev_kv is never asked for).
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct PutResponse {
+        #[prost(message, optional, tag = "1")]
+        pub header: Option<ResponseHeader>,
+    }
+
+    /// `etcdserverpb.StatusRequest`.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct StatusRequest {}
+
+    /// `etcdserverpb.StatusResponse` (the fields read here).
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct StatusResponse {
+        #[prost(message, optional, tag = "1")]
+        pub header: Option<ResponseHeader>,
+        #[prost(string, tag = "2")]
+        pub version: String,
+        #[prost(uint64, tag = "4")]
+        pub leader: u64,
+    }
+
+    /// One connection to one etcd member.
+    #[derive(Clone)]
+    pub struct KvClient {
+        grpc: tonic::client::Grpc<Channel>,
+    }
+
+    impl KvClient {
+        /// A lazily connecting plaintext channel to `endpoint` (host:port).
+        pub fn connect_lazy(endpoint: &str, timeout: Duration) -> Result<Self> {
+            let channel = Endpoint::from_shared(format!("http://{endpoint}"))
+                .with_context(|| format!("bad endpoint {endpoint}"))?
+                .connect_timeout(starling_cluster_tests::client::CONNECT_TIMEOUT)
+                .timeout(timeout)
+                .tcp_nodelay(true)
+                .connect_lazy();
+            Ok(Self {
+                grpc: tonic::client::Grpc::new(channel),
+            })
+        }
+
+        async fn unary<Q, R>(&mut self, path: &'static str, request: Q) -> Result<R, tonic::Status>
+        where
+            Q: prost::Message + Send + Sync + 'static,
+            R: prost::Message + Default + Send + Sync + 'static,
+        {
+            self.grpc
+                .ready()
+                .await
+                .map_err(|e| tonic::Status::unavailable(format!("etcd connection: {e}")))?;
+            let codec = tonic_prost::ProstCodec::<Q, R>::default();
+            self.grpc
+                .unary(
+                    tonic::Request::new(request),
+                    PathAndQuery::from_static(path),
+                    codec,
+                )
+                .await
+                .map(tonic::Response::into_inner)
+        }
+
+        /// `KV.Put`: returns once etcd committed the write.
+        pub async fn put(&mut self, key: Vec<u8>, value: Vec<u8>) -> Result<PutResponse> {
+            Ok(self
+                .unary("/etcdserverpb.KV/Put", PutRequest { key, value })
+                .await?)
+        }
+
+        /// `Maintenance.Status` of the member this client talks to.
+        pub async fn status(&mut self) -> Result<StatusResponse> {
+            Ok(self
+                .unary("/etcdserverpb.Maintenance/Status", StatusRequest {})
+                .await?)
         }
     }
 }

@@ -5,6 +5,7 @@
 
 use std::fmt::Debug;
 use std::ops::RangeBounds;
+use std::sync::Arc;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::{AnyError, OptionalSend, StorageIOError};
@@ -14,12 +15,14 @@ use starling_storage::{LogBackend, RaftMetaKey};
 
 use super::{blocking, record_sync};
 use crate::codec;
+use crate::stages::{Mark, WriteTimeline};
 use crate::type_config::{Entry, LogId, StorageError, TypeConfig, Vote};
 
 /// The Raft log and vote of a node over a backend. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct LogStore<B> {
     backend: B,
+    timeline: Arc<WriteTimeline>,
 }
 
 /// A reader of the log for replication tasks. Cheap to clone.
@@ -29,8 +32,8 @@ pub struct LogReader<B> {
 }
 
 impl<B: LogBackend> LogStore<B> {
-    pub(super) fn new(backend: B) -> Self {
-        LogStore { backend }
+    pub(super) fn new(backend: B, timeline: Arc<WriteTimeline>) -> Self {
+        LogStore { backend, timeline }
     }
 }
 
@@ -177,10 +180,16 @@ impl<B: LogBackend> RaftLogStorage<TypeConfig> for LogStore<B> {
                 )
             })
             .collect();
+        let (first, last) = match (rows.first(), rows.last()) {
+            (Some((first, _)), Some((last, _))) => (*first, *last),
+            _ => (1, 0),
+        };
+        self.timeline.mark(first, last, Mark::AppendStart);
         let backend = self.backend.clone();
         // One batch, one sync; the callback only after the sync.
         match blocking(move || backend.log_append(rows)).await {
             Ok(took) => {
+                self.timeline.mark(first, last, Mark::Synced);
                 record_sync("append", took);
                 callback.log_io_completed(Ok(()));
                 Ok(())

@@ -20,6 +20,8 @@ use std::time::Duration;
 use openraft::AnyError;
 use starling_storage::{MemStore, StorageError as BackendError, Store};
 
+use crate::stages::WriteTimeline;
+
 pub use log_store::{LogReader, LogStore};
 pub use state_machine::{SnapshotBuilder, StateMachine};
 pub use state_view::StateView;
@@ -66,14 +68,16 @@ where
         .map_or(0, |log_id| log_id.index);
     let applied_index = Arc::new(AtomicU64::new(applied));
     let gate = Arc::new(CommitGate::default());
+    let timeline = Arc::new(WriteTimeline::default());
     let view = StateView::new(
         Arc::new(backend.clone()),
         applied_index.clone(),
         gate.clone(),
+        timeline.clone(),
     );
     Ok((
-        LogStore::new(backend.clone()),
-        StateMachine::new(backend, snapshots, applied_index, gate),
+        LogStore::new(backend.clone(), timeline.clone()),
+        StateMachine::new(backend, snapshots, applied_index, gate, timeline),
         view,
     ))
 }

@@ -19,6 +19,7 @@ use super::snapshot_store::{check_snapshot_id, meta_of, SnapshotStore};
 use super::state_view::CommitGate;
 use super::{blocking, record_sync};
 use crate::codec;
+use crate::stages::{Mark, WriteTimeline};
 use crate::type_config::{
     Entry, LogId, Request, Response, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
 };
@@ -33,6 +34,7 @@ pub struct StateMachine<B> {
     applied_index: Arc<AtomicU64>,
     gate: Arc<CommitGate>,
     limits: ApplyLimits,
+    timeline: Arc<WriteTimeline>,
 }
 
 /// Builds a snapshot from a copy of the state taken while no apply could run.
@@ -47,6 +49,7 @@ impl<B: StateBackend> StateMachine<B> {
         snapshots: SnapshotStore,
         applied_index: Arc<AtomicU64>,
         gate: Arc<CommitGate>,
+        timeline: Arc<WriteTimeline>,
     ) -> Self {
         StateMachine {
             backend,
@@ -54,6 +57,7 @@ impl<B: StateBackend> StateMachine<B> {
             applied_index,
             gate,
             limits: ApplyLimits::default(),
+            timeline,
         }
     }
 
@@ -166,15 +170,20 @@ impl<B: StateBackend> RaftStateMachine<TypeConfig> for StateMachine<B> {
         I::IntoIter: OptionalSend,
     {
         let entries: Vec<Entry> = entries.into_iter().collect();
-        let Some(last) = entries.last().map(|e| e.log_id) else {
+        let (Some(first), Some(last)) = (
+            entries.first().map(|e| e.log_id.index),
+            entries.last().map(|e| e.log_id),
+        ) else {
             return Ok(Vec::new());
         };
+        self.timeline.mark(first, last.index, Mark::ApplyStart);
         let backend = self.backend.clone();
         let gate = self.gate.clone();
         let limits = self.limits;
         let responses = blocking(move || applies(&backend, &gate, limits, &entries))
             .await
             .map_err(|e| StorageIOError::apply(last, e))?;
+        self.timeline.mark(first, last.index, Mark::ApplyEnd);
         self.applied_index.store(last.index, Ordering::Release);
         Ok(responses)
     }

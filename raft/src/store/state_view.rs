@@ -11,6 +11,8 @@ use starling_proto::model::{
 use starling_storage::state::read_effective_config;
 use starling_storage::{keys, records, StateRead, StorageError as BackendError};
 
+use crate::stages::WriteTimeline;
+
 /// Orders state commits against readers that need several reads of one applied state. A commit
 /// holds the lock exclusively and moves the generation to odd while it runs and to the next even
 /// number after; [`StateView::consistent`] reads optimistically and checks the generation, and
@@ -39,6 +41,7 @@ pub struct StateView {
     reader: Arc<dyn StateRead + Send + Sync>,
     applied_index: Arc<AtomicU64>,
     gate: Arc<CommitGate>,
+    timeline: Arc<WriteTimeline>,
 }
 
 impl std::fmt::Debug for StateView {
@@ -54,12 +57,19 @@ impl StateView {
         reader: Arc<dyn StateRead + Send + Sync>,
         applied_index: Arc<AtomicU64>,
         gate: Arc<CommitGate>,
+        timeline: Arc<WriteTimeline>,
     ) -> Self {
         StateView {
             reader,
             applied_index,
             gate,
+            timeline,
         }
+    }
+
+    /// The node's write timeline (shared with its log store and state machine).
+    pub(crate) fn timeline(&self) -> Arc<WriteTimeline> {
+        self.timeline.clone()
     }
 
     /// Runs `reads` so that they all see one applied state (a model and its import, lock or

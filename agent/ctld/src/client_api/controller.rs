@@ -219,10 +219,17 @@ impl ClientApi {
                 "cannot remove the last voter of a controller",
             ));
         }
-        self.handle
-            .change_voters(BTreeSet::new(), BTreeSet::from([node_id]))
-            .await
-            .map_err(|e| proposal(&e))?;
+        let removed = if node_id == self.handle.node_id() {
+            // The leader leaving hands its leadership over first: no election timeout.
+            self.handle
+                .remove_self_handing_over(crate::node::LEADER_HANDOFF_LIMIT)
+                .await
+        } else {
+            self.handle
+                .change_voters(BTreeSet::new(), BTreeSet::from([node_id]))
+                .await
+        };
+        removed.map_err(|e| proposal(&e))?;
         info!(removed = node_id, "removed node");
         Ok(Response::new(pb::RemoveNodeResponse {}))
     }

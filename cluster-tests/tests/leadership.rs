@@ -1,0 +1,158 @@
+//! Leadership without needless elections, on three real `ctld` processes:
+//! - a SIGTERMed leader hands leadership to a caught-up voter before it stops (one election, won
+//!   by the voter it chose, no write lost),
+//! - `remove-node` of the leader hands over first and is carried out by the new leader,
+//! - a follower paused for longer than the election timeout does not depose the leader when it
+//!   wakes up (pre-vote: the others still hear from their leader).
+//!
+//! Speed is the benchmark's business (`scripts/bench.sh`); these check the mechanisms.
+
+use std::time::Duration;
+
+use anyhow::{ensure, Context, Result};
+use starling_cluster_tests::init_tracing;
+use starling_cluster_tests::{ClusterOptions, LocalCluster};
+use starling_proto::controller::{RemoveNodeRequest, SetControllerConfigRequest};
+use tracing::info;
+
+const LEADER_WAIT: Duration = Duration::from_secs(60);
+const STOP_WAIT: Duration = Duration::from_secs(30);
+
+/// The highest term any running node reports.
+async fn term(cluster: &mut LocalCluster) -> Result<u64> {
+    let mut best = 0;
+    for id in cluster.running_ids() {
+        if let Ok(info) = cluster.show_controller(id).await {
+            best = best.max(info.members.iter().map(|m| m.term).max().unwrap_or(0));
+        }
+    }
+    Ok(best)
+}
+
+/// One acknowledged write through node `via` (it forwards to the leader).
+async fn write(cluster: &LocalCluster, via: u64, key: &str) -> Result<u64> {
+    let mut client = cluster.client(via)?;
+    let response = client
+        .set_controller_config(SetControllerConfigRequest {
+            values: [(format!("custom.{key}"), "v".to_owned())].into(),
+            request_id: format!("leadership-{key}"),
+        })
+        .await
+        .with_context(|| format!("write {key} through node {via}"))?;
+    Ok(response.into_inner().log_index)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_leader_hands_over_to_a_caught_up_voter() -> Result<()> {
+    init_tracing();
+    let mut cluster = LocalCluster::start(ClusterOptions::new("handoff", 3)).await?;
+    let leader = cluster.wait_for_leader(LEADER_WAIT).await?;
+    let survivor = *cluster
+        .node_ids()
+        .iter()
+        .find(|id| **id != leader)
+        .context("a follower")?;
+    let index = write(&cluster, survivor, "before").await?;
+    for id in cluster.node_ids() {
+        cluster.wait_applied(id, index, LEADER_WAIT).await?;
+    }
+    let term_before = term(&mut cluster).await?;
+
+    info!(leader, "--- SIGTERM the leader");
+    let status = cluster.terminate(leader, STOP_WAIT)?;
+    ensure!(status.success(), "the leader exited with {status}");
+    let log = std::fs::read_to_string(cluster.log_path(leader))?;
+    ensure!(
+        log.contains("handed leadership over before stopping"),
+        "the stopping leader did not hand over:\n{}",
+        cluster.log_tail(leader, 40)
+    );
+    let new_leader = cluster
+        .wait_for_leader_other_than(Some(leader), LEADER_WAIT)
+        .await?;
+    write(&cluster, survivor, "after").await?;
+    let term_after = term(&mut cluster).await?;
+    // One campaign, by the voter the leader chose: nobody timed out and campaigned on its own.
+    ensure!(
+        term_after == term_before + 1,
+        "term went from {term_before} to {term_after}: more than the one hand-off election"
+    );
+    let new_leader_log = std::fs::read_to_string(cluster.log_path(new_leader))?;
+    ensure!(
+        new_leader_log.contains("leader hands over; campaigning"),
+        "node {new_leader} leads but was not the one asked to take over"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_the_leader_hands_over_first() -> Result<()> {
+    init_tracing();
+    let mut cluster = LocalCluster::start(ClusterOptions::new("rmleader", 3)).await?;
+    let leader = cluster.wait_for_leader(LEADER_WAIT).await?;
+    let index = write(&cluster, leader, "before").await?;
+    for id in cluster.node_ids() {
+        cluster.wait_applied(id, index, LEADER_WAIT).await?;
+    }
+    let term_before = term(&mut cluster).await?;
+
+    info!(leader, "--- remove-node of the leader, asked of the leader");
+    cluster
+        .client(leader)?
+        .remove_node(RemoveNodeRequest { node_id: leader })
+        .await
+        .context("remove-node of the leader")?;
+    let new_leader = cluster
+        .wait_for_leader_other_than(Some(leader), LEADER_WAIT)
+        .await?;
+    let info = cluster.show_controller(new_leader).await?;
+    let members: Vec<u64> = info.members.iter().map(|m| m.id).collect();
+    ensure!(
+        !members.contains(&leader) && members.len() == 2,
+        "members after removing {leader}: {members:?}"
+    );
+    write(&cluster, new_leader, "after").await?;
+    let term_after = term(&mut cluster).await?;
+    ensure!(
+        term_after == term_before + 1,
+        "term went from {term_before} to {term_after}: more than the one hand-off election"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_waking_from_a_pause_does_not_depose_the_leader() -> Result<()> {
+    init_tracing();
+    let mut cluster = LocalCluster::start(ClusterOptions::new("prevote", 3)).await?;
+    let leader = cluster.wait_for_leader(LEADER_WAIT).await?;
+    let follower = *cluster
+        .node_ids()
+        .iter()
+        .find(|id| **id != leader)
+        .context("a follower")?;
+    write(&cluster, leader, "warm").await?;
+    let term_before = term(&mut cluster).await?;
+
+    info!(
+        follower,
+        "--- SIGSTOP a follower for three maximum election timeouts"
+    );
+    cluster.pause(follower)?;
+    // Writes go on without it; each one is a reason for the follower to be behind on waking.
+    let mut last = 0;
+    for i in 0..20 {
+        last = write(&cluster, leader, &format!("paused-{i}")).await?;
+    }
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    cluster.resume(follower)?;
+    // Once it has caught up it has certainly run its watchdog on the stale contact.
+    cluster.wait_applied(follower, last, LEADER_WAIT).await?;
+    write(&cluster, follower, "after").await?;
+    let term_after = term(&mut cluster).await?;
+    ensure!(
+        term_after == term_before && cluster.leader().await == Some(leader),
+        "term {term_before} -> {term_after}, leader {leader} -> {:?}: the woken follower campaigned",
+        cluster.leader().await
+    );
+    Ok(())
+}
