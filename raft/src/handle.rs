@@ -179,6 +179,9 @@ impl Drop for Inner {
     }
 }
 
+/// How long a stopping or leaving leader tries to hand its leadership to a caught-up voter.
+pub const LEADER_HANDOFF_LIMIT: Duration = Duration::from_secs(2);
+
 /// How long a proposal may wait for a leader before answering `Unavailable`.
 pub const PROPOSE_DEADLINE: Duration = Duration::from_secs(20);
 

@@ -15,7 +15,9 @@ pub mod type_config;
 mod watchdog;
 
 pub use batcher::BatchLimits;
-pub use handle::{NodeOptions, ProposeError, Proposed, RaftHandle, RaftTiming, StartError};
+pub use handle::{
+    NodeOptions, ProposeError, Proposed, RaftHandle, RaftTiming, StartError, LEADER_HANDOFF_LIMIT,
+};
 pub use network::{PeerChannels, PeerDialer};
 pub use service::{propose_error_status, RaftService};
 pub use type_config::{Node, NodeId, TypeConfig};

@@ -28,9 +28,6 @@ use crate::pki::{self, CertKeyPem};
 use crate::plumbing::now_unix_ms;
 use crate::presence::{run_presence, PresenceTable};
 
-/// How long a stopping or leaving leader tries to hand its leadership to a caught-up voter.
-pub const LEADER_HANDOFF_LIMIT: Duration = Duration::from_secs(2);
-
 /// What `ctld run` was asked to do.
 #[derive(Clone, Debug)]
 pub struct RunOptions {
@@ -247,7 +244,10 @@ pub async fn run(
     info!("shutting down");
     // A leader hands over first, while this node still serves, so its stop costs the group no
     // election timeout (a rolling restart pauses writes for one hand-off, not one failover).
-    if let Some(new_leader) = handle.transfer_leadership(LEADER_HANDOFF_LIMIT).await {
+    if let Some(new_leader) = handle
+        .transfer_leadership(starling_raft::LEADER_HANDOFF_LIMIT)
+        .await
+    {
         info!(new_leader, "handed leadership over before stopping");
     }
     stop.cancel();

@@ -246,6 +246,7 @@ mod tests {
             Arc::new(store.clone()),
             Arc::new(AtomicU64::new(0)),
             gate.clone(),
+            Arc::default(),
         );
         let stop = Arc::new(AtomicBool::new(false));
         let writer = std::thread::spawn({

@@ -222,7 +222,7 @@ impl ClientApi {
         let removed = if node_id == self.handle.node_id() {
             // The leader leaving hands its leadership over first: no election timeout.
             self.handle
-                .remove_self_handing_over(crate::node::LEADER_HANDOFF_LIMIT)
+                .remove_self_handing_over(starling_raft::LEADER_HANDOFF_LIMIT)
                 .await
         } else {
             self.handle
