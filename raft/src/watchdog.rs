@@ -145,10 +145,11 @@ impl Schedule {
             }
         }
         if self.seen_vote != Some(seen.vote) {
+            let changed = self.seen_vote.is_some();
             self.seen_vote = Some(seen.vote);
             // Another candidate is campaigning (this node granted it, or learned its higher
             // term): give it a timeout to win. This node's own candidacy changes nothing here.
-            if seen.vote.leader_id().voted_for() != Some(self.node_id) {
+            if changed && seen.vote.leader_id().voted_for() != Some(self.node_id) {
                 self.next_attempt = self.next_attempt.max(now + self.timing.draw(rng));
             }
         }
