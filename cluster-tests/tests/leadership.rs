@@ -149,10 +149,28 @@ async fn a_follower_waking_from_a_pause_does_not_depose_the_leader() -> Result<(
     cluster.wait_applied(follower, last, LEADER_WAIT).await?;
     write(&cluster, follower, "after").await?;
     let term_after = term(&mut cluster).await?;
+    let leader_after = cluster.leader().await;
     ensure!(
-        term_after == term_before && cluster.leader().await == Some(leader),
-        "term {term_before} -> {term_after}, leader {leader} -> {:?}: the woken follower campaigned",
-        cluster.leader().await
+        term_after == term_before && leader_after == Some(leader),
+        "term {term_before} -> {term_after}, leader {leader} -> {leader_after:?}: an election \
+         was held; what the nodes logged about elections:\n{}",
+        election_lines(&cluster)
     );
     Ok(())
+}
+
+/// Every node's log lines about pre-votes, votes and elections (for a failure message).
+fn election_lines(cluster: &LocalCluster) -> String {
+    let mut out = String::new();
+    for id in cluster.node_ids() {
+        let log = std::fs::read_to_string(cluster.log_path(id)).unwrap_or_default();
+        for line in log.lines().filter(|l| {
+            ["election", "vote", "campaign", "leader hands over"]
+                .iter()
+                .any(|word| l.contains(word))
+        }) {
+            out.push_str(&format!("node {id}: {line}\n"));
+        }
+    }
+    out
 }

@@ -168,6 +168,8 @@ struct Inner {
     state: StateView,
     batcher: ProposalBatcher,
     leader_contact: Arc<LeaderContact>,
+    /// The term this node leads in and when it was first seen leading it (by the metrics task).
+    leading_since: Arc<std::sync::Mutex<Option<(u64, Instant)>>>,
     timing: RaftTiming,
     /// Stops the batcher and the election watchdog.
     stop: CancellationToken,
@@ -223,6 +225,7 @@ impl RaftHandle {
                 state,
                 batcher,
                 leader_contact: leader_contact.clone(),
+                leading_since: Arc::default(),
                 timing: timing.clone(),
                 stop: stop.clone(),
             }),
@@ -570,6 +573,30 @@ impl RaftHandle {
         (age > after).then_some(age)
     }
 
+    /// The leader this node is in touch with: a leader whose quorum answered within the
+    /// minimum election timeout (the lease), or a follower's leader heard from within it.
+    /// openraft 0.9 keeps naming the last leader after contact is lost (only a campaign clears
+    /// it, and a node that cannot reach a majority never campaigns), so readiness asks this.
+    pub fn leader_in_contact(&self) -> Option<NodeId> {
+        let lease = Duration::from_millis(self.inner.timing.election_timeout_min_ms);
+        let watch = self.inner.raft.metrics();
+        let metrics = watch.borrow();
+        let leader = metrics.current_leader?;
+        let sole_voter = metrics.membership_config.membership().voter_ids().count() < 2;
+        let in_contact = if leader == self.inner.node_id {
+            sole_voter
+                || metrics
+                    .millis_since_quorum_ack
+                    .is_some_and(|ms| Duration::from_millis(ms) < lease)
+        } else {
+            self.inner
+                .leader_contact
+                .last()
+                .is_some_and(|at| at.elapsed() < lease)
+        };
+        in_contact.then_some(leader)
+    }
+
     /// The leader this node knows of.
     pub fn current_leader(&self) -> Option<NodeId> {
         self.inner.raft.metrics().borrow().current_leader
@@ -744,43 +771,60 @@ impl RaftHandle {
 
     /// Hands leadership to a caught-up voter before this node stops or leaves (etcd's
     /// move-leader): holds new proposals back, waits until a voter has every entry, tells it to
-    /// campaign, and waits until this node is no longer the leader. Returns the new leader's id,
-    /// or `None` when this node did not lead or no other voter could take over within `limit`
-    /// (then leadership stays, and stopping costs the followers an election timeout).
+    /// campaign, and waits until this node hears from the new leader. Returns the new leader's
+    /// id, or `None` when this node did not lead or no other voter could take over within
+    /// `limit` (then leadership stays, and stopping costs the followers an election timeout).
     pub async fn transfer_leadership(&self, limit: Duration) -> Option<NodeId> {
+        let me = self.inner.node_id;
         let deadline = Instant::now() + limit;
         let (voters, nodes) = self.membership();
-        let others: Vec<NodeId> = voters
-            .into_iter()
-            .filter(|id| *id != self.inner.node_id)
-            .collect();
-        if self.current_leader() != Some(self.inner.node_id) || others.is_empty() {
+        let others: Vec<NodeId> = voters.into_iter().filter(|id| *id != me).collect();
+        if self.current_leader() != Some(me) || others.is_empty() {
             return None;
+        }
+        // A voter grants a vote only once its leader lease has run out (openraft 0.9). The
+        // followers' lease is refreshed by every heartbeat, but this leader's own counts from
+        // its election and is never refreshed: once it has led for the lease it grants the
+        // target's vote, and the target wins with it. A leader elected less than a lease ago
+        // (rare: a hand-off right after an election) waits for that first, still serving.
+        let lease = Duration::from_millis(self.inner.timing.election_timeout_min_ms);
+        let since = *self
+            .inner
+            .leading_since
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some((_, since)) = since {
+            let grants_at = since + lease + Duration::from_millis(5);
+            tokio::time::sleep_until(grants_at.min(deadline)).await;
         }
         let _held = self.inner.batcher.hold();
         let started = Instant::now();
+        let mut watch = self.inner.raft.metrics();
         let mut asked: Option<NodeId> = None;
-        while Instant::now() < deadline {
-            let (state, last, matched) = {
-                let watch = self.inner.raft.metrics();
-                let m = watch.borrow();
+        loop {
+            let (state, leader, last, matched) = {
+                let m = watch.borrow_and_update();
                 (
                     m.state,
+                    m.current_leader,
                     m.last_log_index.unwrap_or(0),
                     m.replication.clone(),
                 )
             };
             if state != ServerState::Leader {
-                let leader = self.current_leader();
-                info!(
-                    new_leader = ?leader,
-                    took_ms = started.elapsed().as_millis() as u64,
-                    "leadership handed over"
-                );
-                metrics::counter!("starling_raft_leader_transfers_total").increment(1);
-                return leader.or(asked);
-            }
-            if asked.is_none() {
+                // Stepped down. Keep holding until the new leader's first AppendEntries names
+                // it here, so what was held is forwarded to it at once instead of backing off
+                // while no leader is known.
+                if let Some(leader) = leader.filter(|l| *l != me) {
+                    info!(
+                        new_leader = leader,
+                        took_ms = started.elapsed().as_millis() as u64,
+                        "leadership handed over"
+                    );
+                    metrics::counter!("starling_raft_leader_transfers_total").increment(1);
+                    return Some(leader);
+                }
+            } else if asked.is_none() {
                 // The most caught-up voter, once it holds every entry.
                 let target = others
                     .iter()
@@ -798,13 +842,32 @@ impl RaftHandle {
                     }
                 }
             }
-            tokio::time::sleep(Duration::from_millis(2)).await;
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            // Wake on any change of the node's metrics (a follower's ack, a new vote or leader),
+            // and at least every few milliseconds to retry a refused hand-off.
+            let wait = deadline
+                .saturating_duration_since(now)
+                .min(Duration::from_millis(5));
+            if let Ok(Err(_)) = tokio::time::timeout(wait, watch.changed()).await {
+                return None; // the node shut down
+            }
+        }
+        if self.current_leader() == Some(me) {
+            warn!(
+                limit_ms = limit.as_millis() as u64,
+                "no voter took over leadership in time; keeping it"
+            );
+            return None;
         }
         warn!(
             limit_ms = limit.as_millis() as u64,
-            "no voter took over leadership in time; keeping it"
+            ?asked,
+            "stepped down, but no new leader made itself known in time"
         );
-        None
+        asked
     }
 
     async fn ask_to_campaign(
@@ -912,11 +975,20 @@ impl RaftHandle {
     fn spawn_metrics_exporter(&self) {
         let mut rx = self.inner.raft.metrics();
         let node_id = self.inner.node_id;
+        let leading_since = self.inner.leading_since.clone();
         tokio::spawn(async move {
             let mut last_leader = None;
             loop {
                 {
                     let m = rx.borrow_and_update().clone();
+                    {
+                        let mut since = leading_since.lock().unwrap_or_else(|e| e.into_inner());
+                        match *since {
+                            _ if m.state != ServerState::Leader => *since = None,
+                            Some((term, _)) if term == m.current_term => {}
+                            _ => *since = Some((m.current_term, Instant::now())),
+                        }
+                    }
                     metrics::gauge!("starling_raft_term").set(m.current_term as f64);
                     metrics::gauge!("starling_raft_leader_id")
                         .set(m.current_leader.map(|l| l as f64).unwrap_or(-1.0));

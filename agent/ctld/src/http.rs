@@ -1,5 +1,5 @@
 //! The HTTPS side port: `/metrics` (Prometheus), `/healthz` (the process serves) and `/readyz`
-//! (the node knows a leader and has applied what it knows to be committed).
+//! (the node is in touch with a leader and has applied entries).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -28,14 +28,17 @@ async fn healthz() -> &'static str {
 
 async fn readyz(State(side): State<SidePort>) -> (StatusCode, String) {
     let status = side.raft.node_status();
-    match status.leader_id {
+    match side.raft.leader_in_contact() {
         Some(leader) if status.applied_index > 0 => (
             StatusCode::OK,
             format!("ready: leader {leader}, applied {}\n", status.applied_index),
         ),
         _ => (
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("not ready: state {}, no leader known\n", status.state),
+            format!(
+                "not ready: state {}, no leader in contact (last known: {:?})\n",
+                status.state, status.leader_id
+            ),
         ),
     }
 }
