@@ -109,6 +109,22 @@ pub fn human_bytes(n: u64) -> String {
     bytesize::ByteSize::b(n).display().si().to_string()
 }
 
+/// A decayed rate to the three decimals it can claim.
+pub fn round_rate(rate: f64) -> f64 {
+    (rate * 1000.0).round() / 1000.0
+}
+
+/// A rate per second for a table: one decimal below 10, none above.
+pub fn rate_cell(rate: f64) -> String {
+    if rate == 0.0 {
+        "0".to_string()
+    } else if rate < 9.95 {
+        format!("{rate:.1}")
+    } else {
+        format!("{rate:.0}")
+    }
+}
+
 /// `d` as `--timeout` spells it: `90s` reads `1m 30s`, then `10m`, `1h`, `1h 30m`.
 pub fn format_duration(d: Duration) -> String {
     humantime::format_duration(Duration::from_secs(d.as_secs())).to_string()
@@ -131,6 +147,16 @@ pub fn parse_duration(text: &str) -> anyhow::Result<Duration> {
 mod tests {
     use super::*;
     use crate::model_views::fixtures::T0;
+
+    #[test]
+    fn rates_for_people() {
+        assert_eq!(rate_cell(0.0), "0");
+        assert_eq!(rate_cell(0.04), "0.0");
+        assert_eq!(rate_cell(9.94), "9.9");
+        assert_eq!(rate_cell(9.96), "10");
+        assert_eq!(rate_cell(123.4), "123");
+        assert_eq!(round_rate(12.34567), 12.346);
+    }
 
     #[test]
     fn natural_order() {

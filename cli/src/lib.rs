@@ -1,6 +1,7 @@
 //! `ctl`, the Starling operator's client: argument parsing, the client store, the API client and
 //! rendering. `main.rs` only parses, calls [`run`] and prints the [`Output`] or the error.
 
+pub mod balance;
 pub mod charm;
 pub mod client;
 pub mod commands;

@@ -8,6 +8,7 @@ use comfy_table::{presets, CellAlignment, ColumnConstraint, ContentArrangement, 
 use serde::Serialize;
 use starling_proto::controller::ControllerInfo;
 
+use crate::format::{human_bytes, rate_cell, round_rate};
 use crate::store::StoreState;
 
 /// An output format.
@@ -232,6 +233,41 @@ pub struct MemberItem {
     /// The index up to which the node's log is purged, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub purged_index: Option<u64>,
+    /// The size of the node's data dir, when it answered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub disk_bytes: Option<u64>,
+    /// Model reads the node served per second.
+    pub reads_per_second: f64,
+    /// Machine agents with a watch open on the node.
+    pub agents: u64,
+}
+
+/// A controller's totals and capacity figures in `ctl show-controller`.
+#[derive(Debug, Default, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct ControllerLoadItem {
+    /// Models active on it, its controller model included.
+    pub models: u64,
+    /// Machines of those models.
+    pub machines: u64,
+    /// Units of those models.
+    pub units: u64,
+    /// Machine agents connected, over the members.
+    pub agents: u64,
+    /// Commands applied to its models per second (decayed over about a minute).
+    pub writes_per_second: f64,
+    /// Agent reports among them.
+    pub agent_reports_per_second: f64,
+    /// Model reads served per second, over the members.
+    pub reads_per_second: f64,
+    /// Bytes of the models' records (what migrating them all would move).
+    pub models_bytes: u64,
+    /// Bytes of the models' logs.
+    pub logs_bytes: u64,
+    /// The largest data dir among the members.
+    pub disk_bytes: u64,
+    /// Migrations from it in flight.
+    pub migrations: u64,
 }
 
 /// The body of `ctl show-controller` for one controller.
@@ -254,6 +290,8 @@ pub struct ShowControllerItem {
     pub term: u64,
     /// Members by id.
     pub members: Vec<MemberItem>,
+    /// Totals and capacity figures.
+    pub load: ControllerLoadItem,
 }
 
 /// `ctl show-controller`: `{NAME: {...}}`.
@@ -278,8 +316,12 @@ impl ShowControllerView {
                 matched_index: m.matched_index,
                 snapshot_index: m.snapshot_index,
                 purged_index: m.purged_index,
+                disk_bytes: m.disk_bytes,
+                reads_per_second: round_rate(m.reads_per_second),
+                agents: m.agents_connected,
             })
             .collect();
+        let load = info.load.unwrap_or_default();
         members.sort_by_key(|m| m.id);
         let item = ShowControllerItem {
             uuid: info.uuid.clone(),
@@ -290,6 +332,19 @@ impl ShowControllerView {
             leader: info.leader_id,
             term: info.term,
             members,
+            load: ControllerLoadItem {
+                models: load.models,
+                machines: load.machines,
+                units: load.units,
+                agents: load.agents_connected,
+                writes_per_second: round_rate(load.writes_per_second),
+                agent_reports_per_second: round_rate(load.reports_per_second),
+                reads_per_second: round_rate(load.reads_per_second),
+                models_bytes: load.models_bytes,
+                logs_bytes: load.logs_bytes,
+                disk_bytes: load.disk_bytes,
+                migrations: load.migrations,
+            },
         };
         Self(BTreeMap::from([(name.to_string(), item)]))
     }
@@ -333,13 +388,44 @@ impl ShowControllerView {
                         m.state.clone(),
                         m.term.to_string(),
                         m.applied_index.to_string(),
+                        m.agents.to_string(),
+                        m.disk_bytes.map_or("-".to_string(), human_bytes),
                     ]
                 })
                 .collect();
             out.push_str(&table(
-                &["Id", "Address", "Role", "State", "Term", "Applied"],
+                &[
+                    "Id", "Address", "Role", "State", "Term", "Applied", "Agents", "Disk",
+                ],
                 &rows,
-                &[4, 5],
+                &[4, 5, 6, 7],
+            ));
+            out.push('\n');
+            let l = &c.load;
+            out.push_str(&table(
+                &[
+                    "Models",
+                    "Machines",
+                    "Units",
+                    "Agents",
+                    "Writes/s",
+                    "Reads/s",
+                    "Model data",
+                    "Disk",
+                    "Migrating",
+                ],
+                &[vec![
+                    l.models.to_string(),
+                    l.machines.to_string(),
+                    l.units.to_string(),
+                    l.agents.to_string(),
+                    rate_cell(l.writes_per_second),
+                    rate_cell(l.reads_per_second),
+                    human_bytes(l.models_bytes),
+                    human_bytes(l.disk_bytes),
+                    l.migrations.to_string(),
+                ]],
+                &[0, 1, 2, 3, 4, 5, 6, 7, 8],
             ));
         }
         Ok(out)
@@ -402,11 +488,29 @@ mod tests {
             // Out of order on purpose: the view sorts by id.
             members: vec![
                 member(2, "follower", "voter", 41),
-                member(1, "leader", "voter", 42),
+                Member {
+                    disk_bytes: Some(56_000_000),
+                    reads_per_second: 2.5,
+                    agents_connected: 11,
+                    ..member(1, "leader", "voter", 42)
+                },
                 member(3, "learner", "learner", 7),
             ],
             term: 3,
             ca_cert: "PEM".to_string(),
+            load: Some(starling_proto::controller::ControllerLoad {
+                models: 4,
+                machines: 12,
+                units: 30,
+                agents_connected: 11,
+                writes_per_second: 123.456,
+                reports_per_second: 40.0,
+                reads_per_second: 2.5,
+                models_bytes: 1_234_567,
+                logs_bytes: 89_000,
+                disk_bytes: 56_000_000,
+                migrations: 1,
+            }),
             ..Default::default()
         }
     }

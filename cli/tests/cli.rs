@@ -1167,13 +1167,9 @@ fn machines_deploy_config_relations_and_status() {
         .contains("machine-id: \"1\""));
     ok(&data, &["add-machine"]);
 
-    // Units need machines.
+    // --to pins one unit per machine and must match -n; a missing charm directory is reported
+    // before the placement is looked at.
     let counter = charm_dir("counter");
-    ctl(&data)
-        .args(["deploy", &counter, "-n", "2"])
-        .assert()
-        .code(2)
-        .stderr(predicate::str::contains("units need machines: pass --to"));
     ctl(&data)
         .args(["deploy", &counter, "-n", "3", "--to", "0,1"])
         .assert()
@@ -1182,7 +1178,7 @@ fn machines_deploy_config_relations_and_status() {
             "-n 3 needs 3 machines in --to, got 2",
         ));
     ctl(&data)
-        .args(["deploy", "/nonexistent/charm", "--to", "0"])
+        .args(["deploy", "/nonexistent/charm", "-n", "3", "--to", "0,1"])
         .assert()
         .code(1)
         .stderr(predicate::str::contains("is not a directory"));
@@ -1204,17 +1200,28 @@ fn machines_deploy_config_relations_and_status() {
         .stderr("");
     ok(&data, &["deploy", &charm_dir("db"), "--to", "2"]);
     ok(&data, &["deploy", &charm_dir("web"), "front", "--to", "2"]);
+    // Without --to, the controller spreads -n units (default 1) over the machines.
+    ok(&data, &["deploy", &counter, "spread", "-n", "2"]);
     {
         let world = server.state.world.lock().unwrap();
         let deploy = &world.deploys[0];
         assert_eq!(deploy.application, "counter");
         assert_eq!(deploy.to, ["0", "1"]);
+        assert_eq!(deploy.num_units, 0);
         assert_eq!(deploy.config["interval"], "3");
         assert!(uuid::Uuid::parse_str(&deploy.request_id).is_ok());
         assert_eq!(world.deploys[2].application, "front");
+        let spread = &world.deploys[3];
+        assert_eq!(spread.application, "spread");
+        assert!(spread.to.is_empty());
+        assert_eq!(spread.num_units, 2);
     }
+    ok(&data, &["remove-application", "spread", "-y"]);
     ok(&data, &["add-unit", "counter", "--to", "2,2"]);
-    ctl(&data).args(["add-unit", "counter"]).assert().code(2);
+    ctl(&data)
+        .args(["add-unit", "counter", "-n", "0"])
+        .assert()
+        .code(2);
     ctl(&data)
         .args(["add-unit", "counter", "--to", "9"])
         .assert()

@@ -79,6 +79,11 @@ impl Ctl {
 
     /// Runs `ctl ARGS`, whatever its exit code.
     pub fn run(&self, args: &[&str]) -> Result<CtlRun> {
+        self.run_for(args, CTL_TIMEOUT)
+    }
+
+    /// Runs `ctl ARGS` for at most `timeout`, whatever its exit code.
+    pub fn run_for(&self, args: &[&str], timeout: Duration) -> Result<CtlRun> {
         let out_path = self.scratch.join("ctl.out");
         let err_path = self.scratch.join("ctl.err");
         let mut child = Command::new(&self.bin)
@@ -93,10 +98,10 @@ impl Ctl {
             .stderr(File::create(&err_path)?)
             .spawn()
             .with_context(|| format!("spawning ctl {args:?}"))?;
-        let Some(status) = wait_bounded(&mut child, CTL_TIMEOUT)? else {
+        let Some(status) = wait_bounded(&mut child, timeout)? else {
             child.kill().ok();
             child.wait().ok();
-            bail!("ctl {args:?} did not finish within {CTL_TIMEOUT:?}");
+            bail!("ctl {args:?} did not finish within {timeout:?}");
         };
         Ok(CtlRun {
             code: status.code().unwrap_or(-1),

@@ -108,6 +108,7 @@ async fn unauthenticated_and_malformed_calls_are_refused() -> Result<()> {
     let status = peer
         .node_status(NodeStatusRequest {
             controller_uuid: cluster.registration().uuid.clone(),
+            with_load: false,
         })
         .await
         .context("NodeStatus with node 2's certificate")?

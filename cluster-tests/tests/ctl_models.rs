@@ -193,8 +193,29 @@ const RAFT_REDACTIONS: &[(&str, &str)] = &[
         "${1}[leader] [term]",
     ),
     (
-        r"(?m)^(\d+\s+127\.0\.0\.1:\[port\]\s+\w+\s+)(?:leader|follower|candidate|learner)\s+\d+\s+\d+$",
-        "${1}[state] [term] [applied]",
+        r"(?m)^(\d+\s+127\.0\.0\.1:\[port\]\s+\w+\s+)(?:leader|follower|candidate|learner)\s+\d+\s+\d+(\s+\d+)\s+(?:-|[\d.]+ [kMG]?B)$",
+        "${1}[state] [term] [applied]${2} [disk]",
+    ),
+];
+
+/// What the load columns and keys report: rates and sizes measured as the test ran. Table
+/// columns are first cut to two spaces apart (the measured values change their widths), then
+/// the values are redacted.
+const LOAD_REDACTIONS: &[(&str, &str)] = &[
+    (r"(\S)[ ]{2,}", "${1}  "),
+    (
+        r#"("?(?:writes-per-second|agent-reports-per-second|reads-per-second|size-bytes|records|log-records|disk-bytes|models-bytes|logs-bytes)"?): [\d.]+"#,
+        "$1: [n]",
+    ),
+    // `ctl models`: Writes/s, Agents and Size after Machines and Units.
+    (
+        r"(?m)^(\S+  \S+  \S+  \S+  \S+)  [\d.]+  (\S+)  [\d.]+ [kMG]?B  ",
+        "${1}  [writes]  ${2}  [size]  ",
+    ),
+    // `ctl show-controller`: the totals under their header.
+    (
+        r"(?m)^(Models  Machines  Units  Agents  Writes/s  Reads/s  Model data  Disk  Migrating\n)\s*(\d+)  (\d+)  (\d+)  (\d+)  .*  (\d+)$",
+        "${1}${2}  ${3}  ${4}  ${5}  [writes]  [reads]  [size]  [disk]  ${6}",
     ),
 ];
 
@@ -412,7 +433,12 @@ fn controller_views(f: &Fixture) -> Result<()> {
     );
     for format in ["tabular", "yaml", "json"] {
         let text = ctl.ok(&["show-controller", "alpha", "--format", format]);
-        snapshot(&format!("show_controller_{format}"), &text, RAFT_REDACTIONS);
+        let redactions: Vec<_> = LOAD_REDACTIONS
+            .iter()
+            .chain(RAFT_REDACTIONS)
+            .copied()
+            .collect();
+        snapshot(&format!("show_controller_{format}"), &text, &redactions);
     }
     // yaml is show-controller's default.
     assert_eq!(ctl.ok(&["show-controller"]).lines().next(), Some("alpha:"));
@@ -479,7 +505,7 @@ fn models(f: &Fixture) -> Result<String> {
     let demo_uuid = demo["model-uuid"].as_str().context("uuid")?.to_string();
     for format in ["tabular", "yaml", "json"] {
         let text = ctl.ok(&["models", "--format", format]);
-        snapshot(&format!("models_{format}"), &text, &[]);
+        snapshot(&format!("models_{format}"), &text, LOAD_REDACTIONS);
     }
     let show = ctl.json(&["show-model", "demo", "--format", "json"]);
     check_keys(
@@ -512,12 +538,14 @@ fn models(f: &Fixture) -> Result<String> {
     assert_eq!(show["demo"]["ownership-epoch"], 0);
     for format in ["tabular", "yaml", "json"] {
         let text = ctl.ok(&["show-model", "demo", "--format", format]);
-        snapshot(&format!("show_model_{format}"), &text, &[]);
+        snapshot(&format!("show_model_{format}"), &text, LOAD_REDACTIONS);
     }
-    // yaml is show-model's default; -m names the model as well as NAME does.
+    // yaml is show-model's default; -m names the model as well as NAME does (the load, last,
+    // moves between two calls: the first call is a read of the model).
+    let without_load = |text: String| text.split("\n  load:\n").next().map(str::to_owned);
     assert_eq!(
-        ctl.ok(&["show-model"]),
-        ctl.ok(&["show-model", "-m", "alpha:demo", "--format", "yaml"])
+        without_load(ctl.ok(&["show-model"])),
+        without_load(ctl.ok(&["show-model", "-m", "alpha:demo", "--format", "yaml"]))
     );
     Ok(demo_uuid)
 }
@@ -647,6 +675,17 @@ fn applications(f: &Fixture) -> Result<()> {
     assert!(status["applications"]["web"]["units"]
         .get("web/1")
         .is_none());
+    // Without --to the controller spreads units: machines 0 and 1 hold two units each, 2 none,
+    // so both new units go to machine 2 (after the first it still has the fewest).
+    ctl.ok(&["add-unit", "web", "-n", "2"]);
+    let status = ctl.json(&["status", "--format", "json"]);
+    for unit in ["web/2", "web/3"] {
+        assert_eq!(
+            status["applications"]["web"]["units"][unit]["machine"], "2",
+            "{unit} placed on the emptiest machine: {status}"
+        );
+    }
+    ctl.ok(&["remove-unit", "web/2", "web/3"]);
     ctl.ok(&["integrate", "web", "db"]);
     let relations = &ctl.json(&["status", "--format", "json"])["relations"];
     assert_eq!(
@@ -760,7 +799,18 @@ fn usage_errors(f: &Fixture) -> Result<()> {
     ctl.usage_error(&["bogus"], "unrecognized subcommand 'bogus'");
     ctl.usage_error(&["status", "--format", "xml"], "invalid value 'xml'");
     ctl.usage_error(&["remove-unit", "web"], "invalid unit name \"web\"");
-    ctl.usage_error(&["deploy", &charm("counter"), "c2"], "units need machines");
+    ctl.error_containing(
+        &[
+            "deploy",
+            "/nonexistent/charm",
+            "c2",
+            "-n",
+            "3",
+            "--to",
+            "0,1",
+        ],
+        &["is not a directory"],
+    );
     ctl.usage_error(
         &["deploy", &charm("counter"), "c2", "-n", "3", "--to", "0,1"],
         "-n 3 needs 3 machines in --to, got 2",
@@ -1118,7 +1168,15 @@ async fn leader_killed(f: &mut Fixture) -> Result<()> {
     let cluster = &mut f.cluster;
     info!("--- kill the leader: the same state on every node");
     let before = ctl.state("demo");
-    let show_before = ctl.json(&["show-model", "demo", "--format", "json"]);
+    // The model as shown, but for its load (rates move, and reading counts as a read).
+    let shown_model = |model: &str| {
+        let mut shown = ctl.json(&["show-model", model, "--format", "json"]);
+        if let Some(item) = shown["demo"].as_object_mut() {
+            item.remove("load");
+        }
+        shown
+    };
+    let show_before = shown_model("demo");
     let mut per_node = BTreeMap::new();
     for id in cluster.node_ids() {
         let name = format!("alpha-n{id}");
@@ -1148,10 +1206,7 @@ async fn leader_killed(f: &mut Fixture) -> Result<()> {
         shown["alpha"]["leader"], new_leader,
         "show-controller names the new leader"
     );
-    assert_eq!(
-        ctl.json(&["show-model", "alpha:demo", "--format", "json"]),
-        show_before
-    );
+    assert_eq!(shown_model("alpha:demo"), show_before);
     for (id, model) in &per_node {
         if *id != old_leader {
             assert_eq!(ctl.state(model), before, "node {id} after the kill");

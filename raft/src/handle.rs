@@ -1,9 +1,9 @@
 //! `RaftHandle`: what the daemon needs from consensus — start a node, propose a command from any
 //! node (forwarded to the leader), linearizable reads, membership changes and status.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use openraft::{ChangeMembers, Config, ServerState, SnapshotPolicy};
@@ -138,6 +138,24 @@ pub struct Proposed {
     pub log_index: u64,
 }
 
+/// What a node measures about itself for the `NodeStatus` peer RPC (`with_load`): the daemon
+/// supplies it, this crate only carries it.
+pub type LoadSource = Arc<dyn Fn() -> pb::NodeLoad + Send + Sync>;
+
+/// A leader this node saw take over.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeaderChange {
+    /// When this node learnt of it (wall clock, milliseconds since the Unix epoch).
+    pub unix_ms: i64,
+    /// The term it leads.
+    pub term: u64,
+    /// The new leader.
+    pub leader: NodeId,
+}
+
+/// Leader changes a node remembers (the most recent).
+pub const LEADER_CHANGES_KEPT: usize = 32;
+
 /// Who a Raft node is and how it talks to its peers.
 #[derive(Clone)]
 pub struct NodeOptions {
@@ -171,6 +189,10 @@ struct Inner {
     /// The term this node leads in and when it was first seen leading it (by the metrics task).
     leading_since: Arc<std::sync::Mutex<Option<(u64, Instant)>>>,
     timing: RaftTiming,
+    /// What `NodeStatus` reports when asked for the node's load.
+    load_source: RwLock<Option<LoadSource>>,
+    /// The latest leader changes, oldest first, at most `LEADER_CHANGES_KEPT`.
+    leader_changes: Mutex<VecDeque<LeaderChange>>,
     /// Stops the batcher and the election watchdog.
     stop: CancellationToken,
 }
@@ -227,6 +249,8 @@ impl RaftHandle {
                 leader_contact: leader_contact.clone(),
                 leading_since: Arc::default(),
                 timing: timing.clone(),
+                load_source: RwLock::new(None),
+                leader_changes: Mutex::new(VecDeque::with_capacity(LEADER_CHANGES_KEPT)),
                 stop: stop.clone(),
             }),
         };
@@ -615,7 +639,43 @@ impl RaftHandle {
             version: self.inner.version.clone(),
             snapshot_index: metrics.snapshot.map(|l| l.index),
             purged_index: metrics.purged.map(|l| l.index),
+            load: None,
         }
+    }
+
+    /// Sets what this node reports as its load to peers that ask (`NodeStatus` with `with_load`).
+    pub fn set_load_source(&self, source: LoadSource) {
+        *self
+            .inner
+            .load_source
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Some(source);
+    }
+
+    /// This node's status with its load, when a load source is set.
+    pub fn node_status_with_load(&self) -> pb::NodeStatusResponse {
+        let source = self
+            .inner
+            .load_source
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        pb::NodeStatusResponse {
+            load: source.map(|source| source()),
+            ..self.node_status()
+        }
+    }
+
+    /// The leader changes this node saw since it started (the latest `LEADER_CHANGES_KEPT`),
+    /// oldest first.
+    pub fn leader_changes(&self) -> Vec<LeaderChange> {
+        self.inner
+            .leader_changes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .cloned()
+            .collect()
     }
 
     /// Replication progress the leader knows: matched index per node. Empty on followers.
@@ -631,15 +691,20 @@ impl RaftHandle {
             .unwrap_or_default()
     }
 
-    /// Asks node `id` for its own status over the peer service.
+    /// Asks node `id` for its own status over the peer service, with its load when `with_load`.
     pub async fn peer_status(
         &self,
         id: NodeId,
         address: &str,
         timeout: Duration,
+        with_load: bool,
     ) -> Result<pb::NodeStatusResponse, String> {
         if id == self.inner.node_id {
-            return Ok(self.node_status());
+            return Ok(if with_load {
+                self.node_status_with_load()
+            } else {
+                self.node_status()
+            });
         }
         let mut client = self
             .inner
@@ -648,6 +713,7 @@ impl RaftHandle {
             .map_err(|e| e.to_string())?;
         let mut request = tonic::Request::new(pb::NodeStatusRequest {
             controller_uuid: self.inner.controller_uuid.clone(),
+            with_load,
         });
         request.set_timeout(timeout);
         client
@@ -976,6 +1042,8 @@ impl RaftHandle {
         let mut rx = self.inner.raft.metrics();
         let node_id = self.inner.node_id;
         let leading_since = self.inner.leading_since.clone();
+        // Weak: the exporter must not keep a shut-down node's state alive.
+        let inner = Arc::downgrade(&self.inner);
         tokio::spawn(async move {
             let mut last_leader = None;
             loop {
@@ -1003,9 +1071,23 @@ impl RaftHandle {
                         .set(m.last_log_index.unwrap_or(0) as f64);
                     metrics::gauge!("starling_raft_applied_index")
                         .set(m.last_applied.map(|l| l.index).unwrap_or(0) as f64);
-                    if m.current_leader.is_some() && m.current_leader != last_leader {
+                    if let Some(leader) = m.current_leader.filter(|l| Some(*l) != last_leader) {
                         metrics::counter!("starling_raft_leader_changes_total").increment(1);
-                        info!(leader = ?m.current_leader, term = m.current_term, "leader changed");
+                        info!(leader, term = m.current_term, "leader changed");
+                        if let Some(inner) = inner.upgrade() {
+                            let mut changes = inner
+                                .leader_changes
+                                .lock()
+                                .unwrap_or_else(PoisonError::into_inner);
+                            if changes.len() == LEADER_CHANGES_KEPT {
+                                changes.pop_front();
+                            }
+                            changes.push_back(LeaderChange {
+                                unix_ms: unix_ms_now(),
+                                term: m.current_term,
+                                leader,
+                            });
+                        }
                     }
                     last_leader = m.current_leader;
                 }
@@ -1015,6 +1097,12 @@ impl RaftHandle {
             }
         });
     }
+}
+
+fn unix_ms_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 fn state_name(state: ServerState) -> &'static str {

@@ -16,7 +16,8 @@ mod watchdog;
 
 pub use batcher::BatchLimits;
 pub use handle::{
-    NodeOptions, ProposeError, Proposed, RaftHandle, RaftTiming, StartError, LEADER_HANDOFF_LIMIT,
+    LeaderChange, LoadSource, NodeOptions, ProposeError, Proposed, RaftHandle, RaftTiming,
+    StartError, LEADER_HANDOFF_LIMIT,
 };
 pub use network::{PeerChannels, PeerDialer};
 pub use service::{propose_error_status, RaftService};

@@ -271,6 +271,10 @@ impl RaftRpc for RaftService {
         request: Request<pb::NodeStatusRequest>,
     ) -> Result<Response<pb::NodeStatusResponse>, Status> {
         self.admit(&request, &request.get_ref().controller_uuid)?;
-        Ok(Response::new(self.handle.node_status()))
+        Ok(Response::new(if request.get_ref().with_load {
+            self.handle.node_status_with_load()
+        } else {
+            self.handle.node_status()
+        }))
     }
 }

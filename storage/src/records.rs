@@ -260,3 +260,64 @@ pub fn read_model_presence(
     }
     Ok(newest)
 }
+
+/// What a model occupies in the state: its records (everything its description is built from)
+/// and its log, counted and sized as stored (key and value bytes).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ModelFootprint {
+    /// Records under the model's prefix, its log excluded.
+    pub records: u64,
+    /// Their key and value bytes.
+    pub bytes: u64,
+    /// Records of the model's log.
+    pub log_records: u64,
+    /// Their key and value bytes.
+    pub log_bytes: u64,
+    /// Machines among the records.
+    pub machines: u64,
+    /// Units among the records.
+    pub units: u64,
+}
+
+/// Pairs read per page while measuring a model: bounds the memory of one measurement.
+const FOOTPRINT_PAGE: usize = 1024;
+
+/// Measures model `uuid` by walking its keys in pages (no record is decoded).
+pub fn model_footprint(
+    state: &(impl StateRead + ?Sized),
+    uuid: &str,
+) -> Result<ModelFootprint, StorageError> {
+    let prefix = keys::model_prefix(uuid);
+    let (log, machines, units) = (
+        keys::log_prefix(uuid),
+        keys::machine_prefix(uuid),
+        keys::unit_prefix(uuid),
+    );
+    let mut footprint = ModelFootprint::default();
+    let mut start = prefix.clone();
+    loop {
+        let page = state.scan_prefix_from(&prefix, &start, FOOTPRINT_PAGE)?;
+        for (key, value) in &page {
+            let bytes = (key.len() + value.len()) as u64;
+            if key.starts_with(&log) {
+                footprint.log_records += 1;
+                footprint.log_bytes += bytes;
+                continue;
+            }
+            footprint.records += 1;
+            footprint.bytes += bytes;
+            if key.starts_with(&machines) {
+                footprint.machines += 1;
+            } else if key.starts_with(&units) {
+                footprint.units += 1;
+            }
+        }
+        match page.last() {
+            Some((last, _)) if page.len() == FOOTPRINT_PAGE => {
+                start = last.clone();
+                start.push(0);
+            }
+            _ => return Ok(footprint),
+        }
+    }
+}

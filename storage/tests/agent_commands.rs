@@ -43,6 +43,7 @@ fn deployed() -> Harness {
         charm_digest: digest,
         config: Default::default(),
         machines: vec!["0".into(), "1".into()],
+        spread_units: 0,
     }));
     h
 }

@@ -88,6 +88,7 @@ fn ten_thousand_units_in_batches_of_500_export_and_import() {
             charm_digest: digest,
             config: Default::default(),
             machines: Vec::new(),
+            spread_units: 0,
         }),
     );
     let mut created = 0;
@@ -102,6 +103,7 @@ fn ten_thousand_units_in_batches_of_500_export_and_import() {
                 model_uuid: UUID.into(),
                 application: "worker".into(),
                 machines,
+                spread_units: 0,
             }),
         );
         assert_eq!(ok.units.len(), UNITS_PER_COMMAND);
@@ -116,6 +118,10 @@ fn ten_thousand_units_in_batches_of_500_export_and_import() {
     assert_eq!(description.units.len(), UNITS);
     assert_eq!(description.units.iter().filter(|u| u.leader).count(), 1);
     assert_eq!(description.machines.len(), MACHINES);
+    // Measured in pages of 1,024 keys: every unit and machine counted once.
+    let footprint = starling_storage::records::model_footprint(&store, UUID).expect("reads");
+    assert_eq!(footprint.units, UNITS as u64);
+    assert_eq!(footprint.machines, MACHINES as u64);
     let records = 1
         + description.machines.len()
         + description.applications.len()

@@ -49,6 +49,7 @@ fn source() -> Harness {
         charm_digest: digest,
         config: Default::default(),
         machines: vec!["0".into(), "1".into()],
+        spread_units: 0,
     }));
     h.ok(Op::AppendLog(cmd::AppendLog {
         model_uuid: UUID.into(),

@@ -58,6 +58,7 @@ fn deploy(application: &str, charm: CharmMeta, digest: &str, machines: &[&str]) 
         charm_digest: digest.into(),
         config: Default::default(),
         machines: machines.iter().map(|m| m.to_string()).collect(),
+        spread_units: 0,
     })
 }
 
@@ -66,6 +67,7 @@ fn units(machines: &[&str], application: &str) -> Op {
         model_uuid: UUID.into(),
         application: application.into(),
         machines: machines.iter().map(|m| m.to_string()).collect(),
+        spread_units: 0,
     })
 }
 
@@ -308,6 +310,86 @@ fn deploy_places_units_and_checks_charm_config_and_machines() {
     h.refused(units(&[], "web"), Code::InvalidArgument);
     h.refused(units(&["0"], "nope"), Code::NotFound);
     h.refused(units(&["9"], "web"), Code::NotFound);
+}
+
+#[test]
+fn units_without_machines_spread_over_the_machines_with_the_fewest_units() {
+    let (mut h, wp, db) = populated();
+    h.ok(add_machine()); // "2": with "0" and "1", three machines
+    let unit_machines = |h: &Harness| -> Vec<(String, String)> {
+        h.description()
+            .units
+            .iter()
+            .map(|u| (u.name.clone(), u.machine.clone()))
+            .collect()
+    };
+    h.ok(deploy("db", mysql(), &db, &["0", "0"]));
+    let mut spread = deploy("web", wordpress(), &wp, &[]);
+    if let Op::Deploy(d) = &mut spread {
+        d.spread_units = 4;
+    }
+    assert_eq!(h.ok(spread).units, ["web/0", "web/1", "web/2", "web/3"]);
+    // Machine 0 had two units: the empty 1 and 2 fill first, then every machine is even.
+    let placed = unit_machines(&h);
+    let web: Vec<&str> = placed
+        .iter()
+        .filter(|(u, _)| u.starts_with("web/"))
+        .map(|(_, m)| m.as_str())
+        .collect();
+    assert_eq!(web, ["1", "2", "1", "2"]);
+    let mut more = units(&[], "web");
+    if let Op::AddUnits(a) = &mut more {
+        a.spread_units = 2;
+    }
+    assert_eq!(h.ok(more).units, ["web/4", "web/5"]);
+    let placed = unit_machines(&h);
+    assert_eq!(placed.iter().filter(|(_, m)| m == "0").count(), 3);
+    // Named machines still pin, and spread_units is then ignored.
+    let mut pinned = units(&["0"], "web");
+    if let Op::AddUnits(a) = &mut pinned {
+        a.spread_units = 5;
+    }
+    assert_eq!(h.ok(pinned).units, ["web/6"]);
+}
+
+#[test]
+fn a_models_footprint_counts_its_records_and_its_log_apart() {
+    let (mut h, wp, _) = populated();
+    let empty = records::model_footprint(&h.store, UUID).expect("reads");
+    assert_eq!((empty.machines, empty.units, empty.log_records), (2, 0, 0));
+    h.ok(deploy("web", wordpress(), &wp, &["0", "1", "0"]));
+    h.ok(Op::AppendLog(cmd::AppendLog {
+        model_uuid: UUID.into(),
+        records: (0..5)
+            .map(|i| LogRecord {
+                entity: "unit-web-0".into(),
+                message: format!("line {i}"),
+                ..Default::default()
+            })
+            .collect(),
+    }));
+    let footprint = records::model_footprint(&h.store, UUID).expect("reads");
+    assert_eq!(footprint.machines, 2);
+    assert_eq!(footprint.units, 3);
+    assert_eq!(footprint.log_records, 5);
+    // The same keys and bytes as a plain scan of the model's prefix, split at its log.
+    let all = h
+        .store
+        .scan_prefix(&keys::model_prefix(UUID), usize::MAX)
+        .expect("reads");
+    let size = |pairs: &[&(Vec<u8>, Vec<u8>)]| -> u64 {
+        pairs.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum()
+    };
+    let log_prefix = keys::log_prefix(UUID);
+    let (log, rest): (Vec<_>, Vec<_>) = all.iter().partition(|(k, _)| k.starts_with(&log_prefix));
+    assert_eq!(footprint.records, rest.len() as u64);
+    assert_eq!(footprint.bytes, size(&rest));
+    assert_eq!(footprint.log_bytes, size(&log));
+    // Another model's keys are not counted.
+    assert_eq!(
+        records::model_footprint(&h.store, "another-uuid").expect("reads"),
+        records::ModelFootprint::default()
+    );
 }
 
 #[test]

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use starling_raft::RaftHandle;
 
 use crate::identity::NodeIdentity;
+use crate::load::LoadBoard;
 
 /// What the master on this node knows about a migration's progress that is not persisted:
 /// bytes streamed and the current activity, for `ctl migrate --wait` and `ctl status`.
@@ -48,7 +49,8 @@ impl ProgressBoard {
 }
 
 /// What every service and background task of a node shares: its Raft handle, who it is, its CA
-/// certificate, the live progress of the migrations it drives and the bootstrap users. Built
+/// certificate, the live progress of the migrations it drives, the bootstrap users and the
+/// load it measures. Built
 /// once by the node wiring (`node.rs`) and cloned into each service.
 #[derive(Clone)]
 pub struct NodeContext {
@@ -62,6 +64,8 @@ pub struct NodeContext {
     pub progress: ProgressBoard,
     /// The bootstrap users (`auth.yaml`), who exist besides the replicated ones.
     pub bootstrap_users: Vec<String>,
+    /// Per-model load as this node measures it.
+    pub load: LoadBoard,
 }
 
 impl NodeContext {

@@ -1,5 +1,6 @@
-//! The HTTPS side port: `/metrics` (Prometheus), `/healthz` (the process serves) and `/readyz`
-//! (the node is in touch with a leader and has applied entries).
+//! The HTTPS side port: `/metrics` (Prometheus: the process's own metrics and the per-model
+//! load families), `/healthz` (the process serves) and `/readyz` (the node is in touch with a
+//! leader and has applied entries).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -12,13 +13,17 @@ use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use metrics_exporter_prometheus::PrometheusHandle;
 use starling_raft::RaftHandle;
+use starling_storage::migration as stored;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, warn};
 
+use crate::context::NodeContext;
+
 #[derive(Clone)]
 struct SidePort {
     raft: RaftHandle,
+    ctx: NodeContext,
     prometheus: PrometheusHandle,
 }
 
@@ -44,14 +49,40 @@ async fn readyz(State(side): State<SidePort>) -> (StatusCode, String) {
 }
 
 async fn metrics(State(side): State<SidePort>) -> String {
-    side.prometheus.render()
+    let mut text = side.prometheus.render();
+    match model_labels(&side.ctx) {
+        Ok(models) => text.push_str(&side.ctx.load.render_metrics(side.raft.state(), &models)),
+        Err(e) => warn!(error = %e, "cannot list the models for /metrics"),
+    }
+    text
+}
+
+/// The models active here with their uuid, `owner/name` and the phase of a migration in flight.
+fn model_labels(
+    ctx: &NodeContext,
+) -> Result<Vec<(String, String, Option<String>)>, starling_storage::StorageError> {
+    let state = ctx.handle.state();
+    let reader = state.reader();
+    let mut labels = Vec::new();
+    for model in state.list_models()? {
+        if stored::read_import(reader, &model.uuid)?.is_some()
+            || stored::read_redirect(reader, &model.uuid)?.is_some()
+        {
+            continue;
+        }
+        let phase = stored::latest_migration(reader, &model.uuid)?
+            .filter(|record| !stored::is_terminal(record))
+            .map(|record| record.phase);
+        labels.push((model.uuid, format!("{}/{}", model.owner, model.name), phase));
+    }
+    Ok(labels)
 }
 
 /// Serves the side port on `listener` over TLS until `shutdown` completes.
 pub async fn serve(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
-    raft: RaftHandle,
+    ctx: NodeContext,
     prometheus: PrometheusHandle,
     shutdown: impl Future<Output = ()>,
 ) {
@@ -59,7 +90,11 @@ pub async fn serve(
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .with_state(SidePort { raft, prometheus });
+        .with_state(SidePort {
+            raft: ctx.handle.clone(),
+            ctx,
+            prometheus,
+        });
     let acceptor = TlsAcceptor::from(tls);
     tokio::pin!(shutdown);
     loop {

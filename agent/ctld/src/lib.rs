@@ -6,7 +6,8 @@
 //! Layers, bottom up (`scripts/check.sh` refuses an import cycle between these modules):
 //! - node files and trust: `identity` (the data dir), `pki`, `auth`, `init` (`ctld init`);
 //! - `plumbing`: what every service uses and which imports none of them (clock, errors as
-//!   statuses, propose-and-wait, blobs); `context`: the `NodeContext` every service is built from;
+//!   statuses, propose-and-wait, blobs); `load`: per-model load measured where it happens;
+//!   `context`: the `NodeContext` every service is built from;
 //! - `presence`: agents' heartbeats, renewed as one replicated record per node;
 //! - `migration`: the master, the target's peer service, prechecks, leftovers, the peer client;
 //! - the APIs: `client_api` (what `ctl` calls, by topic) and `agent_api` (what `agentd` calls);
@@ -19,6 +20,7 @@ pub mod context;
 pub mod http;
 pub mod identity;
 pub mod init;
+pub mod load;
 pub mod migration;
 pub mod node;
 pub mod pki;

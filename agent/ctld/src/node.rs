@@ -21,6 +21,7 @@ use crate::client_api::ClientApi;
 use crate::context::{NodeContext, ProgressBoard};
 use crate::http;
 use crate::identity::DataDir;
+use crate::load::LoadBoard;
 use crate::migration::leftovers::run_sweeper;
 use crate::migration::master::run_masters;
 use crate::migration::service::MigrationService;
@@ -129,6 +130,10 @@ pub async fn run(
                 )
             })?;
 
+    // Counted from the first command applied after the start.
+    let load = LoadBoard::new(data_dir.root());
+    state.observe_applies(load.apply_observer());
+
     // Bind both ports before starting Raft so a port clash fails fast.
     let grpc_listener = TcpListener::bind(&identity.address)
         .await
@@ -152,6 +157,11 @@ pub async fn run(
         .await
         .context("cannot start raft")?;
 
+    handle.set_load_source(std::sync::Arc::new({
+        let load = load.clone();
+        move || load.node_load()
+    }));
+
     let stop = CancellationToken::new();
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
@@ -167,6 +177,7 @@ pub async fn run(
         ca_cert: ca.cert.clone(),
         progress: ProgressBoard::default(),
         bootstrap_users: auth_file.users.iter().map(|u| u.name.clone()).collect(),
+        load,
     };
     let migration_service = MigrationService::new(
         ctx.clone(),
@@ -200,7 +211,7 @@ pub async fn run(
     let http_task = tokio::spawn(http::serve(
         http_listener,
         pki::http_server_tls(&node_cert)?,
-        handle.clone(),
+        ctx.clone(),
         prometheus.clone(),
         stop.clone().cancelled_owned(),
     ));

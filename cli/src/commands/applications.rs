@@ -21,27 +21,44 @@ use crate::model_views::AppConfigView;
 use crate::render::Format;
 use crate::{Output, UsageError};
 
-/// Checks `-n` against `--to` and returns the machines, one unit per entry. Starling cannot
-/// create machines (an operator starts each `agentd`), so units need `--to`; `-n 0` alone
-/// deploys an application without units.
-pub fn placement(n_units: Option<usize>, to: &[String]) -> Result<Vec<String>, UsageError> {
+/// Where new units go: one per machine the operator named, or a number of units the controller
+/// spreads over the model's machines with the fewest units.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Placement {
+    /// One unit per listed machine (`--to`).
+    Pinned(Vec<String>),
+    /// This many units, placed by the controller.
+    Spread(u32),
+}
+
+impl Placement {
+    /// The `to` and `num_units` fields of a deploy or add-unit request.
+    pub fn request_fields(self) -> (Vec<String>, u32) {
+        match self {
+            Placement::Pinned(to) => (to, 0),
+            Placement::Spread(n) => (Vec::new(), n),
+        }
+    }
+}
+
+/// Checks `-n` against `--to`: with `--to`, one unit per listed machine (`-n`, when given, must
+/// match); without it, `-n` units (default 1) go to the machines with the fewest units, as
+/// `juju deploy -n` and nomad place them. `-n 0` deploys an application without units.
+pub fn placement(n_units: Option<usize>, to: &[String]) -> Result<Placement, UsageError> {
     if let Some(bad) = to.iter().find(|m| m.trim().is_empty()) {
         return Err(UsageError(format!("invalid machine \"{bad}\" in --to")));
     }
     if to.is_empty() {
-        return match n_units {
-            Some(0) => Ok(Vec::new()),
-            _ => Err(UsageError(
-                "units need machines: pass --to MACHINE[,MACHINE...] (or -n 0 for no units)".into(),
-            )),
-        };
+        let n = n_units.unwrap_or(1);
+        let n = u32::try_from(n).map_err(|_| UsageError(format!("-n {n} is too many units")))?;
+        return Ok(Placement::Spread(n));
     }
     match n_units {
         Some(n) if n != to.len() => Err(UsageError(format!(
             "-n {n} needs {n} machines in --to, got {}",
             to.len()
         ))),
-        _ => Ok(to.to_vec()),
+        _ => Ok(Placement::Pinned(to.to_vec())),
     }
 }
 
@@ -54,10 +71,11 @@ pub struct DeployArgs {
     pub charm: PathBuf,
     /// The application's name (default: the charm's name).
     pub application: Option<String>,
-    /// The number of units; must match the machines in --to.
+    /// The number of units (default 1). Without --to they go to the model's machines with the
+    /// fewest units; with --to it must match the machines listed.
     #[arg(short = 'n', long = "num-units", value_name = "N")]
     pub num_units: Option<usize>,
-    /// Machines for the units, one unit each: 0,1,...
+    /// Pin the units to machines, one unit each: 0,1,...
     #[arg(long, value_delimiter = ',', value_name = "MACHINE,...")]
     pub to: Vec<String>,
     /// Application config, KEY=VALUE (repeatable).
@@ -89,9 +107,10 @@ pub async fn upload_charm(client: &ControllerClient, archive: CharmArchive) -> R
 
 /// Runs `ctl deploy`.
 pub async fn deploy(ctx: &Context, args: DeployArgs) -> Result<Output> {
-    let to = placement(args.num_units, &args.to)?;
-    let config = parse_assignments(&args.config)?;
+    // The charm first: a missing directory is the more basic mistake.
     let archive = CharmArchive::pack(&args.charm)?;
+    let (to, num_units) = placement(args.num_units, &args.to)?.request_fields();
+    let config = parse_assignments(&args.config)?;
     let application = args.application.unwrap_or_else(|| archive.name.clone());
     let digest = archive.digest.clone();
     let (client, target) = ctx.connect_model(args.model.model.as_deref(), None)?;
@@ -103,6 +122,7 @@ pub async fn deploy(ctx: &Context, args: DeployArgs) -> Result<Output> {
         config,
         to,
         request_id: request_id(),
+        num_units,
     };
     client
         .call(|mut c| {
@@ -120,10 +140,11 @@ pub struct AddUnitArgs {
     model: ModelArg,
     /// The application.
     pub application: String,
-    /// The number of units; must match the machines in --to.
+    /// The number of units (default 1). Without --to they go to the model's machines with the
+    /// fewest units; with --to it must match the machines listed.
     #[arg(short = 'n', long = "num-units", value_name = "N")]
     pub num_units: Option<usize>,
-    /// Machines for the new units, one unit each: 0,1,...
+    /// Pin the new units to machines, one unit each: 0,1,...
     #[arg(long, value_delimiter = ',', value_name = "MACHINE,...")]
     pub to: Vec<String>,
 }
@@ -133,13 +154,14 @@ pub async fn add_unit(ctx: &Context, args: AddUnitArgs) -> Result<Output> {
     if args.num_units == Some(0) {
         return Err(UsageError("-n must be at least 1".into()).into());
     }
-    let to = placement(args.num_units, &args.to)?;
+    let (to, num_units) = placement(args.num_units, &args.to)?.request_fields();
     let (client, target) = ctx.connect_model(args.model.model.as_deref(), None)?;
     let request = AddUnitRequest {
         model: Some(model_ref(&target)),
         application: args.application,
         to,
         request_id: request_id(),
+        num_units,
     };
     client
         .call(|mut c| {
@@ -360,18 +382,23 @@ mod tests {
 
     #[test]
     fn placements() {
-        assert_eq!(placement(None, &to(&["0", "1"])).unwrap(), to(&["0", "1"]));
+        let pinned = |list: &[&str]| Placement::Pinned(to(list));
+        assert_eq!(
+            placement(None, &to(&["0", "1"])).unwrap(),
+            pinned(&["0", "1"])
+        );
         assert_eq!(
             placement(Some(2), &to(&["0", "1"])).unwrap(),
-            to(&["0", "1"])
+            pinned(&["0", "1"])
         );
-        assert_eq!(placement(Some(0), &[]).unwrap(), Vec::<String>::new());
-        let err = placement(None, &[]).unwrap_err().0;
-        assert!(err.starts_with("units need machines: pass --to"), "{err}");
-        assert!(placement(Some(2), &[])
-            .unwrap_err()
-            .0
-            .starts_with("units need machines"));
+        assert_eq!(placement(Some(0), &[]).unwrap(), Placement::Spread(0));
+        assert_eq!(placement(None, &[]).unwrap(), Placement::Spread(1));
+        assert_eq!(placement(Some(3), &[]).unwrap(), Placement::Spread(3));
+        assert_eq!(
+            Placement::Spread(3).request_fields(),
+            (Vec::<String>::new(), 3)
+        );
+        assert_eq!(pinned(&["2"]).request_fields(), (to(&["2"]), 0));
         assert_eq!(
             placement(Some(3), &to(&["0", "1"])).unwrap_err().0,
             "-n 3 needs 3 machines in --to, got 2"

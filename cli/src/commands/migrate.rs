@@ -249,7 +249,12 @@ pub async fn migrate(ctx: &Context, args: MigrateArgs) -> Result<Output> {
     printer.text(&started)?;
     let (poller, _) = ctx.connect_model(Some(&model), Some(POLL_CALL_TIMEOUT))?;
     let timeout = args.timeout.unwrap_or(WAIT_DEFAULT);
-    let info = follow(&poller, &source, &id, timeout, &mut printer).await?;
+    let followed = follow(&poller, &source, &id, timeout, tty, &mut |line| {
+        printer.line(line)
+    })
+    .await;
+    printer.finish()?;
+    let info = followed?;
     match outcome(&info.phase) {
         Some(Outcome::Aborted) => bail!("{}", aborted_message(&info)),
         Some(Outcome::ReapFailed) => {
@@ -264,7 +269,7 @@ pub async fn migrate(ctx: &Context, args: MigrateArgs) -> Result<Output> {
 /// Records the migrated model under its new controller in the client store, so that
 /// `ctl switch TARGET:MODEL` finds it, and says so. The old entry stays: the source answers
 /// for it with a redirect naming the target.
-fn arrived(ctx: &Context, source: &ModelTarget, target: &str, info: &MigrationInfo) -> String {
+pub fn arrived(ctx: &Context, source: &ModelTarget, target: &str, info: &MigrationInfo) -> String {
     let recorded = ctx.store.update(|state| {
         state.add_model(target, &source.model, &info.model_uuid)?;
         Ok(state.user(target))
@@ -284,20 +289,22 @@ fn arrived(ctx: &Context, source: &ModelTarget, target: &str, info: &MigrationIn
 }
 
 /// Polls the status of migration `id` of `source` until it ends (its last status) or until
-/// `timeout` (an error that says how to follow or stop it), printing what [`Follow`] returns.
+/// `timeout` (an error that says how to follow or stop it), passing `print` each line [`Follow`]
+/// makes of it for a terminal (`tty`) or not.
 /// Transient failures are retried until the deadline.
-async fn follow<W: Write>(
+pub async fn follow(
     client: &ControllerClient,
     source: &ModelTarget,
     id: &str,
     timeout: Duration,
-    printer: &mut Printer<W>,
+    tty: bool,
+    print: &mut impl FnMut(&Line) -> Result<()>,
 ) -> Result<MigrationInfo> {
     let request = MigrationStatusRequest {
         model: Some(model_ref(source)),
     };
     let start = Instant::now();
-    let mut view = Follow::new(printer.tty);
+    let mut view = Follow::new(tty);
     let mut phase: Option<String> = None;
     loop {
         let elapsed = start.elapsed();
@@ -317,12 +324,11 @@ async fn follow<W: Write>(
                     source.controller
                 );
                 if let Some(line) = view.unanswered(&waiting, elapsed) {
-                    printer.line(&line)?;
+                    print(&line)?;
                 }
             }
             Ok(info) => {
                 if info.migration_id != id {
-                    printer.finish()?;
                     bail!(
                         "migration {id} is no longer the latest migration of model \"{source}\": \
                          {} is, in {}",
@@ -331,10 +337,9 @@ async fn follow<W: Write>(
                     );
                 }
                 for line in view.observe(&info, elapsed) {
-                    printer.line(&line)?;
+                    print(&line)?;
                 }
                 if outcome(&info.phase).is_some() {
-                    printer.finish()?;
                     return Ok(info);
                 }
                 phase = Some(info.phase);
@@ -342,11 +347,10 @@ async fn follow<W: Write>(
             // A node that has not caught up may not know the migration it just started yet.
             Err(e) if is_transient(&e) || (phase.is_none() && is_not_found(&e)) => {
                 if let Some(line) = view.unanswered(&format!("{e:#}"), elapsed) {
-                    printer.line(&line)?;
+                    print(&line)?;
                 }
             }
             Err(e) => {
-                printer.finish()?;
                 return Err(e);
             }
         }
@@ -356,7 +360,6 @@ async fn follow<W: Write>(
         }
         tokio::time::sleep(POLL_INTERVAL.min(timeout - elapsed)).await;
     }
-    printer.finish()?;
     bail!(
         "{}",
         timeout_message(id, phase.as_deref(), timeout, &source.to_string())

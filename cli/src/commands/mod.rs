@@ -4,6 +4,8 @@
 pub mod add_node;
 pub mod applications;
 pub mod backups;
+pub mod balance;
+pub mod completion;
 pub mod controller_config;
 pub mod controllers;
 pub mod debug_log;
@@ -128,6 +130,12 @@ pub enum Command {
     DownloadBackup(backups::DownloadBackupArgs),
     /// Restore a backup onto a freshly initialized controller.
     RestoreBackup(backups::RestoreBackupArgs),
+    /// Even out the controllers' write load by migrating their busiest models.
+    #[command(after_long_help = balance::BALANCE_HELP)]
+    Balance(balance::BalanceArgs),
+    /// Print the shell completion script for bash, zsh or fish.
+    #[command(after_long_help = completion::COMPLETION_HELP)]
+    Completion(completion::CompletionArgs),
 }
 
 /// `-c NAME` for controller-scoped commands.
@@ -277,6 +285,8 @@ pub async fn run_with(ctx: &Context, command: Command) -> Result<Output> {
         Command::Backups(args) => backups::backups(ctx, args).await,
         Command::DownloadBackup(args) => backups::download_backup(ctx, args).await,
         Command::RestoreBackup(args) => backups::restore_backup(ctx, args).await,
+        Command::Balance(args) => balance::run(ctx, args).await,
+        Command::Completion(args) => completion::run(args),
     }
 }
 

@@ -84,6 +84,16 @@ pub(crate) mod fixtures {
             migration: "done".into(),
             migration_start_unix_ms: T0 + 1000,
             migration_end_unix_ms: T0 + 61_000,
+            load: Some(starling_proto::controller::ModelLoad {
+                writes_per_second: 12.3456,
+                reports_per_second: 4.5,
+                reads_per_second: 0.25,
+                agents_connected: 3,
+                records: 42,
+                size_bytes: 23_456,
+                log_records: 17,
+                log_bytes: 2_048,
+            }),
             ..Default::default()
         }
     }

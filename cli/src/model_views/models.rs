@@ -8,7 +8,9 @@ use starling_proto::controller::ModelInfo;
 use starling_proto::model::Status;
 
 use super::{empty_or, qualified, short};
-use crate::format::{access_name, life_name, rfc3339, short_for_user};
+use crate::format::{
+    access_name, human_bytes, life_name, rate_cell, rfc3339, round_rate, short_for_user,
+};
 use crate::migration_view::models_status;
 use crate::render::{cloud_region, or_dash, structured, table, Format};
 
@@ -24,6 +26,43 @@ pub struct ModelsStatus {
     pub migration_start: Option<String>,
     /// When it ended.
     pub migration_end: Option<String>,
+}
+
+/// A model's load as its controller measures it: decayed rates per second (over about the last
+/// minute), the agents connected, and what the model occupies.
+#[derive(Debug, Default, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct LoadItem {
+    /// Commands applied to the model per second, agent reports included.
+    pub writes_per_second: f64,
+    /// Agent reports applied per second.
+    pub agent_reports_per_second: f64,
+    /// Reads served per second, over the controller's nodes.
+    pub reads_per_second: f64,
+    /// Machine agents connected, over the controller's nodes.
+    pub agents: u64,
+    /// Bytes of the model's records (what a migration moves), its log excluded.
+    pub size_bytes: u64,
+    /// The model's records, its log excluded.
+    pub records: u64,
+    /// Records in the model's log.
+    pub log_records: u64,
+}
+
+impl LoadItem {
+    /// The item of `info`'s load (zero when the controller reported none).
+    pub fn new(info: &ModelInfo) -> Self {
+        let load = info.load.unwrap_or_default();
+        Self {
+            writes_per_second: round_rate(load.writes_per_second),
+            agent_reports_per_second: round_rate(load.reports_per_second),
+            reads_per_second: round_rate(load.reads_per_second),
+            agents: load.agents_connected,
+            size_bytes: load.size_bytes,
+            records: load.records,
+            log_records: load.log_records,
+        }
+    }
 }
 
 /// One model in `ctl models`.
@@ -58,6 +97,9 @@ pub struct ModelsItem {
     pub access: String,
     /// The agent version.
     pub agent_version: String,
+    /// What the model does and occupies.
+    #[serde(flatten)]
+    pub load: LoadItem,
 }
 
 /// `ctl models`.
@@ -109,6 +151,7 @@ impl ModelsView {
                     units: info.unit_count,
                     access,
                     agent_version: model.agent_version.clone(),
+                    load: LoadItem::new(info),
                 }
             })
             .collect();
@@ -153,6 +196,9 @@ impl ModelsView {
                     models_status(&m.status.current, migration),
                     count(m.machines),
                     count(m.units),
+                    rate_cell(m.load.writes_per_second),
+                    count(m.load.agents),
+                    human_bytes(m.load.size_bytes),
                     or_dash(&m.access),
                     // Starling keeps no per-user connection times.
                     "-".to_string(),
@@ -166,11 +212,14 @@ impl ModelsView {
                 "Status",
                 "Machines",
                 "Units",
+                "Writes/s",
+                "Agents",
+                "Size",
                 "Access",
                 "Last connection",
             ],
             &rows,
-            &[3, 4],
+            &[3, 4, 5, 6, 7],
         ));
         Ok(out)
     }
@@ -266,6 +315,8 @@ pub struct ShowModelItem {
     pub units: u64,
     /// When the model was created.
     pub created: Option<String>,
+    /// What the model does and occupies.
+    pub load: LoadItem,
 }
 
 /// `ctl show-model`: `{NAME: {...}}`, keyed by the short name.
@@ -309,6 +360,7 @@ impl ShowModelView {
             machines: info.machine_count,
             units: info.unit_count,
             created: rfc3339(model.created_unix_ms),
+            load: LoadItem::new(info),
         };
         Self(BTreeMap::from([(short(&model), item)]))
     }
@@ -369,6 +421,7 @@ mod tests {
         other.migration_end_unix_ms = 0;
         other.machine_count = 0;
         other.unit_count = 0;
+        other.load = None;
         let view = ModelsView::new("alpha", "admin", Some("admin/web"), &[other, model_info()]);
         insta::assert_snapshot!("models_tabular", view.render(Format::Tabular).unwrap());
         let text = view.render(Format::Json).unwrap();
@@ -381,6 +434,16 @@ mod tests {
             v["models"][1]["status"]["migration"],
             serde_json::Value::Null
         );
+        // The load keys, rates rounded to what a decayed rate can claim.
+        let web = &v["models"][0];
+        assert_eq!(web["writes-per-second"], 12.346);
+        assert_eq!(web["agent-reports-per-second"], 4.5);
+        assert_eq!(web["reads-per-second"], 0.25);
+        assert_eq!(web["agents"], 3);
+        assert_eq!(web["size-bytes"], 23_456);
+        assert_eq!(web["records"], 42);
+        assert_eq!(web["log-records"], 17);
+        assert_eq!(v["models"][1]["writes-per-second"], 0.0);
     }
 
     /// A model migrating now and one whose last migration aborted, as the controller lists them.

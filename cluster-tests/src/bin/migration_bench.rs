@@ -230,7 +230,7 @@ async fn main() -> Result<()> {
                 model: model_ref(),
                 application: "idle".into(),
                 to: machines.to_vec(),
-                request_id: String::new(),
+                ..Default::default()
             })
             .await
             .context("adding units")?;

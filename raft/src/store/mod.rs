@@ -24,10 +24,10 @@ use crate::stages::WriteTimeline;
 
 pub use log_store::{LogReader, LogStore};
 pub use state_machine::{SnapshotBuilder, StateMachine};
-pub use state_view::StateView;
+pub use state_view::{ApplyObserver, StateView};
 
 use snapshot_store::SnapshotStore;
-use state_view::CommitGate;
+use state_view::{ApplyObservers, CommitGate};
 
 /// The durable log store of a node.
 pub type SledLogStore = LogStore<Store>;
@@ -69,15 +69,17 @@ where
     let applied_index = Arc::new(AtomicU64::new(applied));
     let gate = Arc::new(CommitGate::default());
     let timeline = Arc::new(WriteTimeline::default());
+    let observers = Arc::new(ApplyObservers::default());
     let view = StateView::new(
         Arc::new(backend.clone()),
         applied_index.clone(),
         gate.clone(),
         timeline.clone(),
+        observers.clone(),
     );
     Ok((
         LogStore::new(backend.clone(), timeline.clone()),
-        StateMachine::new(backend, snapshots, applied_index, gate, timeline),
+        StateMachine::new(backend, snapshots, applied_index, gate, timeline, observers),
         view,
     ))
 }

@@ -16,7 +16,7 @@ use starling_storage::{
 };
 
 use super::snapshot_store::{check_snapshot_id, meta_of, SnapshotStore};
-use super::state_view::CommitGate;
+use super::state_view::{ApplyObservers, CommitGate};
 use super::{blocking, record_sync};
 use crate::codec;
 use crate::stages::{Mark, WriteTimeline};
@@ -33,6 +33,7 @@ pub struct StateMachine<B> {
     snapshots: SnapshotStore,
     applied_index: Arc<AtomicU64>,
     gate: Arc<CommitGate>,
+    observers: Arc<ApplyObservers>,
     limits: ApplyLimits,
     timeline: Arc<WriteTimeline>,
 }
@@ -50,12 +51,14 @@ impl<B: StateBackend> StateMachine<B> {
         applied_index: Arc<AtomicU64>,
         gate: Arc<CommitGate>,
         timeline: Arc<WriteTimeline>,
+        observers: Arc<ApplyObservers>,
     ) -> Self {
         StateMachine {
             backend,
             snapshots,
             applied_index,
             gate,
+            observers,
             limits: ApplyLimits::default(),
             timeline,
         }
@@ -75,6 +78,7 @@ fn sm_read_err(e: AnyError) -> StorageError {
 fn applies(
     backend: &impl StateBackend,
     gate: &CommitGate,
+    observers: &ApplyObservers,
     limits: ApplyLimits,
     entries: &[Entry],
 ) -> Result<Vec<Response>, BackendError> {
@@ -102,6 +106,19 @@ fn applies(
     }
     let writes = batch.into_writes();
     gate.commit(|| backend.state_commit(writes))?;
+    for (entry, response) in entries.iter().zip(&responses) {
+        match &entry.payload {
+            EntryPayload::Normal(Request::Command(command)) => {
+                observers.applied(&command.0, &response.0);
+            }
+            EntryPayload::Normal(Request::Batch(commands)) => {
+                for (command, result) in commands.0.commands.iter().zip(&response.0.batch_results) {
+                    observers.applied(command, result);
+                }
+            }
+            _ => {}
+        }
+    }
     Ok(responses)
 }
 
@@ -179,8 +196,9 @@ impl<B: StateBackend> RaftStateMachine<TypeConfig> for StateMachine<B> {
         self.timeline.mark(first, last.index, Mark::ApplyStart);
         let backend = self.backend.clone();
         let gate = self.gate.clone();
+        let observers = self.observers.clone();
         let limits = self.limits;
-        let responses = blocking(move || applies(&backend, &gate, limits, &entries))
+        let responses = blocking(move || applies(&backend, &gate, &observers, limits, &entries))
             .await
             .map_err(|e| StorageIOError::apply(last, e))?;
         self.timeline.mark(first, last.index, Mark::ApplyEnd);

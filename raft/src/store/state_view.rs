@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 
+use starling_proto::command::{Command, CommandResult};
 use starling_proto::model::{
     BackupRecord, Blob, LogRecord, Machine, Model, ModelDescription, Unit, User,
 };
@@ -34,6 +35,27 @@ impl CommitGate {
     }
 }
 
+/// Called with every command a node applied and its result, after the write set that holds
+/// it was committed (on the blocking pool: it must be quick and must not block).
+pub type ApplyObserver = Arc<dyn Fn(&Command, &CommandResult) + Send + Sync>;
+
+/// The observer of applied commands a node's state machine calls, set once the daemon has
+/// built it (the state machine exists first).
+#[derive(Default)]
+pub(crate) struct ApplyObservers {
+    observer: RwLock<Option<ApplyObserver>>,
+}
+
+impl ApplyObservers {
+    /// Tells the observer about `command`, applied with `result`.
+    pub(crate) fn applied(&self, command: &Command, result: &CommandResult) {
+        let observer = self.observer.read().unwrap_or_else(PoisonError::into_inner);
+        if let Some(observer) = observer.as_ref() {
+            observer(command, result);
+        }
+    }
+}
+
 /// Read-only access to the applied state. Each read sees whole applied batches, never half of
 /// one; [`StateView::consistent`] makes several reads see the same applied state.
 #[derive(Clone)]
@@ -42,6 +64,7 @@ pub struct StateView {
     applied_index: Arc<AtomicU64>,
     gate: Arc<CommitGate>,
     timeline: Arc<WriteTimeline>,
+    observers: Arc<ApplyObservers>,
 }
 
 impl std::fmt::Debug for StateView {
@@ -58,18 +81,30 @@ impl StateView {
         applied_index: Arc<AtomicU64>,
         gate: Arc<CommitGate>,
         timeline: Arc<WriteTimeline>,
+        observers: Arc<ApplyObservers>,
     ) -> Self {
         StateView {
             reader,
             applied_index,
             gate,
             timeline,
+            observers,
         }
     }
 
     /// The node's write timeline (shared with its log store and state machine).
     pub(crate) fn timeline(&self) -> Arc<WriteTimeline> {
         self.timeline.clone()
+    }
+
+    /// Calls `observer` with every command applied from now on (replacing an earlier one), e.g.
+    /// to measure each model's write rate where the writes happen.
+    pub fn observe_applies(&self, observer: ApplyObserver) {
+        *self
+            .observers
+            .observer
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Some(observer);
     }
 
     /// Runs `reads` so that they all see one applied state (a model and its import, lock or
@@ -246,6 +281,7 @@ mod tests {
             Arc::new(store.clone()),
             Arc::new(AtomicU64::new(0)),
             gate.clone(),
+            Arc::default(),
             Arc::default(),
         );
         let stop = Arc::new(AtomicBool::new(false));

@@ -89,6 +89,37 @@ pub fn check_placement(id: &str, machine: Option<&Machine>) -> Result<(), ModelE
     Ok(())
 }
 
+/// Where `count` new units go when the operator names no machine: each to the alive machine
+/// with the fewest units at that moment, ties to the lowest machine id (the least-allocated
+/// placement nomad's spread and the Kubernetes scheduler use). `machines` are every machine of
+/// the model with the units on it; a dying machine takes none.
+pub fn spread_units(
+    machines: &[(Machine, usize)],
+    count: usize,
+) -> Result<Vec<String>, ModelError> {
+    let mut load: Vec<(usize, u64, &str)> = machines
+        .iter()
+        .filter(|(machine, _)| machine.life() == Life::Alive)
+        .filter_map(|(machine, units)| {
+            let number = names::parse_machine_id(&machine.id).ok()?;
+            Some((*units, number, machine.id.as_str()))
+        })
+        .collect();
+    if count > 0 && load.is_empty() {
+        return Err(ModelError::invalid(
+            "the model has no alive machine to place units on: add one with 'ctl add-machine' \
+             (or deploy with -n 0)",
+        ));
+    }
+    let mut placed = Vec::with_capacity(count);
+    for _ in 0..count {
+        let fewest = load.iter_mut().min().expect("at least one machine");
+        placed.push(fewest.2.to_owned());
+        fewest.0 += 1;
+    }
+    Ok(placed)
+}
+
 /// A new unit of `application` on `machine`, numbered from the application's `next_unit`
 /// (which grows by one). The first unit of an application without units is its leader.
 pub fn new_unit(application: &mut Application, machine: &str, leader: bool, now_ms: i64) -> Unit {
@@ -420,6 +451,29 @@ mod tests {
             check_remove_machine("0", vec!["web/0".into()], true).expect("forced"),
             ["web/0"]
         );
+    }
+
+    #[test]
+    fn spread_units_fill_the_emptiest_machines_first() {
+        let with_id = |id: &str, life: Life| Machine {
+            id: id.into(),
+            ..machine(life)
+        };
+        let machines = vec![
+            (with_id("0", Life::Alive), 2),
+            (with_id("1", Life::Alive), 0),
+            (with_id("2", Life::Dying), 0),
+            (with_id("10", Life::Alive), 0),
+        ];
+        // Ties go to the lowest id by number (1 before 10), the dying machine takes none.
+        assert_eq!(
+            spread_units(&machines, 5).unwrap(),
+            ["1", "10", "1", "10", "0"]
+        );
+        assert_eq!(spread_units(&machines, 0).unwrap(), Vec::<String>::new());
+        let err = spread_units(&[(with_id("0", Life::Dying), 0)], 1).unwrap_err();
+        assert!(err.to_string().contains("no alive machine"), "{err}");
+        assert_eq!(spread_units(&[], 0).unwrap(), Vec::<String>::new());
     }
 
     #[test]

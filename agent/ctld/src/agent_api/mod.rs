@@ -25,6 +25,7 @@ use tonic::{Request, Response, Status};
 
 use crate::auth::{self, hash_token};
 use crate::context::NodeContext;
+use crate::load::LoadBoard;
 use crate::plumbing::{proposal, storage_error};
 use crate::presence::PresenceTable;
 use starling_raft::RaftHandle;
@@ -78,6 +79,7 @@ fn agent_metadata<T>(request: &Request<T>) -> Result<(String, String, String), S
 #[derive(Clone)]
 pub struct AgentService {
     handle: RaftHandle,
+    load: LoadBoard,
     presence: Arc<PresenceTable>,
     desired: Arc<DesiredCache>,
     stop: CancellationToken,
@@ -89,6 +91,7 @@ impl AgentService {
     pub fn new(ctx: &NodeContext, presence: Arc<PresenceTable>, stop: CancellationToken) -> Self {
         Self {
             handle: ctx.handle.clone(),
+            load: ctx.load.clone(),
             presence,
             desired: Arc::new(DesiredCache::default()),
             stop,

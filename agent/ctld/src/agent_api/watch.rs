@@ -225,7 +225,13 @@ impl AgentService {
         self.presence
             .record(&agent.model_uuid, &agent.machine_id, now_unix_ms());
         let (tx, rx) = tokio::sync::mpsc::channel(WATCH_CHANNEL_CAPACITY);
-        tokio::spawn(self.clone().watch_loop(agent, tx));
+        // Counted as connected here while its watch lives.
+        let connection = self.load.agent_connected(&agent.model_uuid);
+        let watch = self.clone().watch_loop(agent, tx);
+        tokio::spawn(async move {
+            watch.await;
+            drop(connection);
+        });
         Ok(Response::new(
             tokio_stream::wrappers::ReceiverStream::new(rx).boxed(),
         ))

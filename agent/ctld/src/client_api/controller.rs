@@ -7,6 +7,7 @@ use std::time::Duration;
 use starling_proto::command::{command, Command};
 use starling_proto::controller as pb;
 use starling_raft::RaftHandle;
+use starling_storage::migration as stored;
 use tonic::{Request, Response, Status};
 use tracing::{info, instrument, warn};
 
@@ -14,8 +15,9 @@ use super::ClientApi;
 use crate::auth::{self, Caller};
 use crate::identity::NodeIdentity;
 use crate::init::node_files;
+use crate::load::GroupLoad;
 use crate::pki;
-use crate::plumbing::{now_unix_ms, proposal, propose};
+use crate::plumbing::{now_unix_ms, proposal, propose, storage_error};
 
 /// How long `ShowController` waits for each member's own status.
 const MEMBER_STATUS_TIMEOUT: Duration = Duration::from_secs(2);
@@ -40,12 +42,18 @@ impl ClientApi {
                 (
                     *id,
                     handle
-                        .peer_status(*id, address, MEMBER_STATUS_TIMEOUT)
+                        .peer_status(*id, address, MEMBER_STATUS_TIMEOUT, true)
                         .await,
                 )
             }
         }))
         .await;
+        let mut group = GroupLoad::default();
+        for (id, status) in &statuses {
+            if let Ok(load) = status.as_ref().map(|s| s.load.clone().unwrap_or_default()) {
+                group.add(*id, load);
+            }
+        }
         let members = statuses
             .into_iter()
             .map(|(id, status)| {
@@ -55,8 +63,12 @@ impl ClientApi {
                     "learner"
                 };
                 let address = nodes.get(&id).cloned().unwrap_or_default();
+                let (reads, agents, disk) = group.node_totals(id).unwrap_or_default();
                 match status {
                     Ok(s) => pb::Member {
+                        disk_bytes: Some(disk),
+                        reads_per_second: reads,
+                        agents_connected: agents,
                         id,
                         address,
                         role: role.into(),
@@ -83,6 +95,7 @@ impl ClientApi {
             })
             .collect();
         let status = self.handle.node_status();
+        let load = self.controller_load(&group)?;
         Ok(Response::new(pb::ControllerInfo {
             name: self.identity.controller_name.clone(),
             uuid: self.identity.controller_uuid.clone(),
@@ -94,7 +107,45 @@ impl ClientApi {
             members,
             term: status.term,
             ca_cert: self.ca.cert.clone(),
+            load: Some(load),
         }))
+    }
+
+    /// The controller's totals: its active models (imports and redirects left out) and what
+    /// they hold and do, the members' reads, agents and largest data dir (`group`), and the
+    /// migrations from here in flight.
+    fn controller_load(&self, group: &GroupLoad) -> Result<pb::ControllerLoad, Status> {
+        let state = self.handle.state();
+        let mut total = pb::ControllerLoad {
+            disk_bytes: group
+                .nodes
+                .values()
+                .map(|n| n.disk_bytes)
+                .max()
+                .unwrap_or(0),
+            ..Default::default()
+        };
+        for model in state.list_models().map_err(storage_error)? {
+            if !self.listed(&model)? {
+                continue;
+            }
+            let load = self.ctx.load.model_load(state, &model.uuid, group);
+            let footprint = self.ctx.load.footprint(state, &model.uuid);
+            total.models += 1;
+            total.machines += footprint.machines;
+            total.units += footprint.units;
+            total.agents_connected += load.agents_connected;
+            total.writes_per_second += load.writes_per_second;
+            total.reports_per_second += load.reports_per_second;
+            total.reads_per_second += load.reads_per_second;
+            total.models_bytes += load.size_bytes;
+            total.logs_bytes += load.log_bytes;
+            let migrating = stored::latest_migration(state.reader(), &model.uuid)
+                .map_err(storage_error)?
+                .is_some_and(|record| !stored::is_terminal(&record));
+            total.migrations += u64::from(migrating);
+        }
+        Ok(total)
     }
 
     #[instrument(skip_all, fields(node_id = self.identity.node_id))]

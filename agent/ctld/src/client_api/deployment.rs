@@ -100,6 +100,7 @@ impl ClientApi {
             charm_digest: message.charm_digest,
             config: message.config,
             machines: message.to,
+            spread_units: message.num_units,
         });
         let result = self.propose(&caller, message.request_id, op).await?;
         let units = Self::ok_fields(&result)
@@ -120,6 +121,7 @@ impl ClientApi {
             model_uuid: model.uuid,
             application: message.application,
             machines: message.to,
+            spread_units: message.num_units,
         });
         let result = self.propose(&caller, message.request_id, op).await?;
         let units = Self::ok_fields(&result)

@@ -368,7 +368,10 @@ impl ClientApi {
         let message = request.into_inner();
         let (uuid, name) = find_model(&self.ctx, &caller, message.model.as_ref())?;
         match self.handle.state().model(&uuid).map_err(storage_error)? {
-            Some(model) => Self::require(&caller, &model, Access::Read, "read its migrations")?,
+            Some(model) => {
+                Self::require(&caller, &model, Access::Read, "read its migrations")?;
+                self.ctx.load.read(&uuid);
+            }
             None if caller.access != auth::SUPERUSER => {
                 return Err(Status::permission_denied(format!(
                     "model \"{name}\" has left this controller; only a superuser may read its migration"

@@ -27,6 +27,7 @@ use tonic::{Request, Response, Status};
 use crate::auth::{self, Authenticator, Caller};
 use crate::context::NodeContext;
 use crate::identity::{AuthFile, NodeIdentity};
+use crate::load::GroupLoad;
 use crate::pki::CertKeyPem;
 use crate::plumbing::status::{importing, migrated};
 use crate::plumbing::{proposal, propose_and_wait, refusal, storage_error, ChunkStream};
@@ -181,6 +182,7 @@ impl ClientApi {
     }
 
     /// The model `model_ref` names, when the caller has `needed` access to it (to do `what`).
+    /// A call that needs read access reads the model: it counts in the model's read rate.
     fn model_for(
         &self,
         caller: &Caller,
@@ -190,6 +192,9 @@ impl ClientApi {
     ) -> Result<m::Model, Status> {
         let model = self.resolve(caller, model_ref)?;
         Self::require(caller, &model, needed, what)?;
+        if needed == Access::Read {
+            self.ctx.load.read(&model.uuid);
+        }
         Ok(model)
     }
 
@@ -210,7 +215,13 @@ impl ClientApi {
         }
     }
 
-    fn model_info(&self, model: m::Model) -> Result<pb::ModelInfo, Status> {
+    /// How `model` is listed and shown, with its load (`group` sums what the group's nodes
+    /// measured).
+    fn model_info(&self, model: m::Model, group: &GroupLoad) -> Result<pb::ModelInfo, Status> {
+        let load = self
+            .ctx
+            .load
+            .model_load(self.handle.state(), &model.uuid, group);
         let description = self
             .handle
             .state()
@@ -240,6 +251,7 @@ impl ClientApi {
             migration_start_unix_ms,
             migration_end_unix_ms,
             description_digest,
+            load: Some(load),
         })
     }
 }

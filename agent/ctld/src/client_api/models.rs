@@ -8,6 +8,7 @@ use tracing::{info, instrument};
 
 use super::{non_empty_or, ClientApi};
 use crate::auth;
+use crate::load::GroupLoad;
 use crate::plumbing::storage_error;
 use starling_proto::model::Access;
 
@@ -48,7 +49,9 @@ impl ClientApi {
             .map_err(storage_error)?
             .ok_or_else(|| Status::internal("the model vanished right after it was added"))?;
         info!(model = %model.name, uuid = %model.uuid, "model added");
-        Ok(Response::new(self.model_info(model)?))
+        Ok(Response::new(
+            self.model_info(model, &GroupLoad::default())?,
+        ))
     }
 
     /// `ListModels`: the models the caller can see.
@@ -58,6 +61,7 @@ impl ClientApi {
     ) -> Result<Response<pb::ListModelsResponse>, Status> {
         let caller = self.auth.authenticate(&request)?;
         self.barrier().await?;
+        let group = self.ctx.load.group_load(&self.handle).await;
         let models = self.handle.state().consistent(|state| {
             state
                 .list_models()
@@ -65,7 +69,7 @@ impl ClientApi {
                 .into_iter()
                 .filter(|model| Self::access_of(&caller, model) != Access::Unspecified)
                 .filter(|model| self.listed(model).unwrap_or(false))
-                .map(|model| self.model_info(model))
+                .map(|model| self.model_info(model, &group))
                 .collect::<Result<Vec<_>, _>>()
         })?;
         Ok(Response::new(pb::ListModelsResponse { models }))
@@ -78,12 +82,16 @@ impl ClientApi {
     ) -> Result<Response<pb::ModelInfo>, Status> {
         let caller = self.auth.authenticate(&request)?;
         self.barrier().await?;
+        let group = self.ctx.load.group_load(&self.handle).await;
         // One applied state: the model, whether it is an import or redirected, its migration.
         let info = self.handle.state().consistent(|_| {
             let model = self.resolve(&caller, Some(request.get_ref()))?;
             Self::require(&caller, &model, Access::Read, "read it")?;
-            self.model_info(model)
+            self.model_info(model, &group)
         })?;
+        if let Some(model) = &info.model {
+            self.ctx.load.read(&model.uuid);
+        }
         Ok(Response::new(info))
     }
 

@@ -69,9 +69,10 @@ impl ClientApi {
         }
         let (_, _, _, notes) =
             migrations::summary(state.reader(), &self.ctx.progress, &model.uuid)?;
+        let group = self.ctx.load.group_load(&self.handle).await;
         Ok(Response::new(pb::FullStatus {
             notes,
-            model: Some(self.model_info(model)?),
+            model: Some(self.model_info(model, &group)?),
             machines: description.machines,
             applications: description.applications,
             units: description.units,

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use starling_proto::command as cmd;
-use starling_proto::model::{Application, Life, Relation, Unit};
+use starling_proto::model::{Application, Life, Machine, Relation, Unit};
 
 use super::{Outcome, Refusal, Tx, UNITS_PER_COMMAND_MAX};
 use crate::keys;
@@ -16,6 +16,39 @@ use crate::state::StateRead;
 use crate::StorageError;
 
 impl<R: StateRead + ?Sized> Tx<'_, '_, R> {
+    /// The machines for new units: `machines` when the command names some, else `spread`
+    /// units on the model's machines with the fewest units.
+    fn unit_machines(
+        &self,
+        uuid: &str,
+        machines: &[String],
+        spread: u32,
+    ) -> Result<Vec<String>, Refusal> {
+        if !machines.is_empty() || spread == 0 {
+            return Ok(machines.to_vec());
+        }
+        let spread = usize::try_from(spread).unwrap_or(usize::MAX);
+        if spread > UNITS_PER_COMMAND_MAX {
+            return Err(ModelError::invalid(format!(
+                "{spread} units requested, at most {UNITS_PER_COMMAND_MAX} per command"
+            ))
+            .into());
+        }
+        let mut units_on: BTreeMap<String, usize> = BTreeMap::new();
+        for unit in records::read_records::<Unit>(&self.state, &keys::unit_prefix(uuid))? {
+            *units_on.entry(unit.machine).or_default() += 1;
+        }
+        let machines: Vec<(Machine, usize)> =
+            records::read_records::<Machine>(&self.state, &keys::machine_prefix(uuid))?
+                .into_iter()
+                .map(|machine| {
+                    let units = units_on.get(&machine.id).copied().unwrap_or(0);
+                    (machine, units)
+                })
+                .collect();
+        Ok(deployment::spread_units(&machines, spread)?)
+    }
+
     /// Places one new unit of `application` per machine; the first leads if none does.
     pub(super) fn place_units(
         &mut self,
@@ -153,7 +186,8 @@ impl<R: StateRead + ?Sized> Tx<'_, '_, R> {
             charm: Some(charm_meta),
             status: Some(deployment::status("waiting", "", self.now_ms)),
         };
-        let units = self.place_units(&model.uuid, &mut application, &deploy.machines)?;
+        let machines = self.unit_machines(&model.uuid, &deploy.machines, deploy.spread_units)?;
+        let units = self.place_units(&model.uuid, &mut application, &machines)?;
         self.put(
             keys::application_key(&model.uuid, &application.name),
             &application,
@@ -167,10 +201,11 @@ impl<R: StateRead + ?Sized> Tx<'_, '_, R> {
     pub(super) fn add_units(&mut self, add: &cmd::AddUnits) -> Outcome {
         let model = self.model(&add.model_uuid)?;
         let mut application = self.application(&model.uuid, &add.application)?;
-        if add.machines.is_empty() {
+        let machines = self.unit_machines(&model.uuid, &add.machines, add.spread_units)?;
+        if machines.is_empty() {
             return Err(ModelError::invalid("no machines given to place units on").into());
         }
-        let units = self.place_units(&model.uuid, &mut application, &add.machines)?;
+        let units = self.place_units(&model.uuid, &mut application, &machines)?;
         self.put(
             keys::application_key(&model.uuid, &application.name),
             &application,
