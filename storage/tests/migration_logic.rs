@@ -1147,6 +1147,110 @@ fn partitioned(
     }
 }
 
+/// A refusal of the commit to `to` proposed in `from`, seen at `at`.
+fn refused(from: Phase, to: Option<Phase>, at: i64) -> Observations {
+    Observations {
+        refused: Some(Observed::at(
+            RefusedCommit {
+                from,
+                to,
+                reason: "model \"m\" not found".into(),
+            },
+            at,
+        )),
+        ..Observations::default()
+    }
+}
+
+/// Issue 12 item 5: `destroy-model` between the prechecks and the lock made the lock's apply
+/// refuse, and the master proposed the lock again at once, for ever. Now the refusal aborts.
+#[test]
+fn a_refused_lock_aborts_with_the_reason_instead_of_locking_again() {
+    let record = at(Phase::Precheck);
+    let mut obs = refused(Phase::Precheck, Some(Phase::Quiesce), NOW);
+    obs.prechecks = Some(PrecheckReport {
+        phase: Phase::Precheck,
+        failures: Vec::new(),
+    });
+    assert_eq!(
+        next_action(&record, &obs, NOW, &limits()),
+        Action::Transition {
+            to: Phase::Abort,
+            reason: "locking the model was refused: model \"m\" not found".into(),
+        }
+    );
+    // The same prechecks without the refusal lock.
+    obs.refused = None;
+    assert_eq!(next_action(&record, &obs, NOW, &limits()), Action::Lock);
+}
+
+#[test]
+fn a_refusal_made_in_an_earlier_phase_is_ignored() {
+    let record = at(Phase::Import);
+    let obs = refused(Phase::Quiesce, Some(Phase::Import), NOW);
+    assert_eq!(
+        next_action(&record, &obs, NOW, &limits()),
+        next_action(&record, &Observations::default(), NOW, &limits())
+    );
+}
+
+#[test]
+fn a_refused_record_of_progress_before_success_aborts() {
+    let record = at(Phase::Import);
+    let mut obs = refused(Phase::Import, None, NOW);
+    obs.source_digest = Some(D1.into());
+    let action = next_action(&record, &obs, NOW, &limits());
+    let Action::Transition { to, reason } = action else {
+        panic!("{action:?}");
+    };
+    assert_eq!(to, Phase::Abort);
+    assert!(
+        reason.starts_with("recording the migration's progress was refused"),
+        "{reason}"
+    );
+}
+
+#[test]
+fn a_refused_commit_that_cannot_abort_waits_a_retry_interval() {
+    // After SUCCESS nothing aborts, and a refused ABORT is not proposed again at once either:
+    // the same commit comes back once a retry interval has passed, never in a loop.
+    for (record, obs) in [
+        (
+            at(Phase::Success),
+            Observations {
+                activate: Some(Observed::at(CallOutcome::Acked, NOW)),
+                ..refused(Phase::Success, Some(Phase::LogTransfer), NOW)
+            },
+        ),
+        (
+            at(Phase::Precheck),
+            Observations {
+                abort_requested: Some("stop".into()),
+                ..refused(Phase::Precheck, Some(Phase::Abort), NOW)
+            },
+        ),
+        (
+            at(Phase::Abort),
+            Observations {
+                drop_import: Some(Observed::at(CallOutcome::Acked, NOW)),
+                ..refused(Phase::Abort, Some(Phase::AbortDone), NOW)
+            },
+        ),
+    ] {
+        let retry_at = NOW + 2_000;
+        assert_eq!(
+            next_action(&record, &obs, NOW + 1, &limits()),
+            Action::Wait {
+                until_unix_ms: retry_at
+            },
+            "{}",
+            record.phase
+        );
+        let again = next_action(&record, &obs, retry_at, &limits());
+        assert!(again.is_commit(), "{}: {again:?}", record.phase);
+    }
+}
+
 /// Commits a commit action, checking it is legal — `next_action` never proposes a refused
 /// change.
 fn commit(record: &mut MigrationRecord, action: &Action, now: i64) {
@@ -1437,6 +1541,43 @@ proptest! {
         }
         if record.phase == Phase::AbortDone {
             prop_assert!(record.history.iter().all(|c| !c.to.is_committed()));
+        }
+    }
+
+    /// A refusal of the commit the master is about to make, in the record's current phase:
+    /// the master never proposes it again before a retry interval has passed, and before
+    /// SUCCESS it aborts instead (unless the refused commit was the abort).
+    #[test]
+    fn a_refused_commit_is_never_proposed_again_at_once(
+        events in events(40),
+        delay in 0i64..1_999,
+    ) {
+        let (record, obs, now, _) = simulate(&events);
+        let planned = next_action(&record, &obs, now, &limits());
+        if !planned.is_commit() {
+            // Only a decision to commit can be refused.
+            return Ok(());
+        }
+        let to = planned.commits(record.phase).map(|(to, _)| to);
+        let seen = Observations {
+            refused: Some(Observed::at(
+                RefusedCommit { from: record.phase, to, reason: "no".into() },
+                now,
+            )),
+            ..obs
+        };
+        let next = next_action(&record, &seen, now + delay, &limits());
+        let may_abort = !record.phase.is_committed()
+            && !record.phase.is_aborting()
+            && to != Some(Phase::Abort);
+        if may_abort {
+            prop_assert_eq!(
+                next.commits(record.phase).map(|(to, _)| to),
+                Some(Phase::Abort),
+                "{:?}", next
+            );
+        } else {
+            prop_assert!(matches!(next, Action::Wait { .. }), "{:?}", next);
         }
     }
 

@@ -675,6 +675,32 @@ pub struct Observations {
     pub drop_import: Option<Observed<CallOutcome>>,
     /// An operator's abort request seen directly (the record's `abort_requested` counts too).
     pub abort_requested: Option<String>,
+    /// The last commit the state machine refused (a proposal that applied as an error).
+    pub refused: Option<Observed<RefusedCommit>>,
+}
+
+/// A commit the master proposed and the state machine refused: the lock of a model destroyed
+/// since the prechecks, a digest that conflicts with the recorded one, a record another master
+/// moved on. Only a refusal made in the record's current phase counts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RefusedCommit {
+    /// The phase the record was in when the commit was proposed.
+    pub from: Phase,
+    /// The phase the commit moved to; `None` for a `Record` of progress.
+    pub to: Option<Phase>,
+    /// The state machine's reason.
+    pub reason: String,
+}
+
+impl RefusedCommit {
+    /// What was refused, for the abort reason.
+    fn what(&self) -> String {
+        match self.to {
+            Some(Phase::Quiesce) => "locking the model".into(),
+            Some(to) => format!("the move to {to}"),
+            None => "recording the migration's progress".into(),
+        }
+    }
 }
 
 /// Deadlines and retry pacing. Every wait before SUCCESS is bounded; after SUCCESS only
@@ -787,6 +813,19 @@ pub const LOCK_REASON: &str = "prechecks passed; model locked";
 pub const SUCCESS_REASON: &str = "digests match and every agent validated against the target";
 
 impl Action {
+    /// Whether the action is a Raft write of the record (`Lock`, `Record`, `Transition`,
+    /// `CommitSuccess`, `Unlock`).
+    pub fn is_commit(&self) -> bool {
+        matches!(
+            self,
+            Action::Lock
+                | Action::Record(_)
+                | Action::Transition { .. }
+                | Action::CommitSuccess
+                | Action::Unlock { .. }
+        )
+    }
+
     /// The phase this action commits when taken in `from`, with the reason to record; `None`
     /// for actions that do not change the phase.
     pub fn commits(&self, from: Phase) -> Option<(Phase, String)> {
@@ -813,8 +852,58 @@ impl Action {
 ///   explains the refusal) and Activate is repeated until acknowledged;
 /// - a phase only advances on evidence observed or recorded, so a master restarted with empty
 ///   observations re-issues its phase's idempotent step and never re-commits a transition;
-/// - ABORT drops the target's import (if one may exist) before `Unlock`.
+/// - ABORT drops the target's import (if one may exist) before `Unlock`;
+/// - a refused commit is an observation, never proposed again at once: before SUCCESS it
+///   aborts with the state machine's reason (unless the refused commit was the abort itself);
+///   otherwise the same commit waits a retry interval, so a refusal never spins.
 pub fn next_action(
+    record: &MigrationRecord,
+    obs: &Observations,
+    now_unix_ms: i64,
+    limits: &Limits,
+) -> Action {
+    let action = decide(record, obs, now_unix_ms, limits);
+    let refused = obs
+        .refused
+        .as_ref()
+        .filter(|refused| refused.value.from == record.phase);
+    match refused {
+        Some(refused) if action.is_commit() => {
+            after_refusal(record, refused, action, now_unix_ms, limits)
+        }
+        _ => action,
+    }
+}
+
+/// What follows a commit refused in the record's current phase, when the decision is to
+/// commit again.
+fn after_refusal(
+    record: &MigrationRecord,
+    refused: &Observed<RefusedCommit>,
+    action: Action,
+    now_unix_ms: i64,
+    limits: &Limits,
+) -> Action {
+    let phase = record.phase;
+    let may_abort =
+        !phase.is_committed() && !phase.is_aborting() && refused.value.to != Some(Phase::Abort);
+    if may_abort {
+        return abort(format!(
+            "{} was refused: {}",
+            refused.value.what(),
+            refused.value.reason
+        ));
+    }
+    let until_unix_ms = add_ms(refused.at_unix_ms, limits.retry_interval_ms);
+    if now_unix_ms < until_unix_ms {
+        Action::Wait { until_unix_ms }
+    } else {
+        action
+    }
+}
+
+/// `next_action` without the rule for refused commits.
+fn decide(
     record: &MigrationRecord,
     obs: &Observations,
     now_unix_ms: i64,
