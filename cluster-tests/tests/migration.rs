@@ -1130,14 +1130,17 @@ fn aborts(world: &mut World) -> Result<()> {
             info.migration_id
         );
         ensure!(world.owners("app")? == BTreeSet::from(["alpha".to_owned()]));
-        // Unlocked: writes are accepted again.
-        set_model_config(
-            world,
-            "alpha",
-            "app",
-            &format!("after-abort-{attempt}"),
-            "yes",
-        )?;
+        if phase != "VALIDATION" {
+            // Unlocked: writes are accepted again. (Not after the abort in VALIDATION: the
+            // retry at the end runs with nothing changed since.)
+            set_model_config(
+                world,
+                "alpha",
+                "app",
+                &format!("after-abort-{attempt}"),
+                "yes",
+            )?;
+        }
     }
     ensure!(
         workloads(&world.fleet, 1)? == before,
@@ -1198,6 +1201,32 @@ fn aborts(world: &mut World) -> Result<()> {
     );
     world.wait_active("alpha:app", 1)?;
     ensure!(workloads(&world.fleet, 1)? == before, "workloads changed");
+
+    // Nothing was written since the abort in VALIDATION, whose import consumed the staged
+    // description: the retry stages the same bytes again. With request ids derived from the
+    // digest and offset alone, the target's idempotency records answered "done", nothing was
+    // staged, and the import was refused ("blob ... not found").
+    info!("--- a retry with nothing changed since the abort in VALIDATION");
+    ensure!(
+        world.description_digest("alpha", "app")? == digest,
+        "the model changed before the retry"
+    );
+    // The stopped agent reconnects first (the prechecks want every agent connected).
+    wait_for("the prechecks to pass", || {
+        world.ctl.ok(&["migrate", "alpha:app", "beta", "--dry-run"])
+    })?;
+    let retry = world
+        .ctl
+        .run(&["migrate", "alpha:app", "beta", "--wait", "--timeout", "2m"])?;
+    ensure!(
+        retry.code == 0,
+        "the retry exited {}: {}{}",
+        retry.code,
+        retry.stdout,
+        retry.stderr
+    );
+    ensure!(world.owners("app")? == BTreeSet::from(["beta".to_owned()]));
+    world.wait_active("beta:app", 1)?;
     Ok(())
 }
 

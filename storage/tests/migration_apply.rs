@@ -258,6 +258,57 @@ fn an_import_is_invisible_until_activated_and_activation_is_at_epoch_plus_one() 
     target.ok(add_machine());
 }
 
+/// Issue 12 item 4: the target applied Activate, the source never recorded the answer, and the
+/// model left the target (destroyed there). The repeated Activate used to be refused
+/// `NoSuchImport` for ever (the source stuck in SUCCESS); the target remembers which migration
+/// activated the model and acknowledges the repeat. Another migration's Activate, a DropImport
+/// of the activating migration and a late Import of an older attempt stay refused.
+#[test]
+fn activate_is_acknowledged_after_the_model_left_the_target() {
+    let mut source = source();
+    let id = start(&mut source);
+    to(&mut source, &id, "QUIESCE");
+    let mut target = Harness::new();
+    import(&mut target, &source, &id);
+    let activate = |id: &str| {
+        Op::ActivateModel(cmd::ActivateModel {
+            migration_id: id.into(),
+        })
+    };
+    target.ok(activate(&id));
+    target.ok(Op::DestroyModel(cmd::DestroyModel {
+        model_uuid: UUID.into(),
+        force: true,
+    }));
+    assert_eq!(model_keys(&target), 0);
+    let before = target.store.export_state().unwrap().entries;
+    target.ok(activate(&id));
+    assert_eq!(
+        target.store.export_state().unwrap().entries,
+        before,
+        "a repeated Activate after the model left changes nothing"
+    );
+    let other = target.refused(activate(&format!("{UUID}:7")), Code::NotFound);
+    assert!(other.contains(&id), "{other}");
+    target.refused(
+        Op::DropImport(cmd::DropImport {
+            migration_id: id.clone(),
+            reason: "late".into(),
+        }),
+        Code::FailedPrecondition,
+    );
+    // An Import of the attempt that activated it (or an older one) is a late replay: refused.
+    let digest = upload(&mut target, &description_bytes(&source.description()));
+    target.refused(
+        Op::ImportModel(cmd::ImportModel {
+            migration_id: id.clone(),
+            description_digest: digest,
+            source: None,
+        }),
+        Code::NotFound,
+    );
+}
+
 #[test]
 fn success_makes_a_redirect_that_survives_reap_and_the_log_follows() {
     let mut source = source();

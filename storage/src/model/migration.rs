@@ -322,6 +322,12 @@ pub enum MigrationError {
         /// Its phase.
         phase: Phase,
     },
+    /// The target was asked to import a model that is active on it.
+    #[error("model {model_uuid} is active on this controller")]
+    ModelActiveHere {
+        /// The model.
+        model_uuid: String,
+    },
     /// The target was asked to drop a model that migration already activated.
     #[error(
         "model of migration {migration_id} is active on this controller and cannot be dropped"
@@ -340,6 +346,7 @@ impl MigrationError {
             MigrationError::NoSuchImport { .. } | MigrationError::UnknownMigration { .. } => {
                 ErrorKind::NotFound
             }
+            MigrationError::ModelActiveHere { .. } => ErrorKind::AlreadyExists,
             _ => ErrorKind::FailedPrecondition,
         }
     }
@@ -1489,6 +1496,12 @@ pub enum TargetModelState {
         /// The activating migration.
         activated_by: Option<MigrationId>,
     },
+    /// The model was activated here by `activated_by` and has left since (destroyed, or
+    /// migrated on): the controller remembers the activation.
+    Gone {
+        /// The migration that last activated it here.
+        activated_by: MigrationId,
+    },
 }
 
 /// What Activate does on the target.
@@ -1501,9 +1514,11 @@ pub enum TargetActivate {
 }
 
 /// The target's rule for Activate (the fix for Juju #21459): only the import of exactly this
-/// migration id, fully imported, is activated; a repeat is acknowledged without effect; an
-/// Activate for any other id (a replay of an old attempt, or one whose import was dropped) is
-/// refused, so a replay can never make a second live copy.
+/// migration id, fully imported, is activated; a repeat is acknowledged without effect, also
+/// after the model left this controller (a source that never recorded the first answer would
+/// otherwise wait in SUCCESS for ever); an Activate for any other id (a replay of an old
+/// attempt, or one whose import was dropped) is refused, so a replay can never make a second
+/// live copy.
 pub fn target_activate_decision(
     state: &TargetModelState,
     migration_id: &MigrationId,
@@ -1524,13 +1539,70 @@ pub fn target_activate_decision(
         }
         TargetModelState::Active {
             activated_by: Some(by),
-        } if by == migration_id => Ok(TargetActivate::AlreadyActive),
+        }
+        | TargetModelState::Gone { activated_by: by }
+            if by == migration_id =>
+        {
+            Ok(TargetActivate::AlreadyActive)
+        }
+        TargetModelState::Gone { activated_by } => Err(no_import(format!(
+            "the model was activated here by migration {activated_by} and has left"
+        ))),
         TargetModelState::Importing(import) => Err(no_import(format!(
             "it holds an import of migration {}",
             import.migration_id
         ))),
         TargetModelState::Active { .. } => Err(no_import("the model is active here".into())),
         TargetModelState::Absent => Err(no_import("nothing".into())),
+    }
+}
+
+/// What the target does with an Import of `migration_id`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ImportDecision {
+    /// Import it.
+    Import,
+    /// Already imported by this migration: answer with what is held.
+    AlreadyImported,
+    /// A leftover import of an older attempt: replace it.
+    ReplaceLeftover,
+}
+
+/// The target's rule for Import: a repeat is answered with what is held; a leftover of an
+/// older attempt is replaced (the source runs one migration per model at a time, so starting
+/// this attempt means the older one ended without SUCCESS); refused when the model is active
+/// here, when a newer attempt's import is held, and when an attempt as new or newer already
+/// activated the model here (a late Import of an attempt that lost: taking it would hold an
+/// import nobody finishes, and block a log transfer).
+pub fn target_import_decision(
+    state: &TargetModelState,
+    migration_id: &MigrationId,
+) -> Result<ImportDecision, MigrationError> {
+    let superseded = |by: &MigrationId| MigrationError::NoSuchImport {
+        migration_id: migration_id.to_string(),
+        state: format!("migration {by} already activated the model here"),
+    };
+    match state {
+        TargetModelState::Importing(held) if &held.migration_id == migration_id => {
+            Ok(ImportDecision::AlreadyImported)
+        }
+        TargetModelState::Importing(held) if held.migration_id.attempt < migration_id.attempt => {
+            Ok(ImportDecision::ReplaceLeftover)
+        }
+        TargetModelState::Importing(held) => Err(MigrationError::NoSuchImport {
+            migration_id: migration_id.to_string(),
+            state: format!(
+                "it holds an import of newer migration {}",
+                held.migration_id
+            ),
+        }),
+        TargetModelState::Active { .. } => Err(MigrationError::ModelActiveHere {
+            model_uuid: migration_id.model_uuid.clone(),
+        }),
+        TargetModelState::Gone { activated_by } if activated_by.attempt >= migration_id.attempt => {
+            Err(superseded(activated_by))
+        }
+        TargetModelState::Gone { .. } | TargetModelState::Absent => Ok(ImportDecision::Import),
     }
 }
 
@@ -1557,9 +1629,14 @@ pub fn target_drop_decision(
         }
         TargetModelState::Active {
             activated_by: Some(by),
-        } if by == migration_id => Err(MigrationError::AlreadyActive {
-            migration_id: migration_id.to_string(),
-        }),
+        }
+        | TargetModelState::Gone { activated_by: by }
+            if by == migration_id =>
+        {
+            Err(MigrationError::AlreadyActive {
+                migration_id: migration_id.to_string(),
+            })
+        }
         _ => Ok(TargetDrop::NothingToDrop),
     }
 }

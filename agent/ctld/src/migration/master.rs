@@ -18,7 +18,7 @@ use starling_storage::migration as stored;
 use starling_storage::model::migration::{
     next_action, Action, AgentReport, CallOutcome, ImportStatus, Limits, LogTransferStatus,
     MigrationId, MigrationRecord, Observations, Observed, Phase, PrecheckReport, Progress,
-    ReapResult,
+    ReapResult, RefusedCommit,
 };
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -230,24 +230,39 @@ impl Driver {
         })
     }
 
-    async fn transition(&self, to: Phase, reason: &str) -> anyhow::Result<()> {
+    /// A request id unique to one proposal. A derived id (the migration id and the phase)
+    /// would make a repeat answer with the first proposal's cached result: a refusal would
+    /// then be final however the state changed since. Every commit is idempotent in the state
+    /// machine instead (a phase moves only from the phase it was proposed in).
+    fn request_id(&self, what: &str) -> String {
+        format!("{}/{what}/{}", self.key, uuid::Uuid::new_v4())
+    }
+
+    /// A commit the state machine refused in phase `from`: an observation `next_action`
+    /// acts on (it aborts with the reason, or waits a retry interval), never proposed again
+    /// at once. A refusal because the record moved on is from an older phase and is ignored.
+    fn refused(&mut self, from: Phase, to: Option<Phase>, reason: String) {
+        warn!(migration = %self.key, %from, to = ?to, reason, "commit refused");
+        self.obs.refused = Some(Observed::at(
+            RefusedCommit { from, to, reason },
+            now_unix_ms(),
+        ));
+    }
+
+    async fn transition(&mut self, from: Phase, to: Phase, reason: &str) -> anyhow::Result<()> {
         let op = command::Op::MigrationTransition(MigrationTransition {
             migration_id: self.key.clone(),
             to: to.as_str().to_owned(),
             reason: reason.to_owned(),
         });
-        match self
-            .propose(format!("{}/{}", self.key, to.as_str()), op)
-            .await?
-        {
+        match self.propose(self.request_id(to.as_str()), op).await? {
             Ok(()) => info!(migration = %self.key, phase = %to, reason, "migration phase"),
-            // The record moved on (another master got there first): the next read shows it.
-            Err(refused) => warn!(migration = %self.key, to = %to, refused, "transition refused"),
+            Err(refused) => self.refused(from, Some(to), refused),
         }
         Ok(())
     }
 
-    async fn record(&self, progress: Progress) -> anyhow::Result<()> {
+    async fn record(&mut self, from: Phase, progress: Progress) -> anyhow::Result<()> {
         let fact = match progress {
             Progress::AgentAcked { machine } => Fact::AgentAcked(machine),
             Progress::AgentValidated { machine, report } => Fact::AgentValidated(AgentValidation {
@@ -262,13 +277,12 @@ impl Driver {
             Progress::TargetDigest(d) => Fact::TargetDigest(d),
             Progress::LogPosition(p) => Fact::LogPosition(p),
         };
-        let request_id = format!("{}/fact/{}", self.key, uuid::Uuid::new_v4());
         let op = command::Op::MigrationProgress(MigrationProgress {
             migration_id: self.key.clone(),
             fact: Some(fact),
         });
-        if let Err(refused) = self.propose(request_id, op).await? {
-            warn!(migration = %self.key, refused, "progress refused");
+        if let Err(refused) = self.propose(self.request_id("fact"), op).await? {
+            self.refused(from, None, refused);
         }
         Ok(())
     }
@@ -312,7 +326,7 @@ impl Driver {
                         return Ok(());
                     }
                 }
-                self.transition(to, &reason).await?;
+                self.transition(record.phase, to, &reason).await?;
             }
             Action::ReadMachines => {
                 let description = self
@@ -354,7 +368,7 @@ impl Driver {
                 self.obs.source_digest = Some(digest);
                 self.obs.import = Some(Observed::at(status, now_unix_ms()));
             }
-            Action::Record(progress) => self.record(progress).await?,
+            Action::Record(progress) => self.record(record.phase, progress).await?,
             Action::CompareDigests => {
                 self.activity("comparing digests");
                 let description = self
@@ -391,8 +405,12 @@ impl Driver {
                     info!(migration = %self.key, "target activated the model");
                 } else if starling_storage::planted::armed("abort-after-success") {
                     // Planted bug: give up on an unacknowledged Activate and abort.
-                    self.transition(Phase::Abort, "planted bug: Activate was not acknowledged")
-                        .await?;
+                    self.transition(
+                        record.phase,
+                        Phase::Abort,
+                        "planted bug: Activate was not acknowledged",
+                    )
+                    .await?;
                     return Ok(());
                 } else {
                     warn!(migration = %self.key, ?outcome, "activate not acknowledged; retrying");
@@ -409,12 +427,10 @@ impl Driver {
                 let op = command::Op::ReapModel(ReapModel {
                     migration_id: self.key.clone(),
                 });
-                self.obs.reap = Some(
-                    match self.propose(format!("{}/reap", self.key), op).await? {
-                        Ok(()) => ReapResult::Done,
-                        Err(reason) => ReapResult::Failed { reason },
-                    },
-                );
+                self.obs.reap = Some(match self.propose(self.request_id("reap"), op).await? {
+                    Ok(()) => ReapResult::Done,
+                    Err(reason) => ReapResult::Failed { reason },
+                });
             }
             Action::DropImportOnTarget => {
                 self.activity(format!(
@@ -601,6 +617,7 @@ impl Driver {
                     size,
                     offset: offset as u64,
                     data: data[offset..end].to_vec(),
+                    migration_id: self.key.clone(),
                 });
                 offset = end;
             }
@@ -613,6 +630,7 @@ impl Driver {
                     size,
                     offset: size,
                     data: Vec::new(),
+                    migration_id: self.key.clone(),
                 });
             }
             self.peer()

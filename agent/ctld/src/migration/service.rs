@@ -168,6 +168,9 @@ impl Migration for MigrationService {
         let mut last = pb::StageResponse::default();
         while let Some(chunk) = stream.next().await {
             let chunk = chunk?;
+            let id = MigrationId::parse(&chunk.migration_id).map_err(|e| {
+                Status::invalid_argument(format!("a staged chunk names no migration: {e}"))
+            })?;
             if chunk.digest.len() != 64 || !chunk.digest.chars().all(|c| c.is_ascii_hexdigit()) {
                 return Err(Status::invalid_argument(
                     "the staged digest is not a hex sha256",
@@ -196,10 +199,13 @@ impl Migration for MigrationService {
                 ));
             }
             if !closing {
-                // Deterministic request ids: a resumed stream re-sending a chunk is a no-op.
+                // Request ids derived from the attempt and the position: a resumed stream
+                // re-sending a chunk is a no-op, while a later attempt stages again what an
+                // aborted attempt's import consumed (the same ids would answer "done" from
+                // the first attempt's idempotency records and stage nothing).
                 self.propose(
                     &caller,
-                    format!("stage-{}-{}", chunk.digest, chunk.offset),
+                    format!("stage-{id}-{}-{}", chunk.digest, chunk.offset),
                     command::Op::PutBlobChunk(PutBlobChunk {
                         digest: chunk.digest.clone(),
                         offset: chunk.offset,
@@ -219,7 +225,7 @@ impl Migration for MigrationService {
                 // Verifies the sha256 of everything staged; a mismatch discards the upload.
                 self.propose(
                     &caller,
-                    format!("stage-{}-commit", chunk.digest),
+                    format!("stage-{id}-{}-commit", chunk.digest),
                     command::Op::CommitBlob(CommitBlob {
                         digest: chunk.digest.clone(),
                         size: chunk.size,

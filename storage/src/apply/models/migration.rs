@@ -12,9 +12,9 @@ use crate::keys;
 use crate::migration::{self as stored, record_id};
 use crate::model::migration::DESCRIPTION_BYTES_MAX;
 use crate::model::migration::{
-    self as rules, AgentReport, MigrationError, MigrationId, MigrationRecord, ModelEffect, Phase,
-    Progress, TargetActivate, TargetController, TargetDrop, TargetImport, TargetImportState,
-    TargetModelState,
+    self as rules, AgentReport, ImportDecision, MigrationError, MigrationId, MigrationRecord,
+    ModelEffect, Phase, Progress, TargetActivate, TargetController, TargetDrop, TargetImport,
+    TargetImportState, TargetModelState,
 };
 use crate::model::{names, ModelError};
 use crate::records::{self, BLOB_RANGE_BYTES_MAX};
@@ -285,12 +285,15 @@ impl<R: StateRead + ?Sized> Tx<'_, '_, R> {
                 last_activity_unix_ms: import.imported_unix_ms,
             }));
         }
+        let activated_by = stored::read_activated_by(&self.state, uuid)?
+            .and_then(|by| MigrationId::parse(&by).ok());
         if records::read_model(&self.state, uuid)?.is_some() {
-            let activated_by = stored::read_activated_by(&self.state, uuid)?
-                .and_then(|by| MigrationId::parse(&by).ok());
             return Ok(TargetModelState::Active { activated_by });
         }
-        Ok(TargetModelState::Absent)
+        Ok(match activated_by {
+            Some(activated_by) => TargetModelState::Gone { activated_by },
+            None => TargetModelState::Absent,
+        })
     }
 
     fn read_description(&self, digest: &str) -> Result<(ModelDescription, u64), Refusal> {
@@ -330,32 +333,16 @@ impl<R: StateRead + ?Sized> Tx<'_, '_, R> {
     pub(super) fn import_model(&mut self, import: &cmd::ImportModel) -> Outcome {
         let id = parse_id(&import.migration_id)?;
         let uuid = id.model_uuid.clone();
-        match self.target_state(&uuid)? {
-            TargetModelState::Importing(held) if held.migration_id == id => {
-                // A repeated Import: already done.
-                return Ok(cmd::Ok::default());
-            }
-            TargetModelState::Importing(held) if held.migration_id.attempt < id.attempt => {
-                // A leftover of an older attempt: the source runs one migration per model at a
-                // time, so starting this attempt means the older one has ended without SUCCESS
-                // (after SUCCESS the model would not be on the source any more).
+        match rules::target_import_decision(&self.target_state(&uuid)?, &id)
+            .map_err(migration_error)?
+        {
+            // A repeated Import: already done.
+            ImportDecision::AlreadyImported => return Ok(cmd::Ok::default()),
+            ImportDecision::ReplaceLeftover => {
                 self.delete_model_records(&uuid)?;
                 self.state.delete(keys::import_key(&uuid));
             }
-            TargetModelState::Importing(held) => {
-                return Err(MigrationError::NoSuchImport {
-                    migration_id: id.to_string(),
-                    state: format!(
-                        "it holds an import of newer migration {}",
-                        held.migration_id
-                    ),
-                }
-                .into());
-            }
-            TargetModelState::Active { .. } => {
-                return Err(ModelError::ModelUuidExists { uuid }.into());
-            }
-            TargetModelState::Absent => {}
+            ImportDecision::Import => {}
         }
         let (description, description_bytes) = self.read_description(&import.description_digest)?;
         let model = description
@@ -414,10 +401,12 @@ impl<R: StateRead + ?Sized> Tx<'_, '_, R> {
         let uuid = id.model_uuid.clone();
         let decision = rules::target_activate_decision(&self.target_state(&uuid)?, &id)
             .map_err(migration_error)?;
-        let mut model =
-            records::read_model(&self.state, &uuid)?.ok_or_else(|| ModelError::ModelNotFound {
-                model: uuid.clone(),
-            })?;
+        let Some(mut model) = records::read_model(&self.state, &uuid)? else {
+            // Already activated by this migration, and the model has left since (destroyed or
+            // migrated on): the repeat is acknowledged all the same, so a source that never
+            // recorded the first answer leaves SUCCESS.
+            return Ok(cmd::Ok::default());
+        };
         if decision == TargetActivate::Activate {
             let import =
                 stored::read_import(&self.state, &uuid)?.expect("target_state said importing");
