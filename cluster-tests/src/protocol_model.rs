@@ -1590,11 +1590,10 @@ impl ProtocolModel {
         let mut next = now.clone();
         let mut restored = [false; UUIDS];
         if self.bugs.restore_ignores_migrations {
-            for u in 0..UUIDS {
-                next.copies[u].data = backup.copies[u].data;
-                restored[u] = true;
+            for (copy, archived) in next.copies.iter_mut().zip(&backup.copies) {
+                copy.data = archived.data;
             }
-            return Some((next, restored));
+            return Some((next, [true; UUIDS]));
         }
         if now.migration_in_flight() {
             return None;
