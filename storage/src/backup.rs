@@ -3,8 +3,17 @@
 //! An archive file is `MAGIC`, a big-endian u32 `ARCHIVE_FORMAT_VERSION`, then a protobuf
 //! `model.BackupArchive`: `BackupMetadata` (who, when, which version, the content's sha256) and
 //! `content`, an encoded `raft.Snapshot` (without `last_applied`) of every replicated key a restore
-//! brings back: controller config, models, users and blobs — never `sys/`, `req/`, `reqidx/`,
-//! `presence/`, uploads in progress, nor the backups themselves.
+//! brings back: controller config, models, users, blobs, and what migrations left beside the
+//! models (records, locks, redirects, imports, activations, open log transfers; the target's
+//! token stripped from each record) — never `sys/`, `req/`, `reqidx/`, `presence/`, uploads in
+//! progress, nor the backups themselves. A backup so says exactly which models the controller
+//! owns: an import or a redirect is held but not owned.
+//!
+//! A restore never moves ownership (`restore_backup`): it is refused while a migration is in
+//! flight on the controller; a model whose migration memory is the same in the backup as now,
+//! or that the controller knows nothing of now, comes back as the backup has it; a model some
+//! migration touched since the backup stays as it is now; and a backup holding a migration in
+//! flight that the controller no longer knows of is refused.
 //!
 //! Both commands do their work when they apply, so a backup is the state at exactly one point of
 //! the log (consistent across keys) and every node writes the same archive bytes; a restore is one
@@ -17,6 +26,7 @@ use std::collections::BTreeSet;
 use prost::Message;
 use sha2::{Digest, Sha256};
 use starling_proto::command::{self as cmd, command::Op, command_error::Code, CommandResult};
+use starling_proto::migration::MigrationRecord;
 use starling_proto::model::{BackupArchive, BackupMetadata, BackupRecord, Blob};
 
 use crate::apply::{error_result, ok_result};
@@ -35,13 +45,29 @@ pub const ARCHIVE_FORMAT_VERSION: u32 = 1;
 /// Longest backup id.
 const BACKUP_ID_CHARS_MAX: usize = 128;
 /// The key prefixes a backup holds and a restore writes.
-const RESTORED_PREFIXES: [&[u8]; 6] = [
+const RESTORED_PREFIXES: [&[u8]; 12] = [
     keys::CONFIG_PREFIX,
     b"m/",
     keys::MODEL_NAME_PREFIX,
     keys::USER_PREFIX,
     keys::BLOB_PREFIX,
     b"blobdata/",
+    keys::MIGRATION_PREFIX,
+    keys::MIGRATION_LOCK_PREFIX,
+    keys::REDIRECT_PREFIX,
+    keys::IMPORT_PREFIX,
+    keys::ACTIVATED_PREFIX,
+    keys::LOG_TRANSFER_PREFIX,
+];
+
+/// The prefixes of what migrations keep beside a model, each followed by the model's uuid.
+const MIGRATION_MEMORY_PREFIXES: [&[u8]; 6] = [
+    keys::MIGRATION_PREFIX,
+    keys::MIGRATION_LOCK_PREFIX,
+    keys::REDIRECT_PREFIX,
+    keys::IMPORT_PREFIX,
+    keys::ACTIVATED_PREFIX,
+    keys::LOG_TRANSFER_PREFIX,
 ];
 
 /// Why an archive was refused.
@@ -250,12 +276,124 @@ pub fn backup_content(state: &(impl StateRead + ?Sized)) -> Result<(KeyValues, u
             {
                 model_count += 1;
             }
+            let value = if key.starts_with(keys::MIGRATION_PREFIX) {
+                without_token(&key, &value)?
+            } else {
+                value
+            };
             entries.push((key, value));
         }
     }
     // The prefixes are disjoint; a snapshot's entries are in key order.
     entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
     Ok((entries, model_count))
+}
+
+/// A migration record without the target's superuser token: a backup never carries it (a
+/// record that has ended has none, and a record in flight is never restored).
+fn without_token(key: &[u8], value: &[u8]) -> Result<Vec<u8>, StorageError> {
+    let mut record =
+        MigrationRecord::decode(value).map_err(|e| StorageError::corrupt("state", key, e))?;
+    if let Some(target) = record.target.as_mut() {
+        target.token.clear();
+    }
+    Ok(record.encode_to_vec())
+}
+
+/// The model uuid a key of the migration memory (`mig/<uuid>/…`, `redirect/<uuid>`, …) or of
+/// a model's records (`m/<uuid>/…`) belongs to.
+fn model_of(key: &[u8]) -> Option<&[u8]> {
+    let rest = MIGRATION_MEMORY_PREFIXES
+        .iter()
+        .chain([&b"m/".as_slice()])
+        .find_map(|prefix| key.strip_prefix(*prefix))?;
+    Some(rest.split(|b| *b == b'/').next().unwrap_or(rest))
+}
+
+/// What one controller state (now, or a backup's) holds of one model.
+#[derive(Default)]
+struct Holding {
+    /// `m/<uuid>/…` and the name index entry pointing at it.
+    records: KeyValues,
+    /// The migration memory, migration records without tokens.
+    memory: KeyValues,
+}
+
+impl Holding {
+    fn is_empty(&self) -> bool {
+        self.records.is_empty() && self.memory.is_empty()
+    }
+
+    /// The migrations this holding's records say are in flight: (id, phase).
+    fn migrations_in_flight(&self) -> Result<Vec<(String, String)>, StorageError> {
+        let mut running = Vec::new();
+        for (key, value) in &self.memory {
+            if key.starts_with(keys::MIGRATION_PREFIX) {
+                let record = MigrationRecord::decode(value.as_slice())
+                    .map_err(|e| StorageError::corrupt("state", key, e))?;
+                if !crate::migration::is_terminal(&record) {
+                    let id = crate::migration::record_id(&record).to_string();
+                    running.push((id, record.phase));
+                }
+            }
+        }
+        Ok(running)
+    }
+
+    fn has_record(&self, id: &str) -> Result<bool, StorageError> {
+        for (key, value) in &self.memory {
+            if key.starts_with(keys::MIGRATION_PREFIX) {
+                let record = MigrationRecord::decode(value.as_slice())
+                    .map_err(|e| StorageError::corrupt("state", key, e))?;
+                if crate::migration::record_id(&record).to_string() == id {
+                    return Ok(true);
+                }
+            }
+        }
+        Ok(false)
+    }
+}
+
+/// Groups a state's model records and migration memory by model uuid (the controller's own
+/// model excluded); name index entries go with the model they name.
+fn holdings(
+    entries: impl IntoIterator<Item = (Vec<u8>, Vec<u8>)>,
+    controller_model: Option<&[u8]>,
+) -> Result<std::collections::BTreeMap<Vec<u8>, Holding>, StorageError> {
+    let mut by_model: std::collections::BTreeMap<Vec<u8>, Holding> = Default::default();
+    let mut names = Vec::new();
+    for (key, value) in entries {
+        if key.starts_with(keys::MODEL_NAME_PREFIX) {
+            names.push((key, value));
+            continue;
+        }
+        let Some(uuid) = model_of(&key) else { continue };
+        if Some(uuid) == controller_model {
+            continue;
+        }
+        let holding = by_model.entry(uuid.to_vec()).or_default();
+        if key.starts_with(b"m/") {
+            holding.records.push((key, value));
+        } else {
+            let value = if key.starts_with(keys::MIGRATION_PREFIX) {
+                without_token(&key, &value)?
+            } else {
+                value
+            };
+            holding.memory.push((key, value));
+        }
+    }
+    for (key, uuid) in names {
+        if let Some(holding) = by_model.get_mut(&uuid) {
+            holding.records.push((key, uuid));
+        }
+    }
+    // In key order, so holdings read from the state and from an archive compare equal.
+    for holding in by_model.values_mut() {
+        holding.records.sort_unstable();
+        holding.memory.sort_unstable();
+    }
+    Ok(by_model)
 }
 
 fn check_backup_id(id: &str) -> Result<(), String> {
@@ -481,34 +619,159 @@ fn restore_backup<R: StateRead + ?Sized>(
             ),
         );
     }
-    // Never a mix: every model key goes before the archive's are written, in this write set.
-    for model in &existing {
-        for (key, _) in state.scan_prefix(&keys::model_prefix(&model.uuid), usize::MAX)? {
-            state.delete(key);
-        }
-        state.delete(keys::model_name_key(&model.owner, &model.name));
+    if let Some(why) = migration_in_flight(&state)? {
+        return refused(
+            Code::FailedPrecondition,
+            format!(
+                "{why} on this controller; restore once no migration is in flight (wait for it \
+                 to end, or abort it)"
+            ),
+        );
     }
-    delete_blob(&mut state, digest)?;
     let controller_name_key = keys::model_name_key(CONTROLLER_MODEL_OWNER, CONTROLLER_MODEL_NAME);
+    let own_controller_model = state.get(&controller_name_key)?;
     let archived_controller_model = entries
         .iter()
         .find(|(key, _)| *key == controller_name_key)
-        .map(|(_, uuid)| keys::model_prefix(&String::from_utf8_lossy(uuid)));
-    for (key, value) in entries {
-        let controller_model_key = key == controller_name_key
-            || archived_controller_model
-                .as_ref()
-                .is_some_and(|prefix| key.starts_with(prefix));
-        if !controller_model_key {
-            state.put(key, value);
+        .map(|(_, uuid)| uuid.clone());
+    let mut now_state = Vec::new();
+    for prefix in [b"m/".as_slice(), keys::MODEL_NAME_PREFIX]
+        .into_iter()
+        .chain(MIGRATION_MEMORY_PREFIXES)
+    {
+        now_state.extend(state.scan_prefix(prefix, usize::MAX)?);
+    }
+    let mut now = holdings(now_state, own_controller_model.as_deref())?;
+    let (per_model, other): (KeyValues, KeyValues) = entries.into_iter().partition(|(key, _)| {
+        key.starts_with(b"m/")
+            || key.starts_with(keys::MODEL_NAME_PREFIX)
+            || MIGRATION_MEMORY_PREFIXES.iter().any(|p| key.starts_with(p))
+    });
+    let then = holdings(per_model, archived_controller_model.as_deref())?;
+    // Decide model by model, before writing anything: the backup's copy, or the one now.
+    let mut take = Vec::new();
+    let mut kept = 0usize;
+    let uuids: BTreeSet<Vec<u8>> = then.keys().chain(now.keys()).cloned().collect();
+    for uuid in &uuids {
+        let backup = then.get(uuid);
+        let current = now.get(uuid);
+        let same_memory = backup.map(|h| &h.memory) == current.map(|h| &h.memory)
+            || (backup.is_none_or(|h| h.memory.is_empty())
+                && current.is_none_or(|h| h.memory.is_empty()));
+        let knows_nothing = current.is_none_or(Holding::is_empty);
+        if same_memory || knows_nothing {
+            if let Some(backup) = backup {
+                if let Some((id, phase)) = backup.migrations_in_flight()?.into_iter().next() {
+                    return refused(
+                        Code::FailedPrecondition,
+                        unknown_in_flight(&metadata.id, &id, &phase),
+                    );
+                }
+            }
+            take.push(uuid.clone());
+            continue;
         }
+        // Some migration touched the model since the backup: it stays as it is now.
+        if let Some(backup) = backup {
+            for (id, phase) in backup.migrations_in_flight()? {
+                if !current.is_some_and(|h| h.has_record(&id).unwrap_or(false)) {
+                    return refused(
+                        Code::FailedPrecondition,
+                        unknown_in_flight(&metadata.id, &id, &phase),
+                    );
+                }
+            }
+        }
+        kept += 1;
+    }
+    // The models the result holds must have distinct names.
+    let mut names = std::collections::BTreeMap::new();
+    for uuid in &uuids {
+        let holding = if take.contains(uuid) {
+            then.get(uuid)
+        } else {
+            now.get(uuid)
+        };
+        for (key, _) in holding.into_iter().flat_map(|h| &h.records) {
+            if key.starts_with(keys::MODEL_NAME_PREFIX) {
+                if let Some(other) = names.insert(key.clone(), uuid.clone()) {
+                    return refused(
+                        Code::FailedPrecondition,
+                        format!(
+                            "restoring would give two models the name {}: model {} from the \
+                             backup and model {} that migrated here since",
+                            String::from_utf8_lossy(&key[keys::MODEL_NAME_PREFIX.len()..]),
+                            String::from_utf8_lossy(&other),
+                            String::from_utf8_lossy(uuid)
+                        ),
+                    );
+                }
+            }
+        }
+    }
+    // Never a mix: each model taken from the backup is replaced whole, in this write set.
+    for uuid in &take {
+        if let Some(current) = now.remove(uuid) {
+            for (key, _) in current.records.into_iter().chain(current.memory) {
+                state.delete(key);
+            }
+        }
+        if let Some(backup) = then.get(uuid) {
+            for (key, value) in backup.records.iter().chain(&backup.memory) {
+                state.put(key.clone(), value.clone());
+            }
+        }
+    }
+    delete_blob(&mut state, digest)?;
+    for (key, value) in other {
+        state.put(key, value);
     }
     tracing::info!(
         backup = metadata.id,
         models = metadata.model_count,
+        kept_as_now = kept,
         "restored backup"
     );
     Ok((ok_result(), state.into_writes()))
+}
+
+/// Why a restore is refused now: a migration in flight on this controller (a record that has
+/// not ended, an import, an inbound log transfer that has not ended).
+fn migration_in_flight<R: StateRead + ?Sized>(state: &R) -> Result<Option<String>, StorageError> {
+    for record in crate::migration::read_all_migrations(state)? {
+        if !crate::migration::is_terminal(&record) {
+            return Ok(Some(format!(
+                "migration {} of model {:?} is in {}",
+                crate::migration::record_id(&record),
+                record.model_name,
+                record.phase
+            )));
+        }
+    }
+    if let Some(import) = crate::migration::read_imports(state)?.into_iter().next() {
+        return Ok(Some(format!(
+            "model {} is being imported by migration {}",
+            import.migration_id.split(':').next().unwrap_or_default(),
+            import.migration_id
+        )));
+    }
+    if let Some((uuid, id)) = crate::migration::read_log_transfers(state)?
+        .into_iter()
+        .next()
+    {
+        return Ok(Some(format!(
+            "the log of model {uuid} is still arriving (migration {id})"
+        )));
+    }
+    Ok(None)
+}
+
+fn unknown_in_flight(backup: &str, migration_id: &str, phase: &str) -> String {
+    format!(
+        "backup {backup:?} was taken while migration {migration_id} was in {phase}, and this \
+         controller has no record of how it ended; restoring it could give the model two \
+         owners: restore a backup taken before or after that migration"
+    )
 }
 
 #[cfg(test)]

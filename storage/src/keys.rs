@@ -15,7 +15,7 @@
 //! | `m/<uuid>/rel/<be u64 id>` | `model.Relation` |
 //! | `m/<uuid>/hist/<entity>` | `model.StatusHistory` (`unit-web-0`, `unit-web-0/agent`, `machine-0`, ...) |
 //! | `m/<uuid>/log/<be u64 seq>` | `model.LogRecord` |
-//! | `m/<uuid>/agentseq/<be u64 machine>` | be u64: the last `AgentReport` status `seq` applied for the machine |
+//! | `m/<uuid>/agentseq/<be u64 machine>` | be u64: the last `AgentReport` `seq` (status or log) applied for the machine; exported with the model |
 //! | `presence/<be u64 node id>` | `model.NodePresence`: the agents heartbeating to that node |
 //! | `mname/<owner>/<name>` | the model's uuid (UTF-8): the name index |
 //! | `user/<name>` | `model.User` |
@@ -26,7 +26,8 @@
 //! | `miglock/<uuid>` | the migration id (UTF-8) holding the model's lock (QUIESCE..SUCCESS, or until ABORTDONE) |
 //! | `redirect/<uuid>` | `migration.Redirect`: where a migrated model went (kept after REAP) |
 //! | `import/<uuid>` | `migration.ImportRecord`: the model's records are an import, invisible and read-only |
-//! | `activated/<uuid>` | the migration id (UTF-8) that activated the model here |
+//! | `activated/<uuid>` | the migration id (UTF-8) that last activated the model here; kept after the model leaves (destroyed or migrated on) |
+//! | `logtransfer/<uuid>` | the migration id (UTF-8) whose log transfer into this controller has not ended; the model may not migrate on meanwhile |
 //! | `backup/<id>` | `model.BackupRecord`: a backup kept on the controller (its archive is a blob) |
 //!
 //! Numbers are big-endian so key order is numeric order. Model and application records are
@@ -155,9 +156,14 @@ pub fn log_key(uuid: &str, seq: u64) -> Vec<u8> {
     join(&log_prefix(uuid), &seq.to_be_bytes())
 }
 
+/// The last applied agent-report sequence numbers of a model's machines.
+pub fn agent_seq_prefix(uuid: &str) -> Vec<u8> {
+    model_key(uuid, b"agentseq/")
+}
+
 /// The last applied agent-report sequence number of one machine.
 pub fn agent_seq_key(uuid: &str, machine: u64) -> Vec<u8> {
-    join(&model_key(uuid, b"agentseq/"), &machine.to_be_bytes())
+    join(&agent_seq_prefix(uuid), &machine.to_be_bytes())
 }
 
 /// Every node's presence record.
@@ -240,7 +246,7 @@ pub fn migration_key(uuid: &str, attempt: u64) -> Vec<u8> {
 
 /// The migration lock of a model.
 pub fn migration_lock_key(uuid: &str) -> Vec<u8> {
-    join(b"miglock/", uuid.as_bytes())
+    join(MIGRATION_LOCK_PREFIX, uuid.as_bytes())
 }
 
 /// A migrated model's redirect.
@@ -253,7 +259,19 @@ pub fn import_key(uuid: &str) -> Vec<u8> {
     join(IMPORT_PREFIX, uuid.as_bytes())
 }
 
-/// The migration that activated a model here.
+/// Every activation memory.
+pub const ACTIVATED_PREFIX: &[u8] = b"activated/";
+/// Every migration lock.
+pub const MIGRATION_LOCK_PREFIX: &[u8] = b"miglock/";
+/// Every inbound log transfer that has not ended.
+pub const LOG_TRANSFER_PREFIX: &[u8] = b"logtransfer/";
+
+/// The migration that last activated a model here.
 pub fn activated_key(uuid: &str) -> Vec<u8> {
-    join(b"activated/", uuid.as_bytes())
+    join(ACTIVATED_PREFIX, uuid.as_bytes())
+}
+
+/// The inbound log transfer of a model that has not ended.
+pub fn log_transfer_key(uuid: &str) -> Vec<u8> {
+    join(LOG_TRANSFER_PREFIX, uuid.as_bytes())
 }

@@ -182,6 +182,28 @@ pub fn read_activated_by(
     read_string(state, &keys::activated_key(uuid))
 }
 
+/// The migration whose log transfer into this controller has not ended, for model `uuid`.
+pub fn read_log_transfer(
+    state: &(impl StateRead + ?Sized),
+    uuid: &str,
+) -> Result<Option<String>, StorageError> {
+    read_string(state, &keys::log_transfer_key(uuid))
+}
+
+/// Every inbound log transfer that has not ended: (model uuid, migration id).
+pub fn read_log_transfers(
+    state: &(impl StateRead + ?Sized),
+) -> Result<Vec<(String, String)>, StorageError> {
+    let mut open = Vec::new();
+    for (key, value) in state.scan_prefix(keys::LOG_TRANSFER_PREFIX, usize::MAX)? {
+        let uuid = String::from_utf8(key[keys::LOG_TRANSFER_PREFIX.len()..].to_vec())
+            .map_err(|e| StorageError::corrupt("state", &key, e))?;
+        let id = String::from_utf8(value).map_err(|e| StorageError::corrupt("state", &key, e))?;
+        open.push((uuid, id));
+    }
+    Ok(open)
+}
+
 fn read_string(
     state: &(impl StateRead + ?Sized),
     key: &[u8],

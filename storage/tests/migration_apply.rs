@@ -6,7 +6,7 @@
 use prost::Message;
 use starling_proto::command::{self as cmd, command::Op, command_error::Code};
 use starling_proto::migration as mpb;
-use starling_proto::model::{CharmMeta, LogRecord};
+use starling_proto::model::{BackupRecord, CharmMeta, LogRecord};
 use starling_storage::migration::{latest_migration, read_import, read_lock, read_redirect};
 use starling_storage::model::charm::parse_metadata;
 use starling_storage::{
@@ -405,6 +405,122 @@ fn success_makes_a_redirect_that_survives_reap_and_the_log_follows() {
     source.ok(Op::ActivateModel(cmd::ActivateModel { migration_id: back }));
     assert!(read_redirect(&source.store, UUID).unwrap().is_none());
     source.ok(add_machine());
+}
+
+const VERSION: &str = "0.1.0";
+
+/// Backs `h` up as `id`; the sha256 of the archive, which stays a blob on `h`, ready to restore.
+fn backup(h: &mut Harness, id: &str) -> String {
+    h.ok(Op::CreateBackup(cmd::CreateBackup {
+        id: id.into(),
+        version: VERSION.into(),
+        ..Default::default()
+    }));
+    let record = h
+        .store
+        .get(&keys::backup_key(id))
+        .unwrap()
+        .expect("backup record");
+    BackupRecord::decode(record.as_slice())
+        .unwrap()
+        .archive_sha256
+}
+
+fn restore(archive_sha256: &str) -> Op {
+    Op::RestoreBackup(cmd::RestoreBackup {
+        archive_sha256: archive_sha256.into(),
+        force: true,
+        controller_version: VERSION.into(),
+    })
+}
+
+/// Issue 12 item 3: backups and restores of either side of a migration. A restore is refused
+/// while a migration is in flight; afterwards the source's backup from before the migration
+/// does not bring the model back to life beside the target's copy (it stays a redirect), and
+/// the target's backup taken mid-import never makes the import a live model, neither after the
+/// import was activated nor after it was dropped.
+#[test]
+fn restores_never_make_a_second_owner_and_wait_for_migrations_to_end() {
+    let mut source = source();
+    let before = backup(&mut source, "before");
+    let id = start(&mut source);
+    to(&mut source, &id, "QUIESCE");
+    to(&mut source, &id, "IMPORT");
+    let mut target = Harness::new();
+    import(&mut target, &source, &id);
+    let mid_import = backup(&mut target, "mid-import");
+    let refusal = source.refused(restore(&before), Code::FailedPrecondition);
+    assert!(
+        refusal.contains(&id) && refusal.contains("no migration is in flight"),
+        "{refusal}"
+    );
+    let refusal = target.refused(restore(&mid_import), Code::FailedPrecondition);
+    assert!(refusal.contains("being imported"), "{refusal}");
+
+    // The migration ends DONE.
+    let digest = description_digest(&source.description());
+    source.ok(fact(
+        &id,
+        cmd::migration_progress::Fact::SourceDigest(digest),
+    ));
+    let target_digest = read_import(&target.store, UUID).unwrap().unwrap().digest;
+    source.ok(fact(
+        &id,
+        cmd::migration_progress::Fact::TargetDigest(target_digest),
+    ));
+    for phase in ["VALIDATION", "SUCCESS"] {
+        to(&mut source, &id, phase);
+    }
+    let activated = target.ok(Op::ActivateModel(cmd::ActivateModel {
+        migration_id: id.clone(),
+    }));
+    for phase in ["LOGTRANSFER", "REAP"] {
+        to(&mut source, &id, phase);
+    }
+    source.ok(Op::ReapModel(cmd::ReapModel {
+        migration_id: id.clone(),
+    }));
+    to(&mut source, &id, "DONE");
+
+    // The source's backup holds the model active: restored, it stays a redirect.
+    source.ok(restore(&before));
+    assert_eq!(
+        model_keys(&source),
+        0,
+        "the restore revived the migrated model"
+    );
+    assert!(read_redirect(&source.store, UUID).unwrap().is_some());
+    source.refused(add_machine(), Code::FailedPrecondition);
+    // The target's backup holds the import: the model stays as activated since.
+    target.ok(restore(&mid_import));
+    assert_eq!(
+        target.description().model.unwrap().ownership_epoch,
+        activated.ownership_epoch
+    );
+    target.ok(add_machine());
+
+    // An import dropped since the backup comes back as an import (invisible, read-only; the
+    // leftover rule drops it once the source says "aborted"), never as an active model.
+    let mut aborting = crate::source();
+    let id = start(&mut aborting);
+    to(&mut aborting, &id, "QUIESCE");
+    let mut target = Harness::new();
+    import(&mut target, &aborting, &id);
+    let mid_import = backup(&mut target, "mid-import");
+    to(&mut aborting, &id, "ABORT");
+    target.ok(Op::DropImport(cmd::DropImport {
+        migration_id: id.clone(),
+        reason: "aborted".into(),
+    }));
+    to(&mut aborting, &id, "ABORTDONE");
+    target.ok(restore(&mid_import));
+    assert_eq!(
+        read_import(&target.store, UUID)
+            .unwrap()
+            .map(|i| i.migration_id),
+        Some(id.clone())
+    );
+    target.refused(add_machine(), Code::NotFound);
 }
 
 #[test]
