@@ -411,6 +411,37 @@ fn deposed_owner_ack_concurrent_with_the_new_owner_observation_passes() {
     passes(&b.build());
 }
 
+/// A at epoch 1, B at epoch 2, then B redirecting to A (so A regained the model above epoch 2),
+/// and an acknowledged write by A; every observation of A at its new epoch is missing, as when
+/// A's node was cut off while it owned the model. Returns the hand-off observation.
+fn regained_by_a_hand_off(b: &mut HistoryBuilder) -> OpId {
+    observe(b, "A", (0, 1), active(1));
+    observe(b, "B", (10, 11), active(2));
+    let to_a = Ownership::MigratedTo {
+        controller: "A".into(),
+    };
+    let handoff = observe(b, "B", (20, 21), to_a);
+    acked(b, "A", "regained", (30, 31));
+    handoff
+}
+
+#[test]
+fn an_owner_regained_by_a_hand_off_may_ack_without_being_observed_at_its_new_epoch() {
+    let mut b = HistoryBuilder::new();
+    regained_by_a_hand_off(&mut b);
+    passes(&b.build());
+}
+
+#[test]
+fn an_owner_deposed_after_regaining_by_a_hand_off_is_still_caught() {
+    // A's implied epoch is 3; B seen active at epoch 4 deposes it again.
+    let mut b = HistoryBuilder::new();
+    let handoff = regained_by_a_hand_off(&mut b);
+    let newer = observe(&mut b, "B", (40, 41), active(4));
+    let late = acked(&mut b, "A", "too-late", (50, 51));
+    rejects(&b.build(), Rule::DeposedOwnerAck, &[handoff, newer, late]);
+}
+
 #[test]
 fn failed_or_unknown_appends_on_a_deposed_owner_pass() {
     let mut b = HistoryBuilder::new();

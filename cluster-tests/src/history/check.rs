@@ -37,9 +37,12 @@ pub enum Rule {
     /// acknowledged (outcome Ok, served by C) was invoked.
     ///
     /// Controllers never claimed for the model are exempt (the history has no epoch to compare
-    /// with), and a controller that regains a model must be observed at its new epoch at least
-    /// once in the history, or its acknowledged writes after the other owner's observation are
-    /// reported.
+    /// with). A hand-off counts as a claim too: an Ok observation of D `MigratedTo` C shows that
+    /// C was activated above every epoch D had been claimed at before that observation was
+    /// invoked (a target activates at its source's epoch plus one, and D's redirect is its
+    /// latest state), so `max(C)` is at least that epoch plus one even when no observation of C
+    /// at its new epoch succeeded (its node may have been cut off for the whole time it owned
+    /// the model).
     DeposedOwnerAck,
     /// An acknowledged write is missing from an Ok read that must contain it. The read must
     /// contain every Ok append that completed before the read was invoked, and also every Ok
@@ -264,10 +267,19 @@ struct Read<'h> {
     values: &'h [String],
 }
 
+/// An Ok observation of controller `from` redirecting the model to controller `to`.
+#[derive(Clone, Copy, Debug)]
+struct Handoff<'h> {
+    op: usize,
+    from: &'h str,
+    to: &'h str,
+}
+
 /// The operations of one model that the rules look at, as positions in the history.
 #[derive(Debug, Default)]
 struct ModelOps<'h> {
     claims: Vec<Claim<'h>>,
+    handoffs: Vec<Handoff<'h>>,
     appends: Vec<Append<'h>>,
     reads: Vec<Read<'h>>,
     set_reads: Vec<Read<'h>>,
@@ -363,6 +375,13 @@ impl<'h> Index<'h> {
                     ..
                 } if op.outcome == Outcome::Ok => {
                     summary.ownership_observations += 1;
+                    if let super::Ownership::MigratedTo { controller: to } = observed {
+                        entry.handoffs.push(Handoff {
+                            op: i,
+                            from: controller,
+                            to,
+                        });
+                    }
                     if let Some(epoch) = observed.claimed_epoch() {
                         entry.claims.push(Claim {
                             op: i,
@@ -559,13 +578,41 @@ impl<'h> ModelChecker<'_, 'h> {
         Ok(())
     }
 
+    /// The observed claims plus one implied claim per hand-off: D observed `MigratedTo` C
+    /// implies C held an epoch above every claim of D (observed or implied) that completed
+    /// before the observation was invoked. The implied claim is not `active` (it says nothing of
+    /// when C served) and is witnessed by the hand-off observation.
+    fn claims_with_handoffs(&self) -> Vec<Claim<'h>> {
+        let mut known = self.ops.claims.clone();
+        let mut handoffs = self.ops.handoffs.clone();
+        handoffs.sort_by_key(|handoff| self.order_key(handoff.op));
+        for handoff in handoffs {
+            let invoke = self.op(handoff.op).invoke;
+            let before = known
+                .iter()
+                .filter(|c| c.controller == handoff.from && self.completed(c.op) < invoke)
+                .map(|c| c.epoch)
+                .max();
+            if let Some(epoch) = before {
+                known.push(Claim {
+                    op: handoff.op,
+                    controller: handoff.to,
+                    epoch: epoch + 1,
+                    active: false,
+                });
+            }
+        }
+        known
+    }
+
     fn no_ack_from_deposed_owner(&self) -> Result<(), Violation> {
-        // Each controller's highest claim, over the whole history.
+        // Each controller's highest claim over the whole history, observed or implied by a
+        // hand-off to it.
         let mut highest: BTreeMap<&str, Claim> = BTreeMap::new();
-        for claim in &self.ops.claims {
-            let slot = highest.entry(claim.controller).or_insert(*claim);
+        for claim in self.claims_with_handoffs() {
+            let slot = highest.entry(claim.controller).or_insert(claim);
             if claim.epoch > slot.epoch {
-                *slot = *claim;
+                *slot = claim;
             }
         }
         let mut appends: Vec<Append> = self
