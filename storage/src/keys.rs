@@ -27,7 +27,7 @@
 //! | `redirect/<uuid>` | `migration.Redirect`: where a migrated model went (kept after REAP) |
 //! | `import/<uuid>` | `migration.ImportRecord`: the model's records are an import, invisible and read-only |
 //! | `activated/<uuid>` | the migration id (UTF-8) that last activated the model here; kept after the model leaves (destroyed or migrated on) |
-//! | `logtransfer/<uuid>` | the migration id (UTF-8) whose log transfer into this controller has not ended; the model may not migrate on meanwhile |
+//! | `logtransfer/<uuid>` | reserved: the migration id (UTF-8) whose log transfer into this controller has not ended. Nothing writes it yet (an onward migration during an inbound log transfer is not refused yet); backups carry it and restore counts it as in flight |
 //! | `backup/<id>` | `model.BackupRecord`: a backup kept on the controller (its archive is a blob) |
 //!
 //! Numbers are big-endian so key order is numeric order. Model and application records are
@@ -263,7 +263,7 @@ pub fn import_key(uuid: &str) -> Vec<u8> {
 pub const ACTIVATED_PREFIX: &[u8] = b"activated/";
 /// Every migration lock.
 pub const MIGRATION_LOCK_PREFIX: &[u8] = b"miglock/";
-/// Every inbound log transfer that has not ended.
+/// Every inbound log transfer that has not ended (reserved: not written yet, see the table above).
 pub const LOG_TRANSFER_PREFIX: &[u8] = b"logtransfer/";
 
 /// The migration that last activated a model here.
