@@ -14,11 +14,13 @@ use clap::Args;
 use starling_proto::controller::{ListModelsRequest, MigrateRequest};
 use tokio::task::JoinSet;
 
-use super::migrate::{arrived, follow, target_controller, POLL_CALL_TIMEOUT, WAIT_DEFAULT};
+use super::migrate::{
+    arrived, follow, parse_timeout, target_controller, POLL_CALL_TIMEOUT, WAIT_DEFAULT,
+};
 use super::{model_ref, Context};
 use crate::balance::{plan, spread, Plan, PlanModel};
 use crate::client::ControllerClient;
-use crate::format::{parse_duration, rate_cell};
+use crate::format::rate_cell;
 use crate::migration_view::{aborted_message, is_in_progress, outcome, Line, Outcome};
 use crate::render::table;
 use crate::store::qualify_model;
@@ -74,7 +76,7 @@ pub struct BalanceArgs {
     #[arg(long, value_name = "P", default_value = "25%", value_parser = parse_tolerance)]
     pub tolerance: f64,
     /// With --wait: stop waiting for one move after DURATION (default 30m).
-    #[arg(long, value_name = "DURATION", requires = "wait", value_parser = parse_move_timeout)]
+    #[arg(long, value_name = "DURATION", requires = "wait", value_parser = parse_timeout)]
     pub timeout: Option<Duration>,
 }
 
@@ -91,14 +93,6 @@ fn parse_tolerance(text: &str) -> Result<f64, String> {
         return Err(format!("the tolerance must be 0% or more, got \"{text}\""));
     }
     Ok(value)
-}
-
-fn parse_move_timeout(text: &str) -> Result<Duration, String> {
-    let timeout = parse_duration(text).map_err(|e| e.to_string())?;
-    if timeout.is_zero() {
-        return Err("the timeout must be more than 0s".to_string());
-    }
-    Ok(timeout)
 }
 
 /// A controller to balance: its name in the client store and a client.

@@ -125,7 +125,8 @@ pub struct AbortMigrationArgs {
     pub reason: Option<String>,
 }
 
-fn parse_timeout(text: &str) -> Result<Duration, String> {
+/// A `--timeout` value: a humantime duration above zero (also used by `ctl balance`).
+pub(crate) fn parse_timeout(text: &str) -> Result<Duration, String> {
     let timeout = parse_duration(text).map_err(|e| e.to_string())?;
     if timeout.is_zero() {
         return Err("the timeout must be more than 0s".to_string());
