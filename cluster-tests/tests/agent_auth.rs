@@ -104,6 +104,10 @@ async fn status(admin: &mut AuthedControllerClient, model: &str) -> Result<FullS
 async fn fingerprint(admin: &mut AuthedControllerClient, model: &str) -> Result<String> {
     let mut full = status(admin, model).await?;
     full.now_unix_ms = 0;
+    // The answering node's own load measurement (reads count too), not model state.
+    if let Some(info) = full.model.as_mut() {
+        info.load = None;
+    }
     for machine in &mut full.machines {
         machine.agent_status = None;
     }

@@ -140,6 +140,8 @@ async fn fingerprint(
         info.controller_name.clear();
         // Covers the config values in `ignore`; models are compared by digest separately.
         info.description_digest.clear();
+        // The answering node's own load measurement, not model state.
+        info.load = None;
     }
     for machine in &mut full.machines {
         machine.agent_status = None;
