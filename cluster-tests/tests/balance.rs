@@ -13,6 +13,7 @@ use std::time::Duration;
 use anyhow::{ensure, Context, Result};
 use serde_json::Value;
 use starling_cli::balance::{controller_loads, optimal_moves, spread, PlanModel};
+use starling_cluster_tests::chaos::redirect_target;
 use starling_cluster_tests::fleet::{wait_for, Ctl};
 use starling_cluster_tests::{init_tracing, ClusterOptions, LocalCluster};
 use starling_proto::controller::{ModelRef, SetModelConfigRequest};
@@ -84,10 +85,12 @@ fn start_writer(
                     request_id: format!("{model}-{n}"),
                 };
                 if let Err(status) = client.set_model_config(request).await {
-                    let message = status.message().to_owned();
-                    match message.split("migrated to controller \"").nth(1) {
-                        Some(rest) => current = rest.split('"').next().unwrap_or_default().into(),
-                        None => refused.lock().expect("lock").push(message),
+                    match redirect_target(&status) {
+                        Some(target) => current = target,
+                        None => refused
+                            .lock()
+                            .expect("lock")
+                            .push(status.message().to_owned()),
                     }
                 }
             }

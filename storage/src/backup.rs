@@ -44,21 +44,16 @@ pub const MAGIC: &[u8] = b"STARLINGBACKUP\0";
 pub const ARCHIVE_FORMAT_VERSION: u32 = 1;
 /// Longest backup id.
 const BACKUP_ID_CHARS_MAX: usize = 128;
-/// The key prefixes a backup holds and a restore writes.
-const RESTORED_PREFIXES: [&[u8]; 12] = [
+/// The key prefixes of what belongs to the controller as a whole: its config, its users, blobs.
+const CONTROLLER_PREFIXES: [&[u8]; 4] = [
     keys::CONFIG_PREFIX,
-    b"m/",
-    keys::MODEL_NAME_PREFIX,
     keys::USER_PREFIX,
     keys::BLOB_PREFIX,
     b"blobdata/",
-    keys::MIGRATION_PREFIX,
-    keys::MIGRATION_LOCK_PREFIX,
-    keys::REDIRECT_PREFIX,
-    keys::IMPORT_PREFIX,
-    keys::ACTIVATED_PREFIX,
-    keys::LOG_TRANSFER_PREFIX,
 ];
+
+/// The key prefixes of a model's records and of the name index pointing at them.
+const MODEL_PREFIXES: [&[u8]; 2] = [b"m/", keys::MODEL_NAME_PREFIX];
 
 /// The prefixes of what migrations keep beside a model, each followed by the model's uuid.
 const MIGRATION_MEMORY_PREFIXES: [&[u8]; 6] = [
@@ -69,6 +64,16 @@ const MIGRATION_MEMORY_PREFIXES: [&[u8]; 6] = [
     keys::ACTIVATED_PREFIX,
     keys::LOG_TRANSFER_PREFIX,
 ];
+
+/// The key prefixes of everything a restore decides model by model.
+fn per_model_prefixes() -> impl Iterator<Item = &'static [u8]> {
+    MODEL_PREFIXES.into_iter().chain(MIGRATION_MEMORY_PREFIXES)
+}
+
+/// The key prefixes a backup holds and a restore writes.
+fn restored_prefixes() -> impl Iterator<Item = &'static [u8]> {
+    CONTROLLER_PREFIXES.into_iter().chain(per_model_prefixes())
+}
 
 /// Why an archive was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -234,9 +239,7 @@ fn is_controller_model(owner: &str, name: &str) -> bool {
 }
 
 fn is_restored_key(key: &[u8]) -> bool {
-    RESTORED_PREFIXES
-        .iter()
-        .any(|prefix| key.starts_with(prefix))
+    restored_prefixes().any(|prefix| key.starts_with(prefix))
 }
 
 /// The digest a `blob/<d>` or `blobdata/<d>/…` key names.
@@ -262,7 +265,7 @@ pub fn backup_content(state: &(impl StateRead + ?Sized)) -> Result<(KeyValues, u
         .collect();
     let mut entries = Vec::new();
     let mut model_count = 0u64;
-    for prefix in RESTORED_PREFIXES {
+    for prefix in restored_prefixes() {
         for (key, value) in state.scan_prefix(prefix, usize::MAX)? {
             if let Some(digest) = blob_digest_of(&key) {
                 // Only complete blobs, and never the archives of other backups.
@@ -635,18 +638,13 @@ fn restore_backup<R: StateRead + ?Sized>(
         .find(|(key, _)| *key == controller_name_key)
         .map(|(_, uuid)| uuid.clone());
     let mut now_state = Vec::new();
-    for prefix in [b"m/".as_slice(), keys::MODEL_NAME_PREFIX]
-        .into_iter()
-        .chain(MIGRATION_MEMORY_PREFIXES)
-    {
+    for prefix in per_model_prefixes() {
         now_state.extend(state.scan_prefix(prefix, usize::MAX)?);
     }
     let mut now = holdings(now_state, own_controller_model.as_deref())?;
-    let (per_model, other): (KeyValues, KeyValues) = entries.into_iter().partition(|(key, _)| {
-        key.starts_with(b"m/")
-            || key.starts_with(keys::MODEL_NAME_PREFIX)
-            || MIGRATION_MEMORY_PREFIXES.iter().any(|p| key.starts_with(p))
-    });
+    let (per_model, other): (KeyValues, KeyValues) = entries
+        .into_iter()
+        .partition(|(key, _)| per_model_prefixes().any(|p| key.starts_with(p)));
     let then = holdings(per_model, archived_controller_model.as_deref())?;
     // Decide model by model, before writing anything: the backup's copy, or the one now.
     let mut take = Vec::new();
