@@ -16,6 +16,9 @@
 //!   resumes at the target's offset; every byte is received once.
 //! - `leader_kills_in_every_phase_end_with_one_owner`: the source leader SIGKILLed in each
 //!   phase, the target leader during IMPORT and after SUCCESS.
+//! - `agents_are_started_from_their_first_contact`: with an hour between heartbeats, an agent is
+//!   `started` as soon as it connects, so a dry run passes at once, and on the target as soon
+//!   as the migration ends.
 //!
 //! The failpoint tests need `ctld` built with `--features starling-ctld/failpoints`, as
 //! `scripts/test.sh` builds it.
@@ -641,6 +644,83 @@ fn live_migration(world: &mut World) -> Result<()> {
     );
     let on_alpha = written_keys(world, "alpha", "shop")?;
     ensure!(on_beta.is_subset(&on_alpha), "writes lost on the way back");
+    Ok(())
+}
+
+#[test]
+fn agents_are_started_from_their_first_contact() -> Result<()> {
+    World::run(
+        vec![
+            ClusterOptions::new("alpha", 1),
+            ClusterOptions::new("beta", 1),
+        ],
+        first_contact,
+    )
+}
+
+/// Every machine of `model_arg` has its agent `started`, as `ctl status` says now.
+fn agents_started(world: &World, model_arg: &str) -> Result<()> {
+    let out = world
+        .ctl
+        .ok(&["status", "-m", model_arg, "--format", "json"])?;
+    let status: serde_json::Value = serde_json::from_str(&out)?;
+    let machines = status["machines"].as_object().context("no machines")?;
+    ensure!(!machines.is_empty(), "no machines in {out}");
+    for (id, machine) in machines {
+        let current = &machine["agent-status"]["current"];
+        ensure!(current == "started", "machine {id} is {current}");
+    }
+    Ok(())
+}
+
+fn first_contact(world: &mut World) -> Result<()> {
+    // With an hour between heartbeats, presence renewed once per interval would show the agents
+    // `pending` for an hour: only an agent's arrival can make it `started` here.
+    for controller in ["alpha", "beta"] {
+        world.ctl.ok(&[
+            "controller-config",
+            "-c",
+            controller,
+            "agent-heartbeat-interval=1h",
+        ])?;
+    }
+    info!("--- a model with one machine and a counter unit");
+    world.add_model("alpha", "app", 1)?;
+    world.deploy("alpha:app", "counter", &["--to", "0"])?;
+    // The unit's status is reported after the agent's watch opened, which answers once the
+    // agent's presence is replicated: no wait for the machine itself.
+    wait_for("the unit active", || {
+        let out = world
+            .ctl
+            .ok(&["status", "-m", "alpha:app", "--format", "json"])?;
+        let status: serde_json::Value = serde_json::from_str(&out)?;
+        let units = status["applications"]["counter"]["units"]
+            .as_object()
+            .context("no units yet")?;
+        ensure!(units.len() == 1, "units: {units:?}");
+        for (name, unit) in units {
+            let workload = &unit["workload-status"];
+            ensure!(workload["current"] == "active", "{name}: {workload}");
+        }
+        Ok(())
+    })?;
+    info!("--- the agent is started, and a dry run finds it connected");
+    agents_started(world, "alpha:app")?;
+    let dry = world
+        .ctl
+        .ok(&["migrate", "alpha:app", "beta", "--dry-run"])?;
+    ensure!(dry.contains("Prechecks passed"), "dry run: {dry}");
+
+    info!("--- after the move the agent is started on the target, and may move back at once");
+    let out = world
+        .ctl
+        .ok(&["migrate", "alpha:app", "beta", "--wait", "--timeout", "3m"])?;
+    ensure!(out.contains("DONE"), "{out}");
+    agents_started(world, "beta:app")?;
+    let dry = world
+        .ctl
+        .ok(&["migrate", "beta:app", "alpha", "--dry-run"])?;
+    ensure!(dry.contains("Prechecks passed"), "dry run back: {dry}");
     Ok(())
 }
 

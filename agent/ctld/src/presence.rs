@@ -3,6 +3,13 @@
 //! (stored as `presence/<node_id>`, replaced each time). Agent status is computed at read time
 //! from the newest `last_seen` across every node's record, so every node answers the same and
 //! the write rate is one command per node per interval, whatever the number of agents.
+//!
+//! An agent that arrives (a first contact with this node, or one after a silence the replicated
+//! record may already show as `down`) is *fresh*: the renewal is proposed at once instead of at
+//! the end of the interval, and the call that brought it can wait until that renewal committed
+//! (`PresenceTable::wait_renewed`), so an agent is `started` from its first contact with any
+//! controller (after a migration too). Fresh renewals are coalesced: at most one per
+//! `FRESH_RENEWAL_GAP_MIN`, however many agents connect at once.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -13,10 +20,19 @@ use starling_proto::model::PresenceEntry;
 use starling_raft::RaftHandle;
 use starling_storage::model::controller_config::agent_heartbeat_interval;
 use starling_storage::model::names::parse_machine_id;
+use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, instrument, warn};
 
 use crate::plumbing::now_unix_ms;
+
+/// Least time between two renewals proposed for fresh agents: a burst of connections (every
+/// agent of a model after a migration, a fleet after a controller restart) costs one write per
+/// gap, not one per agent.
+const FRESH_RENEWAL_GAP_MIN: Duration = Duration::from_millis(100);
+/// An agent whose previous heartbeat here is older than this many intervals is fresh again: the
+/// replicated record may be about to show it `down`.
+const FRESH_AFTER_INTERVALS: u32 = 2;
 
 #[derive(Default)]
 struct Table {
@@ -24,14 +40,36 @@ struct Table {
     seen: HashMap<String, HashMap<String, i64>>,
     /// Whether the table changed shape (entries added or dropped) since the last renewal.
     changed: bool,
+    /// Bumped for each fresh agent; a renewal carries every agent recorded up to the
+    /// generation it read.
+    generation: u64,
+    /// The generation the last renewal read, while it is being proposed.
+    renewing: u64,
 }
 
 /// The agents that heartbeat to this node. std Mutex, not tokio's: nothing awaits while it is
 /// held.
-#[derive(Default)]
 pub struct PresenceTable {
     table: Mutex<Table>,
+    /// Wakes the renewal loop for a fresh agent.
+    fresh: Notify,
+    /// The newest generation a committed renewal carried.
+    renewed: watch::Sender<u64>,
 }
+
+impl Default for PresenceTable {
+    fn default() -> Self {
+        Self {
+            table: Mutex::default(),
+            fresh: Notify::new(),
+            renewed: watch::Sender::new(0),
+        }
+    }
+}
+
+/// A fresh agent's place in the renewals: `PresenceTable::wait_renewed` waits for it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Fresh(u64);
 
 impl PresenceTable {
     /// An empty table.
@@ -39,21 +77,63 @@ impl PresenceTable {
         Self::default()
     }
 
-    /// Records a heartbeat of machine `machine_id` of model `model_uuid` at `now_unix_ms`.
-    pub fn record(&self, model_uuid: &str, machine_id: &str, now_unix_ms: i64) {
+    /// Records a heartbeat of machine `machine_id` of model `model_uuid` at `now_unix_ms`;
+    /// `interval` is the agents' heartbeat interval. Returns `Some` when the agent is fresh
+    /// (new here, or silent for more than `FRESH_AFTER_INTERVALS` intervals): a renewal is then
+    /// proposed at once.
+    pub fn record(
+        &self,
+        model_uuid: &str,
+        machine_id: &str,
+        now_unix_ms: i64,
+        interval: Duration,
+    ) -> Option<Fresh> {
+        let fresh_after_ms =
+            i64::try_from((interval * FRESH_AFTER_INTERVALS).as_millis()).unwrap_or(i64::MAX);
         let mut table = self.table.lock().expect("presence table lock");
-        if let Some(machines) = table.seen.get_mut(model_uuid) {
-            if let Some(seen) = machines.get_mut(machine_id) {
-                *seen = (*seen).max(now_unix_ms);
-                return;
-            }
+        let previous = table
+            .seen
+            .get(model_uuid)
+            .and_then(|machines| machines.get(machine_id))
+            .copied();
+        if previous.is_none() {
+            table.changed = true;
         }
-        table
+        let seen = table
             .seen
             .entry(model_uuid.to_owned())
             .or_default()
-            .insert(machine_id.to_owned(), now_unix_ms);
-        table.changed = true;
+            .entry(machine_id.to_owned())
+            .or_insert(now_unix_ms);
+        *seen = (*seen).max(now_unix_ms);
+        let fresh = previous.is_none_or(|p| now_unix_ms.saturating_sub(p) > fresh_after_ms);
+        if !fresh {
+            return None;
+        }
+        table.generation += 1;
+        let generation = table.generation;
+        drop(table);
+        self.fresh.notify_one();
+        Some(Fresh(generation))
+    }
+
+    /// Waits until a committed renewal carries the agent `fresh` was recorded with, at most
+    /// `timeout`; whether it did.
+    pub async fn wait_renewed(&self, fresh: Fresh, timeout: Duration) -> bool {
+        let mut renewed = self.renewed.subscribe();
+        tokio::time::timeout(timeout, renewed.wait_for(|g| *g >= fresh.0))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// Notes that the renewal last taken from `renewal` committed.
+    fn renewal_committed(&self) {
+        let renewing = self.table.lock().expect("presence table lock").renewing;
+        self.renewed.send_if_modified(|g| {
+            let newer = renewing > *g;
+            *g = (*g).max(renewing);
+            newer
+        });
     }
 
     /// Drops the machines `exists` says are gone.
@@ -77,6 +157,7 @@ impl PresenceTable {
             return None;
         }
         table.changed = false;
+        table.renewing = table.generation;
         let mut entries: Vec<PresenceEntry> = table
             .seen
             .iter()
@@ -119,11 +200,19 @@ pub async fn run_presence(
         let interval = agent_heartbeat_interval(&handle.state().controller_config());
         let due = last_renewal + interval;
         let wake = due.min(tokio::time::Instant::now() + CONFIG_POLL);
-        tokio::select! {
+        let fresh = tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tokio::time::sleep_until(wake) => {}
-        }
-        if tokio::time::Instant::now() < due {
+            _ = tokio::time::sleep_until(wake) => false,
+            _ = table.fresh.notified() => true,
+        };
+        if fresh {
+            // Coalesce a burst of arrivals into one renewal.
+            let earliest = last_renewal + FRESH_RENEWAL_GAP_MIN;
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep_until(earliest) => {}
+            }
+        } else if tokio::time::Instant::now() < due {
             continue;
         }
         last_renewal = tokio::time::Instant::now();
@@ -151,7 +240,10 @@ pub async fn run_presence(
         tokio::select! {
             _ = stop.cancelled() => return,
             result = handle.propose(command) => match result {
-                Ok(_) => debug!(n_entries, "presence renewed"),
+                Ok(_) => {
+                    table.renewal_committed();
+                    debug!(n_entries, fresh, "presence renewed");
+                }
                 Err(e) => warn!(error = %e, n_entries, "cannot renew presence"),
             },
         }
@@ -162,13 +254,45 @@ pub async fn run_presence(
 mod tests {
     use super::*;
 
+    const INTERVAL: Duration = Duration::from_millis(1000);
+
+    #[test]
+    fn an_agent_is_fresh_when_new_or_back_from_a_silence() {
+        let table = PresenceTable::new();
+        let first = table.record("m", "0", 1_000, INTERVAL);
+        assert_eq!(first, Some(Fresh(1)));
+        // Regular heartbeats wait for the interval's renewal.
+        assert_eq!(table.record("m", "0", 2_000, INTERVAL), None);
+        assert_eq!(table.record("m", "0", 4_000, INTERVAL), None);
+        // Back after more than two intervals without a word: fresh again.
+        assert_eq!(table.record("m", "0", 6_001, INTERVAL), Some(Fresh(2)));
+        assert_eq!(table.record("m", "1", 6_001, INTERVAL), Some(Fresh(3)));
+    }
+
+    #[tokio::test]
+    async fn a_fresh_agent_waits_for_the_renewal_that_carries_it() {
+        let table = PresenceTable::new();
+        let fresh = table.record("m", "0", 1_000, INTERVAL).expect("fresh");
+        assert!(!table.wait_renewed(fresh, Duration::ZERO).await);
+        let entries = table.renewal().expect("a renewal");
+        assert_eq!(entries.len(), 1);
+        // A later arrival is not carried by the renewal taken before it.
+        let later = table.record("m", "1", 1_000, INTERVAL).expect("fresh");
+        table.renewal_committed();
+        assert!(table.wait_renewed(fresh, Duration::ZERO).await);
+        assert!(!table.wait_renewed(later, Duration::ZERO).await);
+        table.renewal().expect("a renewal");
+        table.renewal_committed();
+        assert!(table.wait_renewed(later, Duration::ZERO).await);
+    }
+
     #[test]
     fn renewal_is_skipped_only_when_empty_and_unchanged() {
         let table = PresenceTable::new();
         assert!(table.renewal().is_none());
-        table.record("m", "0", 10);
-        table.record("m", "0", 5);
-        table.record("m", "1", 20);
+        table.record("m", "0", 10, INTERVAL);
+        table.record("m", "0", 5, INTERVAL);
+        table.record("m", "1", 20, INTERVAL);
         let entries = table.renewal().expect("entries");
         assert_eq!(
             entries

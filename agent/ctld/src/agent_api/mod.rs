@@ -4,7 +4,8 @@
 //! from its metadata (`authorization: Bearer <credential>`, `x-model-uuid`, `x-machine-id`)
 //! against the machine's stored credential hash; an agent may touch only its own machine and
 //! the units on it. `Watch` streams the machine's desired state, `Heartbeat` feeds presence
-//! (`presence`), `Report` applies status reports and log records through one replicated
+//! (`presence`; an agent's arrival, by watch, heartbeat or a migration's login check, is
+//! replicated before the call answers), `Report` applies status reports and log records through one replicated
 //! `AgentReport`, `DownloadCharm` streams the charms of the machine's units.
 
 mod reports;
@@ -22,11 +23,12 @@ use starling_storage::model::controller_config::agent_heartbeat_interval;
 use starling_storage::model::names;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
+use tracing::debug;
 
 use crate::auth::{self, hash_token};
 use crate::context::NodeContext;
 use crate::load::LoadBoard;
-use crate::plumbing::{proposal, storage_error};
+use crate::plumbing::{now_unix_ms, proposal, storage_error};
 use crate::presence::PresenceTable;
 use starling_raft::RaftHandle;
 
@@ -40,6 +42,9 @@ const BAD_CREDENTIAL: &str = "unknown machine or bad credential";
 /// their watch from stale state but cannot commit their reports or migration acknowledgements.
 /// Well above the election timeout, so an election alone never triggers it.
 const CUT_OFF_AFTER: Duration = Duration::from_secs(5);
+/// Longest an arriving agent's call waits for the renewal that shows it present. One
+/// replicated write; past this the call goes on and a later renewal carries the agent.
+const PRESENCE_WAIT_MAX: Duration = Duration::from_secs(5);
 
 /// An authenticated machine agent.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -190,6 +195,32 @@ impl AgentService {
                 "model {model_uuid} is being imported (migration {}); not active yet",
                 import.migration_id
             )));
+        }
+        Ok(())
+    }
+
+    /// Records that `agent` is here now; when it just arrived, waits (at most
+    /// `PRESENCE_WAIT_MAX`) until the replicated presence says so, so whatever the agent does
+    /// next is applied after its presence.
+    async fn mark_present(&self, agent: &AgentIdentity) -> Result<(), Status> {
+        let interval = agent_heartbeat_interval(
+            &self
+                .handle
+                .state()
+                .try_controller_config()
+                .map_err(storage_error)?,
+        );
+        let fresh = self.presence.record(
+            &agent.model_uuid,
+            &agent.machine_id,
+            now_unix_ms(),
+            interval,
+        );
+        if let Some(fresh) = fresh {
+            if !self.presence.wait_renewed(fresh, PRESENCE_WAIT_MAX).await {
+                // Not an error for the agent: the next renewal carries it.
+                debug!(machine = %agent.machine_id, "presence not renewed yet");
+            }
         }
         Ok(())
     }

@@ -61,8 +61,7 @@ impl AgentService {
         request: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
         let agent = self.authenticate(&request).await?;
-        self.presence
-            .record(&agent.model_uuid, &agent.machine_id, now_unix_ms());
+        self.mark_present(&agent).await?;
         Ok(Response::new(pb::HeartbeatResponse {
             heartbeat_interval_ms: self.heartbeat_interval_ms()?,
         }))

@@ -80,6 +80,9 @@ impl AgentService {
                 "this controller holds no import of migration {migration_id}"
             )));
         }
+        // The agent reached this controller: once the import is activated, it is `started`
+        // here without waiting for its first heartbeat.
+        self.mark_present(&agent).await?;
         let model = self
             .handle
             .state()

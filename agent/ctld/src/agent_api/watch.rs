@@ -18,7 +18,7 @@ use tonic::{Request, Response, Status};
 use tracing::{debug, instrument};
 
 use super::{AgentIdentity, AgentService};
-use crate::plumbing::{blob_chunks, now_unix_ms, storage_error};
+use crate::plumbing::{blob_chunks, storage_error};
 
 /// Updates a watch stream buffers for a slow agent before it waits.
 const WATCH_CHANNEL_CAPACITY: usize = 2;
@@ -222,8 +222,7 @@ impl AgentService {
         self.refuse_if_cut_off()?;
         let agent = self.authenticate(&request).await?;
         self.refuse_importing(&agent.model_uuid)?;
-        self.presence
-            .record(&agent.model_uuid, &agent.machine_id, now_unix_ms());
+        self.mark_present(&agent).await?;
         let (tx, rx) = tokio::sync::mpsc::channel(WATCH_CHANNEL_CAPACITY);
         // Counted as connected here while its watch lives.
         let connection = self.load.agent_connected(&agent.model_uuid);
