@@ -357,9 +357,11 @@ sleep 1
 kill -CONT "$follower_pid"
 wait "$stability_load" || true
 throttle_stop "$throttle"
+# What was throttled goes into the report; the cleanup trap only needs to know it has ended.
+throttled="$throttle"
 throttle=""
 after_json="$(wait_leader_json "${starling[@]}")"
-python3 - "$before_json" "$after_json" "$throttle" "$results/stability-load.json" "$follower_id" >"$results/stability.json" <<'PY'
+python3 - "$before_json" "$after_json" "$throttled" "$results/stability-load.json" "$follower_id" >"$results/stability.json" <<'PY'
 import json, sys
 before, after = json.loads(sys.argv[1]), json.loads(sys.argv[2])
 load = json.load(open(sys.argv[4])) if open(sys.argv[4]).read().strip() else {}
