@@ -17,14 +17,16 @@
 #   - live migration between two 3-node controllers of models of 1,000 and 10,000 units (one
 #     simulated agent per 100 units; cluster-tests' migration_bench): total time, each phase, the
 #     write-unavailability window seen by a client writing continuously, import MB/s and
-#     records/s, and the time until every agent is on the target,
+#     records/s (the IMPORT phase, and the staging of the description and a 64 MiB charm up to
+#     the import's commit), and the time until every agent is on the target,
 #   - agent fan-in: N simulated agents (default 10,000), each with its own TLS connection, Watch
 #     stream and heartbeats, held by a 1-node controller (cluster-tests' agent_load): the node's
 #     RSS per agent.
 # Prints a table and ONE JSON line (prefixed "BENCH_JSON ") with the figures and ratios.
 #
 #   scripts/bench.sh [--duration SECS] [--failover-reps N] [--fsync-secs SECS] [--no-etcd] [--no-build]
-#                    [--stability-secs SECS] [--migration-units "1000 10000"] [--no-migration]
+#                    [--stability-secs SECS] [--migration-units "1000 10000"]
+#                    [--migration-charm-mib 64] [--no-migration]
 #                    [--only-migration] [--agents N] (0: no fan-in step)
 #   scripts/bench.sh --profile [--duration SECS]
 #       only the physics probe and the single-writer runs, with the stage breakdown of one write
@@ -46,6 +48,7 @@ use_etcd=true
 build=true
 core=true
 migration_units="1000 10000"
+migration_charm_mib=64
 agents=10000
 while (($#)); do
     case "$1" in
@@ -57,10 +60,11 @@ while (($#)); do
     --no-etcd) use_etcd=false; shift ;;
     --no-build) build=false; shift ;;
     --migration-units) migration_units="${2:?}"; shift 2 ;;
+    --migration-charm-mib) migration_charm_mib="${2:?}"; shift 2 ;;
     --no-migration) migration_units=""; shift ;;
     --only-migration) core=false; use_etcd=false; agents=0; shift ;;
     --agents) agents="${2:?}"; shift 2 ;;
-    *) echo "usage: $0 [--duration SECS] [--failover-reps N] [--fsync-secs SECS] [--stability-secs SECS] [--no-etcd] [--no-build] [--migration-units \"N ...\"] [--no-migration] [--only-migration] [--agents N] [--profile]" >&2; exit 2 ;;
+    *) echo "usage: $0 [--duration SECS] [--failover-reps N] [--fsync-secs SECS] [--stability-secs SECS] [--no-etcd] [--no-build] [--migration-units \"N ...\"] [--migration-charm-mib N] [--no-migration] [--only-migration] [--agents N] [--profile]" >&2; exit 2 ;;
     esac
 done
 
@@ -166,7 +170,7 @@ for units in $migration_units; do
     machines=$((units / 100 > 10 ? units / 100 : 10))
     "$bin/migration_bench" --source "$(cluster_dir migsrc)/registration.yaml" \
         --target "$(cluster_dir migdst)/registration.yaml" --units "$units" --machines "$machines" \
-        --step-timeout 900 | tee "$results/migration-$units.txt" >&2
+        --charm-mib "$migration_charm_mib" --step-timeout 900 | tee "$results/migration-$units.txt" >&2
     sed -n 's/^MIGRATION_BENCH_JSON //p' "$results/migration-$units.txt" >"$results/migration-$units.json"
     "$scripts/stop-cluster.sh" migsrc >/dev/null 2>&1 || true
     "$scripts/stop-cluster.sh" migdst >/dev/null 2>&1 || true
@@ -477,6 +481,7 @@ for u, m in migrations.items():
     rows.append((f"migration {u} units: total (ms)", f'{m["total_ms"]}', f'quiesce {m["quiesce_ms"]}, import {m["import_ms"]}, validation {m["validation_ms"]}, activate {m["activate_ms"]}, log+reap {m["logtransfer_reap_ms"]}; {m["machines"]} agents'))
     rows.append((f"migration {u} units: lock→active (ms)", f'{m["lock_to_active_ms"]}', f'write unavailability {m["write_unavailability_ms"]} ms (longest gap between acknowledged writes)'))
     rows.append((f"migration {u} units: import", f'{m["import_mb_per_s"]:.2f}', f'MB/s; {m["import_records_per_s"]:.0f} records/s; {m["description_bytes"]} bytes, {m["records"]} records'))
+    rows.append((f"migration {u} units: staging + import commit", f'{m["staged_import_mb_per_s"]:.2f}', f'MB/s; {m["staged_import_records_per_s"]:.0f} records/s; {m["staged_bytes"]} bytes (description and a {m["charm_mib"]} MiB charm) in {m["staged_import_ms"]} ms'))
     rows.append((f"migration {u} units: agents on target (ms)", f'{m["agents_all_on_target_ms_after_success"]}', f'after SUCCESS; {m["agents_switched"]}/{m["machines"]} switched'))
 if fanin:
     rows.append(("agent fan-in: KiB of controller RSS per agent", f'{fanin["kib_per_agent"]:.1f}', f'{fanin["connected"]}/{fanin["agents"]} agents connected over {fanin["connections"]} TLS connections, {fanin["errors"]} errors; RSS {fanin["rss_machines_kib"]} → {fanin["rss_agents_kib"]} KiB'))

@@ -1068,31 +1068,6 @@ fn broken_stream(world: &mut World) -> Result<()> {
     Ok(())
 }
 
-/// A staging stream broken after its last chunk was staged but before the target committed
-/// it: the resumed master sends no byte again, only asks for the commit, and the migration
-/// ends in DONE (it used to be refused as "blob not found" and abort).
-#[test]
-fn a_stream_broken_before_its_commit_is_committed_on_resume() -> Result<()> {
-    let alpha = ClusterOptions::new("alpha", 1);
-    let mut beta = ClusterOptions::new("beta", 1);
-    beta.env = vec![(
-        "FAILPOINTS".into(),
-        "migration.target.stage-before-commit=1*return".into(),
-    )];
-    World::run(vec![alpha, beta], |world| {
-        let (committed, received) = migrate_through_a_broken_stream(world, |line| {
-            line.contains("committing what the target staged")
-        })?;
-        let size = log_field(&committed, "size")?;
-        ensure!(
-            received == size as f64,
-            "beta received {received} bytes for a {size}-byte description: the commit must \
-             not re-send what was staged"
-        );
-        Ok(())
-    })
-}
-
 /// Migrates alpha:app to beta (the charm deployed on beta first, so only the description
 /// streams) and checks it ends in DONE with no ABORT, the model active on beta only and the
 /// workload untouched. Returns the master's log line about the description that `resumed`
@@ -1153,6 +1128,203 @@ fn migrate_through_a_broken_stream(
     world.wait_active("beta:app", 1)?;
     ensure!(workloads(&world.fleet, 1)? == before, "workloads changed");
     Ok((line, received))
+}
+
+/// A counter of node `id` of `controller` (0 when the node has not counted any).
+fn node_metric(world: &World, controller: &str, id: u64, name: &str) -> Result<f64> {
+    let cluster = world.cluster(controller);
+    let metrics = world.rt.block_on(side_port::get(
+        cluster.http_addr(id),
+        &cluster.registration().ca_cert,
+        "/metrics",
+    ))?;
+    Ok(side_port::metric(&metrics.body, name).unwrap_or(0.0))
+}
+
+/// Staged bytes node `id` of `controller` received from a migration's source, and from its peers.
+fn staged_bytes(world: &World, controller: &str, id: u64) -> Result<(u64, u64)> {
+    let from_source = node_metric(
+        world,
+        controller,
+        id,
+        "starling_migration_stage_bytes_received_total",
+    )?;
+    let from_peers = node_metric(
+        world,
+        controller,
+        id,
+        "starling_migration_stage_bytes_replicated_total",
+    )?;
+    Ok((from_source as u64, from_peers as u64))
+}
+
+/// The description and the charm stream once from the source to a three-node target whose
+/// node that receives them fans them out to its group; a follower that was down during the
+/// stream fetches them from a peer when it applies the import after its restart.
+#[test]
+fn a_bulk_import_reaches_every_target_node_and_a_follower_down_during_it_catches_up() -> Result<()>
+{
+    let alpha = ClusterOptions::new("alpha", 1);
+    let beta = ClusterOptions::new("beta", 3);
+    World::run(vec![alpha, beta], bulk_import_to_three_nodes)
+}
+
+fn bulk_import_to_three_nodes(world: &mut World) -> Result<()> {
+    let before = world.counter_model("alpha")?;
+    let cluster = world.controllers.get_mut("beta").context("beta")?;
+    let leader = world
+        .rt
+        .block_on(cluster.wait_for_leader(Duration::from_secs(30)))?;
+    let down = world
+        .cluster("beta")
+        .node_ids()
+        .into_iter()
+        .find(|id| *id != leader)
+        .context("beta has no follower")?;
+    world.cluster_mut("beta").kill(down)?;
+    info!(leader, down, "beta's follower is down during the migration");
+
+    let out = world
+        .ctl
+        .ok(&["migrate", "alpha:app", "beta", "--wait", "--timeout", "3m"])?;
+    ensure!(out.contains("DONE"), "{out}");
+    let info = world.migration_status("alpha", "app")?;
+    ensure!(info.phase == "DONE", "phase {}", info.phase);
+    // The master logs what it staged: the description and the counter charm (beta lacked it).
+    let source_log = std::fs::read_to_string(world.cluster("alpha").log_path(1))?;
+    let line = source_log
+        .lines()
+        .find(|l| l.contains("staged and imported") && l.contains(info.migration_id.as_str()))
+        .context("the master did not log its staging")?;
+    let staged = log_field(line, "bytes")?;
+    ensure!(
+        log_field(line, "sent")? == staged,
+        "the master sent other than the {staged} bytes it staged: {line}"
+    );
+    let mut received = BTreeSet::new();
+    for id in world.cluster("beta").node_ids() {
+        let log = std::fs::read_to_string(world.cluster("beta").log_path(id))?;
+        for line in log.lines().filter(|l| l.contains("staged file received")) {
+            let digest = line
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("digest="));
+            received.insert(digest.unwrap_or_default().to_owned());
+        }
+    }
+    ensure!(
+        received.len() == 2,
+        "beta received {received:?}: not the description and the charm"
+    );
+    let running: Vec<u64> = world.cluster_mut("beta").running_ids();
+    let mut from_source = 0;
+    for &id in &running {
+        let (source, peers) = staged_bytes(world, "beta", id)?;
+        ensure!(
+            source + peers == staged,
+            "beta node {id} received {source} bytes from the source and {peers} from its peers, \
+             not the {staged} staged"
+        );
+        from_source += source;
+    }
+    ensure!(
+        from_source == staged,
+        "the source sent {from_source} bytes to beta for {staged} staged: every byte goes once"
+    );
+
+    // The follower restarts, applies the import entry and fetches its files from a peer.
+    world.cluster_mut("beta").start_node(down)?;
+    let applied = world
+        .rt
+        .block_on(world.cluster("beta").local_config(leader))?
+        .applied_index;
+    world.rt.block_on(
+        world
+            .cluster("beta")
+            .wait_applied(down, applied, MIGRATION_WAIT),
+    )?;
+    let log = std::fs::read_to_string(world.cluster("beta").log_path(down))?;
+    ensure!(
+        log.contains("fetched a staged file from a peer"),
+        "beta node {down} applied the import without fetching its files"
+    );
+    let (source, peers) = staged_bytes(world, "beta", down)?;
+    ensure!(
+        source == 0 && peers == staged,
+        "beta node {down} fetched {peers} bytes from its peers (and {source} from the source), \
+         not the {staged} staged"
+    );
+    one_owner(world, "app", "beta")?;
+    world.wait_active("beta:app", 1)?;
+    ensure!(workloads(&world.fleet, 1)? == before, "workloads changed");
+    Ok(())
+}
+
+/// A staged file whose bytes do not hash to its name is refused by the target with a clear
+/// error: the migration aborts naming the corrupt file, the target imports nothing and keeps
+/// no copy, and the source is unchanged.
+#[test]
+fn a_corrupt_staged_file_is_refused_and_nothing_is_imported() -> Result<()> {
+    let mut alpha = ClusterOptions::new("alpha", 1);
+    alpha.env = vec![(
+        "FAILPOINTS".into(),
+        "migration.source.stage-corrupt=return".into(),
+    )];
+    let beta = ClusterOptions::new("beta", 1);
+    World::run(vec![alpha, beta], corrupt_stream)
+}
+
+fn corrupt_stream(world: &mut World) -> Result<()> {
+    world.counter_model("alpha")?;
+    let digest = world.description_digest("alpha", "app")?;
+    world
+        .ctl
+        .run(&["migrate", "alpha:app", "beta", "--wait", "--timeout", "3m"])?;
+    let phase = world.wait_migration_end("alpha", "app")?;
+    ensure!(phase == "ABORTDONE", "the migration ended in {phase}");
+    let info = world.migration_status("alpha", "app")?;
+    let reason = info.abort_reason.clone().unwrap_or_default();
+    ensure!(
+        reason.contains("is corrupt") && reason.contains("hash to"),
+        "the abort reason does not say the staged file was corrupt: {reason:?}"
+    );
+    ensure!(
+        world.import_state("beta", &info.migration_id)?
+            == import_status_response::State::NotStarted,
+        "beta imported something"
+    );
+    let staging = world.cluster("beta").data_dir(1).join("state/staging");
+    let kept: Vec<String> = walk_files(&staging)?
+        .into_iter()
+        .filter(|name| name.len() == 64)
+        .collect();
+    ensure!(kept.is_empty(), "beta kept complete staged files: {kept:?}");
+    match world.show_model("beta", "app")? {
+        Err(status) if status.code() == Code::NotFound => {}
+        other => bail!("beta answers for the model: {other:?}"),
+    }
+    one_owner(world, "app", "alpha")?;
+    ensure!(
+        world.description_digest("alpha", "app")? == digest,
+        "the source model changed"
+    );
+    Ok(())
+}
+
+/// The names of the files under `dir` (none when it does not exist).
+fn walk_files(dir: &Path) -> Result<Vec<String>> {
+    let mut names = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(names);
+    };
+    for entry in entries {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            names.extend(walk_files(&entry.path())?);
+        } else {
+            names.push(entry.file_name().to_string_lossy().into_owned());
+        }
+    }
+    Ok(names)
 }
 
 /// `name=value` of a log line, as a number.
@@ -1259,7 +1431,8 @@ fn aborts(world: &mut World) -> Result<()> {
     );
     let aborted = aborted?;
     ensure!(aborted.code == 0, "abort-migration: {}", aborted.stderr);
-    ensure!(world.wait_migration_end("alpha", "app")? == "ABORTDONE");
+    let phase = world.wait_migration_end("alpha", "app")?;
+    ensure!(phase == "ABORTDONE", "the migration ended in {phase}");
     let info = world.migration_status("alpha", "app")?;
     ensure!(
         info.abort_reason

@@ -11,9 +11,29 @@ pub const MESSAGE_BYTES_MAX: usize = 16 * 1024 * 1024;
 /// restores at most this).
 pub const BLOB_BYTES_MAX: u64 = 256 * 1024 * 1024;
 
-/// Largest chunk of a blob upload, download or migration staging stream; blobs are also stored
-/// in pieces of at most this size.
+/// Largest chunk of a blob upload or download; blobs are also stored in pieces of at most this
+/// size.
 pub const BLOB_CHUNK_BYTES_MAX: usize = 1024 * 1024;
+
+/// Largest chunk of a migration's staged file (source to target node, node to node): a bulk
+/// stream, so bigger than a blob chunk, and well inside [`MESSAGE_BYTES_MAX`].
+pub const STAGE_CHUNK_BYTES_MAX: usize = 4 * 1024 * 1024;
+
+/// Largest model description a migration stages and imports.
+pub const DESCRIPTION_BYTES_MAX: u64 = 256 * 1024 * 1024;
+
+/// Largest file a migration stages: a charm archive or a model description.
+pub const STAGED_FILE_BYTES_MAX: u64 = if BLOB_BYTES_MAX > DESCRIPTION_BYTES_MAX {
+    BLOB_BYTES_MAX
+} else {
+    DESCRIPTION_BYTES_MAX
+};
+
+/// HTTP/2 flow-control windows of the connections that carry staged files (and of the server
+/// side of every node): a bulk stream should not wait for window updates every 64 KiB.
+pub const STAGE_STREAM_WINDOW_BYTES: u32 = 8 * 1024 * 1024;
+/// See [`STAGE_STREAM_WINDOW_BYTES`]; the whole connection's window.
+pub const STAGE_CONNECTION_WINDOW_BYTES: u32 = 16 * 1024 * 1024;
 
 /// Most status reports, and separately most log records, one agent `Report` carries: `agentd`
 /// batches its outbox to it, the controller refuses more, and so does the replicated

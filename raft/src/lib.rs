@@ -20,5 +20,5 @@ pub use handle::{
     StartError, LEADER_HANDOFF_LIMIT,
 };
 pub use network::{PeerChannels, PeerDialer};
-pub use service::{propose_error_status, RaftService};
+pub use service::{admit_peer, propose_error_status, RaftService};
 pub use type_config::{Node, NodeId, TypeConfig};

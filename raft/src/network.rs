@@ -17,6 +17,7 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
+use starling_proto::limits::{STAGE_CONNECTION_WINDOW_BYTES, STAGE_STREAM_WINDOW_BYTES};
 use starling_proto::raft as pb;
 use starling_proto::raft::raft_client::RaftClient;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
@@ -54,6 +55,9 @@ impl PeerDialer {
             .tls_config(self.tls.clone().domain_name(host.to_string()))?
             .connect_timeout(self.connect_timeout)
             .tcp_nodelay(true)
+            // Peers carry bulk streams (snapshots, staged files): no window update every 64 KiB.
+            .initial_stream_window_size(STAGE_STREAM_WINDOW_BYTES)
+            .initial_connection_window_size(STAGE_CONNECTION_WINDOW_BYTES)
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(Duration::from_secs(5));
         Ok(endpoint.connect_lazy())

@@ -29,25 +29,40 @@ impl RaftService {
             .max_encoding_message_size(crate::network::PEER_MESSAGE_BYTES_MAX)
     }
 
-    /// Refuses callers without a verified client certificate and requests for another controller.
     fn admit<T>(&self, request: &Request<T>, controller_uuid: &str) -> Result<(), Status> {
-        let has_node_certificate = request
-            .peer_certs()
-            .map(|certs| !certs.is_empty())
-            .unwrap_or(false);
-        if !has_node_certificate {
-            return Err(Status::unauthenticated(
-                "the raft service requires a node certificate of this controller",
-            ));
-        }
-        if controller_uuid != self.handle.controller_uuid() {
-            return Err(Status::permission_denied(format!(
-                "request for controller {controller_uuid} reached a node of controller {}",
-                self.handle.controller_uuid()
-            )));
-        }
-        Ok(())
+        admit_peer(
+            request,
+            self.handle.controller_uuid(),
+            controller_uuid,
+            "raft",
+        )
     }
+}
+
+/// Admits a call of another node of this controller (`service` names the service in the
+/// refusal): refuses callers without a verified client certificate (only nodes of this
+/// controller's CA have one) and requests naming another controller than `own_uuid`.
+pub fn admit_peer<T>(
+    request: &Request<T>,
+    own_uuid: &str,
+    controller_uuid: &str,
+    service: &str,
+) -> Result<(), Status> {
+    let has_node_certificate = request
+        .peer_certs()
+        .map(|certs| !certs.is_empty())
+        .unwrap_or(false);
+    if !has_node_certificate {
+        return Err(Status::unauthenticated(format!(
+            "the {service} service requires a node certificate of this controller"
+        )));
+    }
+    if controller_uuid != own_uuid {
+        return Err(Status::permission_denied(format!(
+            "request for controller {controller_uuid} reached a node of controller {own_uuid}"
+        )));
+    }
+    Ok(())
 }
 
 fn malformed(e: codec::CodecError) -> Status {

@@ -11,6 +11,7 @@ use starling_proto::raft as pb;
 
 use crate::keys;
 use crate::model::{controller_config, ErrorKind, ModelError};
+use crate::staging::{StagedFiles, StagingEvent};
 use crate::state::{KeyValues, Overlay, StateRead, WriteSet};
 use crate::StorageError;
 
@@ -76,6 +77,8 @@ pub fn error_result(code: cmd::command_error::Code, message: impl Into<String>) 
 pub struct ApplyBatch<'r, R: StateRead + ?Sized> {
     overlay: Overlay<'r, R>,
     limits: ApplyLimits,
+    staged: Option<&'r dyn StagedFiles>,
+    events: Vec<StagingEvent>,
 }
 
 impl<'r, R: StateRead + ?Sized> ApplyBatch<'r, R> {
@@ -84,7 +87,21 @@ impl<'r, R: StateRead + ?Sized> ApplyBatch<'r, R> {
         ApplyBatch {
             overlay: Overlay::new(base),
             limits,
+            staged: None,
+            events: Vec::new(),
         }
+    }
+
+    /// Reads the files of bulk imports from `staged`. Without it, applying such an import is a
+    /// storage failure.
+    pub fn with_staged_files(mut self, staged: &'r dyn StagedFiles) -> Self {
+        self.staged = Some(staged);
+        self
+    }
+
+    /// What the batch did to imports, for the staging area once the batch is durable.
+    pub fn staging_events(&self) -> &[StagingEvent] {
+        &self.events
     }
 
     /// Applies one command carried by the log entry at `log_index`. A command whose request id
@@ -131,7 +148,7 @@ impl<'r, R: StateRead + ?Sized> ApplyBatch<'r, R> {
                     .map_err(|e| StorageError::corrupt("state", &key, e));
             }
         }
-        let result = self.execute(command)?;
+        let result = self.execute(log_index, command)?;
         if !request_id.is_empty() {
             self.record_request(log_index, position, request_id, &result)?;
         }
@@ -161,7 +178,11 @@ impl<'r, R: StateRead + ?Sized> ApplyBatch<'r, R> {
         self.overlay.delete(key);
     }
 
-    fn execute(&mut self, command: &Command) -> Result<CommandResult, StorageError> {
+    fn execute(
+        &mut self,
+        log_index: u64,
+        command: &Command,
+    ) -> Result<CommandResult, StorageError> {
         use cmd::command::Op;
         use cmd::command_error::Code;
         match &command.op {
@@ -188,8 +209,14 @@ impl<'r, R: StateRead + ?Sized> ApplyBatch<'r, R> {
             }
             Some(op) => {
                 // Each model command runs in its own overlay: a refusal leaves the batch as it was.
-                let (result, writes) = models::apply_model_op(&self.overlay, command, op)?;
+                let context = models::ApplyContext {
+                    log_index,
+                    staged: self.staged,
+                };
+                let (result, writes, events) =
+                    models::apply_model_op(&self.overlay, command, op, &context)?;
                 self.overlay.extend(writes);
+                self.events.extend(events);
                 Ok(result)
             }
             None => Ok(error_result(

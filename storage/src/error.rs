@@ -61,6 +61,16 @@ pub enum StorageError {
         /// What was wrong.
         why: String,
     },
+    /// Applying an import needs a staged file this node does not have and could not get.
+    #[error("staged file {digest} of migration {migration_id} is not available: {why}")]
+    StagedFileMissing {
+        /// The migration.
+        migration_id: String,
+        /// The file's sha256.
+        digest: String,
+        /// Why not (where it was looked for).
+        why: String,
+    },
     /// Snapshot bytes that do not decode to a valid state image; nothing was changed.
     #[error("malformed snapshot: {why}")]
     MalformedSnapshot {

@@ -12,6 +12,7 @@ pub mod mem;
 pub mod migration;
 pub mod model;
 pub mod records;
+pub mod staging;
 pub mod state;
 pub mod store;
 

@@ -9,8 +9,9 @@ use starling_proto::migration as mpb;
 use starling_proto::model::{BackupRecord, CharmMeta, LogRecord};
 use starling_storage::migration::{latest_migration, read_import, read_lock, read_redirect};
 use starling_storage::model::charm::parse_metadata;
+use starling_storage::staging::StagingEvent;
 use starling_storage::{
-    description_digest, export::description_bytes, keys, StateBackend, StateRead,
+    description_digest, export::description_bytes, keys, StateBackend, StateRead, StorageError,
 };
 
 mod support;
@@ -108,18 +109,24 @@ fn fact(id: &str, fact: cmd::migration_progress::Fact) -> Op {
     })
 }
 
-/// Stages the source's description (and the charm) on `target` and imports it for `id`.
-fn import(target: &mut Harness, source: &Harness, id: &str) {
-    upload(target, CHARM);
-    let digest = upload(target, &description_bytes(&source.description()));
-    target.ok(Op::ImportModel(cmd::ImportModel {
+/// The import of `id` from `files` (the description first) staged on the target.
+fn import_op(id: &str, files: Vec<mpb::StagedFile>) -> Op {
+    Op::ImportModel(cmd::ImportModel {
         migration_id: id.into(),
-        description_digest: digest,
+        description_digest: files[0].digest.clone(),
         source: Some(mpb::SourceController {
             name: "alpha".into(),
             ..Default::default()
         }),
-    }));
+        staged: files,
+    })
+}
+
+/// Stages the source's description and the charm on `target` and imports it for `id`.
+fn import(target: &mut Harness, source: &Harness, id: &str) {
+    let description = target.stage(id, &description_bytes(&source.description()));
+    let charm = target.stage(id, CHARM);
+    target.ok(import_op(id, vec![description, charm]));
 }
 
 fn model_keys(h: &Harness) -> usize {
@@ -298,15 +305,8 @@ fn activate_is_acknowledged_after_the_model_left_the_target() {
         Code::FailedPrecondition,
     );
     // An Import of the attempt that activated it (or an older one) is a late replay: refused.
-    let digest = upload(&mut target, &description_bytes(&source.description()));
-    target.refused(
-        Op::ImportModel(cmd::ImportModel {
-            migration_id: id.clone(),
-            description_digest: digest,
-            source: None,
-        }),
-        Code::NotFound,
-    );
+    let description = target.stage(&id, &description_bytes(&source.description()));
+    target.refused(import_op(&id, vec![description]), Code::NotFound);
 }
 
 #[test]
@@ -551,15 +551,8 @@ fn drop_import_removes_only_its_own_attempt_and_a_newer_attempt_replaces_a_lefto
     assert!(!late.dropped);
     assert!(read_import(&target.store, UUID).unwrap().is_some());
     // An Import of the older attempt is refused now.
-    let stale = upload(&mut target, &description_bytes(&source.description()));
-    target.refused(
-        Op::ImportModel(cmd::ImportModel {
-            migration_id: first,
-            description_digest: stale,
-            source: None,
-        }),
-        Code::NotFound,
-    );
+    let stale = target.stage(&first, &description_bytes(&source.description()));
+    target.refused(import_op(&first, vec![stale]), Code::NotFound);
     let dropped = target.ok(Op::DropImport(cmd::DropImport {
         migration_id: second,
         reason: "aborted".into(),
@@ -571,40 +564,128 @@ fn drop_import_removes_only_its_own_attempt_and_a_newer_attempt_replaces_a_lefto
 
 #[test]
 fn a_corrupt_or_foreign_description_is_refused_and_imports_nothing() {
+    let id = format!("{UUID}:1");
     let mut target = Harness::new();
-    let junk = upload(&mut target, b"not a description at all \xff\xff\xff");
-    let message = target.refused(
-        Op::ImportModel(cmd::ImportModel {
-            migration_id: format!("{UUID}:1"),
-            description_digest: junk,
-            source: None,
-        }),
-        Code::InvalidArgument,
-    );
+    let junk = target.stage(&id, b"not a description at all \xff\xff\xff");
+    let message = target.refused(import_op(&id, vec![junk]), Code::InvalidArgument);
     assert!(message.contains("description"), "{message}");
     // A description of another model than the migration names.
     let source = source();
     let mut description = source.description();
     description.model.as_mut().unwrap().uuid = "0b5f6d2e-1c3a-4e4f-9a7b-000000000000".into();
-    upload(&mut target, CHARM);
-    let other = upload(&mut target, &description.encode_to_vec());
-    target.refused(
-        Op::ImportModel(cmd::ImportModel {
-            migration_id: format!("{UUID}:1"),
-            description_digest: other,
-            source: None,
-        }),
-        Code::InvalidArgument,
-    );
-    // Missing charm blob.
+    let other = target.stage(&id, &description.encode_to_vec());
+    let charm = target.stage(&id, CHARM);
+    target.refused(import_op(&id, vec![other, charm]), Code::InvalidArgument);
+    // A charm neither on the target nor among the staged files.
     let mut bare = Harness::new();
-    let digest = upload(&mut bare, &description_bytes(&source.description()));
-    bare.refused(
-        Op::ImportModel(cmd::ImportModel {
-            migration_id: format!("{UUID}:1"),
-            description_digest: digest,
-            source: None,
-        }),
-        Code::NotFound,
+    let description = bare.stage(&id, &description_bytes(&source.description()));
+    bare.refused(import_op(&id, vec![description]), Code::NotFound);
+    // A description that is not among the staged files.
+    let charm = bare.stage(&id, CHARM);
+    let mut op = import_op(&id, vec![charm]);
+    if let Op::ImportModel(import) = &mut op {
+        import.description_digest = digest_of(b"elsewhere");
+    }
+    let message = bare.refused(op, Code::InvalidArgument);
+    assert!(message.contains("not among the staged files"), "{message}");
+}
+
+#[test]
+fn a_bulk_import_reads_its_files_from_the_staging_area_and_keeps_charms_as_blobs() {
+    let source = source();
+    let id = format!("{UUID}:1");
+    let mut target = Harness::new();
+    let bytes = description_bytes(&source.description());
+    let description = target.stage(&id, &bytes);
+    let charm = target.stage(&id, CHARM);
+    target.ok(import_op(&id, vec![description.clone(), charm.clone()]));
+    let index = target.index;
+    // The charm is a blob of the target's state now, byte for byte.
+    let blob = starling_storage::records::read_blob(&target.store, &charm.digest)
+        .unwrap()
+        .expect("the charm is a blob");
+    assert_eq!(blob.size, CHARM.len() as u64);
+    let stored =
+        starling_storage::records::read_blob_range(&target.store, &blob, 0, 1 << 20).unwrap();
+    assert_eq!(stored, CHARM);
+    assert_eq!(
+        read_import(&target.store, UUID)
+            .unwrap()
+            .unwrap()
+            .record_count as usize,
+        model_keys(&target) + 1, // the name index is outside the model's keys
     );
+    // The staging area hears that the files were consumed, by which entry.
+    assert_eq!(
+        target.staging_events,
+        vec![StagingEvent::Consumed {
+            migration_id: id.clone(),
+            index,
+            description_digest: description.digest.clone(),
+        }]
+    );
+    assert_eq!(target.staging.dirs().unwrap()[0].consumed_at, Some(index));
+    // Activating it ends the import: the staging area is told.
+    target.ok(Op::ActivateModel(cmd::ActivateModel {
+        migration_id: id.clone(),
+    }));
+    assert_eq!(
+        target.staging_events.last(),
+        Some(&StagingEvent::Ended { migration_id: id })
+    );
+}
+
+#[test]
+fn a_charm_the_target_holds_is_not_needed_among_the_staged_files() {
+    let source = source();
+    let id = format!("{UUID}:1");
+    let mut target = Harness::new();
+    upload(&mut target, CHARM);
+    let description = target.stage(&id, &description_bytes(&source.description()));
+    target.ok(import_op(&id, vec![description]));
+    assert!(read_import(&target.store, UUID).unwrap().is_some());
+}
+
+#[test]
+fn a_node_without_the_staged_files_cannot_apply_the_import_and_changes_nothing() {
+    let source = source();
+    let id = format!("{UUID}:1");
+    // Staged on another node; this one never received them.
+    let mut elsewhere = Harness::new();
+    let description = elsewhere.stage(&id, &description_bytes(&source.description()));
+    let charm = elsewhere.stage(&id, CHARM);
+    let mut target = Harness::new();
+    let before = target.store.export_state().unwrap().entries;
+    match target.try_apply(import_op(&id, vec![description, charm])) {
+        Err(StorageError::StagedFileMissing {
+            migration_id,
+            digest,
+            ..
+        }) => {
+            assert_eq!(migration_id, id);
+            assert_eq!(digest.len(), 64);
+        }
+        other => panic!("expected a storage failure, got {other:?}"),
+    }
+    assert_eq!(target.store.export_state().unwrap().entries, before);
+}
+
+#[test]
+fn an_import_entry_of_an_earlier_version_still_applies_from_a_blob() {
+    let source = source();
+    let mut target = Harness::new();
+    upload(&mut target, CHARM);
+    let digest = upload(&mut target, &description_bytes(&source.description()));
+    target.ok(Op::ImportModel(cmd::ImportModel {
+        migration_id: format!("{UUID}:1"),
+        description_digest: digest.clone(),
+        source: None,
+        staged: Vec::new(),
+    }));
+    assert!(read_import(&target.store, UUID).unwrap().is_some());
+    // The description blob served its purpose and is gone.
+    assert!(starling_storage::records::read_blob(&target.store, &digest)
+        .unwrap()
+        .is_none());
+    assert!(target.staging_events.is_empty());
 }

@@ -7,6 +7,7 @@ use starling_raft::RaftHandle;
 
 use crate::identity::NodeIdentity;
 use crate::load::LoadBoard;
+use crate::staging::NodeStaging;
 
 /// What the master on this node knows about a migration's progress that is not persisted:
 /// bytes streamed and the current activity, for `ctl migrate --wait` and `ctl status`.
@@ -20,6 +21,11 @@ pub struct LiveProgress {
     pub bytes_total: u64,
     /// Records in the description.
     pub records_total: u64,
+    /// The last staging and import: milliseconds from the first staged byte to the import's
+    /// commit, and the bytes staged (description and charms).
+    pub import_ms: u64,
+    /// See `import_ms`.
+    pub import_bytes: u64,
     /// Machines whose agents must report.
     pub agents_total: u64,
 }
@@ -66,6 +72,8 @@ pub struct NodeContext {
     pub bootstrap_users: Vec<String>,
     /// Per-model load as this node measures it.
     pub load: LoadBoard,
+    /// The node's staging area for bulk imports.
+    pub staging: NodeStaging,
 }
 
 impl NodeContext {

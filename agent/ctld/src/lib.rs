@@ -6,7 +6,8 @@
 //! Layers, bottom up (`scripts/check.sh` refuses an import cycle between these modules):
 //! - node files and trust: `identity` (the data dir), `pki`, `auth`, `init` (`ctld init`);
 //! - `plumbing`: what every service uses and which imports none of them (clock, errors as
-//!   statuses, propose-and-wait, blobs); `load`: per-model load measured where it happens;
+//!   statuses, propose-and-wait, blobs, failpoints); `load`: per-model load measured where it
+//!   happens; `staging`: the node's staging area for bulk imports and the `Staging` peer service;
 //!   `context`: the `NodeContext` every service is built from;
 //! - `presence`: agents' heartbeats, renewed as one replicated record per node;
 //! - `migration`: the master, the target's peer service, prechecks, leftovers, the peer client;
@@ -26,3 +27,4 @@ pub mod node;
 pub mod pki;
 pub mod plumbing;
 pub mod presence;
+pub mod staging;

@@ -22,12 +22,16 @@ use crate::context::{NodeContext, ProgressBoard};
 use crate::http;
 use crate::identity::DataDir;
 use crate::load::LoadBoard;
-use crate::migration::leftovers::run_sweeper;
+use crate::migration::leftovers::{run_staging_sweeper, run_sweeper};
 use crate::migration::master::run_masters;
 use crate::migration::service::MigrationService;
 use crate::pki::{self, CertKeyPem};
 use crate::plumbing::now_unix_ms;
 use crate::presence::{run_presence, PresenceTable};
+use crate::staging::service::StagingService;
+use crate::staging::NodeStaging;
+use starling_proto::limits::{STAGE_CONNECTION_WINDOW_BYTES, STAGE_STREAM_WINDOW_BYTES};
+use starling_storage::staging::StagingArea;
 
 /// What `ctld run` was asked to do.
 #[derive(Clone, Debug)]
@@ -129,6 +133,13 @@ pub async fn run(
                     data_dir.root().display()
                 )
             })?;
+    let staging_dir = data_dir.state().join("staging");
+    let staging = NodeStaging::new(
+        StagingArea::open(&staging_dir)
+            .map_err(|e| anyhow::anyhow!("{e}"))
+            .with_context(|| format!("cannot open the staging area {}", staging_dir.display()))?,
+    );
+    let state_machine = state_machine.with_staged_files(staging.as_staged_files());
 
     // Counted from the first command applied after the start.
     let load = LoadBoard::new(data_dir.root());
@@ -156,6 +167,7 @@ pub async fn run(
     let handle = RaftHandle::start(raft_options, log_store, state_machine, state)
         .await
         .context("cannot start raft")?;
+    staging.set_handle(handle.clone());
 
     handle.set_load_source(std::sync::Arc::new({
         let load = load.clone();
@@ -178,6 +190,7 @@ pub async fn run(
         progress: ProgressBoard::default(),
         bootstrap_users: auth_file.users.iter().map(|u| u.name.clone()).collect(),
         load,
+        staging: staging.clone(),
     };
     let migration_service = MigrationService::new(
         ctx.clone(),
@@ -186,6 +199,7 @@ pub async fn run(
     .into_server();
     let masters_task = tokio::spawn(run_masters(ctx.clone(), stop.clone()));
     let sweeper_task = tokio::spawn(run_sweeper(ctx.clone(), stop.clone()));
+    let staging_sweeper_task = tokio::spawn(run_staging_sweeper(ctx.clone(), stop.clone()));
     let controller = ClientApi::new(ctx.clone(), auth_file, ca.clone()).into_server();
     // Agents' watch streams end on `stop`, so the server's graceful shutdown is not held up.
     let presence = std::sync::Arc::new(PresenceTable::new());
@@ -194,7 +208,11 @@ pub async fn run(
     let grpc = tonic::transport::Server::builder()
         .tls_config(pki::server_tls(&ca.cert, &node_cert))
         .context("invalid TLS configuration")?
+        // Staged files and snapshots stream in bulk: no window update every 64 KiB.
+        .initial_stream_window_size(STAGE_STREAM_WINDOW_BYTES)
+        .initial_connection_window_size(STAGE_CONNECTION_WINDOW_BYTES)
         .add_service(RaftService::new(handle.clone()).into_server())
+        .add_service(StagingService::new(staging.clone()).into_server())
         .add_service(controller)
         .add_service(agents)
         .add_service(migration_service)
@@ -274,6 +292,7 @@ pub async fn run(
     for (name, task) in [
         ("migration master", masters_task),
         ("import sweeper", sweeper_task),
+        ("staging sweeper", staging_sweeper_task),
     ] {
         if let Err(e) = task.await {
             warn!(error = %e, "{name} task failed");

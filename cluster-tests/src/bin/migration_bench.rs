@@ -29,6 +29,7 @@ use starling_proto::controller::{
     AddMachineRequest, AddModelRequest, AddUnitRequest, CharmChunk, DeployRequest, MigrateRequest,
     MigrationStatusRequest, ModelRef, SetControllerConfigRequest, SetModelConfigRequest,
 };
+use starling_proto::limits::BLOB_CHUNK_BYTES_MAX;
 use starling_proto::migration::TargetController;
 use tokio::task::JoinSet;
 
@@ -53,6 +54,9 @@ struct Args {
     /// Seconds allowed for each step (setup, agents, the migration).
     #[arg(long, default_value_t = 600)]
     step_timeout: u64,
+    /// MiB of incompressible payload in the charm (the target lacks it, so it is staged too).
+    #[arg(long, default_value_t = 0)]
+    charm_mib: usize,
 }
 
 const UNITS_PER_CALL: usize = 1000;
@@ -64,8 +68,9 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// A tar.gz holding a charm whose workload does nothing (the agents are simulated).
-fn charm_archive() -> Result<Vec<u8>> {
+/// A tar.gz holding a charm whose workload does nothing (the agents are simulated), with
+/// `payload_mib` MiB of pseudo-random bytes beside its metadata.
+fn charm_archive(payload_mib: usize) -> Result<Vec<u8>> {
     let metadata =
         b"name: idle\nsummary: does nothing (migration benchmark)\ncommand: sleep 3600\n";
     let mut tar = tar::Builder::new(flate2::write::GzEncoder::new(
@@ -77,7 +82,25 @@ fn charm_archive() -> Result<Vec<u8>> {
     header.set_mode(0o644);
     header.set_cksum();
     tar.append_data(&mut header, "metadata.yaml", &metadata[..])?;
-    Ok(tar.into_inner()?.finish()?)
+    if payload_mib > 0 {
+        // xorshift64: incompressible, and the same archive every run.
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let payload: Vec<u8> = (0..payload_mib * 1024 * 1024 / 8)
+            .flat_map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x.to_le_bytes()
+            })
+            .collect();
+        let mut header = tar::Header::new_gnu();
+        header.set_size(payload.len() as u64);
+        header.set_mode(0o644);
+        header.set_cksum();
+        tar.append_data(&mut header, "payload.bin", &payload[..])?;
+    }
+    let gz = tar.into_inner()?;
+    Ok(gz.finish()?)
 }
 
 async fn admin(registration: &Registration) -> Result<AuthedControllerClient> {
@@ -200,15 +223,20 @@ async fn main() -> Result<()> {
     }
     configs.sort_by_key(|c| c.machine_id.parse::<u64>().unwrap_or(0));
 
-    let archive = charm_archive()?;
+    let archive = charm_archive(args.charm_mib)?;
     let digest = hex::encode(Sha256::digest(&archive));
-    let chunk = CharmChunk {
-        digest: digest.clone(),
-        size: archive.len() as u64,
-        offset: 0,
-        data: archive,
-    };
-    src.upload_charm(futures::stream::iter(vec![chunk]))
+    let size = archive.len() as u64;
+    let chunks: Vec<CharmChunk> = archive
+        .chunks(BLOB_CHUNK_BYTES_MAX)
+        .enumerate()
+        .map(|(i, data)| CharmChunk {
+            digest: digest.clone(),
+            size,
+            offset: (i * BLOB_CHUNK_BYTES_MAX) as u64,
+            data: data.to_vec(),
+        })
+        .collect();
+    src.upload_charm(futures::stream::iter(chunks))
         .await
         .context("uploading the charm")?;
     let placement: Vec<String> = (0..args.units)
@@ -299,6 +327,8 @@ async fn main() -> Result<()> {
     let id = started.migration_id;
     let deadline = Instant::now() + step_timeout;
     let (mut bytes, mut records) = (0u64, 0u64);
+    // What the master measured: first staged byte to the import's commit, and the bytes staged.
+    let (mut staged_ms, mut staged_bytes) = (0u64, 0u64);
     let info = loop {
         ensure!(
             Instant::now() < deadline,
@@ -321,6 +351,9 @@ async fn main() -> Result<()> {
                 let info = info.into_inner();
                 bytes = bytes.max(info.bytes_total);
                 records = records.max(info.records_total);
+                if info.import_ms > 0 {
+                    (staged_ms, staged_bytes) = (info.import_ms, info.import_bytes);
+                }
             }
         }
         let info = src
@@ -428,6 +461,14 @@ async fn main() -> Result<()> {
         mb / import_secs,
         records as f64 / import_secs
     )?;
+    let staged_secs = (staged_ms as f64 / 1000.0).max(0.001);
+    let staged_mb = staged_bytes as f64 / (1024.0 * 1024.0);
+    writeln!(
+        out,
+        "staging + import commit    {staged_mb:.2} MB in {staged_ms} ms: {:.2} MB/s, {:.0} records/s",
+        staged_mb / staged_secs,
+        records as f64 / staged_secs
+    )?;
     writeln!(
         out,
         "agents on the target       {switched}/{} after {} ms from SUCCESS",
@@ -457,6 +498,11 @@ async fn main() -> Result<()> {
             "records": records,
             "import_mb_per_s": mb / import_secs,
             "import_records_per_s": records as f64 / import_secs,
+            "charm_mib": args.charm_mib,
+            "staged_bytes": staged_bytes,
+            "staged_import_ms": staged_ms,
+            "staged_import_mb_per_s": staged_mb / staged_secs,
+            "staged_import_records_per_s": records as f64 / staged_secs,
             "agents_switched": switched,
             "agents_all_on_target_ms_after_success": agents_ms,
             "setup_secs": setup_secs,

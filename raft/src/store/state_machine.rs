@@ -11,6 +11,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{AnyError, EntryPayload, OptionalSend, RaftSnapshotBuilder, StorageIOError};
+use starling_storage::staging::StagedFiles;
 use starling_storage::{
     ApplyBatch, ApplyLimits, StateBackend, StateImage, StorageError as BackendError,
 };
@@ -36,6 +37,7 @@ pub struct StateMachine<B> {
     observers: Arc<ApplyObservers>,
     limits: ApplyLimits,
     timeline: Arc<WriteTimeline>,
+    staged: Option<Arc<dyn StagedFiles>>,
 }
 
 /// Builds a snapshot from a copy of the state taken while no apply could run.
@@ -61,7 +63,14 @@ impl<B: StateBackend> StateMachine<B> {
             observers,
             limits: ApplyLimits::default(),
             timeline,
+            staged: None,
         }
+    }
+
+    /// Reads the files of bulk imports from `staged` (the node's staging area).
+    pub fn with_staged_files(mut self, staged: Arc<dyn StagedFiles>) -> Self {
+        self.staged = Some(staged);
+        self
     }
 
     /// Overrides the apply bounds (tests use small ones).
@@ -80,9 +89,13 @@ fn applies(
     gate: &CommitGate,
     observers: &ApplyObservers,
     limits: ApplyLimits,
+    staged: Option<&dyn StagedFiles>,
     entries: &[Entry],
 ) -> Result<Vec<Response>, BackendError> {
     let mut batch = ApplyBatch::new(backend, limits);
+    if let Some(staged) = staged {
+        batch = batch.with_staged_files(staged);
+    }
     let mut responses = Vec::with_capacity(entries.len());
     for entry in entries {
         let response = match &entry.payload {
@@ -104,6 +117,7 @@ fn applies(
     if let Some(last) = entries.last() {
         batch.set_last_applied(&codec::log_id_to_pb(&last.log_id));
     }
+    let events = batch.staging_events().to_vec();
     let writes = batch.into_writes();
     gate.commit(|| backend.state_commit(writes))?;
     for (entry, response) in entries.iter().zip(&responses) {
@@ -118,6 +132,9 @@ fn applies(
             }
             _ => {}
         }
+    }
+    if let Some(staged) = staged.filter(|_| !events.is_empty()) {
+        staged.committed(&events);
     }
     Ok(responses)
 }
@@ -198,9 +215,19 @@ impl<B: StateBackend> RaftStateMachine<TypeConfig> for StateMachine<B> {
         let gate = self.gate.clone();
         let observers = self.observers.clone();
         let limits = self.limits;
-        let responses = blocking(move || applies(&backend, &gate, &observers, limits, &entries))
-            .await
-            .map_err(|e| StorageIOError::apply(last, e))?;
+        let staged = self.staged.clone();
+        let responses = blocking(move || {
+            applies(
+                &backend,
+                &gate,
+                &observers,
+                limits,
+                staged.as_deref(),
+                &entries,
+            )
+        })
+        .await
+        .map_err(|e| StorageIOError::apply(last, e))?;
         self.timeline.mark(first, last.index, Mark::ApplyEnd);
         self.applied_index.store(last.index, Ordering::Release);
         Ok(responses)

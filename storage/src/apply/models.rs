@@ -16,6 +16,7 @@ use crate::model::deployment::{self};
 use crate::model::names::{self, Entity};
 use crate::model::{access, ModelError};
 use crate::records;
+use crate::staging::{StagedFiles, StagingEvent};
 use crate::state::{read_effective_config, Overlay, StateRead, WriteSet};
 use crate::StorageError;
 
@@ -59,19 +60,29 @@ impl From<StorageError> for Refusal {
 
 type Outcome = Result<cmd::Ok, Refusal>;
 
-/// Applies one model command over `base`: its result and the writes to keep.
+/// Where a command is applied: its log entry, and the staged files of bulk imports.
+pub(super) struct ApplyContext<'s> {
+    pub(super) log_index: u64,
+    pub(super) staged: Option<&'s dyn StagedFiles>,
+}
+
+/// Applies one model command over `base`: its result, the writes to keep and what it did to
+/// imports (for the staging area).
 pub(super) fn apply_model_op<R: StateRead + ?Sized>(
     base: &R,
     command: &Command,
     op: &Op,
-) -> Result<(CommandResult, WriteSet), StorageError> {
+    context: &ApplyContext<'_>,
+) -> Result<(CommandResult, WriteSet, Vec<StagingEvent>), StorageError> {
     if let Some(applied) = crate::backup::apply_backup_op(base, command, op) {
-        return applied;
+        return applied.map(|(result, writes)| (result, writes, Vec::new()));
     }
     let mut tx = Tx {
         state: Overlay::new(base),
         now_ms: command.proposed_unix_ms,
         caller: &command.caller,
+        context,
+        events: Vec::new(),
     };
     let outcome = match op {
         Op::SetControllerConfig(_) => unreachable!("applied by ApplyBatch::execute"),
@@ -109,9 +120,11 @@ pub(super) fn apply_model_op<R: StateRead + ?Sized>(
         }
     };
     match outcome {
-        Ok(ok) => Ok((ok_result_with(ok), tx.state.into_writes())),
-        Err(Refusal::Rule(e)) => Ok((model_error_result(&e), WriteSet::new())),
-        Err(Refusal::RuleKeepingWrites(e)) => Ok((model_error_result(&e), tx.state.into_writes())),
+        Ok(ok) => Ok((ok_result_with(ok), tx.state.into_writes(), tx.events)),
+        Err(Refusal::Rule(e)) => Ok((model_error_result(&e), WriteSet::new(), Vec::new())),
+        Err(Refusal::RuleKeepingWrites(e)) => {
+            Ok((model_error_result(&e), tx.state.into_writes(), Vec::new()))
+        }
         Err(Refusal::Storage(e)) => Err(e),
     }
 }
@@ -129,6 +142,8 @@ struct Tx<'r, 'c, R: StateRead + ?Sized> {
     state: Overlay<'r, R>,
     now_ms: i64,
     caller: &'c str,
+    context: &'c ApplyContext<'c>,
+    events: Vec<StagingEvent>,
 }
 
 impl<R: StateRead + ?Sized> Tx<'_, '_, R> {

@@ -11,8 +11,7 @@ use super::ErrorKind;
 
 pub use starling_proto::phase::Phase;
 
-/// Largest model description a target imports.
-pub const DESCRIPTION_BYTES_MAX: u64 = 256 * 1024 * 1024;
+pub use starling_proto::limits::DESCRIPTION_BYTES_MAX;
 
 /// What a transition does to the model itself, in the same atomic write as the record's new
 /// phase. The apply layer must commit both together or neither.

@@ -3,10 +3,16 @@
 
 #![allow(dead_code)]
 
+use std::sync::Arc;
+
 use sha2::{Digest, Sha256};
 use starling_proto::command::{self as cmd, command::Op, command_error::Code, Command};
+use starling_proto::migration::StagedFile;
 use starling_proto::model::ModelDescription;
-use starling_storage::{export_model, ApplyBatch, ApplyLimits, MemStore, StateBackend};
+use starling_storage::staging::{StagedFiles, StagingArea, StagingEvent};
+use starling_storage::{
+    export_model, ApplyBatch, ApplyLimits, MemStore, StateBackend, StorageError,
+};
 
 pub const UUID: &str = "0b5f6d2e-1c3a-4e4f-9a7b-2d3c4e5f6a7b";
 pub const NOW: i64 = 1_700_000_000_000;
@@ -14,17 +20,27 @@ pub const NOW: i64 = 1_700_000_000_000;
 pub struct Harness {
     pub store: MemStore,
     pub index: u64,
+    /// The node's staging area (bulk imports read their files from it).
+    pub staging: Arc<StagingArea>,
+    /// What applied batches told the staging area.
+    pub staging_events: Vec<StagingEvent>,
+    _dir: tempfile::TempDir,
 }
 
 impl Harness {
     pub fn new() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
         Harness {
             store: MemStore::new(),
             index: 0,
+            staging: StagingArea::open(&dir.path().join("staging")).expect("staging area"),
+            staging_events: Vec::new(),
+            _dir: dir,
         }
     }
 
-    pub fn apply(&mut self, op: Op) -> cmd::command_result::Result {
+    /// Applies `op` in its own batch; a storage failure (a staged file missing) is the error.
+    pub fn try_apply(&mut self, op: Op) -> Result<cmd::command_result::Result, StorageError> {
         self.index += 1;
         let command = Command {
             request_id: String::new(),
@@ -32,12 +48,36 @@ impl Harness {
             proposed_unix_ms: NOW + self.index as i64,
             caller: "alice".into(),
         };
-        let mut batch = ApplyBatch::new(&self.store, ApplyLimits::default());
-        let result = batch.apply_command(self.index, &command).expect("applies");
+        let staging = self.staging.clone();
+        let mut batch = ApplyBatch::new(&self.store, ApplyLimits::default())
+            .with_staged_files(staging.as_ref());
+        let result = batch.apply_command(self.index, &command)?;
+        let events = batch.staging_events().to_vec();
         self.store
             .state_commit(batch.into_writes())
             .expect("commits");
-        result.result.expect("has a result")
+        staging.committed(&events);
+        self.staging_events.extend(events);
+        Ok(result.result.expect("has a result"))
+    }
+
+    pub fn apply(&mut self, op: Op) -> cmd::command_result::Result {
+        self.try_apply(op).expect("applies")
+    }
+
+    /// Puts `bytes` in the staging area as a complete file of migration `id`.
+    pub fn stage(&mut self, id: &str, bytes: &[u8]) -> StagedFile {
+        let digest = digest_of(bytes);
+        let mut receiver = self
+            .staging
+            .receive(id, &digest, bytes.len() as u64)
+            .expect("receives");
+        receiver.write(0, bytes).expect("writes");
+        assert!(receiver.is_complete());
+        StagedFile {
+            digest,
+            size: bytes.len() as u64,
+        }
     }
 
     #[track_caller]

@@ -319,6 +319,13 @@ pub fn status(ctx: &NodeContext, uuid: &str, name: &str) -> Result<pb::Migration
         bytes_sent: live.bytes_sent,
         bytes_total: live.bytes_total,
         records_total: live.records_total,
+        import_ms: live.import_ms,
+        import_bytes: live.import_bytes,
+        import_records: if live.import_ms > 0 {
+            live.records_total
+        } else {
+            0
+        },
         agents_total: live.agents_total.max(machines),
         agents_acked: record.agents_acked.len() as u64,
         agents_validated: record.agents_validated.len() as u64,

@@ -2,11 +2,13 @@
 //! block every retry). On the leader, every import idle for `migration-leftover-idle` (default
 //! 5m) is asked about at its source (`SourceStatus`, authenticated with the secret the source
 //! handed over), and dropped only when the source answers that it aborted the migration or has
-//! no record of it. Silence never drops an import: the source may have committed SUCCESS.
+//! no record of it. Silence never drops an import: the source may have committed SUCCESS. The
+//! same question decides about files staged for an import that was never made.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use prost::Message;
 use starling_proto::command::{command, Command, DropImport};
 use starling_proto::migration as pb;
 use starling_storage::migration as stored;
@@ -72,7 +74,11 @@ pub async fn run_sweeper(ctx: NodeContext, stop: CancellationToken) {
             match target_leftover_decision(&held, answers.get(&import.migration_id), now, &limits) {
                 TargetAction::Keep { .. } => {}
                 TargetAction::AskSource => {
-                    let answer = ask_source(&import).await;
+                    let answer = ask_source(
+                        &import.migration_id,
+                        import.source.clone().unwrap_or_default(),
+                    )
+                    .await;
                     info!(migration = %import.migration_id, ?answer, "asked the source about an idle import");
                     answers.insert(
                         import.migration_id.clone(),
@@ -99,9 +105,51 @@ pub async fn run_sweeper(ctx: NodeContext, stop: CancellationToken) {
     }
 }
 
-async fn ask_source(import: &pb::ImportRecord) -> SourceAnswer {
+/// Runs until `stop`, on every node: cleans up the node's staging area at start and then
+/// periodically (`NodeStaging::sweep`), and deletes files staged for an import nobody made once
+/// they have been idle for `migration-leftover-idle` and their source answers that it aborted
+/// the migration or has no record of it.
+pub async fn run_staging_sweeper(ctx: NodeContext, stop: CancellationToken) {
+    loop {
+        let idle = Duration::from_millis(limits(&ctx).idle_before_asking_ms);
+        for dir in ctx.staging.sweep(idle) {
+            let id = dir.migration_id.to_string();
+            let source = ctx
+                .staging
+                .area()
+                .source(&id)
+                .ok()
+                .flatten()
+                .and_then(|bytes| pb::SourceController::decode(bytes.as_slice()).ok());
+            let Some(source) = source else {
+                // Nobody to ask: files that came without a source are dropped once idle.
+                if let Err(e) = ctx
+                    .staging
+                    .remove(&dir.migration_id, "idle, with no source recorded")
+                {
+                    warn!(migration = %id, error = %e, "cannot delete staged files");
+                }
+                continue;
+            };
+            let answer = ask_source(&id, source).await;
+            if matches!(answer, SourceAnswer::Aborted { .. } | SourceAnswer::Unknown) {
+                if let Err(e) = ctx.staging.remove(
+                    &dir.migration_id,
+                    &format!("idle, and the source answered {answer:?}"),
+                ) {
+                    warn!(migration = %id, error = %e, "cannot delete staged files");
+                }
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(SWEEP_INTERVAL_MAX) => {}
+        }
+    }
+}
+
+async fn ask_source(migration_id: &str, source: pb::SourceController) -> SourceAnswer {
     use pb::source_status_response::Answer;
-    let source = import.source.clone().unwrap_or_default();
     let Ok(peer) = Peer::new(
         &source.endpoints,
         &source.ca_cert,
@@ -111,7 +159,7 @@ async fn ask_source(import: &pb::ImportRecord) -> SourceAnswer {
         return SourceAnswer::Unreachable;
     };
     let request = pb::SourceStatusRequest {
-        migration_id: import.migration_id.clone(),
+        migration_id: migration_id.to_owned(),
     };
     let answer = peer
         .call(|mut c| {

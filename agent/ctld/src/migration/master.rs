@@ -5,7 +5,8 @@
 //! resumes from the persisted phase; every step is idempotent on the migration id.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use starling_proto::command::{
     command, migration_progress::Fact, AgentValidation, Command, MigrationProgress,
@@ -25,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::peer::{retryable, Peer};
-use super::{failpoint, failpoint_value, prechecks};
+use super::{failpoint, failpoint_value, prechecks, stager};
 use crate::context::NodeContext;
 use crate::plumbing::now_unix_ms;
 
@@ -33,8 +34,6 @@ use crate::plumbing::now_unix_ms;
 const SCAN_INTERVAL: Duration = Duration::from_millis(300);
 /// Longest sleep of a waiting driver before it re-reads the record (abort requests, agents).
 const POLL_INTERVAL: Duration = Duration::from_millis(300);
-/// Bytes per staged chunk.
-const STAGE_CHUNK_BYTES: usize = 1024 * 1024;
 /// Log records per transfer call.
 const LOG_BATCH: usize = 500;
 /// Deadline of one call to the target.
@@ -498,8 +497,8 @@ impl Driver {
         }
     }
 
-    /// Stages the charms and the locked model's description on the target (resuming where the
-    /// target says it stopped), then asks it to import.
+    /// Stages the locked model's description and the charms the target lacks on the target
+    /// (each resumed where the target stopped), then asks it to import them.
     async fn stream_export(
         &self,
         stored_record: &pb::MigrationRecord,
@@ -516,46 +515,65 @@ impl Driver {
             + description.units.len()
             + description.relations.len()
             + description.status_history.len()) as u64;
-        let total = bytes.len() as u64;
         if let Some(reason) = failpoint("migration.source.stream") {
             return Ok((digest, ImportStatus::Unreachable { error: reason }));
         }
         self.ctx.progress.update(&self.key, |p| {
-            p.bytes_total = total;
+            p.bytes_total = bytes.len() as u64;
             p.records_total = records;
         });
+        let mut files = Vec::with_capacity(description.charm_digests.len() + 1);
         for charm in &description.charm_digests {
             let blob = state
                 .blob(charm)?
                 .ok_or_else(|| anyhow::anyhow!("charm {charm} is missing on this controller"))?;
-            let mut data = Vec::with_capacity(blob.size as usize);
-            while (data.len() as u64) < blob.size {
-                let piece = state
-                    .blob_range(charm, data.len() as u64, 4 * 1024 * 1024)?
-                    .unwrap_or_default();
-                if piece.is_empty() {
-                    anyhow::bail!("charm {charm} is shorter than its header says");
-                }
-                data.extend_from_slice(&piece);
-            }
-            if let Err(status) = self.stage(charm, &data, false).await {
-                return Ok((digest, stage_failure(status)));
-            }
+            files.push(stager::Outgoing {
+                file: pb::StagedFile {
+                    digest: charm.clone(),
+                    size: blob.size,
+                },
+                content: stager::Content::Blob(state.clone()),
+            });
         }
-        if let Err(status) = self.stage(&digest, &bytes, true).await {
-            return Ok((digest, stage_failure(status)));
-        }
+        files.push(stager::Outgoing {
+            file: pb::StagedFile {
+                digest: digest.clone(),
+                size: bytes.len() as u64,
+            },
+            content: stager::Content::Bytes(Arc::new(bytes)),
+        });
+        let source = pb::SourceController {
+            controller_uuid: self.ctx.identity.controller_uuid.clone(),
+            name: self.ctx.identity.controller_name.clone(),
+            endpoints: self.ctx.endpoints(),
+            ca_cert: self.ctx.ca_cert.clone(),
+            secret: stored_record.source_secret.clone(),
+        };
+        let started = Instant::now();
+        let staged = stager::stage(self.peer(), &self.key, &source, &files, |sent, total| {
+            self.ctx.progress.update(&self.key, |p| {
+                p.bytes_sent = sent;
+                p.bytes_total = total;
+                p.activity = format!(
+                    "staging the model on controller \"{}\"",
+                    stored_record
+                        .target
+                        .as_ref()
+                        .map_or("", |t| t.name.as_str()),
+                );
+            });
+        })
+        .await;
+        let staged = match staged {
+            Ok(staged) => staged,
+            Err(status) => return Ok((digest, stage_failure(status))),
+        };
         self.activity("importing model");
         let request = pb::ImportRequest {
             migration_id: self.key.clone(),
             description_digest: digest,
-            source: Some(pb::SourceController {
-                controller_uuid: self.ctx.identity.controller_uuid.clone(),
-                name: self.ctx.identity.controller_name.clone(),
-                endpoints: self.ctx.endpoints(),
-                ca_cert: self.ctx.ca_cert.clone(),
-                secret: stored_record.source_secret.clone(),
-            }),
+            source: Some(source),
+            staged: staged.files,
         };
         let status = match self
             .peer()
@@ -573,82 +591,22 @@ impl Driver {
                 reason: format!("the target refused the import: {}", status.message()),
             },
         };
+        if let ImportStatus::Imported { .. } = status {
+            let took = started.elapsed();
+            info!(
+                migration = %self.key,
+                bytes = staged.bytes_staged,
+                sent = staged.bytes_sent,
+                records,
+                ms = took.as_millis() as u64,
+                "staged and imported"
+            );
+            self.ctx.progress.update(&self.key, |p| {
+                p.import_ms = took.as_millis() as u64;
+                p.import_bytes = staged.bytes_staged;
+            });
+        }
         Ok((request.description_digest, status))
-    }
-
-    /// Streams `data` (sha256 `digest`) to the target from where its staging stopped.
-    async fn stage(&self, digest: &str, data: &[u8], report: bool) -> Result<(), tonic::Status> {
-        let request = pb::StagedRequest {
-            digest: digest.to_owned(),
-        };
-        let staged = self
-            .peer()
-            .call(|mut c| {
-                let r = request.clone();
-                async move { c.staged(r).await }
-            })
-            .await?;
-        if staged.complete {
-            if report {
-                let total = data.len() as u64;
-                self.ctx
-                    .progress
-                    .update(&self.key, |p| p.bytes_sent = total);
-            }
-            return Ok(());
-        }
-        let size = data.len() as u64;
-        let mut offset = staged.staged_bytes.min(size) as usize;
-        if offset > 0 {
-            info!(migration = %self.key, digest, offset, size, "resuming staging where the target stopped");
-        }
-        // Tests make chunks small to break a stream in the middle of a small model.
-        let chunk_bytes = failpoint_value("migration.source.stage-chunk-bytes")
-            .and_then(|v| v.parse::<usize>().ok())
-            .filter(|n| *n > 0)
-            .unwrap_or(STAGE_CHUNK_BYTES);
-        loop {
-            // A few chunks per stream, so progress shows and a broken stream loses little.
-            let mut chunks = Vec::new();
-            while offset < data.len() && chunks.len() < 4 {
-                let end = (offset + chunk_bytes).min(data.len());
-                chunks.push(pb::StageChunk {
-                    digest: digest.to_owned(),
-                    size,
-                    offset: offset as u64,
-                    data: data[offset..end].to_vec(),
-                    migration_id: self.key.clone(),
-                });
-                offset = end;
-            }
-            if chunks.is_empty() {
-                // Every byte is staged but the commit that follows the last chunk never ran
-                // (the stream broke in between): an empty chunk at the end asks for it.
-                info!(migration = %self.key, digest, size, "committing what the target staged");
-                chunks.push(pb::StageChunk {
-                    digest: digest.to_owned(),
-                    size,
-                    offset: size,
-                    data: Vec::new(),
-                    migration_id: self.key.clone(),
-                });
-            }
-            self.peer()
-                .call(|mut c| {
-                    let stream = futures::stream::iter(chunks.clone());
-                    async move { c.stage(stream).await }
-                })
-                .await?;
-            if report {
-                let sent = offset as u64;
-                self.ctx.progress.update(&self.key, |p| p.bytes_sent = sent);
-                self.activity("importing model");
-            }
-            if offset >= data.len() {
-                break;
-            }
-        }
-        Ok(())
     }
 
     async fn transfer_logs(&self, from: u64) -> LogTransferStatus {

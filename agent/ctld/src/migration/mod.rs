@@ -8,6 +8,7 @@
 //! - [`prechecks`]: the checks run on `ctl migrate`, on a dry run and again after QUIESCE.
 //! - [`leftovers`]: the target's sweeper for imports nobody finishes.
 //! - [`peer`]: dialing the other controller.
+//! - [`stager`]: the source's side of the bulk import (staging the description and charms).
 //!
 //! What `ctl` sees of migrations (`Migrate`, `AbortMigration`, `MigrationStatus`, the migration
 //! fields of `show-model`, `models` and `status`) is the client API's (`client_api::migrations`).
@@ -17,30 +18,6 @@ pub mod master;
 pub mod peer;
 pub mod prechecks;
 pub mod service;
+pub mod stager;
 
-/// Evaluates failpoint `name` (built with the `failpoints` feature; configured with the
-/// `FAILPOINTS` environment variable, e.g. `migration.source.import=return`). Returns a reason
-/// naming the failpoint when it is set to `return`, so the caller fails the step.
-pub fn failpoint(name: &str) -> Option<String> {
-    failpoint_value(name).map(|value| format!("failpoint {name}: {value}"))
-}
-
-/// The value of failpoint `name` when it is set to `return(VALUE)` ("failpoint" for a bare
-/// `return`); `None` when it is off or the build has no failpoints. Only `return` is meant to
-/// be used: `sleep` and `pause` would block an async worker thread.
-pub fn failpoint_value(name: &str) -> Option<String> {
-    #[cfg(feature = "failpoints")]
-    {
-        (|| {
-            fail::fail_point!(name, |value| Some(
-                value.unwrap_or_else(|| "failpoint".into())
-            ));
-            None
-        })()
-    }
-    #[cfg(not(feature = "failpoints"))]
-    {
-        let _ = name;
-        None
-    }
-}
+pub use crate::plumbing::{failpoint, failpoint_value};

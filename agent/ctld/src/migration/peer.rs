@@ -7,7 +7,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use starling_proto::limits::MESSAGE_BYTES_MAX;
+use starling_proto::limits::{
+    MESSAGE_BYTES_MAX, STAGE_CONNECTION_WINDOW_BYTES, STAGE_STREAM_WINDOW_BYTES,
+};
 use starling_proto::migration::migration_client::MigrationClient;
 use tonic::metadata::MetadataValue;
 use tonic::service::interceptor::InterceptedService;
@@ -79,6 +81,9 @@ impl Peer {
                 .map_err(|e| Status::invalid_argument(format!("invalid TLS configuration: {e}")))?
                 .connect_timeout(CONNECT_TIMEOUT)
                 .timeout(timeout)
+                // Staged files stream in bulk: no window update every 64 KiB.
+                .initial_stream_window_size(STAGE_STREAM_WINDOW_BYTES)
+                .initial_connection_window_size(STAGE_CONNECTION_WINDOW_BYTES)
                 .connect_lazy();
             channels.push((endpoint.clone(), channel));
         }
@@ -109,11 +114,8 @@ impl Peer {
         let mut last = Status::unavailable("no endpoint tried");
         for step in 0..count {
             let index = (start + step) % count;
-            let (endpoint, channel) = &self.channels[index];
-            let client = MigrationClient::with_interceptor(channel.clone(), self.bearer.clone())
-                .max_decoding_message_size(MESSAGE_BYTES_MAX)
-                .max_encoding_message_size(MESSAGE_BYTES_MAX);
-            match call(client).await {
+            let endpoint = &self.channels[index].0;
+            match call(self.client(index)).await {
                 Ok(response) => {
                     self.preferred.store(index, Ordering::Relaxed);
                     return Ok(response.into_inner());
@@ -128,6 +130,31 @@ impl Peer {
             }
         }
         Err(last)
+    }
+
+    fn client(&self, index: usize) -> Client {
+        MigrationClient::with_interceptor(self.channels[index].1.clone(), self.bearer.clone())
+            .max_decoding_message_size(MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(MESSAGE_BYTES_MAX)
+    }
+
+    /// Calls `call` once, on the endpoint that answered last (a stream whose position that
+    /// node reported: another node may hold another position).
+    pub async fn call_preferred<T, F, Fut>(&self, call: F) -> Result<T, Status>
+    where
+        F: FnOnce(Client) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        let index = self.preferred.load(Ordering::Relaxed) % self.channels.len();
+        call(self.client(index))
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|status| {
+                Status::new(
+                    status.code(),
+                    format!("{}: {}", self.channels[index].0, status.message()),
+                )
+            })
     }
 }
 

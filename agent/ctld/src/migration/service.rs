@@ -1,20 +1,18 @@
-//! The `Migration` peer service. As a target, a node answers prechecks, stages the model
-//! description (resumably), imports it through its Raft group, activates or drops the import and
-//! stores the transferred log; every step is a proposal under a request id derived from the
-//! migration id, so a repeat is answered with the first result. As a source, it tells a target
-//! what became of a migration it holds an import of (`SourceStatus`).
+//! The `Migration` peer service. As a target, a node answers prechecks, receives the staged
+//! files of a bulk import (resumably, fanned out to its group: `staging`), imports them with one
+//! entry of its Raft group, activates or drops the import and stores the transferred log; every
+//! step is a proposal under a request id derived from the migration id, so a repeat is answered
+//! with the first result. As a source, it tells a target what became of a migration it holds an
+//! import of (`SourceStatus`).
 
 use futures::StreamExt;
-use starling_proto::command::{
-    command, ActivateModel, CommitBlob, DropImport, ImportLog, ImportModel, PutBlobChunk,
-};
-use starling_proto::limits::{BLOB_BYTES_MAX, BLOB_CHUNK_BYTES_MAX, MESSAGE_BYTES_MAX};
+use starling_proto::command::{command, ActivateModel, DropImport, ImportLog, ImportModel};
+use starling_proto::limits::MESSAGE_BYTES_MAX;
 use starling_proto::migration as pb;
 use starling_proto::migration::migration_server::{Migration, MigrationServer};
 use starling_storage::migration as stored;
-use starling_storage::model::migration::{
-    source_answer, MigrationId, SourceAnswer, DESCRIPTION_BYTES_MAX,
-};
+use starling_storage::model::migration::{source_answer, MigrationId, SourceAnswer};
+use starling_storage::model::names;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{info, instrument};
 
@@ -22,13 +20,7 @@ use super::failpoint;
 use crate::auth::{self, constant_time_eq, Authenticator, Caller};
 use crate::context::NodeContext;
 use crate::plumbing::{proposal, propose_and_wait, storage_error};
-
-/// Largest model description or charm the target stages.
-const STAGE_BYTES_MAX: u64 = if BLOB_BYTES_MAX > DESCRIPTION_BYTES_MAX {
-    BLOB_BYTES_MAX
-} else {
-    DESCRIPTION_BYTES_MAX
-};
+use crate::staging::transfer::From;
 
 /// The peer service of one node.
 #[derive(Clone)]
@@ -113,22 +105,6 @@ impl MigrationService {
         }
         Ok(pb::ImportStatusResponse::default())
     }
-
-    fn staged(&self, digest: &str) -> Result<pb::StageResponse, Status> {
-        let state = self.ctx.handle.state();
-        if let Some(blob) = state.blob(digest).map_err(storage_error)? {
-            return Ok(pb::StageResponse {
-                staged_bytes: blob.size,
-                complete: true,
-            });
-        }
-        let upload = starling_storage::records::read_blob_upload(state.reader(), digest)
-            .map_err(storage_error)?;
-        Ok(pb::StageResponse {
-            staged_bytes: upload.map_or(0, |u| u.next_offset),
-            complete: false,
-        })
-    }
 }
 
 #[tonic::async_trait]
@@ -149,95 +125,38 @@ impl Migration for MigrationService {
         }))
     }
 
-    async fn staged(
+    async fn stage_status(
         &self,
-        request: Request<pb::StagedRequest>,
-    ) -> Result<Response<pb::StageResponse>, Status> {
+        request: Request<pb::StageStatusRequest>,
+    ) -> Result<Response<pb::StageStatusResponse>, Status> {
         self.superuser(&request)?;
-        self.barrier().await?;
-        Ok(Response::new(self.staged(&request.get_ref().digest)?))
+        let message = request.into_inner();
+        parse_id(&message.migration_id)?;
+        Ok(Response::new(
+            self.ctx
+                .staging
+                .status(&message.migration_id, &message.files)?,
+        ))
     }
 
-    async fn stage(
+    async fn stage_file(
         &self,
-        request: Request<Streaming<pb::StageChunk>>,
-    ) -> Result<Response<pb::StageResponse>, Status> {
-        let caller = self.superuser(&request)?;
+        request: Request<Streaming<pb::StageFileChunk>>,
+    ) -> Result<Response<pb::StageFileResponse>, Status> {
+        self.superuser(&request)?;
         failed("migration.target.stage")?;
         let mut stream = request.into_inner();
-        let mut last = pb::StageResponse::default();
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk?;
-            let id = MigrationId::parse(&chunk.migration_id).map_err(|e| {
-                Status::invalid_argument(format!("a staged chunk names no migration: {e}"))
-            })?;
-            if chunk.digest.len() != 64 || !chunk.digest.chars().all(|c| c.is_ascii_hexdigit()) {
-                return Err(Status::invalid_argument(
-                    "the staged digest is not a hex sha256",
-                ));
-            }
-            if chunk.size == 0 || chunk.size > STAGE_BYTES_MAX {
-                return Err(Status::invalid_argument(format!(
-                    "staged size {} is outside 1..={STAGE_BYTES_MAX}",
-                    chunk.size
-                )));
-            }
-            // An empty chunk at the very end only closes what is staged: it commits a blob
-            // whose bytes all arrived but whose commit did not (the stream broke in between).
-            let closing = chunk.data.is_empty() && chunk.offset == chunk.size;
-            if (chunk.data.is_empty() && !closing) || chunk.data.len() > BLOB_CHUNK_BYTES_MAX {
-                return Err(Status::invalid_argument(format!(
-                    "a staged chunk holds 1 to {BLOB_CHUNK_BYTES_MAX} bytes (or none, at \
-                     offset = size, to commit what is staged)"
-                )));
-            }
-            let len = chunk.data.len() as u64;
-            let end = chunk.offset + len;
-            if end > chunk.size {
-                return Err(Status::invalid_argument(
-                    "staged chunks exceed the announced size",
-                ));
-            }
-            if !closing {
-                // Request ids derived from the attempt and the position: a resumed stream
-                // re-sending a chunk is a no-op, while a later attempt stages again what an
-                // aborted attempt's import consumed (the same ids would answer "done" from
-                // the first attempt's idempotency records and stage nothing).
-                self.propose(
-                    &caller,
-                    format!("stage-{id}-{}-{}", chunk.digest, chunk.offset),
-                    command::Op::PutBlobChunk(PutBlobChunk {
-                        digest: chunk.digest.clone(),
-                        offset: chunk.offset,
-                        data: chunk.data,
-                    }),
-                )
-                .await?;
-                metrics::counter!("starling_migration_stage_bytes_received_total").increment(len);
-            }
-            last = pb::StageResponse {
-                staged_bytes: end,
-                complete: false,
-            };
-            if end == chunk.size {
-                // Breaks the stream between the last chunk and its commit.
-                failed("migration.target.stage-before-commit")?;
-                // Verifies the sha256 of everything staged; a mismatch discards the upload.
-                self.propose(
-                    &caller,
-                    format!("stage-{id}-{}-commit", chunk.digest),
-                    command::Op::CommitBlob(CommitBlob {
-                        digest: chunk.digest.clone(),
-                        size: chunk.size,
-                    }),
-                )
-                .await?;
-                last.complete = true;
-            }
-            // Breaks the stream after this chunk is staged (e.g. `2*off->1*return`).
-            failed("migration.target.stage-chunk")?;
-        }
-        Ok(Response::new(last))
+        let Some(first) = stream.next().await.transpose()? else {
+            return Err(Status::invalid_argument("an empty staging stream"));
+        };
+        parse_id(&first.migration_id)?;
+        names::check_digest(&first.digest).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let answer = self
+            .ctx
+            .staging
+            .receive(first, stream, From::Source)
+            .await?;
+        Ok(Response::new(answer))
     }
 
     #[instrument(skip_all, fields(node_id = self.ctx.identity.node_id, migration = %request.get_ref().migration_id))]
@@ -249,6 +168,25 @@ impl Migration for MigrationService {
         failed("migration.target.import")?;
         let message = request.into_inner();
         let id = parse_id(&message.migration_id)?;
+        if !message
+            .staged
+            .iter()
+            .any(|f| f.digest == message.description_digest)
+        {
+            return Err(Status::invalid_argument(
+                "the import names no staged description (a source of an earlier version?); \
+                 stage the description and the charms first",
+            ));
+        }
+        let already =
+            self.import_status(&id)?.state != pb::import_status_response::State::NotStarted as i32;
+        if !already {
+            // The files must be where the entry can be applied before it is committed.
+            self.ctx
+                .staging
+                .ensure_held(&id.to_string(), &message.staged)
+                .await?;
+        }
         self.propose(
             &caller,
             format!("import-{id}"),
@@ -256,6 +194,7 @@ impl Migration for MigrationService {
                 migration_id: id.to_string(),
                 description_digest: message.description_digest,
                 source: message.source,
+                staged: message.staged,
             }),
         )
         .await?;

@@ -66,6 +66,26 @@ impl<R: StateRead + ?Sized> Tx<'_, '_, R> {
         Ok(cmd::Ok::default())
     }
 
+    /// Stores `bytes` as the complete blob `digest` (verified by the caller), in chunks.
+    pub(super) fn put_blob(&mut self, digest: &str, bytes: &[u8]) {
+        let mut chunk_offsets = Vec::with_capacity(bytes.len().div_ceil(BLOB_CHUNK_BYTES_MAX));
+        for (i, chunk) in bytes.chunks(BLOB_CHUNK_BYTES_MAX).enumerate() {
+            let offset = (i * BLOB_CHUNK_BYTES_MAX) as u64;
+            self.state
+                .put(keys::blob_data_key(digest, offset), chunk.to_vec());
+            chunk_offsets.push(offset);
+        }
+        self.put(
+            keys::blob_key(digest),
+            &Blob {
+                digest: digest.to_owned(),
+                size: bytes.len() as u64,
+                created_unix_ms: self.now_ms,
+                chunk_offsets,
+            },
+        );
+    }
+
     pub(super) fn discard_upload(&mut self, digest: &str) -> Result<(), StorageError> {
         for (key, _) in self
             .state

@@ -18,8 +18,13 @@ use crate::model::migration::{
 };
 use crate::model::{names, ModelError};
 use crate::records::{self, BLOB_RANGE_BYTES_MAX};
+use crate::staging::StagingEvent;
 use crate::state::StateRead;
 use crate::{export, StorageError};
+use starling_proto::limits::STAGED_FILE_BYTES_MAX;
+
+/// Most files one bulk import names (its description and its charms).
+const STAGED_FILES_MAX: usize = 1000;
 
 fn parse_id(id: &str) -> Result<MigrationId, Refusal> {
     Ok(MigrationId::parse(id).map_err(ModelError::from)?)
@@ -333,18 +338,29 @@ impl<R: StateRead + ?Sized> Tx<'_, '_, R> {
     pub(super) fn import_model(&mut self, import: &cmd::ImportModel) -> Outcome {
         let id = parse_id(&import.migration_id)?;
         let uuid = id.model_uuid.clone();
-        match rules::target_import_decision(&self.target_state(&uuid)?, &id)
-            .map_err(migration_error)?
-        {
+        let target_state = self.target_state(&uuid)?;
+        match rules::target_import_decision(&target_state, &id).map_err(migration_error)? {
             // A repeated Import: already done.
             ImportDecision::AlreadyImported => return Ok(cmd::Ok::default()),
             ImportDecision::ReplaceLeftover => {
+                let TargetModelState::Importing(held) = target_state else {
+                    unreachable!("a leftover to replace is an import")
+                };
                 self.delete_model_records(&uuid)?;
                 self.state.delete(keys::import_key(&uuid));
+                // Nothing will be imported from the older attempt's files any more.
+                self.events.push(StagingEvent::Ended {
+                    migration_id: held.migration_id.to_string(),
+                });
             }
             ImportDecision::Import => {}
         }
-        let (description, description_bytes) = self.read_description(&import.description_digest)?;
+        let (description, description_bytes) = if import.staged.is_empty() {
+            // An entry of an earlier version: the description is a blob of the state.
+            self.read_description(&import.description_digest)?
+        } else {
+            self.read_staged_description(&id, import)?
+        };
         let model = description
             .model
             .as_ref()
@@ -357,11 +373,20 @@ impl<R: StateRead + ?Sized> Tx<'_, '_, R> {
             .into());
         }
         for digest in &description.charm_digests {
-            if records::read_blob(&self.state, digest)?.is_none() {
-                return Err(ModelError::BlobNotFound {
-                    digest: digest.clone(),
+            if records::read_blob(&self.state, digest)?.is_some() {
+                continue;
+            }
+            match import.staged.iter().find(|f| &f.digest == digest) {
+                Some(file) => {
+                    let bytes = self.staged_bytes(&id, file)?;
+                    self.put_blob(digest, &bytes);
                 }
-                .into());
+                None => {
+                    return Err(ModelError::BlobNotFound {
+                        digest: digest.clone(),
+                    }
+                    .into())
+                }
             }
         }
         let writes = export::import_model(&self.state, &description).map_err(|e| match e {
@@ -384,16 +409,84 @@ impl<R: StateRead + ?Sized> Tx<'_, '_, R> {
             source_epoch: model.ownership_epoch,
         };
         self.put(keys::import_key(&uuid), &record);
-        // The staged description has served its purpose.
-        for (key, _) in self.state.scan_prefix(
-            &keys::blob_data_prefix(&import.description_digest),
-            usize::MAX,
-        )? {
-            self.state.delete(key);
+        if import.staged.is_empty() {
+            // The staged description blob has served its purpose.
+            for (key, _) in self.state.scan_prefix(
+                &keys::blob_data_prefix(&import.description_digest),
+                usize::MAX,
+            )? {
+                self.state.delete(key);
+            }
+            self.state
+                .delete(keys::blob_key(&import.description_digest));
+        } else {
+            self.events.push(StagingEvent::Consumed {
+                migration_id: id.to_string(),
+                index: self.context.log_index,
+                description_digest: import.description_digest.clone(),
+            });
         }
-        self.state
-            .delete(keys::blob_key(&import.description_digest));
         Ok(cmd::Ok::default())
+    }
+
+    /// The description of a bulk import, read from this node's staging area.
+    fn read_staged_description(
+        &self,
+        id: &MigrationId,
+        import: &cmd::ImportModel,
+    ) -> Result<(ModelDescription, u64), Refusal> {
+        if import.staged.len() > STAGED_FILES_MAX {
+            return Err(ModelError::invalid(format!(
+                "{} staged files named, at most {STAGED_FILES_MAX}",
+                import.staged.len()
+            ))
+            .into());
+        }
+        for file in &import.staged {
+            names::check_digest(&file.digest)?;
+            if file.size == 0 || file.size > STAGED_FILE_BYTES_MAX {
+                return Err(ModelError::invalid(format!(
+                    "staged file {} has size {}, outside 1..={STAGED_FILE_BYTES_MAX}",
+                    file.digest, file.size
+                ))
+                .into());
+            }
+        }
+        let file = import
+            .staged
+            .iter()
+            .find(|f| f.digest == import.description_digest)
+            .ok_or_else(|| {
+                ModelError::invalid(format!(
+                    "the description {} is not among the staged files",
+                    import.description_digest
+                ))
+            })?;
+        if file.size > DESCRIPTION_BYTES_MAX {
+            return Err(ModelError::invalid(format!(
+                "the model description is {} bytes, at most {DESCRIPTION_BYTES_MAX} allowed",
+                file.size
+            ))
+            .into());
+        }
+        let bytes = self.staged_bytes(id, file)?;
+        let description = ModelDescription::decode(bytes.as_slice()).map_err(|e| {
+            ModelError::invalid(format!("the staged model description does not decode: {e}"))
+        })?;
+        Ok((description, file.size))
+    }
+
+    /// A staged file's bytes: every node reads the same bytes (they hash to the name), or fails.
+    fn staged_bytes(&self, id: &MigrationId, file: &pb::StagedFile) -> Result<Vec<u8>, Refusal> {
+        let staged = self
+            .context
+            .staged
+            .ok_or_else(|| StorageError::StagedFileMissing {
+                migration_id: id.to_string(),
+                digest: file.digest.clone(),
+                why: "this node has no staging area".into(),
+            })?;
+        Ok(staged.read(&id.to_string(), &file.digest, file.size)?)
     }
 
     pub(super) fn activate_model(&mut self, activate: &cmd::ActivateModel) -> Outcome {
@@ -408,6 +501,9 @@ impl<R: StateRead + ?Sized> Tx<'_, '_, R> {
             return Ok(cmd::Ok::default());
         };
         if decision == TargetActivate::Activate {
+            self.events.push(StagingEvent::Ended {
+                migration_id: id.to_string(),
+            });
             let import =
                 stored::read_import(&self.state, &uuid)?.expect("target_state said importing");
             model.ownership_epoch = import.source_epoch + 1;
@@ -430,6 +526,10 @@ impl<R: StateRead + ?Sized> Tx<'_, '_, R> {
         let decision = rules::target_drop_decision(&self.target_state(&uuid)?, &id)
             .map_err(migration_error)?;
         let dropped = decision == TargetDrop::Drop;
+        // Whatever the decision, nothing will be imported from this attempt's files any more.
+        self.events.push(StagingEvent::Ended {
+            migration_id: id.to_string(),
+        });
         if dropped {
             self.delete_model_records(&uuid)?;
             self.state.delete(keys::import_key(&uuid));
