@@ -75,16 +75,24 @@ impl Authenticator {
 
     /// The caller of `request`, or `Unauthenticated` saying what was wrong.
     pub fn authenticate<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
-        let header = request.metadata().get("authorization").ok_or_else(|| {
+        let header = match request.metadata().get("authorization") {
+            Some(value) => Some(value.to_str().map_err(|_| {
+                Status::unauthenticated("malformed authorization header: expected `Bearer <token>`")
+            })?),
+            None => None,
+        };
+        self.authenticate_header(header)
+    }
+
+    /// The caller sending `header` (the value of an `authorization` header, gRPC metadata or
+    /// HTTP), or `Unauthenticated` saying what was wrong.
+    pub fn authenticate_header(&self, header: Option<&str>) -> Result<Caller, Status> {
+        let header = header.ok_or_else(|| {
             Status::unauthenticated("no credentials: send `authorization: Bearer <token>`")
         })?;
-        let token = header
-            .to_str()
-            .ok()
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or_else(|| {
-                Status::unauthenticated("malformed authorization header: expected `Bearer <token>`")
-            })?;
+        let token = header.strip_prefix("Bearer ").ok_or_else(|| {
+            Status::unauthenticated("malformed authorization header: expected `Bearer <token>`")
+        })?;
         let hash = hash_token(token.trim());
         if let Some(user) = self
             .users

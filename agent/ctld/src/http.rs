@@ -1,30 +1,165 @@
 //! The HTTPS side port: `/metrics` (Prometheus: the process's own metrics and the per-model
-//! load families), `/healthz` (the process serves) and `/readyz` (the node is in touch with a
-//! leader and has applied entries).
+//! load families), `/healthz` (the process serves), `/readyz` (the node is in touch with a
+//! leader and has applied entries), and the status page: `/` is a static, self-contained HTML
+//! document (no external asset, a Content-Security-Policy that allows only its own script) that
+//! asks for a token and polls `/status.json`, which requires `Authorization: Bearer <token>` and
+//! answers the overview of `client_api::overview` (the models the caller can read).
+//!
+//! Concurrent connections are bounded: one over `MAX_CONNECTIONS` is closed at once, before its
+//! TLS handshake, so a flood of connections cannot grow the node's tasks without bound.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use std::sync::LazyLock;
+use std::time::Duration;
+
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use metrics_exporter_prometheus::PrometheusHandle;
+use sha2::{Digest, Sha256};
 use starling_raft::RaftHandle;
 use starling_storage::migration as stored;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, warn};
 
+use crate::client_api::ClientApi;
 use crate::context::NodeContext;
+
+/// Connections served at once; one more is closed as soon as it is accepted.
+pub const MAX_CONNECTIONS: usize = 256;
+/// How long a client may take over its TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client may take to send a request's headers (an idle kept-alive connection is
+/// closed after it too).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The status page: one HTML document with its style and script inline.
+const STATUS_PAGE: &str = include_str!("status_page.html");
+
+/// The page's Content-Security-Policy: nothing loads but the page's own inline script (by its
+/// hash) and style, and the script may fetch only from this origin.
+static STATUS_PAGE_CSP: LazyLock<String> = LazyLock::new(|| {
+    let script = inline_script(STATUS_PAGE);
+    let hash = base64_encode(&Sha256::digest(script.as_bytes()));
+    format!(
+        "default-src 'none'; script-src 'sha256-{hash}'; style-src 'unsafe-inline'; \
+         connect-src 'self'; img-src 'self'; base-uri 'none'; form-action 'none'; \
+         frame-ancestors 'none'"
+    )
+});
+
+/// The text of the one `<script>` element of `page`.
+fn inline_script(page: &str) -> &str {
+    let start = page.find("<script>").expect("the status page has a script") + "<script>".len();
+    let end = page[start..]
+        .find("</script>")
+        .expect("the status page's script ends")
+        + start;
+    &page[start..end]
+}
+
+/// Standard base64 with padding (what CSP hashes use).
+fn base64_encode(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] =
+        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
 
 #[derive(Clone)]
 struct SidePort {
     raft: RaftHandle,
     ctx: NodeContext,
+    api: ClientApi,
     prometheus: PrometheusHandle,
+}
+
+/// Headers every page and JSON answer carries: never cached, never sniffed, never framed.
+fn hardened(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    response
+}
+
+async fn status_page() -> Response {
+    let mut response = (
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        STATUS_PAGE,
+    )
+        .into_response();
+    if let Ok(csp) = HeaderValue::from_str(&STATUS_PAGE_CSP) {
+        response
+            .headers_mut()
+            .insert(header::CONTENT_SECURITY_POLICY, csp);
+    }
+    hardened(response)
+}
+
+/// `value` as a JSON answer with status `code`.
+fn json(code: StatusCode, value: &impl serde::Serialize) -> Response {
+    match serde_json::to_vec(value) {
+        Ok(body) => (code, [(header::CONTENT_TYPE, "application/json")], body).into_response(),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot encode the answer: {e}\n"),
+        )
+            .into_response(),
+    }
+}
+
+/// The overview for the bearer of the request's token, as JSON; 401 without a valid one.
+async fn status_json(State(side): State<SidePort>, headers: HeaderMap) -> Response {
+    let authorization = headers
+        .get(header::AUTHORIZATION)
+        .map(|value| value.to_str().unwrap_or("(not text)"));
+    let response = match side.api.overview(authorization).await {
+        Ok(overview) => json(StatusCode::OK, &overview),
+        Err(status) => {
+            let code = match status.code() {
+                tonic::Code::Unauthenticated => StatusCode::UNAUTHORIZED,
+                tonic::Code::PermissionDenied => StatusCode::FORBIDDEN,
+                tonic::Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+                _ => StatusCode::INTERNAL_SERVER_ERROR,
+            };
+            let mut response = json(code, &serde_json::json!({ "error": status.message() }));
+            if code == StatusCode::UNAUTHORIZED {
+                response
+                    .headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            response
+        }
+    };
+    hardened(response)
 }
 
 async fn healthz() -> &'static str {
@@ -78,24 +213,50 @@ fn model_labels(
     Ok(labels)
 }
 
-/// Serves the side port on `listener` over TLS until `shutdown` completes.
+/// Serves the side port on `listener` over TLS until `shutdown` completes; `/status.json`
+/// answers through `api`.
 pub async fn serve(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
+    api: ClientApi,
     ctx: NodeContext,
     prometheus: PrometheusHandle,
     shutdown: impl Future<Output = ()>,
 ) {
     let router = Router::new()
+        .route("/", get(status_page))
+        .route("/status.json", get(status_json))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .with_state(SidePort {
             raft: ctx.handle.clone(),
             ctx,
+            api,
             prometheus,
         });
-    let acceptor = TlsAcceptor::from(tls);
+    accept_loop(
+        listener,
+        TlsAcceptor::from(tls),
+        router,
+        MAX_CONNECTIONS,
+        HANDSHAKE_TIMEOUT,
+        shutdown,
+    )
+    .await;
+}
+
+/// Accepts connections on `listener` and serves `router` on each, at most `bound` at once,
+/// until `shutdown` completes.
+async fn accept_loop(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    router: Router,
+    bound: usize,
+    handshake_timeout: Duration,
+    shutdown: impl Future<Output = ()>,
+) {
+    let permits = Arc::new(Semaphore::new(bound));
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -108,10 +269,17 @@ pub async fn serve(
                 }
             },
         };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            // Dropping the stream closes it: the client sees the connection end at once.
+            metrics::counter!("starling_side_port_refused_connections_total").increment(1);
+            debug!(%peer, bound, "side port connection refused: too many connections");
+            continue;
+        };
         let acceptor = acceptor.clone();
         let router = router.clone();
         tokio::spawn(async move {
-            serve_connection(acceptor, router, stream, peer).await;
+            serve_connection(acceptor, router, stream, peer, handshake_timeout).await;
+            drop(permit);
         });
     }
 }
@@ -121,9 +289,9 @@ async fn serve_connection(
     router: Router,
     stream: tokio::net::TcpStream,
     peer: SocketAddr,
+    handshake_timeout: Duration,
 ) {
-    let handshake =
-        tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(stream)).await;
+    let handshake = tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await;
     let tls_stream = match handshake {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
@@ -136,7 +304,12 @@ async fn serve_connection(
         }
     };
     let service = hyper_util::service::TowerToHyperService::new(router);
-    if let Err(e) = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    if let Err(e) = builder
         .serve_connection(TokioIo::new(tls_stream), service)
         .await
     {

@@ -200,7 +200,8 @@ pub async fn run(
     let masters_task = tokio::spawn(run_masters(ctx.clone(), stop.clone()));
     let sweeper_task = tokio::spawn(run_sweeper(ctx.clone(), stop.clone()));
     let staging_sweeper_task = tokio::spawn(run_staging_sweeper(ctx.clone(), stop.clone()));
-    let controller = ClientApi::new(ctx.clone(), auth_file, ca.clone()).into_server();
+    let client_api = ClientApi::new(ctx.clone(), auth_file, ca.clone());
+    let controller = client_api.clone().into_server();
     // Agents' watch streams end on `stop`, so the server's graceful shutdown is not held up.
     let presence = std::sync::Arc::new(PresenceTable::new());
     let agents = AgentService::new(&ctx, presence.clone(), stop.clone()).into_server();
@@ -229,6 +230,7 @@ pub async fn run(
     let http_task = tokio::spawn(http::serve(
         http_listener,
         pki::http_server_tls(&node_cert)?,
+        client_api,
         ctx.clone(),
         prometheus.clone(),
         stop.clone().cancelled_owned(),

@@ -1,8 +1,8 @@
 //! The client API (the `Controller` gRPC service, what `ctl` calls), one file per topic:
 //! `controller` (nodes, controller config, users), `models`, `deployment` (machines,
 //! applications, units, relations), `charms`, `status` (status, status history, the model log),
-//! `backups` and `migrations`. Every call is authenticated by bearer token; a handler checks the
-//! caller's access (`storage::model::access`), turns the request into one replicated command,
+//! `backups` and `migrations`; `overview` builds what the side port's status page shows. Every
+//! call is authenticated by bearer token; a handler checks the caller's access (`storage::model::access`), turns the request into one replicated command,
 //! proposes it (forwarded to the leader) and answers from this node's state once it applied it.
 //! Reads are linearizable unless the caller asks for this node's local view.
 
@@ -12,7 +12,10 @@ mod controller;
 mod deployment;
 mod migrations;
 mod models;
+mod overview;
 mod status;
+
+pub use overview::Overview;
 
 use starling_proto::command::{command, command_result, CommandResult};
 use starling_proto::controller as pb;
