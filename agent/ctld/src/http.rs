@@ -316,3 +316,129 @@ async fn serve_connection(
         debug!(%peer, error = %e, "side port connection ended with an error");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pki;
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, ServerName};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    #[test]
+    fn base64_matches_the_standard_alphabet_and_padding() {
+        for (input, encoded) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ] {
+            assert_eq!(base64_encode(input.as_bytes()), encoded, "{input:?}");
+        }
+        assert_eq!(base64_encode(&[0xfb, 0xff, 0xbf]), "+/+/");
+    }
+
+    #[test]
+    fn the_page_allows_only_its_own_script_and_builds_no_html_from_data() {
+        let script = inline_script(STATUS_PAGE);
+        assert!(script.contains("/status.json"), "not the page's script");
+        let hash = base64_encode(&Sha256::digest(script.as_bytes()));
+        assert!(STATUS_PAGE_CSP.contains(&format!("script-src 'sha256-{hash}'")));
+        assert!(STATUS_PAGE_CSP.starts_with("default-src 'none'"));
+        assert_eq!(STATUS_PAGE.matches("<script").count(), 1, "one inline script");
+        for sink in ["innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval("] {
+            assert!(!script.contains(sink), "the page's script uses {sink}");
+        }
+        for external in ["http://", "https://", "src=", "<link"] {
+            assert!(!STATUS_PAGE.contains(external), "the page loads {external}");
+        }
+    }
+
+    /// One GET over TLS (verified against `ca_pem`); the status and body.
+    async fn https_get(addr: SocketAddr, ca_pem: &str, path: &str) -> std::io::Result<String> {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+            roots.add(cert.expect("CA PEM")).expect("CA cert");
+        }
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let tcp = TcpStream::connect(addr).await?;
+        let name = ServerName::try_from("127.0.0.1").expect("name");
+        let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(name, tcp)
+            .await?;
+        tls.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+            .await?;
+        let mut out = Vec::new();
+        match tls.read_to_end(&mut out).await {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !out.is_empty() => {}
+            Err(e) => return Err(e),
+        }
+        Ok(String::from_utf8_lossy(&out).into_owned())
+    }
+
+    #[tokio::test]
+    async fn connections_over_the_bound_are_closed_at_once() {
+        let ca = pki::new_ca("bound", "00000000-0000-0000-0000-000000000000").unwrap();
+        let node = pki::new_node_cert(&ca, 1, &["127.0.0.1"]).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let router = Router::new().route("/healthz", axum::routing::get(healthz));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        // A handshake timeout far beyond the test: the idle connections keep their permits.
+        let server = tokio::spawn(accept_loop(
+            listener,
+            TlsAcceptor::from(pki::http_server_tls(&node).unwrap()),
+            router,
+            2,
+            Duration::from_secs(3600),
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        let first = https_get(addr, &ca.cert, "/healthz").await.unwrap();
+        assert!(first.starts_with("HTTP/1.1 200") && first.ends_with("ok\n"), "{first}");
+
+        // Two connections that never start their handshake hold both permits (the server
+        // accepts in arrival order); the third is closed without a byte.
+        let idle = [
+            TcpStream::connect(addr).await.unwrap(),
+            TcpStream::connect(addr).await.unwrap(),
+        ];
+        let mut third = TcpStream::connect(addr).await.unwrap();
+        let mut byte = [0u8; 1];
+        // Bounded only so that a regression fails instead of hanging.
+        let read = tokio::time::timeout(Duration::from_secs(120), third.read(&mut byte))
+            .await
+            .expect("the connection over the bound was kept open");
+        assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+
+        // Once one idle connection goes, a client is served again.
+        let [one, two] = idle;
+        drop(one);
+        let mut served = None;
+        for _ in 0..200 {
+            match https_get(addr, &ca.cert, "/healthz").await {
+                Ok(answer) if answer.starts_with("HTTP/1.1 200") => {
+                    served = Some(answer);
+                    break;
+                }
+                _ => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+        assert!(served.is_some(), "no connection served after a permit came back");
+        drop(two);
+        let _ = stop.send(());
+        server.await.unwrap();
+    }
+}
