@@ -16,6 +16,7 @@ pub mod registration;
 pub mod seed;
 pub mod side_port;
 pub mod sim_agent;
+pub mod webdriver;
 
 pub use bins::Bins;
 pub use client::{controller_client, tls_channel, AuthedControllerClient, BearerToken};

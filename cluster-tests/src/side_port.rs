@@ -74,7 +74,7 @@ async fn get_unbounded(addr: &str, ca_pem: &str, path: &str) -> Result<Response>
 }
 
 /// Splits a raw HTTP/1.1 response into status and body.
-fn parse(raw: &[u8]) -> Result<Response> {
+pub(crate) fn parse(raw: &[u8]) -> Result<Response> {
     let split = raw
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
