@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # A guided tour: two local controllers; a model on alpha with two machine agents running a
 # deployed application; the leader of alpha SIGKILLed while the workloads keep running, a new
-# leader elected, nothing lost, the killed node back. Everything it starts lives in temporary
+# leader elected, nothing lost, the killed node back; the model migrated live to beta; then a
+# third controller and `ctl balance` moving alpha's busy models. Everything it starts lives in temporary
 # dirs (its own CTL_DATA and STARLING_WORK) and is stopped on exit, whatever happens.
 #
 #   scripts/demo.sh            (STARLING_BIN_DIR to use prebuilt binaries and skip the build)
@@ -170,5 +171,25 @@ echo "workload pids before and after: $workload_pids_before"
 grep -h "controller-name" "$demo_dir"/agent-*.yaml || true
 kill -0 "$workload_pid" || die "workload pid $workload_pid is gone"
 echo "counter/0 still runs as pid $workload_pid; $(wc -l <"$counter_log") lines now"
+
+step "A third controller, gamma (1 node), and load on alpha: two busy models"
+started+=(gamma)
+run "$scripts/bootstrap-cluster.sh" gamma -n 1
+run "$ctl" add-model -c alpha web
+run "$ctl" add-model -c alpha db
+echo "$ writing 40 settings to each of alpha:web and alpha:db"
+for i in $(seq 1 40); do
+    "$ctl" model-config -m alpha:web "k$((i % 4))=$i" >/dev/null
+    "$ctl" model-config -m alpha:db "k$((i % 4))=$i" >/dev/null
+done
+run "$ctl" models -c alpha
+
+step "Balancing the three controllers: the plan, then the moves"
+run "$ctl" balance --dry-run
+run "$ctl" balance --wait --timeout 5m
+for controller in alpha beta gamma; do
+    run "$ctl" models -c "$controller"
+done
+echo "Each node also serves a live status page: https://$(awk 'NR == 1 {print $3}' "$(cluster_dir alpha)/ports")/ (sign in with the token in $CTL_DATA/accounts.yaml)"
 
 step "Done"
