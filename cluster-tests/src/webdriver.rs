@@ -178,7 +178,11 @@ impl Browser {
 
     /// Navigates to `url` (returns once the document loaded).
     pub fn goto(&self, url: &str) -> Result<()> {
-        self.call("POST", &self.session_path("/url"), Some(&json!({ "url": url })))?;
+        self.call(
+            "POST",
+            &self.session_path("/url"),
+            Some(&json!({ "url": url })),
+        )?;
         Ok(())
     }
 
@@ -310,7 +314,11 @@ mod tests {
             ("Zm9vYmFy", "foobar"),
             ("Zm9vYg", "foob"),
         ] {
-            assert_eq!(base64_decode(encoded).unwrap(), plain.as_bytes(), "{encoded}");
+            assert_eq!(
+                base64_decode(encoded).unwrap(),
+                plain.as_bytes(),
+                "{encoded}"
+            );
         }
         assert_eq!(base64_decode("+/+/").unwrap(), [0xfb, 0xff, 0xbf]);
         assert!(base64_decode("Zm9v!").is_err());

@@ -8,7 +8,8 @@
 //!
 //! Needs `chromium` and `chromedriver` on the PATH (CI installs them); locally,
 //! `STARLING_SKIP_BROWSER=1` skips it when they are missing. `STARLING_STATUS_SCREENSHOT=PATH`
-//! saves the screenshot of the page after the migration there.
+//! saves the screenshot of the page during the migration there (how `docs/status-page.png` is
+//! made).
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -61,7 +62,10 @@ fn until<T>(what: &str, mut probe: impl FnMut() -> Result<Option<T>>) -> Result<
         if let Some(found) = probe()? {
             return Ok(found);
         }
-        ensure!(Instant::now() < deadline, "the page did not show {what} within {PAGE_WAIT:?}");
+        ensure!(
+            Instant::now() < deadline,
+            "the page did not show {what} within {PAGE_WAIT:?}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -121,7 +125,14 @@ fn the_status_page_follows_a_migration_and_shows_only_readable_models() -> Resul
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let mut source = rt.block_on(LocalCluster::start(ClusterOptions::new("source", 1)))?;
+    // Every step of the source's migration master waits 2 s (a failpoint of the daemons the
+    // tests build), so the page has each phase on show for a few refreshes.
+    let mut options = ClusterOptions::new("source", 1);
+    options.env = vec![(
+        "FAILPOINTS".into(),
+        "migration.source.step=return(2000)".into(),
+    )];
+    let mut source = rt.block_on(LocalCluster::start(options))?;
     let target = rt.block_on(LocalCluster::start(ClusterOptions::new("target", 1)))?;
     let result = (|| -> Result<()> {
         let work = tempfile::tempdir()?;
@@ -184,7 +195,10 @@ fn the_status_page_follows_a_migration_and_shows_only_readable_models() -> Resul
         let names = listed_models(&browser, 3)?;
         for model in ["moving", "secret", "shared"] {
             let name = format!("{admin_user}/{model}");
-            ensure!(names.contains(&name), "the admin's page lacks {name}: {names:?}");
+            ensure!(
+                names.contains(&name),
+                "the admin's page lacks {name}: {names:?}"
+            );
         }
         let summary = text_of(&browser, "summary")?;
         ensure!(
@@ -201,6 +215,7 @@ fn the_status_page_follows_a_migration_and_shows_only_readable_models() -> Resul
         let moving = format!("{admin_user}/moving");
         ctl.ok(&["migrate", "source:moving", "target"])?;
         let mut phases: Vec<String> = Vec::new();
+        let mut shot = None;
         until("the migration DONE", || {
             let row = rows(&browser, "migrations")?
                 .into_iter()
@@ -213,22 +228,48 @@ fn the_status_page_follows_a_migration_and_shows_only_readable_models() -> Resul
                 info!(%phase, activity = cells.get(3).map(String::as_str).unwrap_or(""), "page shows");
                 phases.push(phase.clone());
             }
-            ensure!(!phase.starts_with("ABORT"), "the migration aborted: {cells:?}");
+            ensure!(
+                !phase.starts_with("ABORT"),
+                "the migration aborted: {cells:?}"
+            );
+            if shot.is_none() && phase == "IMPORT" {
+                shot = Some(browser.screenshot()?);
+            }
             Ok((phase == "DONE").then_some(()))
         })?;
-        println!("STATUS_PAGE migration phases seen on the page: {}", phases.join(" -> "));
+        println!(
+            "STATUS_PAGE migration phases seen on the page: {}",
+            phases.join(" -> ")
+        );
+        ensure!(
+            phases.len() >= 2,
+            "the page never showed the migration in flight: {phases:?}"
+        );
         until("the migrated model leave the model list", || {
-            let names: BTreeSet<String> =
-                rows(&browser, "models")?.into_iter().map(|(n, _)| n).collect();
+            let names: BTreeSet<String> = rows(&browser, "models")?
+                .into_iter()
+                .map(|(n, _)| n)
+                .collect();
             Ok((!names.contains(&moving) && names.len() >= 2).then_some(()))
         })?;
-        let screenshot = browser.screenshot()?;
-        ensure!(screenshot.starts_with(b"\x89PNG"), "the screenshot is not a PNG");
+        // The page mid-migration (or now, if IMPORT went by between two refreshes).
+        let screenshot = match shot {
+            Some(png) => png,
+            None => browser.screenshot()?,
+        };
+        ensure!(
+            screenshot.starts_with(b"\x89PNG"),
+            "the screenshot is not a PNG"
+        );
         let shot = std::env::var_os("STARLING_STATUS_SCREENSHOT")
             .map(std::path::PathBuf::from)
             .unwrap_or_else(|| work.path().join("status-page.png"));
         std::fs::write(&shot, &screenshot)?;
-        println!("STATUS_PAGE screenshot: {} ({} bytes)", shot.display(), screenshot.len());
+        println!(
+            "STATUS_PAGE screenshot: {} ({} bytes)",
+            shot.display(),
+            screenshot.len()
+        );
 
         info!("--- a user with read access to one model sees that model only");
         sign_out(&browser)?;

@@ -68,8 +68,7 @@ fn inline_script(page: &str) -> &str {
 
 /// Standard base64 with padding (what CSP hashes use).
 fn base64_encode(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] =
-        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
     for chunk in bytes.chunks(3) {
         let b = [
@@ -105,7 +104,10 @@ fn hardened(mut response: Response) -> Response {
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
-    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     response
 }
@@ -349,8 +351,18 @@ mod tests {
         let hash = base64_encode(&Sha256::digest(script.as_bytes()));
         assert!(STATUS_PAGE_CSP.contains(&format!("script-src 'sha256-{hash}'")));
         assert!(STATUS_PAGE_CSP.starts_with("default-src 'none'"));
-        assert_eq!(STATUS_PAGE.matches("<script").count(), 1, "one inline script");
-        for sink in ["innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval("] {
+        assert_eq!(
+            STATUS_PAGE.matches("<script").count(),
+            1,
+            "one inline script"
+        );
+        for sink in [
+            "innerHTML",
+            "outerHTML",
+            "insertAdjacentHTML",
+            "document.write",
+            "eval(",
+        ] {
             assert!(!script.contains(sink), "the page's script uses {sink}");
         }
         for external in ["http://", "https://", "src=", "<link"] {
@@ -376,8 +388,10 @@ mod tests {
         let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
             .connect(name, tcp)
             .await?;
-        tls.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
-            .await?;
+        tls.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await?;
         let mut out = Vec::new();
         match tls.read_to_end(&mut out).await {
             Ok(_) => {}
@@ -407,7 +421,10 @@ mod tests {
             },
         ));
         let first = https_get(addr, &ca.cert, "/healthz").await.unwrap();
-        assert!(first.starts_with("HTTP/1.1 200") && first.ends_with("ok\n"), "{first}");
+        assert!(
+            first.starts_with("HTTP/1.1 200") && first.ends_with("ok\n"),
+            "{first}"
+        );
 
         // Two connections that never start their handshake hold both permits (the server
         // accepts in arrival order); the third is closed without a byte.
@@ -436,7 +453,10 @@ mod tests {
                 _ => tokio::time::sleep(Duration::from_millis(50)).await,
             }
         }
-        assert!(served.is_some(), "no connection served after a permit came back");
+        assert!(
+            served.is_some(),
+            "no connection served after a permit came back"
+        );
         drop(two);
         let _ = stop.send(());
         server.await.unwrap();

@@ -117,7 +117,7 @@ pub struct ModelView {
 pub struct MigrationView {
     /// `<model-uuid>:<attempt>`.
     pub id: String,
-    /// `owner/name` while the model is here; its name once it left.
+    /// `owner/name`.
     pub model: String,
     /// The target controller's name.
     pub target: String,
@@ -211,7 +211,11 @@ impl ClientApi {
                 models.push(ModelView {
                     name: format!("{}/{}", model.owner, model.name),
                     life: life_name(model.life()),
-                    status: model.status.as_ref().map(|s| s.current.clone()).unwrap_or_default(),
+                    status: model
+                        .status
+                        .as_ref()
+                        .map(|s| s.current.clone())
+                        .unwrap_or_default(),
                     uuid: model.uuid,
                     machines: footprint.machines,
                     units: footprint.units,
@@ -288,7 +292,9 @@ impl ClientApi {
                     format!("{}/{}", model.owner, model.name)
                 }
                 Some(_) => continue,
-                None if caller.access == auth::SUPERUSER => record.model_name.clone(),
+                None if caller.access == auth::SUPERUSER => {
+                    format!("{}/{}", record.model_owner, record.model_name)
+                }
                 None => continue,
             };
             let info = migrations::status(&self.ctx, &uuid, &record.model_name)?;
