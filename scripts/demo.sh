@@ -2,7 +2,7 @@
 # A guided tour: two local controllers; a model on alpha with two machine agents running a
 # deployed application; the leader of alpha SIGKILLed while the workloads keep running, a new
 # leader elected, nothing lost, the killed node back; the model migrated live to beta; then a
-# third controller and `ctl balance` moving alpha's busy models. Everything it starts lives in temporary
+# third controller and `ctl balance` spreading alpha's busy models over the three. Everything it starts lives in temporary
 # dirs (its own CTL_DATA and STARLING_WORK) and is stopped on exit, whatever happens.
 #
 #   scripts/demo.sh            (STARLING_BIN_DIR to use prebuilt binaries and skip the build)
@@ -172,15 +172,18 @@ grep -h "controller-name" "$demo_dir"/agent-*.yaml || true
 kill -0 "$workload_pid" || die "workload pid $workload_pid is gone"
 echo "counter/0 still runs as pid $workload_pid; $(wc -l <"$counter_log") lines now"
 
-step "A third controller, gamma (1 node), and load on alpha: two busy models"
+step "A third controller, gamma (1 node), and load on alpha: three busy models"
 started+=(gamma)
 run "$scripts/bootstrap-cluster.sh" gamma -n 1
-run "$ctl" add-model -c alpha web
-run "$ctl" add-model -c alpha db
-echo "$ writing 40 settings to each of alpha:web and alpha:db"
+busy=(web db cache)
+for model in "${busy[@]}"; do
+    run "$ctl" add-model -c alpha "$model"
+done
+echo "$ writing 40 settings to each of alpha:web, alpha:db and alpha:cache"
 for i in $(seq 1 40); do
-    "$ctl" model-config -m alpha:web "k$((i % 4))=$i" >/dev/null
-    "$ctl" model-config -m alpha:db "k$((i % 4))=$i" >/dev/null
+    for model in "${busy[@]}"; do
+        "$ctl" model-config -m "alpha:$model" "k$((i % 4))=$i" >/dev/null
+    done
 done
 run "$ctl" models -c alpha
 
