@@ -193,6 +193,7 @@ run "$ctl" balance --wait --timeout 5m
 for controller in alpha beta gamma; do
     run "$ctl" models -c "$controller"
 done
-echo "Each node also serves a live status page: https://$(awk 'NR == 1 {print $3}' "$(cluster_dir alpha)/ports")/ (sign in with the token in $CTL_DATA/accounts.yaml)"
+echo "(Each node also serves a live status page on its HTTPS side port, e.g. alpha's node 1 at"
+echo " https://$(awk 'NR == 1 {print $3}' "$(cluster_dir alpha)/ports")/ until the clean-up below: see README, \"The status page\".)"
 
 step "Done"
