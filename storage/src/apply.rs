@@ -15,6 +15,7 @@ use crate::staging::{StagedFiles, StagingEvent};
 use crate::state::{KeyValues, Overlay, StateRead, WriteSet};
 use crate::StorageError;
 
+mod authority;
 mod models;
 
 /// Bounds on what applying keeps.
@@ -185,6 +186,9 @@ impl<'r, R: StateRead + ?Sized> ApplyBatch<'r, R> {
     ) -> Result<CommandResult, StorageError> {
         use cmd::command::Op;
         use cmd::command_error::Code;
+        if let Err(refusal) = authority::check(&self.overlay, command)? {
+            return Ok(model_error_result(&refusal));
+        }
         match &command.op {
             Some(Op::SetControllerConfig(set)) => {
                 // Sorted, so every node reports the same first error.

@@ -23,6 +23,7 @@ fn apply(store: &Store, index: &mut u64, op: Op) -> cmd::Ok {
         op: Some(op),
         proposed_unix_ms: 1_700_000_000_000 + *index as i64,
         caller: "admin".into(),
+        authority: None,
     };
     let mut batch = ApplyBatch::new(store, ApplyLimits::default());
     let result = batch.apply_command(*index, &command).expect("applies");

@@ -3,6 +3,8 @@
 
 use rand::RngCore;
 use sha2::{Digest, Sha256};
+use starling_proto::command::{authority, Authority};
+use starling_proto::model::Access;
 use tonic::{Request, Status};
 
 use starling_raft::store::StateView;
@@ -36,6 +38,36 @@ pub struct Caller {
     pub user: String,
     /// Access level ("superuser" for the admin).
     pub access: String,
+    /// A bootstrap user (`auth.yaml`), not a user of the replicated state.
+    pub bootstrap: bool,
+}
+
+impl Caller {
+    /// What applying checks again for a command this caller asks for to do `what`: `needed`
+    /// access to model `model_uuid` ("" and `Access::Unspecified` for none) and, when
+    /// `superuser`, controller superuser access. A bootstrap user is not in the replicated
+    /// state, so nothing there can revoke it.
+    pub fn authority(
+        &self,
+        model_uuid: &str,
+        needed: Access,
+        superuser: bool,
+        what: &str,
+    ) -> Authority {
+        let kind = if self.bootstrap {
+            authority::Kind::Bootstrap
+        } else {
+            authority::Kind::User
+        };
+        Authority {
+            kind: kind as i32,
+            model_uuid: model_uuid.to_owned(),
+            model_access: needed as i32,
+            superuser,
+            what: what.to_owned(),
+            machine_id: String::new(),
+        }
+    }
 }
 
 /// Checks callers' bearer tokens against the bootstrap users (`auth.yaml`) and the users added
@@ -103,6 +135,7 @@ impl Authenticator {
             return Ok(Caller {
                 user: user.name.clone(),
                 access: user.access.clone(),
+                bootstrap: true,
             });
         }
         if let Some(state) = &self.state {
@@ -116,6 +149,7 @@ impl Authenticator {
                 return Ok(Caller {
                     user: user.name.clone(),
                     access: user.controller_access.clone(),
+                    bootstrap: false,
                 });
             }
         }

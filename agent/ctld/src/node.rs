@@ -69,6 +69,7 @@ async fn ensure_controller_model(
         })),
         proposed_unix_ms: now_unix_ms(),
         caller: "admin".into(),
+        authority: None,
     };
     // Bounded: a group that has no leader for this long has bigger problems, and the next
     // start of a bootstrap node tries again.

@@ -236,6 +236,7 @@ pub async fn run_presence(
             })),
             proposed_unix_ms: now_unix_ms(),
             caller: String::new(),
+            authority: None,
         };
         tokio::select! {
             _ = stop.cancelled() => return,

@@ -300,6 +300,17 @@ pub enum ModelError {
         /// The entity it named.
         entity: String,
     },
+    /// The caller's authority was taken away (a user removed or no longer superuser, a
+    /// machine removed) before its command applied.
+    #[error("{caller} may no longer {what}: {reason}")]
+    AuthorityRevoked {
+        /// The caller ("user \"bob\"", "the agent of machine 2").
+        caller: String,
+        /// What it asked to do.
+        what: String,
+        /// What changed.
+        reason: String,
+    },
     /// The caller's access to the model is too low for what it asked.
     #[error("user {user:?} has {has} access to model {model:?} and may not {what} ({needed} access needed)")]
     PermissionDenied {
@@ -354,7 +365,9 @@ impl ModelError {
             | BlobChunkOutOfOrder { .. }
             | BlobNotStaged { .. }
             | OwnerAccess { .. } => ErrorKind::FailedPrecondition,
-            PermissionDenied { .. } | NotAgentEntity { .. } => ErrorKind::PermissionDenied,
+            PermissionDenied { .. } | NotAgentEntity { .. } | AuthorityRevoked { .. } => {
+                ErrorKind::PermissionDenied
+            }
         }
     }
 

@@ -41,12 +41,32 @@ impl Harness {
 
     /// Applies `op` in its own batch; a storage failure (a staged file missing) is the error.
     pub fn try_apply(&mut self, op: Op) -> Result<cmd::command_result::Result, StorageError> {
+        self.try_apply_as("alice", None, op)
+    }
+
+    /// Applies `op` for `caller` with `authority` (what applying checks again).
+    pub fn apply_as(
+        &mut self,
+        caller: &str,
+        authority: Option<cmd::Authority>,
+        op: Op,
+    ) -> cmd::command_result::Result {
+        self.try_apply_as(caller, authority, op).expect("applies")
+    }
+
+    fn try_apply_as(
+        &mut self,
+        caller: &str,
+        authority: Option<cmd::Authority>,
+        op: Op,
+    ) -> Result<cmd::command_result::Result, StorageError> {
         self.index += 1;
         let command = Command {
             request_id: String::new(),
             op: Some(op),
             proposed_unix_ms: NOW + self.index as i64,
-            caller: "alice".into(),
+            caller: caller.into(),
+            authority,
         };
         let staging = self.staging.clone();
         let mut batch = ApplyBatch::new(&self.store, ApplyLimits::default())

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use starling_proto::agent as pb;
 use starling_proto::agent::agent_server::{Agent, AgentServer};
+use starling_proto::command::{authority, Authority};
 use starling_proto::limits::MESSAGE_BYTES_MAX;
 use starling_storage::migration as stored;
 use starling_storage::model::controller_config::agent_heartbeat_interval;
@@ -55,6 +56,19 @@ pub struct AgentIdentity {
     pub machine_id: String,
     /// The machine id as a number.
     pub machine_number: u64,
+}
+
+impl AgentIdentity {
+    /// What applying checks again for a command this agent asks for: its machine still exists.
+    pub fn authority(&self, what: &str) -> Authority {
+        Authority {
+            kind: authority::Kind::Agent as i32,
+            model_uuid: self.model_uuid.clone(),
+            machine_id: self.machine_id.clone(),
+            what: what.to_owned(),
+            ..Default::default()
+        }
+    }
 }
 
 /// The credential, model uuid and machine id an agent call carries.

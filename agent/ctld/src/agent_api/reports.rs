@@ -121,6 +121,7 @@ impl AgentService {
             })),
             proposed_unix_ms: now_unix_ms(),
             caller: format!("machine-{}", agent.machine_id),
+            authority: Some(agent.authority("report")),
         };
         let proposed = propose(&self.handle, command).await?;
         let applied_seq = match &proposed.result.result {

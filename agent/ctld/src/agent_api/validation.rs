@@ -56,6 +56,7 @@ impl AgentService {
             })),
             proposed_unix_ms: now_unix_ms(),
             caller: format!("machine-{}", agent.machine_id),
+            authority: Some(agent.authority("report on a migration")),
         };
         propose(&self.handle, command).await?;
         debug!(migration = %id, machine = %agent.machine_id, phase = %message.phase, ok = message.ok, "agent reported");

@@ -9,7 +9,7 @@
 
 use starling_proto::command::{self as cmd, command};
 use starling_proto::controller as pb;
-use starling_proto::model::BackupRecord;
+use starling_proto::model::{Access, BackupRecord};
 use tonic::{Request, Response, Status};
 use tracing::{info, instrument};
 
@@ -27,9 +27,12 @@ fn info_of(record: BackupRecord) -> pb::BackupInfo {
     }
 }
 
+/// What a backup call asks to do, for a refusal.
+const BACKUP_WHAT: &str = "manage backups";
+
 impl ClientApi {
     fn backup_admin<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
-        self.auth.authenticate_superuser(request, "manage backups")
+        self.auth.authenticate_superuser(request, BACKUP_WHAT)
     }
 
     /// `CreateBackup`: the backup is made when its command applies; answers its record.
@@ -60,7 +63,8 @@ impl ClientApi {
             node_id: self.identity.node_id,
             notes: message.notes,
         });
-        self.propose(&caller, format!("backup-{request_id}"), op)
+        let authority = caller.authority("", Access::Unspecified, true, BACKUP_WHAT);
+        self.propose(&caller, authority, format!("backup-{request_id}"), op)
             .await?;
         let record = self
             .handle
@@ -137,8 +141,14 @@ impl ClientApi {
             force: message.force,
             controller_version: self.identity.version.clone(),
         });
-        self.propose(&caller, request_id_or_new(message.request_id), op)
-            .await?;
+        let authority = caller.authority("", Access::Unspecified, true, BACKUP_WHAT);
+        self.propose(
+            &caller,
+            authority,
+            request_id_or_new(message.request_id),
+            op,
+        )
+        .await?;
         let model_count = self
             .handle
             .state()

@@ -7,6 +7,7 @@ use sha2::{Digest, Sha256};
 use starling_proto::command::command;
 use starling_proto::controller as pb;
 use starling_proto::limits::{BLOB_BYTES_MAX, BLOB_CHUNK_BYTES_MAX};
+use starling_proto::model::Access;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::ClientApi;
@@ -80,8 +81,14 @@ impl ClientApi {
                 offset: chunk.offset,
                 data: chunk.data,
             });
-            self.propose(&caller, format!("upload-{session}-{}", chunk.offset), op)
-                .await?;
+            let authority = caller.authority("", Access::Unspecified, false, "upload charms");
+            self.propose(
+                &caller,
+                authority,
+                format!("upload-{session}-{}", chunk.offset),
+                op,
+            )
+            .await?;
             next = stream.message().await?;
         }
         if expected_offset != size {
@@ -99,7 +106,8 @@ impl ClientApi {
             digest: digest.clone(),
             size,
         });
-        self.propose(&caller, format!("upload-{session}-commit"), op)
+        let authority = caller.authority("", Access::Unspecified, false, "upload charms");
+        self.propose(&caller, authority, format!("upload-{session}-commit"), op)
             .await?;
         Ok(Response::new(pb::UploadCharmResponse {
             digest,

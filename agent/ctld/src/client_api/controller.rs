@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use starling_proto::command::{command, Command};
 use starling_proto::controller as pb;
+use starling_proto::model::Access;
 use starling_raft::RaftHandle;
 use starling_storage::migration as stored;
 use tonic::{Request, Response, Status};
@@ -22,10 +23,12 @@ use crate::plumbing::{now_unix_ms, proposal, propose, storage_error};
 /// How long `ShowController` waits for each member's own status.
 const MEMBER_STATUS_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// What a controller-management call asks to do, for a refusal.
+const CONTROLLER_WHAT: &str = "manage the controller";
+
 impl ClientApi {
     fn controller_admin<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
-        self.auth
-            .authenticate_superuser(request, "manage the controller")
+        self.auth.authenticate_superuser(request, CONTROLLER_WHAT)
     }
 
     #[instrument(skip_all, fields(node_id = self.identity.node_id))]
@@ -185,6 +188,7 @@ impl ClientApi {
                 },
             )),
             proposed_unix_ms: now_unix_ms(),
+            authority: Some(caller.authority("", Access::Unspecified, true, CONTROLLER_WHAT)),
             caller: caller.user,
         };
         let proposed = propose(&self.handle, command).await?;
@@ -319,7 +323,9 @@ impl ClientApi {
             token_sha256: auth::hash_token(&token),
             controller_access: controller_access.to_string(),
         });
-        self.propose(&caller, message.request_id, op).await?;
+        let authority = caller.authority("", Access::Unspecified, true, "add users");
+        self.propose(&caller, authority, message.request_id, op)
+            .await?;
         Ok(Response::new(pb::AddUserResponse { token }))
     }
 

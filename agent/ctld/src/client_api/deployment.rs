@@ -23,7 +23,7 @@ impl ClientApi {
     ) -> Result<Response<pb::AddMachineResponse>, Status> {
         let caller = self.auth.authenticate(&request)?;
         let message = request.into_inner();
-        let model = self.model_for(
+        let (model, authority) = self.model_to_change(
             &caller,
             message.model.as_ref(),
             Access::Write,
@@ -34,7 +34,9 @@ impl ClientApi {
             model_uuid: model.uuid.clone(),
             credential_sha256: auth::hash_token(&credential),
         });
-        let result = self.propose(&caller, message.request_id, op).await?;
+        let result = self
+            .propose(&caller, authority, message.request_id, op)
+            .await?;
         let machine_id = Self::ok_fields(&result)
             .map(|ok| ok.machine_id.clone())
             .filter(|id| !id.is_empty())
@@ -65,7 +67,7 @@ impl ClientApi {
     ) -> Result<Response<pb::RemoveMachineResponse>, Status> {
         let caller = self.auth.authenticate(&request)?;
         let message = request.into_inner();
-        let model = self.model_for(
+        let (model, authority) = self.model_to_change(
             &caller,
             message.model.as_ref(),
             Access::Write,
@@ -76,7 +78,8 @@ impl ClientApi {
             machine_id: message.machine_id,
             force: message.force,
         });
-        self.propose(&caller, message.request_id, op).await?;
+        self.propose(&caller, authority, message.request_id, op)
+            .await?;
         Ok(Response::new(pb::RemoveMachineResponse {}))
     }
 
@@ -87,7 +90,8 @@ impl ClientApi {
     ) -> Result<Response<pb::DeployResponse>, Status> {
         let caller = self.auth.authenticate(&request)?;
         let message = request.into_inner();
-        let model = self.model_for(&caller, message.model.as_ref(), Access::Write, "deploy")?;
+        let (model, authority) =
+            self.model_to_change(&caller, message.model.as_ref(), Access::Write, "deploy")?;
         let archive = read_blob(&self.handle, &message.charm_digest, "charm")?;
         let metadata = charm_metadata_from_archive(&archive)?;
         let charm = parse_metadata(&metadata)
@@ -102,7 +106,9 @@ impl ClientApi {
             machines: message.to,
             spread_units: message.num_units,
         });
-        let result = self.propose(&caller, message.request_id, op).await?;
+        let result = self
+            .propose(&caller, authority, message.request_id, op)
+            .await?;
         let units = Self::ok_fields(&result)
             .map(|ok| ok.units.clone())
             .unwrap_or_default();
@@ -116,14 +122,17 @@ impl ClientApi {
     ) -> Result<Response<pb::AddUnitResponse>, Status> {
         let caller = self.auth.authenticate(&request)?;
         let message = request.into_inner();
-        let model = self.model_for(&caller, message.model.as_ref(), Access::Write, "add units")?;
+        let (model, authority) =
+            self.model_to_change(&caller, message.model.as_ref(), Access::Write, "add units")?;
         let op = command::Op::AddUnits(starling_proto::command::AddUnits {
             model_uuid: model.uuid,
             application: message.application,
             machines: message.to,
             spread_units: message.num_units,
         });
-        let result = self.propose(&caller, message.request_id, op).await?;
+        let result = self
+            .propose(&caller, authority, message.request_id, op)
+            .await?;
         let units = Self::ok_fields(&result)
             .map(|ok| ok.units.clone())
             .unwrap_or_default();
@@ -137,7 +146,7 @@ impl ClientApi {
     ) -> Result<Response<pb::RemoveUnitResponse>, Status> {
         let caller = self.auth.authenticate(&request)?;
         let message = request.into_inner();
-        let model = self.model_for(
+        let (model, authority) = self.model_to_change(
             &caller,
             message.model.as_ref(),
             Access::Write,
@@ -147,7 +156,8 @@ impl ClientApi {
             model_uuid: model.uuid,
             units: message.units,
         });
-        self.propose(&caller, message.request_id, op).await?;
+        self.propose(&caller, authority, message.request_id, op)
+            .await?;
         Ok(Response::new(pb::RemoveUnitResponse {}))
     }
 
@@ -158,7 +168,7 @@ impl ClientApi {
     ) -> Result<Response<pb::RemoveApplicationResponse>, Status> {
         let caller = self.auth.authenticate(&request)?;
         let message = request.into_inner();
-        let model = self.model_for(
+        let (model, authority) = self.model_to_change(
             &caller,
             message.model.as_ref(),
             Access::Write,
@@ -168,7 +178,9 @@ impl ClientApi {
             model_uuid: model.uuid,
             application: message.application,
         });
-        let result = self.propose(&caller, message.request_id, op).await?;
+        let result = self
+            .propose(&caller, authority, message.request_id, op)
+            .await?;
         let units = Self::ok_fields(&result)
             .map(|ok| ok.units.clone())
             .unwrap_or_default();
@@ -182,7 +194,7 @@ impl ClientApi {
     ) -> Result<Response<pb::IntegrateResponse>, Status> {
         let caller = self.auth.authenticate(&request)?;
         let message = request.into_inner();
-        let model = self.model_for(
+        let (model, authority) = self.model_to_change(
             &caller,
             message.model.as_ref(),
             Access::Write,
@@ -194,7 +206,9 @@ impl ClientApi {
             endpoint_a: message.endpoint_a,
             endpoint_b: message.endpoint_b,
         });
-        let result = self.propose(&caller, message.request_id, op).await?;
+        let result = self
+            .propose(&caller, authority, message.request_id, op)
+            .await?;
         let relation_id = Self::ok_fields(&result).and_then(|ok| ok.relation_id);
         let relation = self
             .handle
@@ -212,7 +226,7 @@ impl ClientApi {
     ) -> Result<Response<pb::RemoveRelationResponse>, Status> {
         let caller = self.auth.authenticate(&request)?;
         let message = request.into_inner();
-        let model = self.model_for(
+        let (model, authority) = self.model_to_change(
             &caller,
             message.model.as_ref(),
             Access::Write,
@@ -223,7 +237,8 @@ impl ClientApi {
             endpoint_a: message.endpoint_a,
             endpoint_b: message.endpoint_b,
         });
-        self.propose(&caller, message.request_id, op).await?;
+        self.propose(&caller, authority, message.request_id, op)
+            .await?;
         Ok(Response::new(pb::RemoveRelationResponse {}))
     }
 
@@ -278,7 +293,7 @@ impl ClientApi {
     ) -> Result<Response<pb::SetApplicationConfigResponse>, Status> {
         let caller = self.auth.authenticate(&request)?;
         let message = request.into_inner();
-        let model = self.model_for(
+        let (model, authority) = self.model_to_change(
             &caller,
             message.model.as_ref(),
             Access::Write,
@@ -289,7 +304,8 @@ impl ClientApi {
             application: message.application,
             values: message.values,
         });
-        self.propose(&caller, message.request_id, op).await?;
+        self.propose(&caller, authority, message.request_id, op)
+            .await?;
         Ok(Response::new(pb::SetApplicationConfigResponse {}))
     }
 }

@@ -197,6 +197,7 @@ pub async fn migrate(
     let result = propose_and_wait(
         &ctx.handle,
         &caller.user,
+        caller.authority(&model.uuid, Access::Unspecified, true, "migrate models"),
         String::new(),
         command::Op::StartMigration(StartMigration {
             model_uuid: model.uuid.clone(),
@@ -265,6 +266,7 @@ pub async fn abort(
     propose_and_wait(
         &ctx.handle,
         &caller.user,
+        caller.authority(uuid, Access::Unspecified, true, "abort migrations"),
         String::new(),
         command::Op::RequestMigrationAbort(RequestMigrationAbort {
             migration_id: id.clone(),

@@ -17,7 +17,7 @@ mod status;
 
 pub use overview::Overview;
 
-use starling_proto::command::{command, command_result, CommandResult};
+use starling_proto::command::{command, command_result, Authority, CommandResult};
 use starling_proto::controller as pb;
 use starling_proto::controller::controller_server::{Controller, ControllerServer};
 use starling_proto::limits::MESSAGE_BYTES_MAX;
@@ -201,14 +201,29 @@ impl ClientApi {
         Ok(model)
     }
 
-    /// Proposes `op` for `caller` and waits until this node has applied it.
+    /// The model `model_ref` names, when the caller has `needed` access to it (to do `what`),
+    /// with the authority its command carries, so applying checks the access again.
+    fn model_to_change(
+        &self,
+        caller: &Caller,
+        model_ref: Option<&pb::ModelRef>,
+        needed: Access,
+        what: &str,
+    ) -> Result<(m::Model, Authority), Status> {
+        let model = self.model_for(caller, model_ref, needed, what)?;
+        let authority = caller.authority(&model.uuid, needed, false, what);
+        Ok((model, authority))
+    }
+
+    /// Proposes `op` for `caller` with `authority` and waits until this node has applied it.
     async fn propose(
         &self,
         caller: &Caller,
+        authority: Authority,
         request_id: String,
         op: command::Op,
     ) -> Result<CommandResult, Status> {
-        propose_and_wait(&self.handle, &caller.user, request_id, op).await
+        propose_and_wait(&self.handle, &caller.user, authority, request_id, op).await
     }
 
     fn ok_fields(result: &CommandResult) -> Option<&starling_proto::command::Ok> {

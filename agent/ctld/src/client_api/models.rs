@@ -40,7 +40,8 @@ impl ClientApi {
             agent_version: self.identity.version.clone(),
         });
         let request_id = message.request_id;
-        self.propose(&caller, request_id, op).await?;
+        let authority = caller.authority("", Access::Unspecified, true, "add models");
+        self.propose(&caller, authority, request_id, op).await?;
         // A retried request applied the first time returns that model, whatever uuid we picked.
         let model = self
             .handle
@@ -102,12 +103,14 @@ impl ClientApi {
     ) -> Result<Response<pb::DestroyModelResponse>, Status> {
         let caller = self.auth.authenticate(&request)?;
         let message = request.into_inner();
-        let model = self.model_for(&caller, message.model.as_ref(), Access::Admin, "destroy it")?;
+        let (model, authority) =
+            self.model_to_change(&caller, message.model.as_ref(), Access::Admin, "destroy it")?;
         let op = command::Op::DestroyModel(starling_proto::command::DestroyModel {
             model_uuid: model.uuid.clone(),
             force: message.force,
         });
-        self.propose(&caller, message.request_id, op).await?;
+        self.propose(&caller, authority, message.request_id, op)
+            .await?;
         info!(model = %model.name, "model destroyed");
         Ok(Response::new(pb::DestroyModelResponse {}))
     }
@@ -140,7 +143,7 @@ impl ClientApi {
     ) -> Result<Response<pb::SetModelConfigResponse>, Status> {
         let caller = self.auth.authenticate(&request)?;
         let message = request.into_inner();
-        let model = self.model_for(
+        let (model, authority) = self.model_to_change(
             &caller,
             message.model.as_ref(),
             Access::Write,
@@ -150,7 +153,8 @@ impl ClientApi {
             model_uuid: model.uuid,
             values: message.values,
         });
-        self.propose(&caller, message.request_id, op).await?;
+        self.propose(&caller, authority, message.request_id, op)
+            .await?;
         Ok(Response::new(pb::SetModelConfigResponse {}))
     }
 
@@ -161,7 +165,7 @@ impl ClientApi {
     ) -> Result<Response<pb::SetModelAccessResponse>, Status> {
         let caller = self.auth.authenticate(&request)?;
         let message = request.into_inner();
-        let model = self.model_for(
+        let (model, authority) = self.model_to_change(
             &caller,
             message.model.as_ref(),
             Access::Admin,
@@ -173,7 +177,8 @@ impl ClientApi {
             access: message.access,
             revoke: message.revoke,
         });
-        self.propose(&caller, message.request_id, op).await?;
+        self.propose(&caller, authority, message.request_id, op)
+            .await?;
         Ok(Response::new(pb::SetModelAccessResponse {}))
     }
 }

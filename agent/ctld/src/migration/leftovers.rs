@@ -95,6 +95,7 @@ pub async fn run_sweeper(ctx: NodeContext, stop: CancellationToken) {
                         })),
                         proposed_unix_ms: now_unix_ms(),
                         caller: String::new(),
+                        authority: None,
                     };
                     if let Err(e) = ctx.handle.propose(command).await {
                         warn!(error = %e, "cannot drop the leftover import yet");

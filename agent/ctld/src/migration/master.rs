@@ -211,6 +211,7 @@ impl Driver {
             op: Some(op),
             proposed_unix_ms: now_unix_ms(),
             caller: String::new(),
+            authority: None,
         };
         let proposed = self
             .ctx

@@ -10,6 +10,7 @@ use starling_proto::command::{command, ActivateModel, DropImport, ImportLog, Imp
 use starling_proto::limits::MESSAGE_BYTES_MAX;
 use starling_proto::migration as pb;
 use starling_proto::migration::migration_server::{Migration, MigrationServer};
+use starling_proto::model::Access;
 use starling_storage::migration as stored;
 use starling_storage::model::migration::{source_answer, MigrationId, SourceAnswer};
 use starling_storage::model::names;
@@ -21,6 +22,9 @@ use crate::auth::{self, constant_time_eq, Authenticator, Caller};
 use crate::context::NodeContext;
 use crate::plumbing::{proposal, propose_and_wait, storage_error};
 use crate::staging::transfer::From;
+
+/// What the source asks a target to do, for a refusal.
+const IMPORT_WHAT: &str = "migrate models to this controller";
 
 /// The peer service of one node.
 #[derive(Clone)]
@@ -54,8 +58,7 @@ impl MigrationService {
     }
 
     fn superuser<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
-        self.auth
-            .authenticate_superuser(request, "migrate models to this controller")
+        self.auth.authenticate_superuser(request, IMPORT_WHAT)
     }
 
     async fn barrier(&self) -> Result<(), Status> {
@@ -72,7 +75,9 @@ impl MigrationService {
         request_id: String,
         op: command::Op,
     ) -> Result<starling_proto::command::Ok, Status> {
-        let result = propose_and_wait(&self.ctx.handle, &caller.user, request_id, op).await?;
+        let authority = caller.authority("", Access::Unspecified, true, IMPORT_WHAT);
+        let result =
+            propose_and_wait(&self.ctx.handle, &caller.user, authority, request_id, op).await?;
         match result.result {
             Some(starling_proto::command::command_result::Result::Ok(ok)) => Ok(ok),
             _ => Err(Status::internal("a proposal succeeded without a result")),

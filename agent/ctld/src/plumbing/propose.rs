@@ -1,7 +1,7 @@
 //! Proposing a command for a caller and waiting until this node has applied it, so the caller
 //! reads its own write; request ids make a retried call apply once.
 
-use starling_proto::command::{command, Command, CommandResult};
+use starling_proto::command::{command, Authority, Command, CommandResult};
 use starling_raft::{Proposed, RaftHandle};
 use tonic::Status;
 
@@ -19,9 +19,11 @@ pub fn request_id_or_new(request_id: String) -> String {
 
 /// Proposes `op` for user `caller` (under the client's request id, or a new one), maps a refusal to
 /// its status, and waits until this node has applied it, so the caller reads its own write.
+/// `authority` is what applying checks again (the caller's access as this node authorized it).
 pub async fn propose_and_wait(
     handle: &RaftHandle,
     caller: &str,
+    authority: Authority,
     request_id: String,
     op: command::Op,
 ) -> Result<CommandResult, Status> {
@@ -30,6 +32,7 @@ pub async fn propose_and_wait(
         op: Some(op),
         proposed_unix_ms: now_unix_ms(),
         caller: caller.to_owned(),
+        authority: Some(authority),
     };
     let proposed = propose(handle, command).await?;
     handle
