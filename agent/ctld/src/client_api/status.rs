@@ -34,51 +34,57 @@ impl ClientApi {
         let caller = self.auth.authenticate(&request)?;
         self.barrier().await?;
         let message = request.into_inner();
-        let model = self.model_for(
-            &caller,
-            message.model.as_ref(),
-            Access::Read,
-            "read its status",
-        )?;
-        let state = self.handle.state();
-        let mut description = state
-            .model_description(&model.uuid)
-            .map_err(storage_error)?
-            .unwrap_or_default();
-        // Machine agent status comes from presence, computed now from every node's record.
-        let seen = state.model_presence(&model.uuid).map_err(storage_error)?;
-        let interval =
-            agent_heartbeat_interval(&state.try_controller_config().map_err(storage_error)?);
-        let now = now_unix_ms();
-        for machine in &mut description.machines {
-            machine.agent_status = Some(machine_agent_status(
-                machine.agent_status.as_ref(),
-                seen.get(&machine.id).copied(),
-                now,
-                interval,
-            ));
-        }
-        // An application shows the most severe status of its units, as in Juju.
-        for application in &mut description.applications {
-            let units: Vec<&m::Unit> = description
-                .units
-                .iter()
-                .filter(|u| u.application == application.name)
-                .collect();
-            application.status = derived_application_status(application.status.as_ref(), &units);
-        }
-        let (_, _, _, notes) =
-            migrations::summary(state.reader(), &self.ctx.progress, &model.uuid)?;
         let group = self.ctx.load.group_load(&self.handle).await;
-        Ok(Response::new(pb::FullStatus {
-            notes,
-            model: Some(self.model_info(model, &group)?),
-            machines: description.machines,
-            applications: description.applications,
-            units: description.units,
-            relations: description.relations,
-            now_unix_ms: now,
-        }))
+        let now = now_unix_ms();
+        // One applied state for every read: the model, its records, the agents' presence and
+        // the migration notes never mix two applies.
+        // (`resolve` and `require`, not `model_for`: the closure may run twice, and the read
+        // is counted once, below.)
+        let status = self.handle.state().consistent(|state| {
+            let model = self.resolve(&caller, message.model.as_ref())?;
+            Self::require(&caller, &model, Access::Read, "read its status")?;
+            let mut description = state
+                .model_description(&model.uuid)
+                .map_err(storage_error)?
+                .unwrap_or_default();
+            // Machine agent status comes from presence, computed now from every node's record.
+            let seen = state.model_presence(&model.uuid).map_err(storage_error)?;
+            let interval =
+                agent_heartbeat_interval(&state.try_controller_config().map_err(storage_error)?);
+            for machine in &mut description.machines {
+                machine.agent_status = Some(machine_agent_status(
+                    machine.agent_status.as_ref(),
+                    seen.get(&machine.id).copied(),
+                    now,
+                    interval,
+                ));
+            }
+            // An application shows the most severe status of its units, as in Juju.
+            for application in &mut description.applications {
+                let units: Vec<&m::Unit> = description
+                    .units
+                    .iter()
+                    .filter(|u| u.application == application.name)
+                    .collect();
+                application.status =
+                    derived_application_status(application.status.as_ref(), &units);
+            }
+            let (_, _, _, notes) =
+                migrations::summary(state.reader(), &self.ctx.progress, &model.uuid)?;
+            Ok::<_, Status>(pb::FullStatus {
+                notes,
+                model: Some(self.model_info(model, &group)?),
+                machines: description.machines,
+                applications: description.applications,
+                units: description.units,
+                relations: description.relations,
+                now_unix_ms: now,
+            })
+        })?;
+        if let Some(model) = status.model.as_ref().and_then(|info| info.model.as_ref()) {
+            self.ctx.load.read(&model.uuid);
+        }
+        Ok(Response::new(status))
     }
 
     /// `StatusLog`: the kept status history of a unit (workload and agent), an application, a
