@@ -203,9 +203,7 @@ pub async fn migrate(
             model_uuid: model.uuid.clone(),
             target: Some(mpb::TargetController {
                 ca_fingerprint: if target.ca_fingerprint.is_empty() {
-                    hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
-                        target.ca_cert.as_bytes(),
-                    ))
+                    prechecks::ca_fingerprint(&target.ca_cert)
                 } else {
                     target.ca_fingerprint.clone()
                 },

@@ -166,6 +166,7 @@ impl Driver {
         }
         if self.peer.is_none() {
             let target = stored_record.target.clone().unwrap_or_default();
+            prechecks::verify_target_ca(&target).map_err(|e| anyhow::anyhow!("{}", e.message()))?;
             self.peer = Some(
                 Peer::new(
                     &target.endpoints,

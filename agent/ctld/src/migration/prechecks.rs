@@ -148,8 +148,31 @@ pub async fn ask_target(
     }
 }
 
+/// The hex sha256 of a PEM certificate, as `ctl` records a controller's CA fingerprint.
+pub fn ca_fingerprint(ca_pem: &str) -> String {
+    hex::encode(<sha2::Sha256 as sha2::Digest>::digest(ca_pem.as_bytes()))
+}
+
+/// Refuses a target whose CA certificate is not the one its recorded fingerprint names: the
+/// source would otherwise trust, and hand the model to, whatever that certificate signs.
+pub fn verify_target_ca(target: &pb::TargetController) -> Result<(), Status> {
+    if target.ca_fingerprint.is_empty() {
+        return Ok(());
+    }
+    let dialed = ca_fingerprint(&target.ca_cert);
+    if !dialed.eq_ignore_ascii_case(&target.ca_fingerprint) {
+        return Err(Status::failed_precondition(format!(
+            "the CA certificate given for controller \"{}\" has fingerprint {dialed}, not the \
+             recorded {}; refusing to dial it (re-register the controller if its CA changed)",
+            target.name, target.ca_fingerprint
+        )));
+    }
+    Ok(())
+}
+
 /// A peer for the target with the precheck's short deadline.
 pub fn target_peer(target: &pb::TargetController) -> Result<Peer, Status> {
+    verify_target_ca(target)?;
     Peer::new(
         &target.endpoints,
         &target.ca_cert,
@@ -249,6 +272,33 @@ pub fn target_checks(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_target_ca_must_match_its_recorded_fingerprint() {
+        let mut target = pb::TargetController {
+            name: "beta".into(),
+            ca_cert: "-----BEGIN CERTIFICATE-----\nbeta\n-----END CERTIFICATE-----\n".into(),
+            ..Default::default()
+        };
+        // Nothing recorded: nothing to compare.
+        assert!(verify_target_ca(&target).is_ok());
+        target.ca_fingerprint = ca_fingerprint(&target.ca_cert).to_uppercase();
+        assert!(verify_target_ca(&target).is_ok());
+        target.ca_cert = "-----BEGIN CERTIFICATE-----\nmallory\n-----END CERTIFICATE-----\n".into();
+        let refused = verify_target_ca(&target).expect_err("another CA");
+        assert_eq!(refused.code(), Code::FailedPrecondition);
+        assert!(
+            refused
+                .message()
+                .contains("for controller \"beta\" has fingerprint"),
+            "{}",
+            refused.message()
+        );
+        assert!(
+            target_peer(&target).is_err(),
+            "the precheck peer dials it anyway"
+        );
+    }
 
     #[test]
     fn versions_compare_numerically() {
