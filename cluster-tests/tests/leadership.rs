@@ -3,7 +3,9 @@
 //!   by the voter it chose, no write lost),
 //! - `remove-node` of the leader hands over first and is carried out by the new leader,
 //! - a follower paused for longer than the election timeout does not depose the leader when it
-//!   wakes up (pre-vote: the others still hear from their leader).
+//!   wakes up (pre-vote: the others still hear from their leader),
+//! - a node whose gRPC server task ends stops with an error instead of running on unreachable
+//!   (needs `ctld` built with `--features starling-ctld/failpoints`, as `scripts/test.sh` does).
 //!
 //! Speed is the benchmark's business (`scripts/bench.sh`); these check the mechanisms.
 
@@ -173,4 +175,40 @@ fn election_lines(cluster: &LocalCluster) -> String {
         }
     }
     out
+}
+
+#[test]
+fn a_node_whose_grpc_server_ends_stops_with_an_error() -> Result<()> {
+    init_tracing();
+    let mut cluster = LocalCluster::init(ClusterOptions::new("deadserver", 1))?;
+    let ctld = cluster.bins().ctld.clone();
+    let version = std::process::Command::new(&ctld)
+        .arg("--version")
+        .output()?;
+    ensure!(
+        String::from_utf8_lossy(&version.stdout).contains("+failpoints"),
+        "{} was built without the failpoints feature (scripts/test.sh builds it)",
+        ctld.display()
+    );
+    info!("--- the node's gRPC server returns as soon as it starts");
+    cluster.set_env(vec![(
+        "FAILPOINTS".to_owned(),
+        "node.grpc-server=return".to_owned(),
+    )]);
+    cluster.start_node(1)?;
+    let deadline = std::time::Instant::now() + STOP_WAIT;
+    while cluster.is_running(1) {
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "the node still runs {STOP_WAIT:?} after its gRPC server ended:\n{}",
+            cluster.log_tail(1, 30)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let log = cluster.log_tail(1, 30);
+    ensure!(
+        log.contains("ERROR the gRPC server stopped while the node was running"),
+        "the node stopped without saying why:\n{log}"
+    );
+    Ok(())
 }

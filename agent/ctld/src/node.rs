@@ -13,7 +13,7 @@ use starling_raft::{
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
-use tracing::{info, instrument, warn};
+use tracing::{error, info, instrument, warn};
 
 use crate::agent_api::AgentService;
 use crate::auth::Authenticator;
@@ -227,8 +227,15 @@ pub async fn run(
             TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
             stop.clone().cancelled_owned(),
         );
-    let grpc_task = tokio::spawn(grpc);
-    let http_task = tokio::spawn(http::serve(
+    #[cfg(feature = "failpoints")]
+    let grpc = async move {
+        // Test hook: the gRPC server stops as if it had failed, so the node's reaction to a dead
+        // server is exercised.
+        fail::fail_point!("node.grpc-server", |_| Ok(()));
+        grpc.await
+    };
+    let mut grpc_task = tokio::spawn(grpc);
+    let mut http_task = tokio::spawn(http::serve(
         http_listener,
         pki::http_server_tls(&node_cert)?,
         client_api,
@@ -272,7 +279,19 @@ pub async fn run(
         ));
     }
 
-    shutdown.await;
+    // A server task that ends before the shutdown leaves a node that looks alive (Raft still
+    // runs) but cannot be reached: stop the node with an error, so a supervisor restarts it.
+    let dead_server = tokio::select! {
+        () = shutdown => None,
+        ended = &mut grpc_task => Some(("gRPC server", server_end(ended.map(|r| r.err().map(|e| e.to_string()))))),
+        ended = &mut http_task => Some(("HTTPS side port", server_end(ended.map(|()| None)))),
+    };
+    if let Some((server, reason)) = dead_server {
+        error!(server, %reason, "a server task ended while the node runs; stopping the node");
+        stop.cancel();
+        handle.shutdown().await;
+        bail!("the {server} stopped while the node was running: {reason}");
+    }
     info!("shutting down");
     // A leader hands over first, while this node still serves, so its stop costs the group no
     // election timeout (a rolling restart pauses writes for one hand-off, not one failover).
@@ -304,4 +323,13 @@ pub async fn run(
     handle.shutdown().await;
     info!("stopped");
     Ok(())
+}
+
+/// Why a server task ended: its panic, its error, or that it returned without one.
+fn server_end(ended: Result<Option<String>, tokio::task::JoinError>) -> String {
+    match ended {
+        Err(e) => format!("the task failed: {e}"),
+        Ok(Some(error)) => error,
+        Ok(None) => "it returned without an error".to_owned(),
+    }
 }
