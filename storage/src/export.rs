@@ -3,12 +3,13 @@
 //! `export_model` reads every record of a model in key order, so the same state always gives
 //! the same description, and `description_bytes` encodes it deterministically (proto maps are BTreeMaps), so the
 //! same description is always the same bytes and `description_digest` the same sha256.
-//! `import_model` produces the writes that recreate the records exactly; the model log and the
-//! charm blobs travel separately.
+//! `import_model` produces the writes that recreate the records exactly, with the last report
+//! applied from each machine's agent (so a report whose acknowledgement was lost is not applied
+//! twice); the model log and the charm blobs travel separately.
 
 use prost::Message;
 use sha2::{Digest, Sha256};
-use starling_proto::model::{Application, ModelDescription};
+use starling_proto::model::{AgentSeq, Application, ModelDescription};
 
 use crate::keys;
 use crate::model::{names, ModelError};
@@ -56,7 +57,25 @@ pub fn export_model(
         relations: records::read_records(state, &keys::relation_prefix(uuid))?,
         status_history: records::read_records(state, &keys::history_prefix(uuid))?,
         charm_digests,
+        agent_seqs: read_agent_seqs(state, uuid)?,
     }))
+}
+
+/// The last applied agent report of every machine of model `uuid`, in machine order.
+fn read_agent_seqs(
+    state: &(impl StateRead + ?Sized),
+    uuid: &str,
+) -> Result<Vec<AgentSeq>, StorageError> {
+    let mut seqs = Vec::new();
+    for (key, _) in state.scan_prefix(&keys::agent_seq_prefix(uuid), usize::MAX)? {
+        let machine = keys::trailing_u64(&key)
+            .ok_or_else(|| StorageError::corrupt("state", &key, "no machine number"))?;
+        seqs.push(AgentSeq {
+            machine_id: machine.to_string(),
+            seq: records::read_agent_seq(state, uuid, machine)?,
+        });
+    }
+    Ok(seqs)
 }
 
 /// The canonical encoding of a description: the same description is always the same bytes.
@@ -158,6 +177,13 @@ pub fn import_model(
         let base = entity.strip_suffix("/agent").unwrap_or(entity);
         names::parse_entity(base)?;
         put(keys::history_key(uuid, entity), history.encode_to_vec())?;
+    }
+    for agent in &description.agent_seqs {
+        let machine = names::parse_machine_id(&agent.machine_id)?;
+        put(
+            keys::agent_seq_key(uuid, machine),
+            agent.seq.to_be_bytes().to_vec(),
+        )?;
     }
     Ok(writes)
 }

@@ -224,7 +224,8 @@ pub fn read_blob_range(
     Ok(out)
 }
 
-/// The last `AgentReport` status sequence number applied for a machine (0 when none was).
+/// The last `AgentReport` sequence number (status report or log record) applied for a machine
+/// (0 when none was).
 pub fn read_agent_seq(
     state: &(impl StateRead + ?Sized),
     uuid: &str,

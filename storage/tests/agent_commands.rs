@@ -5,7 +5,7 @@ use sha2::{Digest, Sha256};
 use starling_proto::command::{self as cmd, command::Op, command_error::Code};
 use starling_proto::model::{LogRecord, PresenceEntry, Status};
 use starling_storage::model::charm::parse_metadata;
-use starling_storage::{export_model, records};
+use starling_storage::{export_model, records, StateBackend};
 
 mod support;
 
@@ -217,4 +217,57 @@ fn presence_keeps_one_record_per_node() {
     assert_eq!(seen.get("0"), Some(&200));
     assert_eq!(seen.get("1"), None);
     assert_eq!(records::read_presence(&h.store).expect("reads").len(), 2);
+}
+
+#[test]
+fn a_report_sent_again_to_the_next_controller_is_applied_once() {
+    let mut source = deployed();
+    let log = |agent_seq: u64| LogRecord {
+        entity: "unit-web-0".into(),
+        message: format!("record {agent_seq}"),
+        agent_seq,
+        ..Default::default()
+    };
+    let batch = || {
+        report(
+            "0",
+            vec![status_report(1, "unit-web-0", "active")],
+            vec![log(2), log(3)],
+        )
+    };
+    assert_eq!(source.ok(batch()).applied_seq, 3);
+    // The model moves: its description carries machine 0's last applied number.
+    let description = export_model(&source.store, UUID)
+        .expect("reads")
+        .expect("model");
+    assert_eq!(
+        description
+            .agent_seqs
+            .iter()
+            .map(|a| (a.machine_id.as_str(), a.seq))
+            .collect::<Vec<_>>(),
+        [("0", 3)]
+    );
+    let mut target = Harness::new();
+    let writes = starling_storage::import_model(&target.store, &description).expect("imports");
+    target.store.state_commit(writes).expect("commits");
+    // The acknowledgement was lost: the agent sends the same batch to the target, plus one
+    // new record.
+    let logs_before = records::read_log(&target.store, UUID, 0, 100)
+        .expect("reads")
+        .len();
+    let again = report(
+        "0",
+        vec![status_report(1, "unit-web-0", "blocked")],
+        vec![log(2), log(3), log(4)],
+    );
+    assert_eq!(target.ok(again).applied_seq, 4);
+    let logs: Vec<String> = records::read_log(&target.store, UUID, 0, 100)
+        .expect("reads")
+        .into_iter()
+        .map(|l| l.message)
+        .collect();
+    assert_eq!(logs.len(), logs_before + 1, "{logs:?}");
+    assert_eq!(logs.last().map(String::as_str), Some("record 4"));
+    assert_eq!(workload_of(&target, "unit-web-0").current, "active");
 }

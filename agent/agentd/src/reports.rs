@@ -1,6 +1,8 @@
 //! `ReportBuffer`: the machine agent's outbox of status reports and model-log records. Reports
-//! get increasing `seq` numbers, are delivered in order and dropped only once the controller's
-//! `applied_seq` covers them; when the buffer is full, it keeps only the latest status of each
+//! and log records get increasing numbers from one counter (`seq`, `agent_seq`), are delivered
+//! in order (each batch is a prefix of the numbers: nothing left behind is numbered below what
+//! it carries) and dropped only once the controller's `applied_seq` covers them, so the
+//! controller, this one or the model's next, applies each once; when the buffer is full, it keeps only the latest status of each
 //! (entity, kind) — never less, so no entity's current status is lost however long the
 //! controller is away or the model is migrating (one machine has few entities).
 //!
@@ -61,7 +63,13 @@ impl ReportBuffer {
     /// at least `next_seq` and always more than any saved one.
     pub fn restore(next_seq: u64, saved: ReportRequest) -> Self {
         let mut buffer = Self::new(next_seq);
-        let last_saved = saved.reports.iter().map(|r| r.seq).max().unwrap_or(0);
+        let last_saved = saved
+            .reports
+            .iter()
+            .map(|r| r.seq)
+            .chain(saved.logs.iter().map(|l| l.agent_seq))
+            .max()
+            .unwrap_or(0);
         buffer.next_seq = buffer.next_seq.max(last_saved + 1);
         buffer.reports = saved.reports.into();
         buffer.logs = saved.logs.into();
@@ -107,8 +115,14 @@ impl ReportBuffer {
         seq
     }
 
-    /// Queues one model-log record.
-    pub fn push_log(&mut self, entity: &str, level: LogLevel, module: &str, message: String) {
+    /// Queues one model-log record and returns its `agent_seq`.
+    pub fn push_log(
+        &mut self,
+        entity: &str,
+        level: LogLevel,
+        module: &str,
+        message: String,
+    ) -> u64 {
         if self.logs.len() >= self.logs_max {
             self.logs.pop_front();
             self.logs_dropped += 1;
@@ -119,6 +133,8 @@ impl ReportBuffer {
                 );
             }
         }
+        let agent_seq = self.next_seq;
+        self.next_seq += 1;
         self.generation += 1;
         self.logs.push_back(LogRecord {
             seq: 0,
@@ -127,7 +143,9 @@ impl ReportBuffer {
             level: level as i32,
             module: module.to_string(),
             message,
+            agent_seq,
         });
+        agent_seq
     }
 
     /// Keeps only the latest report per (entity, kind), in seq order. The survivors are all
@@ -158,20 +176,36 @@ impl ReportBuffer {
         self.reports.len()
     }
 
-    /// The next batch to send: the oldest reports and log records, in order.
+    /// The next batch to send: the oldest reports and log records, in order, cut so that
+    /// nothing left queued is numbered below what the batch carries (the controller applies
+    /// numbers above the last it applied, so a record left behind below it would be lost).
     pub fn batch(&self) -> (Vec<StatusReport>, Vec<LogRecord>) {
+        let numbered = |seq: u64| (seq != 0).then_some(seq);
+        let left_behind = [
+            self.reports.get(REPORT_ITEMS_MAX).map(|r| r.seq),
+            self.logs
+                .get(REPORT_ITEMS_MAX)
+                .and_then(|l| numbered(l.agent_seq)),
+        ];
+        let cut = left_behind.into_iter().flatten().min().unwrap_or(u64::MAX);
         (
             self.reports
                 .iter()
                 .take(REPORT_ITEMS_MAX)
+                .take_while(|r| r.seq < cut)
                 .cloned()
                 .collect(),
-            self.logs.iter().take(REPORT_ITEMS_MAX).cloned().collect(),
+            self.logs
+                .iter()
+                .take(REPORT_ITEMS_MAX)
+                .take_while(|l| l.agent_seq < cut)
+                .cloned()
+                .collect(),
         )
     }
 
     /// The controller answered a batch that carried `logs_sent` log records and has applied
-    /// every report up to `applied_seq`.
+    /// every report and log record up to `applied_seq`.
     pub fn acknowledge(&mut self, applied_seq: u64, logs_sent: usize) {
         let before = (self.reports.len(), self.logs.len());
         while self.reports.front().is_some_and(|r| r.seq <= applied_seq) {
@@ -180,8 +214,20 @@ impl ReportBuffer {
         if self.reports.len() < self.reports_max {
             self.coalesce_at = self.reports_max;
         }
-        let logs_sent = logs_sent.min(self.logs.len());
-        self.logs.drain(..logs_sent);
+        // Records saved by an older agentd carry no number: the batch's count covers them.
+        let mut unnumbered_sent = logs_sent;
+        while let Some(log) = self.logs.front() {
+            let covered = if log.agent_seq == 0 {
+                unnumbered_sent > 0
+            } else {
+                log.agent_seq <= applied_seq
+            };
+            if !covered {
+                break;
+            }
+            unnumbered_sent = unnumbered_sent.saturating_sub(usize::from(log.agent_seq == 0));
+            self.logs.pop_front();
+        }
         if (self.reports.len(), self.logs.len()) != before {
             self.generation += 1;
         }
@@ -288,18 +334,22 @@ mod tests {
     fn a_restored_buffer_keeps_the_order_and_never_reuses_a_seq() {
         let mut buffer = ReportBuffer::new(5);
         buffer.push_status("unit-a-0", "workload", status("error", "exited")); // 5
-        buffer.push_log("unit-a-0", LogLevel::Error, "workload", "exited".into());
-        buffer.push_status("unit-a-0", "workload", status("active", "")); // 6
+        buffer.push_log("unit-a-0", LogLevel::Error, "workload", "exited".into()); // 6
+        buffer.push_status("unit-a-0", "workload", status("active", "")); // 7
         let generation = buffer.generation();
         assert_eq!(generation, 3);
         // The saved seqs win over an older reservation in the state file.
         let mut restored = ReportBuffer::restore(2, buffer.pending());
-        assert_eq!(seqs(&restored), vec![5, 6]);
+        assert_eq!(seqs(&restored), vec![5, 7]);
         assert_eq!(restored.batch().1[0].message, "exited");
         assert_eq!(
             restored.push_status("machine-0", "agent", status("started", "")),
-            7
+            8
         );
+        // A saved log record's number counts too.
+        let mut only_log = ReportBuffer::new(1);
+        only_log.push_log("unit-a-0", LogLevel::Info, "hook", "x".into());
+        assert_eq!(ReportBuffer::restore(1, only_log.pending()).next_seq(), 2);
         // A newer reservation wins over the saved seqs.
         assert_eq!(ReportBuffer::restore(100, buffer.pending()).next_seq(), 100);
         // An acknowledgement that drops nothing is no change; one that does is.
@@ -307,7 +357,36 @@ mod tests {
         assert_eq!(buffer.generation(), generation);
         buffer.acknowledge(5, 1);
         assert_eq!(buffer.generation(), generation + 1);
-        assert_eq!(seqs(&buffer), vec![6]);
+        assert_eq!(seqs(&buffer), vec![7]);
+        // The log record (6) is not covered by 5, whatever the batch carried.
+        assert_eq!(buffer.batch().1.len(), 1);
+        buffer.acknowledge(7, 1);
+        assert!(buffer.is_empty());
+    }
+
+    #[test]
+    fn a_batch_leaves_nothing_behind_below_what_it_carries() {
+        let mut buffer = ReportBuffer::with_bounds(1, 10, REPORT_ITEMS_MAX + 10);
+        for idx in 0..=REPORT_ITEMS_MAX {
+            buffer.push_log("unit-a-0", LogLevel::Info, "hook", format!("line {idx}"));
+        }
+        let status_seq = buffer.push_status("unit-a-0", "workload", status("active", ""));
+        assert_eq!(status_seq, REPORT_ITEMS_MAX as u64 + 2);
+        // The last log record (REPORT_ITEMS_MAX + 1) does not fit: the status report, numbered
+        // above it, waits too, or the controller would skip the record once it applied the
+        // report.
+        let (reports, logs) = buffer.batch();
+        assert!(reports.is_empty(), "{reports:?}");
+        assert_eq!(logs.len(), REPORT_ITEMS_MAX);
+        assert_eq!(
+            logs.last().map(|l| l.agent_seq),
+            Some(REPORT_ITEMS_MAX as u64)
+        );
+        buffer.acknowledge(REPORT_ITEMS_MAX as u64, logs.len());
+        let (reports, logs) = buffer.batch();
+        assert_eq!((reports.len(), logs.len()), (1, 1));
+        buffer.acknowledge(status_seq, 1);
+        assert!(buffer.is_empty());
     }
 
     #[test]
@@ -319,7 +398,16 @@ mod tests {
         let (_, logs) = buffer.batch();
         let messages: Vec<_> = logs.iter().map(|l| l.message.as_str()).collect();
         assert_eq!(messages, vec!["line 1", "line 2"]);
+        // Numbered records are dropped by number ("line 1" is 2), not by count.
         buffer.acknowledge(0, 1);
+        assert_eq!(buffer.batch().1.len(), 2);
+        buffer.acknowledge(2, 1);
         assert_eq!(buffer.batch().1.len(), 1);
+        // A record saved by an older agentd (no number) is dropped by the batch's count.
+        let mut saved = buffer.pending();
+        saved.logs[0].agent_seq = 0;
+        let mut restored = ReportBuffer::restore(1, saved);
+        restored.acknowledge(0, 1);
+        assert!(restored.is_empty());
     }
 }

@@ -538,6 +538,7 @@ mod tests {
             level: LogLevel::Warning as i32,
             module: "starling.workload".into(),
             message: "two\nlines".into(),
+            agent_seq: 0,
         };
         assert_eq!(
             log_line(&record),

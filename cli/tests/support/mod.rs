@@ -83,6 +83,7 @@ fn log(seq: u64, entity: &str, level: LogLevel, module: &str, message: &str) -> 
         level: level as i32,
         module: module.into(),
         message: message.into(),
+        agent_seq: 0,
     }
 }
 

@@ -151,8 +151,10 @@ impl<R: StateRead + ?Sized> Tx<'_, '_, R> {
         }
         let mut seq = model.next_log_seq.max(1);
         for record in &append.records {
+            // The agent's number served its one purpose (deduplication) before this.
             let stored = LogRecord {
                 seq,
+                agent_seq: 0,
                 time_unix_ms: if record.time_unix_ms == 0 {
                     self.now_ms
                 } else {
@@ -248,6 +250,16 @@ impl<R: StateRead + ?Sized> Tx<'_, '_, R> {
                 status: status.status.clone(),
             })?;
         }
+        // Log records carry the agent's sequence numbers too: one applied already (a report
+        // whose acknowledgement was lost, sent again, maybe to the model's next controller) is
+        // not appended twice. Records without one (older agents) are always appended.
+        let logs: Vec<_> = report
+            .logs
+            .iter()
+            .filter(|log| log.agent_seq == 0 || log.agent_seq > last)
+            .cloned()
+            .collect();
+        applied = logs.iter().map(|log| log.agent_seq).fold(applied, u64::max);
         if applied != last {
             self.state.put(
                 keys::agent_seq_key(&model.uuid, machine),
@@ -255,11 +267,11 @@ impl<R: StateRead + ?Sized> Tx<'_, '_, R> {
             );
         }
         let mut last_log_seq = 0;
-        if !report.logs.is_empty() {
+        if !logs.is_empty() {
             last_log_seq = self
                 .append_log(&cmd::AppendLog {
                     model_uuid: model.uuid.clone(),
-                    records: report.logs.clone(),
+                    records: logs,
                 })?
                 .last_log_seq;
         }
