@@ -16,6 +16,9 @@
 //!   resumes at the target's offset; every byte is received once.
 //! - `leader_kills_in_every_phase_end_with_one_owner`: the source leader SIGKILLed in each
 //!   phase, the target leader during IMPORT and after SUCCESS.
+//! - `a_model_moves_on_only_after_its_log_arrived`: while the source's log transfer has not
+//!   ended, the target refuses to migrate the model on (to a third controller); once the source
+//!   finishes it, the onward move succeeds.
 //! - `agents_are_started_from_their_first_contact`: with an hour between heartbeats, an agent is
 //!   `started` as soon as it connects, so a dry run passes at once, and on the target as soon
 //!   as the migration ends.
@@ -644,6 +647,71 @@ fn live_migration(world: &mut World) -> Result<()> {
     );
     let on_alpha = written_keys(world, "alpha", "shop")?;
     ensure!(on_beta.is_subset(&on_alpha), "writes lost on the way back");
+    Ok(())
+}
+
+#[test]
+fn a_model_moves_on_only_after_its_log_arrived() -> Result<()> {
+    let mut alpha = ClusterOptions::new("alpha", 1);
+    // The source's log transfer fails every time until the node runs without it.
+    alpha.env = vec![(
+        "FAILPOINTS".into(),
+        "migration.source.logtransfer=return(held back by the test)".into(),
+    )];
+    World::run(
+        vec![
+            alpha,
+            ClusterOptions::new("beta", 1),
+            ClusterOptions::new("gamma", 1),
+        ],
+        onward_after_log,
+    )
+}
+
+fn onward_after_log(world: &mut World) -> Result<()> {
+    info!("--- a model with a log migrates from alpha to beta; alpha's log transfer is held");
+    world.counter_model("alpha")?;
+    let out = world.ctl.ok(&["migrate", "alpha:app", "beta"])?;
+    ensure!(out.contains("Migration started with ID"), "{out}");
+    // LOGTRANSFER comes after beta acknowledged the activation.
+    wait_for("alpha's migration in LOGTRANSFER", || {
+        let phase = world.migration_status("alpha", "app")?.phase;
+        ensure!(phase == "LOGTRANSFER", "alpha's migration is in {phase}");
+        Ok(())
+    })?;
+
+    info!("--- beta refuses to move the model on while its log is arriving");
+    let refused = world
+        .ctl
+        .run(&["migrate", "beta:app", "gamma", "--dry-run"])?;
+    ensure!(refused.code == 1, "dry run exited {}", refused.code);
+    ensure!(
+        refused.stderr.contains(
+            "the log of model \"app\" is still arriving from its previous \
+             controller"
+        ),
+        "{}",
+        refused.stderr
+    );
+
+    info!("--- alpha runs without the failpoint: the transfer ends and the model moves on");
+    let alpha = world.cluster_mut("alpha");
+    alpha.set_env(Vec::new());
+    alpha.kill(1)?;
+    alpha.start_node(1)?;
+    ensure!(
+        world.wait_migration_end("alpha", "app")? == "DONE",
+        "alpha's migration did not end DONE"
+    );
+    let out = world
+        .ctl
+        .ok(&["migrate", "beta:app", "gamma", "--wait", "--timeout", "3m"])?;
+    ensure!(out.contains("DONE"), "{out}");
+    ensure!(
+        world.owners("app")? == BTreeSet::from(["gamma".to_owned()]),
+        "owners: {:?}",
+        world.owners("app")?
+    );
     Ok(())
 }
 

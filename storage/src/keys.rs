@@ -27,7 +27,7 @@
 //! | `redirect/<uuid>` | `migration.Redirect`: where a migrated model went (kept after REAP) |
 //! | `import/<uuid>` | `migration.ImportRecord`: the model's records are an import, invisible and read-only |
 //! | `activated/<uuid>` | the migration id (UTF-8) that last activated the model here; kept after the model leaves (destroyed or migrated on) |
-//! | `logtransfer/<uuid>` | reserved: the migration id (UTF-8) whose log transfer into this controller has not ended. Nothing writes it yet (an onward migration during an inbound log transfer is not refused yet); backups carry it and restore counts it as in flight |
+//! | `logtransfer/<uuid>` | the migration id (UTF-8) whose log transfer into this controller has not ended: written at activation, deleted by the source's last `ImportLog` (`complete`); the model may not migrate on meanwhile; backups carry it and restore counts it as in flight |
 //! | `backup/<id>` | `model.BackupRecord`: a backup kept on the controller (its archive is a blob) |
 //!
 //! Numbers are big-endian so key order is numeric order. Model and application records are

@@ -355,10 +355,20 @@ fn success_makes_a_redirect_that_survives_reap_and_the_log_follows() {
     // The log travels with its sequence numbers.
     let log = starling_storage::records::read_log(&source.store, UUID, 0, 100).unwrap();
     assert!(!log.is_empty());
+    // Until the source says the transfer ended, the model may not move on from the target.
+    assert_eq!(
+        starling_storage::migration::read_log_transfer(&target.store, UUID).unwrap(),
+        Some(id.clone())
+    );
     let moved = target.ok(Op::ImportLog(cmd::ImportLog {
         migration_id: id.clone(),
         records: log.clone(),
+        complete: true,
     }));
+    assert_eq!(
+        starling_storage::migration::read_log_transfer(&target.store, UUID).unwrap(),
+        None
+    );
     assert_eq!(moved.log_position, log.last().unwrap().seq);
     assert_eq!(
         starling_storage::records::read_log(&target.store, UUID, 0, 100).unwrap(),

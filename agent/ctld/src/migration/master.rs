@@ -23,7 +23,7 @@ use starling_storage::model::migration::{
 };
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::peer::{retryable, Peer};
 use super::{failpoint, failpoint_value, prechecks, stager};
@@ -424,6 +424,17 @@ impl Driver {
                 self.obs.log_transfer = Some(Observed::at(status, now_unix_ms()));
             }
             Action::Reap => {
+                // A transfer given up (its deadline passed) has ended too: say so, once, at
+                // best (a target that does not hear it keeps refusing to move the model on).
+                let transferred = matches!(
+                    self.obs.log_transfer.as_ref().map(|o| &o.value),
+                    Some(LogTransferStatus::Complete { .. })
+                );
+                if !transferred {
+                    if let Err(status) = self.end_log_transfer().await {
+                        warn!(migration = %self.key, error = %status.message(), "could not tell the target the log transfer ended");
+                    }
+                }
                 self.activity("removing the model's data from this controller");
                 let op = command::Op::ReapModel(ReapModel {
                     migration_id: self.key.clone(),
@@ -611,7 +622,26 @@ impl Driver {
         Ok((request.description_digest, status))
     }
 
+    /// Tells the target that no more log records come (idempotent: the same request id).
+    async fn end_log_transfer(&self) -> Result<(), tonic::Status> {
+        let request = pb::TransferLogRequest {
+            migration_id: self.key.clone(),
+            records: Vec::new(),
+            complete: true,
+        };
+        self.peer()
+            .call(|mut c| {
+                let r = request.clone();
+                async move { c.transfer_log(r).await }
+            })
+            .await
+            .map(|_| ())
+    }
+
     async fn transfer_logs(&self, from: u64) -> LogTransferStatus {
+        if let Some(reason) = failpoint("migration.source.logtransfer") {
+            return LogTransferStatus::Failed { reason };
+        }
         let mut position = from;
         loop {
             let records =
@@ -629,11 +659,22 @@ impl Driver {
                     }
                 };
             let Some(last) = records.last().map(|r| r.seq) else {
-                return LogTransferStatus::Complete { position };
+                // Tell the target the transfer has ended, so the model may migrate on.
+                return match self.end_log_transfer().await {
+                    Ok(()) => LogTransferStatus::Complete { position },
+                    Err(status) if position > from => {
+                        debug!(migration = %self.key, error = %status.message(), "log transfer end not acknowledged");
+                        LogTransferStatus::InProgress { position }
+                    }
+                    Err(status) => LogTransferStatus::Failed {
+                        reason: status.message().to_owned(),
+                    },
+                };
             };
             let request = pb::TransferLogRequest {
                 migration_id: self.key.clone(),
                 records,
+                complete: false,
             };
             match self
                 .peer()

@@ -76,6 +76,15 @@ pub fn source_checks(
             ));
         }
     }
+    // A model that arrived here may not move on before its log has: the records still coming
+    // would land in a copy that is leaving.
+    if let Some(inbound) = stored::read_log_transfer(reader, &model.uuid).map_err(storage_error)? {
+        failures.push(format!(
+            "the log of model \"{}\" is still arriving from its previous controller (migration \
+             {inbound}); migrate it on once that transfer has ended",
+            model.name
+        ));
+    }
     // Every machine's agent must be present: a missing one could not quiesce or follow.
     let description = state
         .model_description(&model.uuid)

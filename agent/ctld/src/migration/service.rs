@@ -307,6 +307,7 @@ impl Migration for MigrationService {
                 command::Op::ImportLog(ImportLog {
                     migration_id: id.to_string(),
                     records: message.records,
+                    complete: message.complete,
                 }),
             )
             .await?;

@@ -511,6 +511,10 @@ impl<R: StateRead + ?Sized> Tx<'_, '_, R> {
             self.state.delete(keys::import_key(&uuid));
             self.state
                 .put(keys::activated_key(&uuid), id.to_string().into_bytes());
+            // The source's log follows; until it has ended, the model may not migrate on (the
+            // records would land in a copy that is leaving, below positions already sent).
+            self.state
+                .put(keys::log_transfer_key(&uuid), id.to_string().into_bytes());
             // A model migrated back here replaces the redirect it left behind.
             self.state.delete(keys::redirect_key(&uuid));
         }
@@ -578,6 +582,11 @@ impl<R: StateRead + ?Sized> Tx<'_, '_, R> {
         if position >= model.next_log_seq {
             model.next_log_seq = position + 1;
             self.put(keys::model_record_key(uuid), &model);
+        }
+        if import.complete
+            && stored::read_log_transfer(&self.state, uuid)?.as_deref() == Some(&id.to_string())
+        {
+            self.state.delete(keys::log_transfer_key(uuid));
         }
         Ok(cmd::Ok {
             log_position: position,
