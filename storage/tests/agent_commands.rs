@@ -269,5 +269,5 @@ fn a_report_sent_again_to_the_next_controller_is_applied_once() {
         .collect();
     assert_eq!(logs.len(), logs_before + 1, "{logs:?}");
     assert_eq!(logs.last().map(String::as_str), Some("record 4"));
-    assert_eq!(workload_of(&target, "unit-web-0").current, "active");
+    assert_eq!(workload_of(&target, "web/0").current, "active");
 }

@@ -487,6 +487,13 @@ fn restores_never_make_a_second_owner_and_wait_for_migrations_to_end() {
     for phase in ["LOGTRANSFER", "REAP"] {
         to(&mut source, &id, phase);
     }
+    // The source says the log transfer has ended (a target still receiving it refuses a
+    // restore).
+    target.ok(Op::ImportLog(cmd::ImportLog {
+        migration_id: id.clone(),
+        records: Vec::new(),
+        complete: true,
+    }));
     source.ok(Op::ReapModel(cmd::ReapModel {
         migration_id: id.clone(),
     }));

@@ -165,11 +165,26 @@ fn assert_counting(unit_dir: &Path) {
     });
 }
 
-/// Asserts seqs `after + 1, after + 2, ...` with no gap: nothing was dropped or reordered.
-fn assert_contiguous_from(reports: &[StatusReport], after: u64) {
-    let seqs: Vec<u64> = reports.iter().map(|r| r.seq).collect();
+/// Asserts numbers `after + 1, after + 2, ...` with no gap over the status reports and the log
+/// records (one counter numbers both): nothing was dropped, reordered or sent twice.
+fn assert_contiguous_from(
+    reports: &[StatusReport],
+    logs: &[starling_proto::model::LogRecord],
+    after: u64,
+) {
+    let report_seqs: Vec<u64> = reports.iter().map(|r| r.seq).collect();
+    assert!(
+        report_seqs.windows(2).all(|w| w[0] < w[1]),
+        "reports out of order: {report_seqs:?}"
+    );
+    let mut seqs: Vec<u64> = report_seqs
+        .into_iter()
+        .chain(logs.iter().map(|l| l.agent_seq))
+        .filter(|seq| *seq > after)
+        .collect();
+    seqs.sort_unstable();
     let expected: Vec<u64> = (after + 1..after + 1 + seqs.len() as u64).collect();
-    assert_eq!(seqs, expected, "reports lost or out of order");
+    assert_eq!(seqs, expected, "reports or log records lost or sent twice");
 }
 
 fn agentd_log(root: &Path) -> String {
@@ -296,7 +311,7 @@ fn migration_quiesces_validates_and_switches_without_restarting_the_workload() {
             && statuses_of(&reports, "unit-counter-0", "workload") == ["error", "active"]
     });
     let delivered = target.state.reports();
-    assert_contiguous_from(&delivered, source_seq);
+    assert_contiguous_from(&delivered, &target.state.logs(), source_seq);
     assert!(
         target
             .state
@@ -408,7 +423,7 @@ fn an_aborted_migration_delivers_the_buffered_reports_to_the_source() {
             && statuses_of(&after, "machine-0", "agent").contains(&"started".to_string())
     });
     let after = source.state.reports_after(source_seq);
-    assert_contiguous_from(&after, source_seq);
+    assert_contiguous_from(&after, &source.state.logs(), source_seq);
     assert!(source
         .state
         .logs()

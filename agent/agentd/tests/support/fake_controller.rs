@@ -97,9 +97,11 @@ impl FakeState {
         })
     }
 
-    /// The last applied report seq (0: none).
+    /// The last applied report or log record number (0: none).
     pub fn applied_seq(&self) -> u64 {
-        self.reports.lock().unwrap().last().map_or(0, |r| r.seq)
+        let reports = self.reports.lock().unwrap();
+        let logs = self.logs.lock().unwrap();
+        applied_of(&reports, &logs)
     }
 
     /// The reports applied so far.
@@ -211,15 +213,23 @@ impl Agent for FakeAgent {
         self.0.check_active()?;
         let request = request.into_inner();
         let mut reports = self.0.reports.lock().unwrap();
-        let mut applied = reports.last().map_or(0, |r| r.seq);
+        let mut logs = self.0.logs.lock().unwrap();
+        // As the controller does: what is numbered at or below the last applied number was
+        // applied already (a re-sent batch); records without a number are always appended.
+        let last = applied_of(&reports, &logs);
+        let mut applied = last;
         for report in request.reports {
-            // Applied once, in order: a re-sent batch is skipped.
-            if report.seq > applied {
-                applied = report.seq;
+            if report.seq > last {
+                applied = applied.max(report.seq);
                 reports.push(report);
             }
         }
-        self.0.logs.lock().unwrap().extend(request.logs);
+        for log in request.logs {
+            if log.agent_seq == 0 || log.agent_seq > last {
+                applied = applied.max(log.agent_seq);
+                logs.push(log);
+            }
+        }
         Ok(Response::new(ReportResponse {
             applied_seq: applied,
         }))
@@ -627,4 +637,14 @@ pub fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
         assert!(Instant::now() < deadline, "agentd did not exit");
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// The highest number among applied reports and log records.
+fn applied_of(reports: &[StatusReport], logs: &[LogRecord]) -> u64 {
+    reports
+        .iter()
+        .map(|r| r.seq)
+        .chain(logs.iter().map(|l| l.agent_seq))
+        .max()
+        .unwrap_or(0)
 }
