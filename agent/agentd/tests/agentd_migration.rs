@@ -524,6 +524,12 @@ fn an_agent_that_missed_the_switch_follows_the_source_redirect_when_it_starts() 
         ..AgentUpdate::default()
     });
     publish(&target.state, &digest, 1, None, None);
+    // The import carries the source's last applied number: a batch whose acknowledgement the
+    // kill lost is sent again to the target, which skips it as the controller does.
+    target
+        .state
+        .imported_seq
+        .store(source_seq, Ordering::SeqCst);
 
     eprintln!("--- it starts against the source and follows the redirect");
     deployed.guard.agentd = Some(spawn_agentd(&deployed.fx.root, &deployed.fx.config));

@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -64,6 +64,9 @@ pub struct FakeState {
     pub refused_watches: AtomicUsize,
     /// Report calls (any outcome).
     pub report_calls: AtomicUsize,
+    /// The machine's last applied report number that the model's import carried (0: none), as a
+    /// migration's target knows it: numbers at or below it were applied on the source.
+    pub imported_seq: AtomicU64,
     /// MigrationReport calls received (authenticated), in order.
     pub migration_reports: Mutex<Vec<MigrationReportRequest>>,
     /// ValidateLogin calls (any outcome).
@@ -89,6 +92,7 @@ impl FakeState {
             watch_calls: AtomicUsize::new(0),
             refused_watches: AtomicUsize::new(0),
             report_calls: AtomicUsize::new(0),
+            imported_seq: AtomicU64::new(0),
             migration_reports: Mutex::new(Vec::new()),
             validate_calls: AtomicUsize::new(0),
             validations: Mutex::new(Vec::new()),
@@ -101,7 +105,7 @@ impl FakeState {
     pub fn applied_seq(&self) -> u64 {
         let reports = self.reports.lock().unwrap();
         let logs = self.logs.lock().unwrap();
-        applied_of(&reports, &logs)
+        applied_of(&reports, &logs).max(self.imported_seq.load(Ordering::SeqCst))
     }
 
     /// The reports applied so far.
@@ -216,7 +220,7 @@ impl Agent for FakeAgent {
         let mut logs = self.0.logs.lock().unwrap();
         // As the controller does: what is numbered at or below the last applied number was
         // applied already (a re-sent batch); records without a number are always appended.
-        let last = applied_of(&reports, &logs);
+        let last = applied_of(&reports, &logs).max(self.0.imported_seq.load(Ordering::SeqCst));
         let mut applied = last;
         for report in request.reports {
             if report.seq > last {
