@@ -101,9 +101,11 @@ impl AgentContext {
         }
     }
 
-    /// Queues a status report.
-    pub fn report_status(&self, entity: &str, kind: &str, status: Status) {
-        let mut outbox = self.outbox.lock().expect("outbox lock");
+    /// Persists a new reservation of numbers when the next one is not reserved yet: status
+    /// reports and log records take their numbers from one counter, and a restarted agent
+    /// continues after the reservation, so no number is ever given twice (a controller skips a
+    /// number it has applied).
+    fn reserve_seq(&self, outbox: &ReportBuffer) {
         let next_seq = outbox.next_seq();
         let reserved = self.with_state(|s| s.next_seq);
         if next_seq >= reserved {
@@ -112,6 +114,12 @@ impl AgentContext {
                 tracing::error!(error = %format!("{e:#}"), "cannot persist the report seq");
             }
         }
+    }
+
+    /// Queues a status report.
+    pub fn report_status(&self, entity: &str, kind: &str, status: Status) {
+        let mut outbox = self.outbox.lock().expect("outbox lock");
+        self.reserve_seq(&outbox);
         let seq = outbox.push_status(entity, kind, status.clone());
         tracing::debug!(seq, entity, kind, current = %status.current, message = %status.message, "status");
         drop(outbox);
@@ -121,10 +129,10 @@ impl AgentContext {
 
     /// Queues a model-log record.
     pub fn report_log(&self, entity: &str, level: LogLevel, module: &str, message: String) {
-        self.outbox
-            .lock()
-            .expect("outbox lock")
-            .push_log(entity, level, module, message);
+        let mut outbox = self.outbox.lock().expect("outbox lock");
+        self.reserve_seq(&outbox);
+        outbox.push_log(entity, level, module, message);
+        drop(outbox);
         self.outbox_ready.notify_one();
         self.outbox_changed.notify_one();
     }
