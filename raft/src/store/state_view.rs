@@ -285,8 +285,10 @@ mod tests {
             Arc::default(),
         );
         let stop = Arc::new(AtomicBool::new(false));
+        let written = Arc::new(AtomicU64::new(0));
         let writer = std::thread::spawn({
-            let (store, gate, stop) = (store.clone(), gate.clone(), stop.clone());
+            let (store, gate, stop, written) =
+                (store.clone(), gate.clone(), stop.clone(), written.clone());
             move || {
                 let mut n = 0u64;
                 while !stop.load(Ordering::Relaxed) && n < 200_000 {
@@ -298,11 +300,20 @@ mod tests {
                     ]
                     .into();
                     gate.commit(|| store.state_commit(writes)).expect("commit");
+                    written.store(n, Ordering::Relaxed);
                 }
-                n
             }
         });
-        for _ in 0..20_000 {
+        // Read until the writer has committed a good number of times while we read (the
+        // thread may start late on a loaded machine), bounded in time.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let mut reads = 0u64;
+        let mut written_while_reading = 0;
+        while reads < 20_000 || written_while_reading < 1_000 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the writer committed {written_while_reading} times in 60 s"
+            );
             let (a, b) = view.consistent(|v| {
                 (
                     v.reader().get(b"a").expect("read"),
@@ -310,8 +321,10 @@ mod tests {
                 )
             });
             assert_eq!(a, b, "two reads saw different commits");
+            reads += 1;
+            written_while_reading = written.load(Ordering::Relaxed);
         }
         stop.store(true, Ordering::Relaxed);
-        assert!(writer.join().expect("writer") > 0);
+        writer.join().expect("writer");
     }
 }
