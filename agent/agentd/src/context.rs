@@ -216,3 +216,52 @@ impl AgentContext {
         self.caller.subscribe()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn context(data_dir: &std::path::Path) -> AgentContext {
+        let store = StateStore::new(data_dir);
+        let state = store.load().expect("state");
+        AgentContext::new(
+            "model-uuid".into(),
+            "0".into(),
+            data_dir.to_path_buf(),
+            store,
+            state,
+            // Everything queued was delivered (and dropped from the outbox) before the kill.
+            ReportRequest::default(),
+        )
+    }
+
+    /// More log records than one reservation holds between two status reports, then a
+    /// SIGKILL (nothing but the state file survives): the restarted agent must number its
+    /// next record above every number given before, or a controller skips it as applied.
+    #[test]
+    fn numbers_given_to_log_records_are_never_given_again_after_a_kill() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let before = context(dir.path());
+        before.report_status("machine-0", "agent", Status::default());
+        let lines = 3 * SEQ_RESERVATION;
+        for i in 0..lines {
+            before.report_log(
+                "unit-counter-0",
+                LogLevel::Info,
+                "hook",
+                format!("line {i}"),
+            );
+        }
+        let given = before.outbox.lock().expect("outbox").next_seq();
+        assert!(given > lines, "{given} numbers given for {lines} lines");
+        drop(before);
+
+        let after = context(dir.path());
+        let next = after.outbox.lock().expect("outbox").next_seq();
+        assert!(
+            next >= given,
+            "the restarted agent numbers its next record {next}, a number given before (up to {})",
+            given - 1
+        );
+    }
+}
