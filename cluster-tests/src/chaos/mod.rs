@@ -6,6 +6,10 @@
 //! migration step on both sides (`FAILPOINTS`, set per process at start; see
 //! [`World::set_failpoints`]).
 //!
+//! The operation-sequence tier ([`sequence`]) runs three controllers and draws, from the seed,
+//! sequences of operations an operator performs (migrate onward and back, abort and retry,
+//! destroy and re-create, backup and restore, revoke and grant) mixed with leader kills.
+//!
 //! Every run has a seed ([`chaos_seed`]) that fixes model names, which node a role picks, the
 //! clients' operations and, for [`random_run`], the faults and their timing; it is printed with
 //! the command that replays it. After the faults, [`World::finish`] heals everything and checks
@@ -30,6 +34,7 @@
 //! proxies are not used: a node's 127.0.0.1 is its own).
 
 pub mod proxy;
+pub mod sequence;
 pub mod workload;
 pub mod world;
 
@@ -42,7 +47,7 @@ use tracing::info;
 
 pub use proxy::{Link, LinkMode};
 pub use workload::{ownership_of, redirect_target, Clients, Workload};
-pub use world::{Fault, MigrationRun, Role, World, WorldOptions, CONTROLLERS};
+pub use world::{Fault, MigrationRun, Role, World, WorldOptions, CONTROLLERS, THREE_CONTROLLERS};
 
 /// The failpoint that slows every step of a source's master, so phases last long enough to
 /// inject a fault in a chosen one.
@@ -78,8 +83,13 @@ pub fn replay_command(test: &str, seed: u64) -> String {
     } else {
         ""
     };
+    let binary = if test.contains("sequence") {
+        "sequences"
+    } else {
+        "chaos"
+    };
     format!(
-        "STARLING_CHAOS_SEED={seed:#x} cargo nextest run -p starling-cluster-tests --test chaos{ignored} {test}"
+        "STARLING_CHAOS_SEED={seed:#x} cargo nextest run -p starling-cluster-tests --test {binary}{ignored} {test}"
     )
 }
 
@@ -140,9 +150,9 @@ pub fn random_failpoints(rng: &mut impl Rng) -> String {
     points.join(";")
 }
 
-/// A random fault.
-pub fn random_fault(rng: &mut impl Rng) -> Fault {
-    let controller = CONTROLLERS[rng.gen_range(0..CONTROLLERS.len())].to_owned();
+/// A random fault on one of `controllers`.
+pub fn random_fault(rng: &mut impl Rng, controllers: &[String]) -> Fault {
+    let controller = controllers[rng.gen_range(0..controllers.len())].clone();
     let role = if rng.gen_bool(0.6) {
         Role::Leader
     } else {
@@ -184,7 +194,7 @@ pub fn random_run(world: &mut World, duration: Duration) -> Result<()> {
         let faults = world.rng.gen_range(0..=2);
         for _ in 0..faults {
             std::thread::sleep(Duration::from_millis(world.rng.gen_range(0..3000)));
-            let fault = random_fault(&mut world.rng);
+            let fault = random_fault(&mut world.rng, &world.options.controllers);
             world.inject(&fault)?;
         }
         std::thread::sleep(Duration::from_millis(world.rng.gen_range(500..5000)));

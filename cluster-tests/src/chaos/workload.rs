@@ -130,7 +130,8 @@ pub struct Workload {
 
 impl Workload {
     /// Starts `n_clients` clients and one observer over `models`, whose owners are first
-    /// guessed from `homes`.
+    /// guessed from `homes`. `generation` tells apart the keys of a workload started again on
+    /// the same recorder (values must be unique across a history).
     pub fn start(
         clients: &Clients,
         recorder: &Recorder,
@@ -138,6 +139,7 @@ impl Workload {
         homes: &BTreeMap<String, String>,
         n_clients: u64,
         seed: u64,
+        generation: u64,
     ) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let acked = Arc::new(AtomicU64::new(0));
@@ -145,11 +147,14 @@ impl Workload {
         for client in 0..n_clients {
             tasks.push(tokio::spawn(client_loop(
                 client,
+                generation,
                 clients.clone(),
                 recorder.clone(),
                 models.to_vec(),
                 homes.clone(),
-                StdRng::seed_from_u64(seed ^ (client + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15)),
+                StdRng::seed_from_u64(
+                    seed ^ (client + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ generation << 32,
+                ),
                 stop.clone(),
                 acked.clone(),
             )));
@@ -187,6 +192,7 @@ impl Drop for Workload {
 #[allow(clippy::too_many_arguments)]
 async fn client_loop(
     process: u64,
+    generation: u64,
     clients: Clients,
     recorder: Recorder,
     models: Vec<String>,
@@ -213,12 +219,17 @@ async fn client_loop(
         };
         let error = if rng.gen_bool(0.7) {
             n += 1;
-            let key = format!("c{process}-{n}");
+            // The first generation keeps the keys it always had.
+            let key = if generation <= 1 {
+                format!("c{process}-{n}")
+            } else {
+                format!("c{process}g{generation}-{n}")
+            };
             let id = recorder.invoke(process, OpKind::append(&model, &key, &controller));
             let request = SetModelConfigRequest {
                 model: model_ref(&model),
                 values: [(key.clone(), key.clone())].into(),
-                request_id: format!("chaos-{process}-{n}"),
+                request_id: format!("chaos-{key}"),
             };
             let answer = tokio::time::timeout(CALL_TIMEOUT, client.set_model_config(request)).await;
             match answer {
@@ -278,11 +289,11 @@ async fn client_loop(
             if let Some(target) = redirect_target(&status) {
                 homes.insert(model.clone(), target);
             } else if status.code() == Code::NotFound || importing_here(&status) {
-                // Importing here (not active yet, or a leftover), or gone: try the other
+                // Importing here (not active yet, or a leftover), or gone: try the next
                 // controller next time.
-                if let Some(other) = controllers.iter().find(|c| **c != controller) {
-                    homes.insert(model.clone(), other.clone());
-                }
+                let index = controllers.iter().position(|c| *c == controller);
+                let next = index.map_or(0, |i| (i + 1) % controllers.len());
+                homes.insert(model.clone(), controllers[next].clone());
             } else if status.code() != Code::FailedPrecondition {
                 let next = leader_hint(&status)
                     .filter(|hint| clients.client(&controller, *hint).is_some())

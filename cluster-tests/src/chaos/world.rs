@@ -1,4 +1,4 @@
-//! [`World`]: two controllers of real `ctld` nodes behind fault-injecting proxies, a client
+//! [`World`]: two (or three) controllers of real `ctld` nodes behind fault-injecting proxies, a client
 //! store that knows them through the proxies, agents running a counter workload, the recorded
 //! [`Workload`], a migration driver, fault injection and healing, and the final checks.
 
@@ -28,8 +28,10 @@ use crate::{ClusterOptions, LocalCluster};
 pub const MIGRATION_END_WAIT: Duration = Duration::from_secs(150);
 /// How long the cluster may take to settle (a leader, one owner per model, writes accepted).
 pub const SETTLE_WAIT: Duration = Duration::from_secs(90);
-/// The controllers of every world.
+/// The controllers of a world unless [`WorldOptions::controllers`] names others.
 pub const CONTROLLERS: [&str; 2] = ["alpha", "beta"];
+/// The controllers of a world of three ([`WorldOptions::three_controllers`]).
+pub const THREE_CONTROLLERS: [&str; 3] = ["alpha", "beta", "gamma"];
 /// Phases in protocol order.
 pub const PHASES: [&str; 8] = [
     "PRECHECK",
@@ -51,6 +53,8 @@ pub struct WorldOptions {
     pub test: String,
     /// The run's seed.
     pub seed: u64,
+    /// The controllers, by name (each a group of three nodes).
+    pub controllers: Vec<String>,
     /// `FAILPOINTS` of each controller's nodes, by controller name.
     pub failpoints: BTreeMap<String, String>,
     /// Models without machines, per controller.
@@ -70,12 +74,19 @@ impl WorldOptions {
         WorldOptions {
             test: test.to_owned(),
             seed,
+            controllers: CONTROLLERS.iter().map(|c| (*c).to_owned()).collect(),
             failpoints: BTreeMap::new(),
             plain_models: 1,
             machine_models: true,
             clients: 3,
             netns: false,
         }
+    }
+
+    /// Three controllers instead of two (models can move onward, A→B→C, and back).
+    pub fn three_controllers(mut self) -> Self {
+        self.controllers = THREE_CONTROLLERS.iter().map(|c| (*c).to_owned()).collect();
+        self
     }
 
     /// Sets `FAILPOINTS` of `controller`.
@@ -160,7 +171,7 @@ pub struct MigrationRun {
     pub abort_reason: Option<String>,
 }
 
-/// Two controllers, a client store, agents, the recorded workload and the driver.
+/// Two or three controllers, a client store, agents, the recorded workload and the driver.
 pub struct World {
     /// The runtime every client runs on.
     pub rt: Runtime,
@@ -190,6 +201,8 @@ pub struct World {
     workloads_before: BTreeMap<String, WorkloadId>,
     clients: Clients,
     workload: Option<Workload>,
+    /// How many times the workload was started (its keys carry it, so they stay unique).
+    workload_generation: u64,
     work: Option<tempfile::TempDir>,
     /// The namespaces the nodes run in (with `netns`); dropped last, after every process.
     lan: Option<crate::netns::Lan>,
@@ -198,9 +211,10 @@ pub struct World {
 /// The hosts of `controller`'s three nodes on `lan` (node `i` on the `i`-th).
 fn group_hosts<'a>(
     lan: &'a crate::netns::Lan,
+    controllers: &[String],
     controller: &str,
 ) -> Result<&'a [crate::netns::NetHost]> {
-    let index = CONTROLLERS
+    let index = controllers
         .iter()
         .position(|c| *c == controller)
         .with_context(|| format!("unknown controller {controller}"))?;
@@ -236,20 +250,20 @@ impl World {
             .enable_all()
             .build()?;
         let lan = if options.netns {
-            Some(crate::netns::Lan::create(3 * CONTROLLERS.len())?)
+            Some(crate::netns::Lan::create(3 * options.controllers.len())?)
         } else {
             None
         };
         let mut controllers = BTreeMap::new();
-        for name in CONTROLLERS {
+        for name in &options.controllers {
             let mut cluster = ClusterOptions::new(name, 3);
             if let Some(spec) = options.failpoints.get(name) {
                 cluster.env = vec![("FAILPOINTS".into(), spec.clone())];
             }
             if let Some(lan) = &lan {
-                cluster.hosts = group_hosts(lan, name)?.to_vec();
+                cluster.hosts = group_hosts(lan, &options.controllers, name)?.to_vec();
             }
-            controllers.insert(name.to_owned(), rt.block_on(LocalCluster::start(cluster))?);
+            controllers.insert(name.clone(), rt.block_on(LocalCluster::start(cluster))?);
         }
         let work = tempfile::Builder::new()
             .prefix("starling-chaos-")
@@ -315,6 +329,7 @@ impl World {
             workloads_before: BTreeMap::new(),
             clients: Clients { nodes },
             workload: None,
+            workload_generation: 0,
             work: Some(work),
             lan,
             options,
@@ -327,7 +342,8 @@ impl World {
     fn add_models(&mut self) -> Result<()> {
         let tag = format!("{:04x}", self.options.seed & 0xffff);
         let mut machine_models = 0;
-        for controller in CONTROLLERS {
+        for controller in self.options.controllers.clone() {
+            let controller = controller.as_str();
             let prefix = &controller[..1];
             if self.options.machine_models {
                 let name = format!("{prefix}w-{tag}");
@@ -398,6 +414,7 @@ impl World {
 
     fn start_workload(&mut self) {
         let _guard = self.rt.enter();
+        self.workload_generation += 1;
         self.workload = Some(Workload::start(
             &self.clients,
             &self.recorder,
@@ -405,7 +422,26 @@ impl World {
             &self.homes,
             self.options.clients,
             self.options.seed,
+            self.workload_generation,
         ));
+    }
+
+    /// Stops the recorded workload (e.g. around a backup and its restore, which rewinds the
+    /// controller's models: writes acknowledged in between are legitimately lost).
+    pub fn pause_workload(&mut self) {
+        if let Some(workload) = self.workload.take() {
+            info!("--- workload paused");
+            self.rt.block_on(workload.stop());
+        }
+    }
+
+    /// Starts the recorded workload again after [`Self::pause_workload`] (with fresh keys, and
+    /// the owners the driver knows now).
+    pub fn resume_workload(&mut self) {
+        if self.workload.is_none() {
+            info!("--- workload resumed");
+            self.start_workload();
+        }
     }
 
     /// The cluster named `name`.
@@ -422,7 +458,7 @@ impl World {
             .collect()
     }
 
-    /// The other controller.
+    /// The other controller of a two-controller world.
     pub fn other(controller: &str) -> &'static str {
         if controller == CONTROLLERS[0] {
             CONTROLLERS[1]
@@ -454,11 +490,46 @@ impl World {
         Ok(())
     }
 
-    /// Starts migrating `model` from where it lives to the other controller with `ctl
+    /// The controller after `controller` in the world's list (the other one of two).
+    pub fn next_controller(&self, controller: &str) -> String {
+        let names = &self.options.controllers;
+        let index = names.iter().position(|c| c == controller).unwrap_or(0);
+        names[(index + 1) % names.len()].clone()
+    }
+
+    /// Starts migrating `model` from where it lives to the next controller with `ctl
     /// migrate`; the run, or `None` when `ctl` refused (e.g. a precheck failed).
     pub fn migrate(&mut self, model: &str) -> Result<Option<MigrationRun>> {
         let from = self.homes.get(model).context("unknown model")?.clone();
-        let to = Self::other(&from).to_owned();
+        let to = self.next_controller(&from);
+        self.migrate_to(model, &to)
+    }
+
+    /// Starts migrating `model` from where it lives to `to` (see [`Self::migrate`]); a refusal
+    /// is logged with `ctl`'s message and recorded as a failed migration.
+    pub fn migrate_to(&mut self, model: &str, to: &str) -> Result<Option<MigrationRun>> {
+        Ok(self.migrate_or_refusal(model, to)?.ok())
+    }
+
+    /// Like [`Self::migrate_to`], but a refusal is returned as `ctl`'s message.
+    pub fn migrate_or_refusal(
+        &mut self,
+        model: &str,
+        to: &str,
+    ) -> Result<std::result::Result<MigrationRun, String>> {
+        let from = self.homes.get(model).context("unknown model")?.clone();
+        self.migrate_from(model, &from, to)
+    }
+
+    /// Like [`Self::migrate_or_refusal`] from `from`, which need not be where the driver last
+    /// saw the model (an onward move while the move that brought it there is still ending).
+    pub fn migrate_from(
+        &mut self,
+        model: &str,
+        from: &str,
+        to: &str,
+    ) -> Result<std::result::Result<MigrationRun, String>> {
+        let (from, to) = (from.to_owned(), to.to_owned());
         let op = self
             .recorder
             .invoke(DRIVER_PROCESS, OpKind::migration(model, "?", &from, &to));
@@ -486,7 +557,7 @@ impl World {
         let Some(id) = id else {
             info!(model, %from, %to, stderr = %run.stderr.trim(), "ctl migrate refused");
             self.recorder.complete(op, Outcome::Fail);
-            return Ok(None);
+            return Ok(Err(run.stderr.trim().to_owned()));
         };
         info!(model, %from, %to, id, "--- migration started");
         let run = MigrationRun {
@@ -499,7 +570,7 @@ impl World {
             abort_reason: None,
         };
         self.migrations.push(run.clone());
-        Ok(Some(run))
+        Ok(Ok(run))
     }
 
     /// The latest migration of `model` as any running node of `controller` reports it.
@@ -650,9 +721,12 @@ impl World {
                 // In namespaces: every node of `controller` cut off from every node of the
                 // other (packets dropped, whatever the mode).
                 Some(lan) => {
-                    for a in group_hosts(lan, controller)? {
-                        for b in group_hosts(lan, World::other(controller))? {
-                            lan.cut(a, b)?;
+                    let names = &self.options.controllers;
+                    for a in group_hosts(lan, names, controller)? {
+                        for other in names.iter().filter(|c| *c != controller) {
+                            for b in group_hosts(lan, names, other)? {
+                                lan.cut(a, b)?;
+                            }
                         }
                     }
                 }
@@ -666,7 +740,7 @@ impl World {
                     .lan
                     .as_ref()
                     .context("isolating a node needs a world started with netns")?;
-                let hosts = group_hosts(lan, controller)?;
+                let hosts = group_hosts(lan, &self.options.controllers, controller)?;
                 let me = &hosts[node as usize - 1];
                 for peer in hosts.iter().filter(|h| *h != me) {
                     lan.cut(me, peer)?;
@@ -790,7 +864,8 @@ impl World {
     /// (recorded in the history).
     pub fn owners_of(&mut self, model: &str) -> Result<BTreeMap<String, Ownership>> {
         let mut answers = BTreeMap::new();
-        for controller in CONTROLLERS {
+        for controller in self.options.controllers.clone() {
+            let controller = controller.as_str();
             let answer = wait_until(
                 &format!("a definite answer from {controller} about {model}"),
                 SETTLE_WAIT,
@@ -822,6 +897,18 @@ impl World {
 
     /// Reads `model`'s config on `controller` (recorded as a set read).
     fn final_read(&mut self, controller: &str, model: &str) -> Result<BTreeSet<String>> {
+        self.read_keys(controller, model, model)
+    }
+
+    /// Reads the keys of `model`'s config on `controller`, retrying until a node answers;
+    /// recorded as a set read of `recorded_as` (a model re-created under the same name is
+    /// another list to the checker).
+    pub fn read_keys(
+        &mut self,
+        controller: &str,
+        model: &str,
+        recorded_as: &str,
+    ) -> Result<BTreeSet<String>> {
         wait_until(
             &format!("a read of {model} on {controller}"),
             SETTLE_WAIT,
@@ -831,9 +918,10 @@ impl World {
                     let Some(mut client) = self.client(controller, node) else {
                         continue;
                     };
-                    let id = self
-                        .recorder
-                        .invoke(FINAL_READ_PROCESS, OpKind::read_set(model, controller));
+                    let id = self.recorder.invoke(
+                        FINAL_READ_PROCESS,
+                        OpKind::read_set(recorded_as, controller),
+                    );
                     let answer = self.rt.block_on(async {
                         tokio::time::timeout(
                             CALL_TIMEOUT,
@@ -872,6 +960,103 @@ impl World {
         )
     }
 
+    /// Writes key `key` to `model` on `controller` once, through its first node that answers
+    /// as a leader would (a refusal or a lost answer ends the attempt); recorded as an append
+    /// to `recorded_as` by the driver. The outcome.
+    pub fn write_key(
+        &mut self,
+        controller: &str,
+        model: &str,
+        recorded_as: &str,
+        key: &str,
+    ) -> Result<Outcome> {
+        let id = self
+            .recorder
+            .invoke(DRIVER_PROCESS, OpKind::append(recorded_as, key, controller));
+        let mut outcome = Outcome::Fail;
+        for node in self.controllers[controller].node_ids() {
+            let Some(mut client) = self.client(controller, node) else {
+                continue;
+            };
+            let request = starling_proto::controller::SetModelConfigRequest {
+                model: Some(ModelRef {
+                    name: model.to_owned(),
+                    uuid: String::new(),
+                }),
+                values: [(key.to_owned(), key.to_owned())].into(),
+                request_id: format!("driver-{key}"),
+            };
+            let answer = self.rt.block_on(async {
+                tokio::time::timeout(CALL_TIMEOUT, client.set_model_config(request)).await
+            });
+            match answer {
+                Ok(Ok(_)) => {
+                    outcome = Outcome::Ok;
+                    break;
+                }
+                // Not the leader (forwarding failed) or unavailable: nothing applied, try the
+                // next node with the same request id.
+                Ok(Err(status)) if status.code() == tonic::Code::Unavailable => {}
+                Ok(Err(_)) => break,
+                Err(_) => {
+                    outcome = Outcome::Unknown;
+                    break;
+                }
+            }
+        }
+        self.recorder.complete(id, outcome);
+        Ok(outcome)
+    }
+
+    /// `controller`'s answer to ShowModel of `model` from the first node giving a definite one
+    /// (see [`super::ownership_of`]); not recorded. `None` when no node did.
+    pub fn show_model(
+        &mut self,
+        controller: &str,
+        model: &str,
+    ) -> Option<std::result::Result<starling_proto::controller::ModelInfo, tonic::Status>> {
+        let nodes = self.controllers.get_mut(controller)?.running_ids();
+        for node in nodes {
+            let Some(mut client) = self.client(controller, node) else {
+                continue;
+            };
+            let answer = self.rt.block_on(async {
+                tokio::time::timeout(
+                    CALL_TIMEOUT,
+                    client.show_model(ModelRef {
+                        name: model.to_owned(),
+                        uuid: String::new(),
+                    }),
+                )
+                .await
+            });
+            let answer = match answer {
+                Ok(answer) => answer.map(tonic::Response::into_inner),
+                Err(_) => continue,
+            };
+            if super::ownership_of(&answer).is_some() {
+                return Some(answer);
+            }
+        }
+        None
+    }
+
+    /// Clients of every node of `controller` sending `token` (a user's), for a task on
+    /// [`Self::rt`].
+    pub fn clients_with_token(
+        &self,
+        controller: &str,
+        token: &str,
+    ) -> Result<Vec<(u64, crate::AuthedControllerClient)>> {
+        let _guard = self.rt.enter();
+        let cluster = &self.controllers[controller];
+        cluster
+            .node_ids()
+            .into_iter()
+            .map(|id| Ok((id, cluster.client_with(id, Some(token), CALL_TIMEOUT)?)))
+            .collect()
+    }
+
     /// Heals, waits for every migration to end, then checks: every migration DONE or
     /// ABORTDONE; every model owned by exactly one controller, the one its migrations say;
     /// every model accepting writes again; every acknowledged write present; every agent
@@ -883,6 +1068,30 @@ impl World {
             self.save_failure(&format!("{e:#}"));
         }
         result
+    }
+
+    /// Waits until `model` is active on exactly the controller the driver expects and neither
+    /// locked nor importing anywhere; every controller's answer.
+    pub fn wait_one_owner(&mut self, model: &str) -> Result<BTreeMap<String, Ownership>> {
+        let expected = self.homes[model].clone();
+        let answers = wait_until(&format!("one owner of {model}"), SETTLE_WAIT, || {
+            let answers = self.owners_of(model)?;
+            let active: Vec<&String> = answers
+                .iter()
+                .filter(|(_, o)| matches!(o, Ownership::Active { .. }))
+                .map(|(c, _)| c)
+                .collect();
+            ensure!(
+                active == vec![&expected]
+                    && answers
+                        .values()
+                        .all(|o| !matches!(o, Ownership::Locked { .. } | Ownership::Importing)),
+                "{model}: {answers:?}, expected only {expected} active"
+            );
+            Ok(answers)
+        })?;
+        info!(model, ?answers, "owners");
+        Ok(answers)
     }
 
     fn finish_inner(&mut self) -> Result<()> {
@@ -899,24 +1108,7 @@ impl World {
         }
         info!("--- liveness: one owner per model, writes accepted again");
         for model in self.models.clone() {
-            let expected = self.homes[&model].clone();
-            let answers = wait_until(&format!("one owner of {model}"), SETTLE_WAIT, || {
-                let answers = self.owners_of(&model)?;
-                let active: Vec<&String> = answers
-                    .iter()
-                    .filter(|(_, o)| matches!(o, Ownership::Active { .. }))
-                    .map(|(c, _)| c)
-                    .collect();
-                ensure!(
-                    active == vec![&expected]
-                        && answers
-                            .values()
-                            .all(|o| !matches!(o, Ownership::Locked { .. } | Ownership::Importing)),
-                    "{model}: {answers:?}, expected only {expected} active"
-                );
-                Ok(answers)
-            })?;
-            info!(model, ?answers, "owners");
+            self.wait_one_owner(&model)?;
         }
         let healed_at = self.recorder.now();
         wait_until(
