@@ -1070,8 +1070,9 @@ impl World {
         result
     }
 
-    /// Waits until `model` is active on exactly the controller the driver expects and neither
-    /// locked nor importing anywhere; every controller's answer.
+    /// Waits until `model` is active on exactly the controller the driver expects, neither
+    /// locked nor importing anywhere, and every redirect leads there (following redirects from
+    /// any controller ends at the owner); every controller's answer.
     pub fn wait_one_owner(&mut self, model: &str) -> Result<BTreeMap<String, Ownership>> {
         let expected = self.homes[model].clone();
         let answers = wait_until(&format!("one owner of {model}"), SETTLE_WAIT, || {
@@ -1088,6 +1089,16 @@ impl World {
                         .all(|o| !matches!(o, Ownership::Locked { .. } | Ownership::Importing)),
                 "{model}: {answers:?}, expected only {expected} active"
             );
+            let redirecting = answers
+                .iter()
+                .filter(|(_, o)| matches!(o, Ownership::MigratedTo { .. }));
+            for (start, _) in redirecting {
+                ensure!(
+                    redirects_end_at(&answers, start) == Some(expected.as_str()),
+                    "{model}: the redirects from {start} do not lead to its owner {expected}: \
+                     {answers:?}"
+                );
+            }
             Ok(answers)
         })?;
         info!(model, ?answers, "owners");
@@ -1249,6 +1260,24 @@ impl Drop for World {
     }
 }
 
+/// Where following `answers`' redirects from `start` ends: the controller holding the model
+/// active, or `None` (a controller that knows nothing of it, a loop, or an answer other than a
+/// redirect or an active model).
+fn redirects_end_at<'a>(
+    answers: &'a BTreeMap<String, Ownership>,
+    start: &'a str,
+) -> Option<&'a str> {
+    let mut at = start;
+    for _ in 0..=answers.len() {
+        match answers.get(at)? {
+            Ownership::Active { .. } => return Some(at),
+            Ownership::MigratedTo { controller } => at = controller,
+            _ => return None,
+        }
+    }
+    None
+}
+
 /// Every unit's workload, keyed by machine and unit (unit names repeat across models).
 fn workloads_by_machine(fleet: &Fleet) -> Result<BTreeMap<String, WorkloadId>> {
     let mut out = BTreeMap::new();
@@ -1277,4 +1306,46 @@ fn wait_active(ctl: &Ctl, model_arg: &str, units: usize) -> Result<()> {
         SETTLE_WAIT,
         || crate::fleet::all_units_active(ctl, model_arg, units),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answers(list: &[(&str, Ownership)]) -> BTreeMap<String, Ownership> {
+        list.iter()
+            .map(|(c, o)| ((*c).to_owned(), o.clone()))
+            .collect()
+    }
+
+    fn to(controller: &str) -> Ownership {
+        Ownership::MigratedTo {
+            controller: controller.to_owned(),
+        }
+    }
+
+    #[test]
+    fn redirects_lead_to_the_owner_or_nowhere() {
+        let chain = answers(&[
+            ("alpha", to("beta")),
+            ("beta", to("gamma")),
+            ("gamma", Ownership::Active { epoch: 3 }),
+        ]);
+        assert_eq!(redirects_end_at(&chain, "alpha"), Some("gamma"));
+        assert_eq!(redirects_end_at(&chain, "gamma"), Some("gamma"));
+        let dangling = answers(&[
+            ("alpha", to("beta")),
+            ("beta", Ownership::Absent),
+            ("gamma", Ownership::Active { epoch: 3 }),
+        ]);
+        assert_eq!(redirects_end_at(&dangling, "alpha"), None);
+        let cycle = answers(&[("alpha", to("beta")), ("beta", to("alpha"))]);
+        assert_eq!(redirects_end_at(&cycle, "alpha"), None);
+        let locked = answers(&[
+            ("alpha", to("beta")),
+            ("beta", Ownership::Locked { epoch: 1 }),
+        ]);
+        assert_eq!(redirects_end_at(&locked, "alpha"), None);
+        assert_eq!(redirects_end_at(&locked, "unknown"), None);
+    }
 }
