@@ -20,7 +20,8 @@
 #   --out DIR      where results go (default target/chaos-soak/<UTC timestamp>)
 #   --seed S       run only this seed (decimal or 0x-hex), once
 #
-# Results in DIR: runs.tsv (seed, result, seconds), failing-seeds.txt, and per failing seed
+# Results in DIR: runs.tsv (seed, result, seconds; for sequences also the run's steps, migrations,
+# leader kills and refusals), failing-seeds.txt, and per failing seed
 # failures/<test>-<seed>/ with history.json, seed.txt (the replay command), node and agent
 # logs (and steps.txt for sequences), and run.log (the test's output). Every run is bounded
 # (nextest kills a hung run with its process group, and `timeout` bounds nextest itself). Exit
@@ -77,7 +78,7 @@ random_seed() {
 runs=0
 failures=0
 deadline=$(( $(date +%s) + total ))
-printf 'seed\tresult\tseconds\n' > "$out/runs.tsv"
+printf 'seed\tresult\tseconds\tsummary\n' > "$out/runs.tsv"
 : > "$out/failing-seeds.txt"
 while :; do
     if [[ -n "$only_seed" ]]; then
@@ -95,7 +96,7 @@ while :; do
         STARLING_CHAOS_OUT="$out/failures" \
         timeout --signal=KILL $(( run_secs + 900 )) \
         cargo nextest run -p starling-cluster-tests --test "$test_binary" --run-ignored only \
-        --no-fail-fast "$test_name" > "$log" 2>&1; then
+        --no-fail-fast --success-output final "$test_name" > "$log" 2>&1; then
         result=fail
         failures=$(( failures + 1 ))
         echo "$seed" >> "$out/failing-seeds.txt"
@@ -103,10 +104,11 @@ while :; do
         cp "$log" "$out/failures/$test_name-$seed/run.log"
         echo "    FAILED: saved in $out/failures/$test_name-$seed"
         grep -E '^\s*Error:|checker:' "$log" | head -5 | sed 's/^/    /' || true
-    else
-        rm -f "$log"
     fi
-    printf '%s\t%s\t%s\n' "$seed" "$result" $(( $(date +%s) - started )) >> "$out/runs.tsv"
+    summary="$(grep -m1 -oE 'sequence: [0-9]+ steps.*' "$log" | sed 's/^sequence: //' || true)"
+    [[ "$result" == fail ]] || rm -f "$log"
+    printf '%s\t%s\t%s\t%s\n' "$seed" "$result" $(( $(date +%s) - started )) "$summary" \
+        >> "$out/runs.tsv"
     [[ -z "$only_seed" ]] || break
 done
 
