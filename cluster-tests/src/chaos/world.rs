@@ -960,9 +960,9 @@ impl World {
         )
     }
 
-    /// Writes key `key` to `model` on `controller` once, through its first node that answers
-    /// as a leader would (a refusal or a lost answer ends the attempt); recorded as an append
-    /// to `recorded_as` by the driver. The outcome.
+    /// Writes key `key` to `model` on `controller`, trying its nodes in turn with one request
+    /// id until one acknowledges it or refuses it; recorded as an append to `recorded_as` by the
+    /// driver. The outcome: `Fail` only when refused before any attempt could have applied it.
     pub fn write_key(
         &mut self,
         controller: &str,
@@ -973,7 +973,8 @@ impl World {
         let id = self
             .recorder
             .invoke(DRIVER_PROCESS, OpKind::append(recorded_as, key, controller));
-        let mut outcome = Outcome::Fail;
+        let mut outcome = Outcome::Unknown;
+        let mut ambiguous = false;
         for node in self.controllers[controller].node_ids() {
             let Some(mut client) = self.client(controller, node) else {
                 continue;
@@ -994,14 +995,25 @@ impl World {
                     outcome = Outcome::Ok;
                     break;
                 }
-                // Not the leader (forwarding failed) or unavailable: nothing applied, try the
-                // next node with the same request id.
-                Ok(Err(status)) if status.code() == tonic::Code::Unavailable => {}
-                Ok(Err(_)) => break,
-                Err(_) => {
-                    outcome = Outcome::Unknown;
+                // A refusal: not applied by this attempt (nor by an earlier one, unless one
+                // was lost on the way).
+                Ok(Err(status))
+                    if matches!(
+                        status.code(),
+                        tonic::Code::NotFound
+                            | tonic::Code::FailedPrecondition
+                            | tonic::Code::PermissionDenied
+                            | tonic::Code::InvalidArgument
+                    ) =>
+                {
+                    if !ambiguous {
+                        outcome = Outcome::Fail;
+                    }
                     break;
                 }
+                // Unavailable, a deadline, a lost connection: maybe applied; the next node gets
+                // the same request id, so it is applied at most once.
+                _ => ambiguous = true,
             }
         }
         self.recorder.complete(id, outcome);
