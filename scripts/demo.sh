@@ -150,9 +150,33 @@ run "$ctl" show-controller alpha
 step "Live migration: the prechecks alone (--dry-run changes nothing)"
 run "$ctl" migrate alpha:demo beta --dry-run
 
-step "Migrating model demo from alpha to beta while the workloads keep running"
+step "Migrating model demo from alpha to beta while the workloads keep running and a client keeps writing"
 workload_pids_before="$(workload_pids "$demo_dir/machine-0") $(workload_pids "$demo_dir/machine-1")"
+# A client writing to the model throughout: no write fails while the model moves (writes that
+# meet the final fence wait, and ctl sends them on to beta itself). Once the migration is DONE
+# alpha answers with the redirect, and the writer stops.
+writer_log="$demo_dir/writer.log"
+rm -f "$demo_dir/writer.stop"
+(
+    n=0
+    while [[ ! -e "$demo_dir/writer.stop" ]] && ((n < 5000)); do
+        n=$((n + 1))
+        if out="$("$ctl" model-config -m alpha:demo "writer-$n=$n" 2>&1)"; then
+            echo "ok $n"
+        elif [[ "$out" == *"has been migrated to controller"* ]]; then
+            echo "moved $n"
+            break
+        else
+            echo "ERROR $n $out"
+        fi
+    done
+) >"$writer_log" &
+writer_pid=$!
 run "$ctl" migrate alpha:demo beta --wait --timeout 5m
+touch "$demo_dir/writer.stop"
+wait "$writer_pid"
+echo "the writer: $(grep -c '^ok' "$writer_log") writes acknowledged during the migration, $(grep -c '^ERROR' "$writer_log" || true) refused"
+if grep '^ERROR' "$writer_log"; then die "a write failed during the migration"; fi
 
 step "alpha now only knows where the model went"
 if "$ctl" status -m alpha:demo; then die "alpha still serves the migrated model"; fi

@@ -6,7 +6,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
+use prost::Message;
 use starling_proto::controller::controller_client::ControllerClient as GrpcClient;
+use starling_proto::controller::{ErrorDetail, ModelRedirect};
 use starling_proto::limits::MESSAGE_BYTES_MAX;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
@@ -106,16 +108,34 @@ impl ConnectionInfo {
     }
 }
 
+/// Where a client may follow a model that a migration moved while a call was in flight.
+#[derive(Debug, Clone)]
+pub struct RedirectFollower {
+    /// The client store: the target controller must be in it, with an account.
+    pub store: StoreState,
+    /// Say on stderr when a call is sent again to the target (`ctl --debug`).
+    pub debug: bool,
+}
+
 /// A client of one controller that fails over between its endpoints.
 ///
 /// A connect error or an `Unavailable` status moves on to the next endpoint, starting from the
 /// one that last worked; every other status is final. Writes are forwarded to the leader by the
 /// server, so any node will do.
+///
+/// A call that a migration's fence held and that the model then left (the controller answers
+/// with the redirect and `retry_on_target`) is sent once to the target controller, the same
+/// request with the same request id, when the client store knows the target and holds an
+/// account for it: the user sees the target's answer, not an error. The source never applied
+/// the request (the fence refused it), and the target answers a request the source applied
+/// before the fence from its cache, so the retry cannot apply twice.
 pub struct ControllerClient {
     info: ConnectionInfo,
     auth: BearerAuth,
     /// The endpoint that last answered; where the next call starts.
     preferred_idx: AtomicUsize,
+    /// How to follow a model that moved mid-call (`None`: do not).
+    follow: Option<RedirectFollower>,
 }
 
 /// Why one endpoint could not be used.
@@ -124,6 +144,19 @@ enum Attempt {
     Retry(String),
     /// Give up with this error.
     Fatal(anyhow::Error),
+    /// The model moved to another controller while the call was held: send it there once.
+    Moved(ModelRedirect, anyhow::Error),
+}
+
+/// The redirect a status carries in its details, when it asks the client to retry there.
+fn retry_on_target(status: &Status) -> Option<ModelRedirect> {
+    if status.code() != Code::FailedPrecondition || status.details().is_empty() {
+        return None;
+    }
+    ErrorDetail::decode(status.details())
+        .ok()?
+        .redirect
+        .filter(|redirect| redirect.retry_on_target)
 }
 
 impl ControllerClient {
@@ -139,7 +172,32 @@ impl ControllerClient {
             info,
             auth: BearerAuth { header },
             preferred_idx: AtomicUsize::new(0),
+            follow: None,
         })
+    }
+
+    /// This client, following a model that moves mid-call (see the type's comment).
+    pub fn following_redirects(mut self, follow: RedirectFollower) -> Self {
+        self.follow = Some(follow);
+        self
+    }
+
+    /// A client of the controller `redirect` names, from the store, when it knows it.
+    fn target_client(&self, redirect: &ModelRedirect) -> Option<ControllerClient> {
+        let follow = self.follow.as_ref()?;
+        let name = follow
+            .store
+            .controllers
+            .controllers
+            .iter()
+            .find(|(name, details)| {
+                details.uuid == redirect.controller_uuid
+                    || (details.uuid.is_empty() && **name == redirect.controller_name)
+            })
+            .map(|(name, _)| name.clone())?;
+        let mut info = ConnectionInfo::from_store(&follow.store, &name).ok()?;
+        info.request_timeout = self.info.request_timeout;
+        ControllerClient::new(info).ok()
     }
 
     /// The controller's name.
@@ -166,6 +224,21 @@ impl ControllerClient {
                     return Ok(value);
                 }
                 Err(Attempt::Fatal(e)) => return Err(e),
+                Err(Attempt::Moved(redirect, e)) => {
+                    let Some(target) = self.target_client(&redirect) else {
+                        return Err(e);
+                    };
+                    if self.follow.as_ref().is_some_and(|f| f.debug) {
+                        eprintln!(
+                            "DEBUG model \"{}\" moved to controller \"{}\" while the call was \
+                             held; sending it there",
+                            redirect.model_name,
+                            target.controller()
+                        );
+                    }
+                    // Once: the target's answer is final (its client follows nothing).
+                    return Box::pin(target.call(f)).await;
+                }
                 Err(Attempt::Retry(reason)) => failures.push((endpoint.clone(), reason)),
             }
         }
@@ -200,7 +273,13 @@ impl ControllerClient {
             Err(status) if status.code() == Code::Unavailable => {
                 Err(Attempt::Retry(status_reason(&status)))
             }
-            Err(status) => Err(Attempt::Fatal(status_error(&self.info.controller, &status))),
+            Err(status) => {
+                let error = status_error(&self.info.controller, &status);
+                match retry_on_target(&status) {
+                    Some(redirect) if self.follow.is_some() => Err(Attempt::Moved(redirect, error)),
+                    _ => Err(Attempt::Fatal(error)),
+                }
+            }
         }
     }
 

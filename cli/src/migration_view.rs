@@ -12,13 +12,17 @@ use starling_proto::phase::Phase;
 use crate::format::{format_duration, human_bytes};
 
 // The phase names as `ctl` matches them; `Phase` spells them.
-/// The record before the lock: prechecks run.
+/// The record exists; prechecks run. The model stays writable until QUIESCE.
 pub const PRECHECK: &str = Phase::Precheck.as_str();
-/// The model is locked; its agents are asked to stop mutating and acknowledge.
+/// The model is copied to the target (invisible, read-only there) while it stays writable.
+pub const PRECOPY: &str = Phase::Precopy.as_str();
+/// The changes made since the copy are streamed to the target; agents validate against it.
+pub const CATCHUP: &str = Phase::Catchup.as_str();
+/// The fence: the model is locked, writes are held, the last changes go to the target.
 pub const QUIESCE: &str = Phase::Quiesce.as_str();
-/// The model is streamed to the target, which imports it (invisible, read-only).
+/// Lock-first protocol only (older records): the locked model was streamed to the target.
 pub const IMPORT: &str = Phase::Import.as_str();
-/// Digests are compared; every agent proves it can log in to the target.
+/// Lock-first protocol only (older records): digests compared, agents validated.
 pub const VALIDATION: &str = Phase::Validation.as_str();
 /// The point of no return: the model is a redirect on the source; the target activates it.
 pub const SUCCESS: &str = Phase::Success.as_str();
@@ -103,7 +107,9 @@ pub fn phase_line(change: &PhaseChange) -> String {
 fn default_activity(phase: &str) -> &'static str {
     match phase {
         PRECHECK => "running prechecks",
-        QUIESCE => "waiting for the model's agents to quiesce",
+        PRECOPY => "copying the model to the target",
+        CATCHUP => "streaming the changes made since the copy",
+        QUIESCE => "FENCE: writes held, sending the last changes",
         IMPORT => "importing model",
         VALIDATION => "validating against the target",
         SUCCESS => "waiting for the target to activate the model",
@@ -123,7 +129,7 @@ pub fn progress_line(info: &MigrationInfo) -> Option<String> {
         return None;
     }
     let mut groups = Vec::new();
-    if matches!(phase, IMPORT | LOGTRANSFER) {
+    if matches!(phase, PRECOPY | IMPORT | LOGTRANSFER) {
         let mut transfer = Vec::new();
         if info.bytes_total > 0 {
             transfer.push(format!(
@@ -141,10 +147,17 @@ pub fn progress_line(info: &MigrationInfo) -> Option<String> {
             groups.push(transfer.join(", "));
         }
     }
+    if phase == CATCHUP {
+        groups.push(format!("lag {} changes", info.catchup_lag));
+    }
     if info.agents_total > 0 {
         let total = info.agents_total;
         match phase {
-            QUIESCE | IMPORT => groups.push(format!("agents {}/{total} acked", info.agents_acked)),
+            CATCHUP => groups.push(format!(
+                "agents {}/{total} validated",
+                info.agents_validated
+            )),
+            IMPORT => groups.push(format!("agents {}/{total} acked", info.agents_acked)),
             VALIDATION => groups.push(format!(
                 "agents {}/{total} acked, {}/{total} validated",
                 info.agents_acked, info.agents_validated
@@ -380,21 +393,25 @@ mod tests {
 
     fn done_polls() -> Vec<(u64, MigrationInfo)> {
         let h = [
-            change(PRECHECK, QUIESCE, "prechecks passed; model locked"),
+            change(
+                PRECHECK,
+                PRECOPY,
+                "prechecks passed; copying the model while it stays writable",
+            ),
+            change(
+                PRECOPY,
+                CATCHUP,
+                "controller \"beta\" imported the copy (9f2c4e1a); streaming the changes made since",
+            ),
+            change(
+                CATCHUP,
+                QUIESCE,
+                "3 change(s) left to send, 2 agent(s) validated; model locked, writes are held",
+            ),
             change(
                 QUIESCE,
-                IMPORT,
-                "all 2 agent(s) quiesced; prechecks passed again",
-            ),
-            change(
-                IMPORT,
-                VALIDATION,
-                "controller \"beta\" imported the model (9f2c4e1a)",
-            ),
-            change(
-                VALIDATION,
                 SUCCESS,
-                "digests match and every agent validated against the target",
+                "the target holds every change up to the lock and the digests at the lock match",
             ),
             change(
                 SUCCESS,
@@ -408,38 +425,31 @@ mod tests {
                 "the source's copy of the model was deleted; the redirect remains",
             ),
         ];
-        let mut quiesce = info(&h[..1]);
-        quiesce.agents_total = 2;
-        quiesce.agents_acked = 1;
-        let mut quiesce_all = quiesce.clone();
-        quiesce_all.agents_acked = 2;
-        let mut import = info(&h[..2]);
-        import.activity = "importing model".into();
-        import.agents_total = 2;
-        import.agents_acked = 2;
-        import.bytes_total = 3_400_000;
-        import.bytes_sent = 1_200_000;
-        import.records_total = 10_102;
+        let mut precopy = info(&h[..1]);
+        precopy.bytes_total = 3_400_000;
+        precopy.bytes_sent = 1_200_000;
+        precopy.records_total = 10_102;
         // Changes within 2 s of the last progress line are not printed without a terminal.
-        let mut import_more = import.clone();
-        import_more.bytes_sent = 2_000_000;
-        let mut import_most = import.clone();
-        import_most.bytes_sent = 3_100_000;
-        let mut validation = info(&h[..3]);
-        validation.agents_total = 2;
-        validation.agents_acked = 2;
-        validation.agents_validated = 1;
+        let mut precopy_more = precopy.clone();
+        precopy_more.bytes_sent = 2_000_000;
+        let mut precopy_most = precopy.clone();
+        precopy_most.bytes_sent = 3_100_000;
+        let mut catchup = info(&h[..2]);
+        catchup.agents_total = 2;
+        catchup.agents_validated = 1;
+        catchup.catchup_lag = 12;
+        let mut fence = info(&h[..3]);
+        fence.activity = "FENCE: model locked, writes held; sending the last changes".into();
         let mut success = info(&h[..4]);
         success.activity = "waiting for controller \"beta\" to acknowledge Activate".into();
         let mut done = info(&h);
         done.ended_unix_ms = Some(1_700_000_060_000);
         vec![
-            (0, quiesce),
-            (500, quiesce_all),
-            (1000, import),
-            (1500, import_more),
-            (3000, import_most),
-            (3500, validation),
+            (0, precopy),
+            (500, precopy_more),
+            (3000, precopy_most),
+            (3500, catchup),
+            (3700, fence),
             (4000, success),
             (4500, info(&h[..5])),
             (5000, done),
@@ -448,27 +458,37 @@ mod tests {
 
     fn abort_polls() -> Vec<(u64, MigrationInfo)> {
         let h = [
-            change(PRECHECK, QUIESCE, "prechecks passed; model locked"),
             change(
-                QUIESCE,
+                PRECHECK,
+                PRECOPY,
+                "prechecks passed; copying the model while it stays writable",
+            ),
+            change(
+                PRECOPY,
+                CATCHUP,
+                "controller \"beta\" imported the copy (9f2c4e1a); streaming the changes made since",
+            ),
+            change(
+                CATCHUP,
                 ABORT,
-                "machine(s) 3 did not acknowledge the quiesce within 60s",
+                "the agent of machine 3 could not validate against controller \"beta\": refused",
             ),
             change(
                 ABORT,
                 ABORTDONE,
-                "controller \"beta\" dropped the import; model unlocked",
+                "controller \"beta\" dropped the import; the model stayed writable throughout",
             ),
         ];
-        let mut quiesce = info(&h[..1]);
-        quiesce.agents_total = 2;
-        quiesce.agents_acked = 1;
-        let mut abort = info(&h[..2]);
-        abort.abort_reason = Some(h[1].reason.clone());
+        let mut catchup = info(&h[..2]);
+        catchup.agents_total = 2;
+        catchup.agents_validated = 1;
+        catchup.catchup_lag = 3;
+        let mut abort = info(&h[..3]);
+        abort.abort_reason = Some(h[2].reason.clone());
         let mut done = info(&h);
         done.abort_reason = abort.abort_reason.clone();
         done.ended_unix_ms = Some(1_700_000_070_000);
-        vec![(0, quiesce), (2000, abort), (4000, done)]
+        vec![(0, catchup), (2000, abort), (4000, done)]
     }
 
     #[test]
@@ -500,8 +520,8 @@ mod tests {
         follow.observe(&polls[2].1, Duration::ZERO);
         let mut same = polls[2].1.clone();
         assert!(follow.observe(&same, Duration::ZERO).is_empty());
-        same.history.push(change(IMPORT, VALIDATION, "imported"));
-        same.phase = IMPORT.into();
+        same.history.push(change(PRECOPY, CATCHUP, "imported"));
+        same.phase = CATCHUP.into();
         let lines = follow.observe(&same, Duration::ZERO);
         assert!(
             matches!(lines[..], [Line::Phase(_), Line::Progress(_)]),
@@ -513,9 +533,10 @@ mod tests {
     fn without_a_terminal_progress_is_rate_limited_and_never_repeated() {
         let mut follow = Follow::new(false);
         let polls = done_polls();
-        let import = &polls[2].1;
-        assert_eq!(follow.observe(import, Duration::ZERO).len(), 3);
-        assert!(follow.observe(import, Duration::from_secs(60)).is_empty());
+        let precopy = &polls[2].1;
+        // The PRECOPY line and its progress.
+        assert_eq!(follow.observe(precopy, Duration::ZERO).len(), 2);
+        assert!(follow.observe(precopy, Duration::from_secs(60)).is_empty());
         let line = follow.unanswered(
             "cannot connect to controller \"alpha\"",
             Duration::from_secs(61),

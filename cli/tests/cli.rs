@@ -2199,8 +2199,9 @@ fn abort_migration_reports_the_request_or_the_refusal() {
         .success()
         .stdout(
             "Abort of migration \"uuid-model-web:1\" requested (it was in IMPORT).\n\
-             The model will be unlocked on controller \"alpha\" once the target has dropped its \
-             import.\nFollow it with 'ctl show-model alpha:admin/web'.\n",
+             The model stays on controller \"alpha\"; the migration ends once the target has \
+             dropped its copy (a model locked by the fence is unlocked then).\nFollow it with \
+             'ctl show-model alpha:admin/web'.\n",
         );
     {
         let world = server.state.world.lock().unwrap();

@@ -80,3 +80,18 @@ pub fn controller_client(
         BearerToken::new(token)?,
     ))
 }
+
+/// The controller a refused call should be sent to once more, under the same request id: the
+/// redirect a controller answers for a call its migration's fence held (or that arrived while
+/// the migration was finishing), with `retry_on_target`. `None` for any other status.
+pub fn retry_on_target(status: &Status) -> Option<String> {
+    use prost::Message;
+    if status.code() != tonic::Code::FailedPrecondition || status.details().is_empty() {
+        return None;
+    }
+    starling_proto::controller::ErrorDetail::decode(status.details())
+        .ok()?
+        .redirect
+        .filter(|redirect| redirect.retry_on_target)
+        .map(|redirect| redirect.controller_name)
+}

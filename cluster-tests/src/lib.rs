@@ -11,6 +11,7 @@ pub mod fleet;
 pub mod history;
 pub mod local_cluster;
 pub mod netns;
+pub mod precopy_model;
 pub mod protocol_model;
 pub mod registration;
 pub mod seed;

@@ -69,8 +69,6 @@ pub type ChannelFactory = Arc<dyn Fn(&str, &str) -> Result<Channel> + Send + Syn
 pub struct MigrationCounters {
     /// Agents whose watch on their first controller delivered an update.
     pub connected: AtomicU64,
-    /// Quiesce acknowledgements accepted.
-    pub acked: AtomicU64,
     /// Validation reports accepted.
     pub validated: AtomicU64,
     /// Agents that received an update from the controller they were redirected to.
@@ -95,7 +93,6 @@ pub async fn run_migrating_agent(
     let mut channel = channel;
     let mut redirected = false;
     let mut first_update = true;
-    let mut acked: Option<String> = None;
     let mut validated: Option<String> = None;
     while tokio::time::Instant::now() < until {
         let mut client = AgentClient::with_interceptor(channel.clone(), auth.clone());
@@ -147,21 +144,9 @@ pub async fn run_migrating_agent(
                     }
                     if let Some(notice) = update.migration {
                         let id = notice.migration_id.clone();
-                        if notice.phase == "QUIESCE" && acked.as_deref() != Some(&id) {
-                            let report = MigrationReportRequest {
-                                migration_id: id.clone(),
-                                phase: "QUIESCE".into(),
-                                ok: true,
-                                reason: String::new(),
-                            };
-                            if client.migration_report(report).await.is_ok() {
-                                acked = Some(id.clone());
-                                counters.acked.fetch_add(1, Ordering::Relaxed);
-                            } else {
-                                counters.errors.fetch_add(1, Ordering::Relaxed);
-                            }
-                        }
-                        if notice.phase == "VALIDATION" && validated.as_deref() != Some(&id) {
+                        // Agents validate in CATCHUP, while the model is still writable; the fence
+                        // (QUIESCE) asks nothing of them.
+                        if notice.phase == "CATCHUP" && validated.as_deref() != Some(&id) {
                             let target = notice.target.unwrap_or_default();
                             let outcome = match target
                                 .api_endpoints
@@ -176,13 +161,19 @@ pub async fn run_migrating_agent(
                                         })
                                         .await
                                         .map(|_| ())
-                                        .map_err(|e| e.message().to_owned())
+                                        .map_err(|e| (e.code(), e.message().to_owned()))
                                 }
-                                _ => Err("no usable target endpoint".to_owned()),
+                                _ => Err((tonic::Code::InvalidArgument, "no usable target endpoint".to_owned())),
                             };
+                            if matches!(&outcome, Err((tonic::Code::Unavailable, _))) {
+                                // The target does not know this machine yet (it arrives with a
+                                // later batch of changes): ask again on the next update.
+                                continue;
+                            }
+                            let outcome = outcome.map_err(|(_, message)| message);
                             let report = MigrationReportRequest {
                                 migration_id: id.clone(),
-                                phase: "VALIDATION".into(),
+                                phase: "CATCHUP".into(),
                                 ok: outcome.is_ok(),
                                 reason: outcome.err().unwrap_or_default(),
                             };

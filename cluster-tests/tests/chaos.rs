@@ -130,9 +130,9 @@ fn source_leader_killed_in_every_forced_abort_phase() -> Result<()> {
         let model = machine_model(world)?;
         for (point, phase) in [
             ("migration.source.precheck=return", "PRECHECK"),
+            ("migration.source.precopy=return", "PRECOPY"),
+            ("migration.source.catchup=return", "CATCHUP"),
             ("migration.source.quiesce=return", "QUIESCE"),
-            ("migration.source.import=return", "IMPORT"),
-            ("migration.source.validation=return", "VALIDATION"),
         ] {
             let cell = Cell {
                 source_fp: point,
@@ -148,11 +148,11 @@ fn source_leader_killed_in_every_forced_abort_phase() -> Result<()> {
 }
 
 #[test]
-fn target_leader_killed_in_import_and_after_success() -> Result<()> {
-    let mut world = world("target_leader_killed_in_import_and_after_success")?;
+fn target_leader_killed_in_precopy_catchup_and_after_success() -> Result<()> {
+    let mut world = world("target_leader_killed_in_precopy_catchup_and_after_success")?;
     run_scenario(&mut world, |world| {
         let model = machine_model(world)?;
-        for phase in ["IMPORT", "SUCCESS"] {
+        for phase in ["PRECOPY", "CATCHUP", "SUCCESS"] {
             let cell = Cell {
                 source_fp: "",
                 target_fp: "",
@@ -208,7 +208,7 @@ fn concurrent_opposite_migrations_with_a_leader_killed() -> Result<()> {
                 runs.push(world.migrate(&model)?.context("refused")?);
             }
         }
-        world.wait_phase(&runs[0], "IMPORT", PHASE_WAIT)?;
+        world.wait_phase(&runs[0], "CATCHUP", PHASE_WAIT)?;
         let victim = if world.rng.gen_bool(0.5) {
             "alpha"
         } else {
@@ -230,7 +230,7 @@ fn partitions_between_source_and_target() -> Result<()> {
     run_scenario(&mut world, |world| {
         let model = machine_model(world)?;
         eprintln!(
-            "--- a partition during IMPORT: the source aborts by itself; the source is intact"
+            "--- a partition during CATCHUP: the source aborts by itself; the source is intact"
         );
         let before = world.owners_of(&model)?;
         let from = world.homes[&model].clone();
@@ -243,15 +243,16 @@ fn partitions_between_source_and_target() -> Result<()> {
         ])?;
         let run = world.migrate(&model)?.context("refused")?;
         ensure!(
-            world.wait_phase(&run, "IMPORT", PHASE_WAIT)?,
-            "IMPORT was missed"
+            world.wait_phase(&run, "CATCHUP", PHASE_WAIT)?,
+            "CATCHUP was missed"
         );
         world.inject(&Fault::Partition {
             controller: run.to.clone(),
             mode: LinkMode::Drop,
         })?;
-        // Still partitioned, the source gives up the import at its deadline and aborts; it
-        // cannot unlock before the target has dropped the import (or 10 minutes passed).
+        // Still partitioned, the source gives up the catch-up at its deadline and aborts; it
+        // cannot end the abort before the target has dropped the import (or 10 minutes
+        // passed). The model stayed writable throughout.
         ensure!(
             world.wait_phase(&run, "ABORT", PHASE_WAIT)?,
             "the source did not abort the partitioned import"
@@ -357,8 +358,8 @@ fn partitions_within_a_group() -> Result<()> {
     let mut world = World::start(options)?;
     run_scenario(&mut world, |world| {
         let model = machine_model(world)?;
-        eprintln!("--- the source leader cut off from its followers during IMPORT");
-        let run = isolate_leader_in(world, &model, "IMPORT", Side::Source)?;
+        eprintln!("--- the source leader cut off from its followers during CATCHUP");
+        let run = isolate_leader_in(world, &model, "CATCHUP", Side::Source)?;
         ensure!(
             matches!(world.end_of(&run.id), Some("DONE" | "ABORTDONE")),
             "ended {}",
@@ -396,25 +397,25 @@ fn partitions_within_a_group() -> Result<()> {
 
 /// The source's failpoints, with the phase each acts in and the end it forces (`None`: the
 /// step is retried and the migration completes).
-const SOURCE_POINTS: [(&str, &str, Option<&str>); 11] = [
+const SOURCE_POINTS: [(&str, &str, Option<&str>); 14] = [
     (
         "migration.source.precheck=return",
         "PRECHECK",
         Some("ABORTDONE"),
     ),
     (
+        "migration.source.precopy=return",
+        "PRECOPY",
+        Some("ABORTDONE"),
+    ),
+    (
+        "migration.source.catchup=return",
+        "CATCHUP",
+        Some("ABORTDONE"),
+    ),
+    (
         "migration.source.quiesce=return",
         "QUIESCE",
-        Some("ABORTDONE"),
-    ),
-    (
-        "migration.source.import=return",
-        "IMPORT",
-        Some("ABORTDONE"),
-    ),
-    (
-        "migration.source.validation=return",
-        "VALIDATION",
         Some("ABORTDONE"),
     ),
     ("migration.source.success=3*return", "SUCCESS", Some("DONE")),
@@ -429,10 +430,17 @@ const SOURCE_POINTS: [(&str, &str, Option<&str>); 11] = [
         "PRECHECK",
         Some("ABORTDONE"),
     ),
-    ("migration.source.stream=3*return", "IMPORT", Some("DONE")),
+    ("migration.source.export=3*return", "PRECOPY", Some("DONE")),
+    ("migration.source.stream=3*return", "PRECOPY", Some("DONE")),
+    (
+        "migration.source.stream-changes=3*return",
+        "CATCHUP",
+        Some("DONE"),
+    ),
+    ("migration.source.seal=3*return", "QUIESCE", Some("DONE")),
     (
         "migration.source.commit-success=3*return",
-        "VALIDATION",
+        "QUIESCE",
         Some("DONE"),
     ),
     (
@@ -443,17 +451,29 @@ const SOURCE_POINTS: [(&str, &str, Option<&str>); 11] = [
 ];
 
 /// The target's failpoints (the source's, paired with them), the phase and the forced end.
-const TARGET_POINTS: [(&str, &str, &str, Option<&str>); 4] = [
+const TARGET_POINTS: [(&str, &str, &str, Option<&str>); 6] = [
     (
         "",
         "migration.target.stage=3*return",
-        "IMPORT",
+        "PRECOPY",
         Some("DONE"),
     ),
     (
         "",
         "migration.target.import=3*return",
-        "IMPORT",
+        "PRECOPY",
+        Some("DONE"),
+    ),
+    (
+        "",
+        "migration.target.apply-changes=3*return",
+        "CATCHUP",
+        Some("DONE"),
+    ),
+    (
+        "",
+        "migration.target.seal=3*return",
+        "QUIESCE",
         Some("DONE"),
     ),
     (
@@ -463,7 +483,7 @@ const TARGET_POINTS: [(&str, &str, &str, Option<&str>); 4] = [
         Some("DONE"),
     ),
     (
-        "migration.source.validation=return",
+        "migration.source.catchup=return",
         "migration.target.drop=3*return",
         "ABORT",
         Some("ABORTDONE"),

@@ -5,17 +5,25 @@
 use std::fmt;
 
 /// The persisted step of a migration (`docs/migration.md`). Forward only: see
-/// `can_transition_to`.
+/// `can_transition_to`. The model stays writable until QUIESCE (the fence); IMPORT and
+/// VALIDATION are the lock-first protocol's steps, kept so records it wrote still read (a
+/// migration found in one of them is aborted).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Phase {
-    /// The record exists and prechecks run; nothing is locked yet. (Juju's NONE/PRECHECK.)
+    /// The record exists and prechecks run; nothing is locked. (Juju's NONE/PRECHECK.)
     Precheck,
-    /// The model is locked (read-only); every agent of the model must acknowledge.
+    /// The model stays writable while the source exports a copy of it and the target imports
+    /// the copy (invisible, read-only); the source records every change since the start.
+    Precopy,
+    /// The model stays writable; the source streams the changes made since the copy and the
+    /// target applies them; the model's agents prove they can log in to the target.
+    Catchup,
+    /// The fence: the model is locked (read-only, writes are held); the last changes go to the
+    /// target and the digests at the lock index are compared.
     Quiesce,
-    /// The source streams the locked model's export; the target stages and commits it in
-    /// importing mode.
+    /// Lock-first protocol only: the locked model was streamed to the target.
     Import,
-    /// Digests are compared; agents prove they can log in to the target.
+    /// Lock-first protocol only: digests compared, agents validated.
     Validation,
     /// The transfer is committed: the source model is a redirect. Point of no return.
     Success,
@@ -35,8 +43,10 @@ pub enum Phase {
 
 impl Phase {
     /// Every phase, in declaration order.
-    pub const ALL: [Phase; 11] = [
+    pub const ALL: [Phase; 13] = [
         Phase::Precheck,
+        Phase::Precopy,
+        Phase::Catchup,
         Phase::Quiesce,
         Phase::Import,
         Phase::Validation,
@@ -55,10 +65,11 @@ impl Phase {
         use Phase::*;
         matches!(
             (self, to),
-            (Precheck, Quiesce | Abort)
-                | (Quiesce, Import | Abort)
-                | (Import, Validation | Abort)
-                | (Validation, Success | Abort)
+            (Precheck, Precopy | Abort)
+                | (Precopy, Catchup | Abort)
+                | (Catchup, Quiesce | Abort)
+                | (Quiesce, Success | Abort)
+                | (Import | Validation, Abort)
                 | (Success, LogTransfer)
                 | (LogTransfer, Reap)
                 | (Reap, Done | ReapFailed)
@@ -97,9 +108,24 @@ impl Phase {
         !self.is_terminal()
     }
 
-    /// Whether agents are told about the migration: from the lock to the point of no return
-    /// (QUIESCE, IMPORT, VALIDATION), they hold their reports and validate against the target.
+    /// Whether agents are told about the migration: in CATCHUP they log in to the target with
+    /// their own credential (the target holds the import by then) and report; in the fence
+    /// (QUIESCE) there is nothing left for them to do, but the notice stays until SUCCESS
+    /// redirects them. They never stop reporting: the controller holds what the fence blocks.
     pub fn notifies_agents(self) -> bool {
+        matches!(self, Phase::Catchup | Phase::Quiesce)
+    }
+
+    /// Whether agents validate against the target when told about the migration in this
+    /// phase (VALIDATION is the lock-first protocol's name for it).
+    pub fn agents_validate(self) -> bool {
+        matches!(self, Phase::Catchup | Phase::Validation)
+    }
+
+    /// Whether the source's copy of the model is locked (read-only) in this phase when the
+    /// migration got here the usual way: the fence. ABORT keeps the lock of a migration
+    /// aborted from the fence until ABORTDONE.
+    pub fn locks_model(self) -> bool {
         matches!(self, Phase::Quiesce | Phase::Import | Phase::Validation)
     }
 
@@ -107,6 +133,8 @@ impl Phase {
     pub const fn as_str(self) -> &'static str {
         match self {
             Phase::Precheck => "PRECHECK",
+            Phase::Precopy => "PRECOPY",
+            Phase::Catchup => "CATCHUP",
             Phase::Quiesce => "QUIESCE",
             Phase::Import => "IMPORT",
             Phase::Validation => "VALIDATION",

@@ -7,9 +7,12 @@ use std::collections::BTreeMap;
 
 use prost::Message;
 use starling_proto::command::{self as cmd, Command, CommandResult};
+use starling_proto::migration::FeedPosition;
 use starling_proto::raft as pb;
 
+use crate::feed;
 use crate::keys;
+use crate::model::migration::MigrationError;
 use crate::model::{controller_config, ErrorKind, ModelError};
 use crate::staging::{StagedFiles, StagingEvent};
 use crate::state::{KeyValues, Overlay, StateRead, WriteSet};
@@ -58,9 +61,30 @@ pub fn error_code(error: &ModelError) -> cmd::command_error::Code {
     }
 }
 
-/// A refused command's result for a broken model rule.
+/// A refused command's result for a broken model rule. A refusal by a migration's lock, by
+/// an import that is not active yet, or of a lock because a machine's agent has not validated
+/// yet is marked transient (not kept as the request's result).
 pub fn model_error_result(error: &ModelError) -> CommandResult {
-    error_result(error_code(error), error.to_string())
+    let mut result = error_result(error_code(error), error.to_string());
+    if let Some(cmd::command_result::Result::Error(e)) = result.result.as_mut() {
+        match error {
+            ModelError::ModelLocked { migration_id, .. } => {
+                e.transient = true;
+                e.locked_by = migration_id.clone();
+            }
+            ModelError::ModelImporting { .. } => e.transient = true,
+            // A machine added since the master last looked: it validates, then the lock is
+            // proposed again under a new request id.
+            ModelError::Migration(MigrationError::AgentsNotValidated { .. }) => e.transient = true,
+            _ => {}
+        }
+    }
+    result
+}
+
+/// Whether `result` is a passing refusal (`CommandError.transient`).
+pub fn is_transient(result: &CommandResult) -> bool {
+    matches!(&result.result, Some(cmd::command_result::Result::Error(e)) if e.transient)
 }
 
 /// A refused command's result.
@@ -69,6 +93,7 @@ pub fn error_result(code: cmd::command_error::Code, message: impl Into<String>) 
         result: Some(cmd::command_result::Result::Error(cmd::CommandError {
             code: code as i32,
             message: message.into(),
+            ..Default::default()
         })),
         ..Default::default()
     }
@@ -149,9 +174,16 @@ impl<'r, R: StateRead + ?Sized> ApplyBatch<'r, R> {
                     .map_err(|e| StorageError::corrupt("state", &key, e));
             }
         }
-        let result = self.execute(log_index, command)?;
-        if !request_id.is_empty() {
-            self.record_request(log_index, position, request_id, &result)?;
+        let result = self.execute(log_index, position, command)?;
+        // A passing refusal (a migration's fence, an import not active yet) is not the
+        // request's result: the same request may apply later, here after an abort or on the
+        // target after SUCCESS.
+        if !request_id.is_empty() && !is_transient(&result) {
+            let mut index_key = keys::request_index_key(log_index);
+            if position > 0 {
+                index_key.extend_from_slice(&position.to_be_bytes());
+            }
+            self.record_request(index_key, request_id, result.encode_to_vec())?;
         }
         Ok(result)
     }
@@ -182,6 +214,7 @@ impl<'r, R: StateRead + ?Sized> ApplyBatch<'r, R> {
     fn execute(
         &mut self,
         log_index: u64,
+        position: u32,
         command: &Command,
     ) -> Result<CommandResult, StorageError> {
         use cmd::command::Op;
@@ -213,15 +246,40 @@ impl<'r, R: StateRead + ?Sized> ApplyBatch<'r, R> {
             }
             Some(op) => {
                 // Each model command runs in its own overlay: a refusal leaves the batch as it was.
+                let at = FeedPosition {
+                    index: log_index,
+                    position,
+                };
                 let context = models::ApplyContext {
                     log_index,
                     staged: self.staged,
                 };
-                let (result, writes, events) =
-                    models::apply_model_op(&self.overlay, command, op, &context)?;
-                self.overlay.extend(writes);
-                self.events.extend(events);
-                Ok(result)
+                let applied = models::apply_model_op(&self.overlay, at, command, op, &context)?;
+                // A migrating model's feed records what the command changed, in the same write
+                // set (old values read before the command's writes land).
+                let fed = feed::record_changes(
+                    &self.overlay,
+                    at,
+                    command,
+                    &applied.result,
+                    &applied.writes,
+                )?;
+                self.overlay.extend(applied.writes);
+                self.overlay.extend(fed);
+                self.events.extend(applied.events);
+                // Requests a migrating model's source applied, carried by its feed: this
+                // controller answers their retries from its cache instead of applying them.
+                for (sub, (request_id, result)) in applied.requests.into_iter().enumerate() {
+                    if self.get(&keys::request_key(&request_id))?.is_some() {
+                        continue;
+                    }
+                    let mut index_key = keys::request_index_key(log_index);
+                    index_key.extend_from_slice(&position.to_be_bytes());
+                    let sub = u32::try_from(sub).expect("under 2^32 requests per command") + 1;
+                    index_key.extend_from_slice(&sub.to_be_bytes());
+                    self.record_request(index_key, &request_id, result)?;
+                }
+                Ok(applied.result)
             }
             None => Ok(error_result(
                 Code::InvalidArgument,
@@ -230,20 +288,17 @@ impl<'r, R: StateRead + ?Sized> ApplyBatch<'r, R> {
         }
     }
 
+    /// Keeps `result` (encoded) as request `request_id`'s, indexed by `index_key`: the entry's
+    /// log index, then for a batch's later commands their position, then for requests a feed
+    /// carried their place in it, so the keys stay unique and in apply order (oldest evicted
+    /// first).
     fn record_request(
         &mut self,
-        log_index: u64,
-        position: u32,
+        index_key: Vec<u8>,
         request_id: &str,
-        result: &CommandResult,
+        result: Vec<u8>,
     ) -> Result<(), StorageError> {
-        self.put(keys::request_key(request_id), result.encode_to_vec());
-        // A batch's later commands append their position to the entry's index key, so the keys
-        // stay unique and in apply order (oldest evicted first).
-        let mut index_key = keys::request_index_key(log_index);
-        if position > 0 {
-            index_key.extend_from_slice(&position.to_be_bytes());
-        }
+        self.put(keys::request_key(request_id), result);
         self.put(index_key, request_id.as_bytes().to_vec());
         let mut count = match self.get(keys::REQUEST_RECORDS)? {
             Some(bytes) => u64::from_be_bytes(bytes.as_slice().try_into().map_err(|_| {

@@ -7,7 +7,11 @@
 //! models (records, locks, redirects, imports, activations, open log transfers; the target's
 //! token stripped from each record) — never `sys/`, `req/`, `reqidx/`, `presence/`, uploads in
 //! progress, nor the backups themselves. A backup so says exactly which models the controller
-//! owns: an import or a redirect is held but not owned.
+//! owns: an import or a redirect is held but not owned. A pre-copy's importing copy is an
+//! import like any other (its records, and its feed position and seal in `import/<uuid>`); the
+//! source's change feed (`mfeed/`, `mchg/`) is left out: it exists only while a migration is in
+//! flight (and until its entries are trimmed), and a model whose migration was in flight in the
+//! backup is never restored from it (below), so a restore has no use for it.
 //!
 //! A restore never moves ownership (`restore_backup`): it is refused while a migration is in
 //! flight on the controller; a model whose migration memory is the same in the backup as now,

@@ -12,6 +12,7 @@ use sha2::{Digest, Sha256};
 use starling_proto::model::{AgentSeq, Application, ModelDescription};
 
 use crate::keys;
+use crate::model::digest::ModelDigest;
 use crate::model::{names, ModelError};
 use crate::records;
 use crate::state::{StateRead, WriteSet};
@@ -76,6 +77,21 @@ fn read_agent_seqs(
         });
     }
     Ok(seqs)
+}
+
+/// The model digest (`model::digest`) of model `uuid` as stored: every key under its prefix
+/// but its log. Reads the whole model; the migration computes it per change instead.
+pub fn model_digest(
+    state: &(impl StateRead + ?Sized),
+    uuid: &str,
+) -> Result<ModelDigest, StorageError> {
+    let mut digest = ModelDigest::EMPTY;
+    for (key, value) in state.scan_prefix(&keys::model_prefix(uuid), usize::MAX)? {
+        if keys::fed_model(&key) == Some(uuid) {
+            digest.add_pair(&key, &value);
+        }
+    }
+    Ok(digest)
 }
 
 /// The canonical encoding of a description: the same description is always the same bytes.

@@ -28,6 +28,8 @@
 //! | `import/<uuid>` | `migration.ImportRecord`: the model's records are an import, invisible and read-only |
 //! | `activated/<uuid>` | the migration id (UTF-8) that last activated the model here; kept after the model leaves (destroyed or migrated on) |
 //! | `logtransfer/<uuid>` | the migration id (UTF-8) whose log transfer into this controller has not ended: written at activation, deleted by the source's last `ImportLog` (`complete`); the model may not migrate on meanwhile; backups carry it and restore counts it as in flight |
+//! | `mfeed/<uuid>` | `migration.ModelFeed`: the change feed of a migrating model (from the migration's start until SUCCESS or ABORT) |
+//! | `mchg/<uuid>/<be u64 index><be u32 position>` | `migration.ModelChange`: what one command changed in the model, until the target acknowledged it |
 //! | `backup/<id>` | `model.BackupRecord`: a backup kept on the controller (its archive is a blob) |
 //!
 //! Numbers are big-endian so key order is numeric order. Model and application records are
@@ -263,7 +265,7 @@ pub fn import_key(uuid: &str) -> Vec<u8> {
 pub const ACTIVATED_PREFIX: &[u8] = b"activated/";
 /// Every migration lock.
 pub const MIGRATION_LOCK_PREFIX: &[u8] = b"miglock/";
-/// Every inbound log transfer that has not ended (reserved: not written yet, see the table above).
+/// Every inbound log transfer that has not ended (see the table above).
 pub const LOG_TRANSFER_PREFIX: &[u8] = b"logtransfer/";
 
 /// The migration that last activated a model here.
@@ -274,4 +276,35 @@ pub fn activated_key(uuid: &str) -> Vec<u8> {
 /// The inbound log transfer of a model that has not ended.
 pub fn log_transfer_key(uuid: &str) -> Vec<u8> {
     join(LOG_TRANSFER_PREFIX, uuid.as_bytes())
+}
+
+/// A migrating model's change feed record.
+pub fn feed_key(uuid: &str) -> Vec<u8> {
+    join(b"mfeed/", uuid.as_bytes())
+}
+
+/// Every entry of a model's change feed.
+pub fn feed_entry_prefix(uuid: &str) -> Vec<u8> {
+    format!("mchg/{uuid}/").into_bytes()
+}
+
+/// The feed entry of the command at `index`, `position` in its entry's batch.
+pub fn feed_entry_key(uuid: &str, index: u64, position: u32) -> Vec<u8> {
+    let mut key = feed_entry_prefix(uuid);
+    key.extend_from_slice(&index.to_be_bytes());
+    key.extend_from_slice(&position.to_be_bytes());
+    key
+}
+
+/// The model whose change feed records a write of `key`: every key under `m/<uuid>/` except the
+/// model's log (`m/<uuid>/log/`, transferred after SUCCESS). These are also the keys the model
+/// digest covers.
+pub fn fed_model(key: &[u8]) -> Option<&str> {
+    let rest = key.strip_prefix(b"m/")?;
+    let slash = rest.iter().position(|b| *b == b'/')?;
+    let (uuid, tail) = rest.split_at(slash);
+    if tail[1..].starts_with(b"log/") {
+        return None;
+    }
+    std::str::from_utf8(uuid).ok()
 }

@@ -10,7 +10,8 @@ use starling_proto::migration as pb;
 
 use crate::keys;
 use crate::model::migration::{
-    MigrationError, MigrationId, MigrationRecord, Phase, PhaseChange, TargetController,
+    CopyDigests, FeedPosition, MigrationError, MigrationId, MigrationRecord, Phase, PhaseChange,
+    TargetController,
 };
 use crate::records::{read_record, read_records};
 use crate::state::StateRead;
@@ -65,6 +66,16 @@ pub fn to_logic(record: &pb::MigrationRecord) -> Result<MigrationRecord, Storage
         abort_requested: record.abort_requested.clone(),
         source_digest: record.source_digest.clone(),
         target_digest: record.target_digest.clone(),
+        feed_from_index: record.feed_from_index,
+        copy: match (&record.copy_digest, &record.base_digest) {
+            (Some(copy_digest), Some(base_digest)) => Some(CopyDigests {
+                copy_digest: copy_digest.clone(),
+                base_digest: base_digest.clone(),
+            }),
+            _ => None,
+        },
+        lock_index: (record.lock_index > 0).then_some(record.lock_index),
+        feed_acked: feed_position(record.feed_acked.as_ref()),
         agents_acked: record.agents_acked.iter().cloned().collect(),
         agents_validated: record.agents_validated.iter().cloned().collect(),
         agent_failures: record
@@ -96,6 +107,11 @@ pub fn store_logic(stored: &pb::MigrationRecord, logic: &MigrationRecord) -> pb:
     next.abort_requested = logic.abort_requested.clone();
     next.source_digest = logic.source_digest.clone();
     next.target_digest = logic.target_digest.clone();
+    next.feed_from_index = logic.feed_from_index;
+    next.copy_digest = logic.copy.as_ref().map(|c| c.copy_digest.clone());
+    next.base_digest = logic.copy.as_ref().map(|c| c.base_digest.clone());
+    next.lock_index = logic.lock_index.unwrap_or(0);
+    next.feed_acked = Some(stored_position(logic.feed_acked));
     next.agents_acked = logic.agents_acked.iter().cloned().collect();
     next.agents_validated = logic.agents_validated.iter().cloned().collect();
     next.agent_failures = logic
@@ -115,6 +131,21 @@ pub fn store_logic(stored: &pb::MigrationRecord, logic: &MigrationRecord) -> pb:
         })
         .collect();
     next
+}
+
+/// A stored feed position as the rules see it (absent: the start).
+pub fn feed_position(stored: Option<&pb::FeedPosition>) -> FeedPosition {
+    stored.map_or_else(FeedPosition::default, |p| {
+        FeedPosition::new(p.index, p.position)
+    })
+}
+
+/// A feed position as stored.
+pub fn stored_position(position: FeedPosition) -> pb::FeedPosition {
+    pb::FeedPosition {
+        index: position.index,
+        position: position.position,
+    }
 }
 
 /// The record of migration `id`.

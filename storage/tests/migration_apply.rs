@@ -1,17 +1,24 @@
 //! The migration commands applied through `ApplyBatch` on two `MemStore`s, a source and a
-//! target: the lock and its refusals, an abort that leaves the source byte-identical, the import
-//! (invisible, read-only), Activate at epoch + 1 and its replays, DropImport, leftovers of an
-//! older attempt, the redirect, REAP and the log transfer.
+//! target, as the master and the target service drive them: the change feed recorded while the
+//! model stays writable, a copy read page by page while writes land between the pages, the
+//! import, the changes streamed in batches, the lock (refused until every agent validated),
+//! the seal, equal digests at the lock index without reading the model, SUCCESS, Activate at
+//! epoch + 1, the redirect, REAP and the log; an abort that leaves the source's model as its
+//! writes made it with the feed gone; requests the source applied answered from the target's
+//! cache; the target's refusals (gaps, an unsealed Activate, another attempt's import).
 
 use prost::Message;
 use starling_proto::command::{self as cmd, command::Op, command_error::Code};
 use starling_proto::migration as mpb;
 use starling_proto::model::{BackupRecord, CharmMeta, LogRecord};
+use starling_storage::feed::{entries_after, has_entries, position, read_feed};
 use starling_storage::migration::{latest_migration, read_import, read_lock, read_redirect};
 use starling_storage::model::charm::parse_metadata;
+use starling_storage::model::digest::ModelDigest;
+use starling_storage::precopy::{read_copy_page, CopyBuilder, ModelCopy};
 use starling_storage::staging::StagingEvent;
 use starling_storage::{
-    description_digest, export::description_bytes, keys, StateBackend, StateRead, StorageError,
+    export::description_bytes, export::model_digest, keys, StateBackend, StateRead, StorageError,
 };
 
 mod support;
@@ -70,6 +77,13 @@ fn add_machine() -> Op {
     })
 }
 
+fn set_config(key: &str, value: &str) -> Op {
+    Op::SetModelConfig(cmd::SetModelConfig {
+        model_uuid: UUID.into(),
+        values: [(key.to_owned(), value.to_owned())].into(),
+    })
+}
+
 fn target_controller() -> mpb::TargetController {
     mpb::TargetController {
         controller_uuid: "5d1b8f0e-0000-4000-8000-000000000001".into(),
@@ -99,6 +113,7 @@ fn transition(id: &str, phase: &str) -> Op {
         migration_id: id.into(),
         to: phase.into(),
         reason: format!("test moves to {phase}"),
+        target_digest: String::new(),
     })
 }
 
@@ -107,6 +122,79 @@ fn fact(id: &str, fact: cmd::migration_progress::Fact) -> Op {
         migration_id: id.into(),
         fact: Some(fact),
     })
+}
+
+fn validated(id: &str, machine: &str) -> Op {
+    fact(
+        id,
+        cmd::migration_progress::Fact::AgentValidated(cmd::AgentValidation {
+            machine_id: machine.into(),
+            ok: true,
+            reason: String::new(),
+        }),
+    )
+}
+
+/// Reads a copy of the model on `h` in pages of `page_keys`, applying `between(h, page)` after
+/// each page, as the master reads while the model stays writable.
+fn copy_while_writing(
+    h: &mut Harness,
+    feed_from: u64,
+    page_keys: usize,
+    mut between: impl FnMut(&mut Harness, usize),
+) -> ModelCopy {
+    let mut builder = CopyBuilder::new(UUID, feed_from);
+    let mut start = Some(keys::model_prefix(UUID));
+    let mut page = 0;
+    while let Some(page_start) = start {
+        let (pairs, next) = read_copy_page(&h.store, UUID, &page_start, page_keys).unwrap();
+        builder.add_page(&page_start, h.index, pairs).unwrap();
+        between(h, page);
+        page += 1;
+        start = next;
+    }
+    builder.finish(&h.store).unwrap()
+}
+
+/// PRECHECK → PRECOPY, a copy read while `between` writes, its digests recorded.
+fn precopy(source: &mut Harness, id: &str, between: impl FnMut(&mut Harness, usize)) -> ModelCopy {
+    to(source, id, "PRECOPY");
+    let feed_from = latest_migration(&source.store, UUID)
+        .unwrap()
+        .unwrap()
+        .feed_from_index;
+    let copy = copy_while_writing(source, feed_from, 3, between);
+    source.ok(fact(
+        id,
+        cmd::migration_progress::Fact::Copy(cmd::CopyDigests {
+            copy_digest: copy.copy_digest.to_hex(),
+            base_digest: copy.base_digest.to_hex(),
+        }),
+    ));
+    copy
+}
+
+/// Stages `copy` (and the charm) on `target` and imports it for `id`.
+fn import(target: &mut Harness, copy: &ModelCopy, id: &str, feed_from: u64) {
+    let description = target.stage(id, &description_bytes(&copy.description));
+    let charm = target.stage(id, CHARM);
+    target.ok(import_copy_op(
+        id,
+        vec![description, charm],
+        feed_from,
+        &copy.copy_digest.to_hex(),
+    ));
+}
+
+/// The import of a copy of `id` from `files` (the description first) staged on the target, its
+/// feed starting at `feed_from`, its model digest `copy_digest`.
+fn import_copy_op(id: &str, files: Vec<mpb::StagedFile>, feed_from: u64, copy_digest: &str) -> Op {
+    let mut op = import_op(id, files);
+    if let Op::ImportModel(import) = &mut op {
+        import.feed_from_index = feed_from;
+        import.copy_digest = copy_digest.into();
+    }
+    op
 }
 
 /// The import of `id` from `files` (the description first) staged on the target.
@@ -119,150 +207,435 @@ fn import_op(id: &str, files: Vec<mpb::StagedFile>) -> Op {
             ..Default::default()
         }),
         staged: files,
+        ..Default::default()
     })
 }
 
-/// Stages the source's description and the charm on `target` and imports it for `id`.
-fn import(target: &mut Harness, source: &Harness, id: &str) {
-    let description = target.stage(id, &description_bytes(&source.description()));
-    let charm = target.stage(id, CHARM);
-    target.ok(import_op(id, vec![description, charm]));
+fn feed_from(h: &Harness) -> u64 {
+    latest_migration(&h.store, UUID)
+        .unwrap()
+        .unwrap()
+        .feed_from_index
 }
 
-fn model_keys(h: &Harness) -> usize {
-    h.store
-        .scan_prefix(&keys::model_prefix(UUID), usize::MAX)
-        .expect("scans")
-        .len()
+/// The target's feed position and seal.
+fn target_position(target: &Harness) -> (mpb::FeedPosition, u64) {
+    let import = read_import(&target.store, UUID).unwrap().unwrap();
+    (import.position.unwrap(), import.sealed_index)
 }
 
-#[test]
-fn the_lock_refuses_writes_and_an_abort_leaves_the_source_byte_identical() {
-    let mut source = source();
-    let id = start(&mut source);
-    assert_eq!(id, format!("{UUID}:1"));
-    // PRECHECK locks nothing.
-    source.ok(add_machine());
-    let before = description_digest(&source.description());
-    to(&mut source, &id, "QUIESCE");
-    assert_eq!(read_lock(&source.store, UUID).unwrap(), Some(id.clone()));
-    let refusal = source.refused(add_machine(), Code::FailedPrecondition);
-    assert!(
-        refusal.contains("locked by migration") && refusal.contains(&id),
-        "{refusal}"
-    );
-    source.refused(
-        Op::AppendLog(cmd::AppendLog {
-            model_uuid: UUID.into(),
-            records: vec![LogRecord {
-                message: "x".into(),
-                ..Default::default()
-            }],
-        }),
-        Code::FailedPrecondition,
-    );
-    // A second migration of the same model is refused while this one runs.
-    let again = source.refused(
-        Op::StartMigration(cmd::StartMigration {
-            model_uuid: UUID.into(),
-            source_secret: "s3cret".into(),
-            target: Some(target_controller()),
-        }),
-        Code::FailedPrecondition,
-    );
-    assert!(
-        again.contains("locked") || again.contains("already migrating"),
-        "{again}"
-    );
-    for machine in ["0", "1", "2"] {
-        source.ok(fact(
-            &id,
-            cmd::migration_progress::Fact::AgentAcked(machine.into()),
-        ));
+/// Sends `target` the source's feed entries after its position, `batch` at a time, sealing at
+/// `seal` with the last batch when given; the number of entries sent.
+fn stream(
+    source: &Harness,
+    target: &mut Harness,
+    id: &str,
+    batch: usize,
+    seal: Option<u64>,
+) -> usize {
+    let mut sent = 0;
+    loop {
+        let (after, _) = target_position(target);
+        let entries = entries_after(&source.store, UUID, &after, seal, batch + 1).unwrap();
+        let more = entries.len() > batch;
+        let entries: Vec<_> = entries.into_iter().take(batch).collect();
+        sent += entries.len();
+        if entries.is_empty() && seal.is_none() {
+            return sent;
+        }
+        target.ok(Op::ApplyModelChanges(cmd::ApplyModelChanges {
+            migration_id: id.into(),
+            after: Some(after),
+            changes: entries,
+            seal_index: if more { 0 } else { seal.unwrap_or(0) },
+        }));
+        if !more {
+            return sent;
+        }
     }
-    to(&mut source, &id, "IMPORT");
-    source.ok(fact(
-        &id,
-        cmd::migration_progress::Fact::SourceDigest(before.clone()),
-    ));
-    to(&mut source, &id, "ABORT");
-    to(&mut source, &id, "ABORTDONE");
-    assert_eq!(read_lock(&source.store, UUID).unwrap(), None);
-    assert_eq!(description_digest(&source.description()), before);
-    let record = latest_migration(&source.store, UUID).unwrap().unwrap();
-    assert_eq!(record.phase, "ABORTDONE");
-    assert_eq!(record.aborted_from, "IMPORT");
-    assert_eq!(
-        record.target.unwrap().token,
-        "",
-        "the target's token is forgotten once the migration has ended"
-    );
-    // Unlocked: writes work again; the next attempt gets the next id.
-    source.ok(add_machine());
-    assert_eq!(start(&mut source), format!("{UUID}:2"));
 }
 
+fn digest_of_pairs(pairs: &[(Vec<u8>, Vec<u8>)]) -> ModelDigest {
+    ModelDigest::of_pairs(pairs.iter().map(|(k, v)| (k.as_slice(), v.as_slice())))
+}
+
+/// A migration through PRECOPY and CATCHUP with writes at every step, on `source` to a fresh
+/// target: the target holds exactly the source's model at the lock, and the digests agree.
 #[test]
-fn an_import_is_invisible_until_activated_and_activation_is_at_epoch_plus_one() {
+fn a_copy_read_while_writes_land_plus_the_feed_is_the_model_at_the_lock() {
     let mut source = source();
     let id = start(&mut source);
-    to(&mut source, &id, "QUIESCE");
-    let source_digest = description_digest(&source.description());
+    // Writes between the start and the copy, and between every page of the copy: some keys the
+    // copy has read already, some it has not, a deletion, a new machine.
+    source.ok(set_config("before-copy", "1"));
+    let mut n = 0;
+    let copy = precopy(&mut source, &id, |h, page| {
+        n += 1;
+        h.ok(set_config(&format!("page-{page}"), &n.to_string()));
+        if page == 1 {
+            h.ok(add_machine());
+            h.ok(Op::RemoveUnits(cmd::RemoveUnits {
+                model_uuid: UUID.into(),
+                units: vec!["counter/1".into()],
+            }));
+        }
+    });
+    let from = feed_from(&source);
+    assert!(
+        copy.copy_digest != model_digest(&source.store, UUID).unwrap(),
+        "the model changed while it was copied"
+    );
     let mut target = Harness::new();
-    import(&mut target, &source, &id);
-    let held = read_import(&target.store, UUID)
-        .unwrap()
-        .expect("import held");
+    import(&mut target, &copy, &id, from);
+    let held = read_import(&target.store, UUID).unwrap().unwrap();
+    assert_eq!(held.copy_digest, copy.copy_digest.to_hex());
+    assert_eq!(held.digest, held.copy_digest);
+    assert_eq!(held.position, Some(position(from, 0)));
+    to(&mut source, &id, "CATCHUP");
+    // The changes so far, in small batches, and an acknowledgement that trims them.
+    assert!(stream(&source, &mut target, &id, 2, None) > 3);
+    let (acked, _) = target_position(&target);
+    source.ok(fact(&id, cmd::migration_progress::Fact::FeedAcked(acked)));
+    assert!(
+        entries_after(&source.store, UUID, &position(0, 0), None, 10)
+            .unwrap()
+            .is_empty()
+    );
+    // More writes while catching up; then a lock refused until every machine validated.
+    source.ok(set_config("catchup", "1"));
+    source.ok(add_machine());
+    for machine in ["0", "1", "2"] {
+        source.ok(validated(&id, machine));
+    }
+    let refused = source.refused(transition(&id, "QUIESCE"), Code::FailedPrecondition);
+    assert!(
+        refused.contains("machine(s) 3") && refused.contains("validated"),
+        "{refused}"
+    );
+    source.ok(validated(&id, "3"));
+    to(&mut source, &id, "QUIESCE");
+    let record = latest_migration(&source.store, UUID).unwrap().unwrap();
+    let lock_index = record.lock_index;
+    assert!(lock_index > 0);
+    // The digest recorded with the lock is the model's, computed without reading it.
     assert_eq!(
-        held.digest, source_digest,
-        "the target's own export matches"
+        record.source_digest.as_deref(),
+        Some(model_digest(&source.store, UUID).unwrap().to_hex().as_str())
     );
-    assert_eq!(held.migration_id, id);
-    // The staged description blob is gone; the charm blob stays.
-    assert!(target
-        .store
-        .get(&keys::blob_key(&digest_of(&description_bytes(
-            &source.description()
-        ))))
-        .unwrap()
-        .is_none());
-    // Invisible and read-only.
-    let refusal = target.refused(add_machine(), Code::NotFound);
-    assert!(refusal.contains("not found"), "{refusal}");
-    // A repeated Import is a no-op.
-    import(&mut target, &source, &id);
-    // Activate for another attempt is refused; for this one it activates at epoch + 1.
-    target.refused(
+    // Activate before the seal is refused: the target lacks the last changes.
+    let early = target.refused(
         Op::ActivateModel(cmd::ActivateModel {
-            migration_id: format!("{UUID}:7"),
+            migration_id: id.clone(),
         }),
-        Code::NotFound,
+        Code::FailedPrecondition,
     );
+    assert!(early.contains("not sealed"), "{early}");
+    // The fence: the last changes and the seal in one call.
+    assert!(stream(&source, &mut target, &id, 100, Some(lock_index)) >= 2);
+    let (_, sealed) = target_position(&target);
+    assert_eq!(sealed, lock_index);
+    let import = read_import(&target.store, UUID).unwrap().unwrap();
+    assert_eq!(Some(import.digest.clone()), record.source_digest);
+    assert_eq!(target.model_pairs(), source.model_pairs());
+    assert_eq!(
+        digest_of_pairs(&target.model_pairs()).to_hex(),
+        import.digest
+    );
+    // A repeated seal is acknowledged and changes nothing; a batch after the seal is refused.
+    let before = target.store.export_state().unwrap().entries;
+    assert_eq!(stream(&source, &mut target, &id, 100, Some(lock_index)), 0);
+    assert_eq!(target.store.export_state().unwrap().entries, before);
+    // SUCCESS needs the target's digest, recorded in the same write.
+    source.refused(transition(&id, "SUCCESS"), Code::FailedPrecondition);
+    source.ok(Op::MigrationTransition(cmd::MigrationTransition {
+        migration_id: id.clone(),
+        to: "SUCCESS".into(),
+        reason: "digests match".into(),
+        target_digest: import.digest.clone(),
+    }));
+    assert!(read_redirect(&source.store, UUID).unwrap().is_some());
     let epoch = source.description().model.unwrap().ownership_epoch;
     let activated = target.ok(Op::ActivateModel(cmd::ActivateModel {
         migration_id: id.clone(),
     }));
     assert_eq!(activated.ownership_epoch, epoch + 1);
-    assert_eq!(
-        target.description().model.unwrap().ownership_epoch,
-        epoch + 1
-    );
-    // A replayed Activate changes nothing; a DropImport of the activated migration is refused.
-    let before = target.store.export_state().unwrap().entries;
-    let again = target.ok(Op::ActivateModel(cmd::ActivateModel {
-        migration_id: id.clone(),
-    }));
-    assert_eq!(again.ownership_epoch, epoch + 1);
-    assert_eq!(target.store.export_state().unwrap().entries, before);
-    target.refused(
-        Op::DropImport(cmd::DropImport {
+    // Past SUCCESS the feed stops; its entries are trimmed in bounded steps.
+    to(&mut source, &id, "LOGTRANSFER");
+    assert!(read_feed(&source.store, UUID).unwrap().is_none());
+    while source
+        .ok(Op::TrimFeed(cmd::TrimFeed {
             migration_id: id.clone(),
-            reason: "late".into(),
+        }))
+        .more
+    {}
+    assert!(!has_entries(&source.store, UUID).unwrap());
+}
+
+#[test]
+fn an_abort_keeps_every_write_of_the_precopy_and_removes_the_feed() {
+    for abort_from in ["PRECOPY", "CATCHUP", "QUIESCE"] {
+        let mut source = source();
+        let untouched = source.model_pairs();
+        let id = start(&mut source);
+        let copy = precopy(&mut source, &id, |_, _| {});
+        // The migration itself changes none of the model's keys.
+        assert_eq!(source.model_pairs(), untouched, "{abort_from}");
+        source.ok(set_config("during-precopy", "kept"));
+        let mut target = Harness::new();
+        import(&mut target, &copy, &id, feed_from(&source));
+        if abort_from != "PRECOPY" {
+            to(&mut source, &id, "CATCHUP");
+            source.ok(set_config("during-catchup", "kept"));
+        }
+        if abort_from == "QUIESCE" {
+            for machine in ["0", "1"] {
+                source.ok(validated(&id, machine));
+            }
+            to(&mut source, &id, "QUIESCE");
+            assert!(read_lock(&source.store, UUID).unwrap().is_some());
+        }
+        let written = source.model_pairs();
+        to(&mut source, &id, "ABORT");
+        assert!(read_feed(&source.store, UUID).unwrap().is_none());
+        // Writes after the abort are not recorded any more.
+        if abort_from != "QUIESCE" {
+            source.ok(set_config("after-abort", "1"));
+        }
+        while source
+            .ok(Op::TrimFeed(cmd::TrimFeed {
+                migration_id: id.clone(),
+            }))
+            .more
+        {}
+        to(&mut source, &id, "ABORTDONE");
+        assert!(!has_entries(&source.store, UUID).unwrap(), "{abort_from}");
+        assert_eq!(read_lock(&source.store, UUID).unwrap(), None);
+        let config = source.description().model.unwrap().config;
+        assert_eq!(
+            config.get("during-precopy").map(String::as_str),
+            Some("kept")
+        );
+        if abort_from == "QUIESCE" {
+            assert_eq!(
+                source.model_pairs(),
+                written,
+                "the lock kept the model as it was"
+            );
+        }
+        source.ok(add_machine());
+        assert_eq!(start(&mut source), format!("{UUID}:2"));
+    }
+}
+
+#[test]
+fn a_write_refused_by_the_lock_is_not_kept_as_its_result() {
+    let mut source = source();
+    let id = start(&mut source);
+    let copy = precopy(&mut source, &id, |_, _| {});
+    let mut target = Harness::new();
+    import(&mut target, &copy, &id, feed_from(&source));
+    to(&mut source, &id, "CATCHUP");
+    for machine in ["0", "1"] {
+        source.ok(validated(&id, machine));
+    }
+    // Destroying a migrating model is refused.
+    let destroy = source.refused(
+        Op::DestroyModel(cmd::DestroyModel {
+            model_uuid: UUID.into(),
+            force: true,
         }),
         Code::FailedPrecondition,
     );
-    // Active: writable.
-    target.ok(add_machine());
+    assert!(destroy.contains("already migrating"), "{destroy}");
+    to(&mut source, &id, "QUIESCE");
+    match source.apply_with_id(set_config("held", "1"), "held-write") {
+        cmd::command_result::Result::Error(e) => {
+            assert!(e.transient, "{e:?}");
+            assert_eq!(e.locked_by, id);
+            assert!(e.message.contains("locked by migration"), "{}", e.message);
+        }
+        other => panic!("the lock let a write through: {other:?}"),
+    }
+    to(&mut source, &id, "ABORT");
+    to(&mut source, &id, "ABORTDONE");
+    // The same request applies now (after an abort, the held write is applied here).
+    match source.apply_with_id(set_config("held", "1"), "held-write") {
+        cmd::command_result::Result::Ok(_) => {}
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        source
+            .description()
+            .model
+            .unwrap()
+            .config
+            .get("held")
+            .map(String::as_str),
+        Some("1")
+    );
+}
+
+#[test]
+fn a_request_the_source_applied_is_answered_by_the_target_from_its_cache() {
+    let mut source = source();
+    let id = start(&mut source);
+    let copy = precopy(&mut source, &id, |_, _| {});
+    let mut target = Harness::new();
+    import(&mut target, &copy, &id, feed_from(&source));
+    to(&mut source, &id, "CATCHUP");
+    let applied = source.apply_with_id(add_machine(), "add-machine-once");
+    let cmd::command_result::Result::Ok(first) = applied else {
+        panic!("{applied:?}")
+    };
+    stream(&source, &mut target, &id, 100, None);
+    for machine in ["0", "1", "2"] {
+        source.ok(validated(&id, machine));
+    }
+    to(&mut source, &id, "QUIESCE");
+    let lock_index = latest_migration(&source.store, UUID)
+        .unwrap()
+        .unwrap()
+        .lock_index;
+    stream(&source, &mut target, &id, 100, Some(lock_index));
+    commit_success(&mut source, &target, &id);
+    target.ok(Op::ActivateModel(cmd::ActivateModel {
+        migration_id: id.clone(),
+    }));
+    let machines = target.description().machines.len();
+    // The client retries its write on the target under the same request id: the first
+    // result, nothing applied twice.
+    match target.apply_with_id(add_machine(), "add-machine-once") {
+        cmd::command_result::Result::Ok(again) => assert_eq!(again, first),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(target.description().machines.len(), machines);
+}
+
+#[test]
+fn the_target_refuses_gaps_foreign_keys_and_other_attempts() {
+    let mut source = source();
+    let id = start(&mut source);
+    let copy = precopy(&mut source, &id, |_, _| {});
+    let from = feed_from(&source);
+    let mut target = Harness::new();
+    import(&mut target, &copy, &id, from);
+    // The import is invisible and read-only.
+    let hidden = target.refused(add_machine(), Code::NotFound);
+    assert!(hidden.contains("being imported"), "{hidden}");
+    source.ok(set_config("a", "1"));
+    source.ok(set_config("b", "2"));
+    let entries = entries_after(&source.store, UUID, &position(from, 0), None, 10).unwrap();
+    assert_eq!(entries.len(), 2);
+    // A batch starting after an entry the target does not hold leaves a gap.
+    let gap = target.refused(
+        Op::ApplyModelChanges(cmd::ApplyModelChanges {
+            migration_id: id.clone(),
+            after: entries[0].at,
+            changes: entries[1..].to_vec(),
+            seal_index: 0,
+        }),
+        Code::FailedPrecondition,
+    );
+    assert!(gap.contains("gap"), "{gap}");
+    // Out of order.
+    let mut reversed = entries.clone();
+    reversed.reverse();
+    target.refused(
+        Op::ApplyModelChanges(cmd::ApplyModelChanges {
+            migration_id: id.clone(),
+            after: Some(position(from, 0)),
+            changes: reversed,
+            seal_index: 0,
+        }),
+        Code::InvalidArgument,
+    );
+    // A key outside the model.
+    let mut foreign = entries.clone();
+    foreign[0].changes[0].key = b"user/mallory".to_vec();
+    target.refused(
+        Op::ApplyModelChanges(cmd::ApplyModelChanges {
+            migration_id: id.clone(),
+            after: Some(position(from, 0)),
+            changes: foreign,
+            seal_index: 0,
+        }),
+        Code::InvalidArgument,
+    );
+    // Another attempt's changes.
+    target.refused(
+        Op::ApplyModelChanges(cmd::ApplyModelChanges {
+            migration_id: format!("{UUID}:9"),
+            after: Some(position(from, 0)),
+            changes: entries.clone(),
+            seal_index: 0,
+        }),
+        Code::NotFound,
+    );
+    // The batch applied twice changes nothing the second time.
+    let apply = Op::ApplyModelChanges(cmd::ApplyModelChanges {
+        migration_id: id.clone(),
+        after: Some(position(from, 0)),
+        changes: entries,
+        seal_index: 0,
+    });
+    target.ok(apply.clone());
+    let once = target.store.export_state().unwrap().entries;
+    target.ok(apply);
+    let twice = target.store.export_state().unwrap().entries;
+    assert_eq!(once.len(), twice.len());
+    assert_eq!(
+        read_import(&target.store, UUID).unwrap().unwrap().digest,
+        digest_of_pairs(&target.model_pairs()).to_hex()
+    );
+    // A copy whose digest is not the one the source read is refused.
+    let mut other = Harness::new();
+    let described = other.stage(&id, &description_bytes(&copy.description));
+    let charm = other.stage(&id, CHARM);
+    let wrong = other.refused(
+        import_copy_op(
+            &id,
+            vec![described, charm],
+            from,
+            &ModelDigest::EMPTY.to_hex(),
+        ),
+        Code::InvalidArgument,
+    );
+    assert!(wrong.contains("model digest"), "{wrong}");
+}
+
+/// A migration of `source` imported on a fresh target, through CATCHUP to the fence, with the
+/// last changes sent and the import sealed at the lock: the target is ready for SUCCESS.
+fn migrate_to_seal(source: &mut Harness) -> (String, Harness) {
+    let id = start(source);
+    let copy = precopy(source, &id, |_, _| {});
+    let mut target = Harness::new();
+    import(&mut target, &copy, &id, feed_from(source));
+    to(source, &id, "CATCHUP");
+    for machine in ["0", "1"] {
+        source.ok(validated(&id, machine));
+    }
+    to(source, &id, "QUIESCE");
+    let lock_index = latest_migration(&source.store, UUID)
+        .unwrap()
+        .unwrap()
+        .lock_index;
+    stream(source, &mut target, &id, 100, Some(lock_index));
+    (id, target)
+}
+
+/// SUCCESS with the sealed import's digest.
+fn commit_success(source: &mut Harness, target: &Harness, id: &str) {
+    let digest = read_import(&target.store, UUID).unwrap().unwrap().digest;
+    source.ok(Op::MigrationTransition(cmd::MigrationTransition {
+        migration_id: id.into(),
+        to: "SUCCESS".into(),
+        reason: "digests match".into(),
+        target_digest: digest,
+    }));
+}
+
+fn model_keys(h: &Harness) -> usize {
+    h.model_pairs().len()
 }
 
 /// Issue 12 item 4: the target applied Activate, the source never recorded the answer, and the
@@ -273,10 +646,8 @@ fn an_import_is_invisible_until_activated_and_activation_is_at_epoch_plus_one() 
 #[test]
 fn activate_is_acknowledged_after_the_model_left_the_target() {
     let mut source = source();
-    let id = start(&mut source);
-    to(&mut source, &id, "QUIESCE");
-    let mut target = Harness::new();
-    import(&mut target, &source, &id);
+    let (id, mut target) = migrate_to_seal(&mut source);
+    commit_success(&mut source, &target, &id);
     let activate = |id: &str| {
         Op::ActivateModel(cmd::ActivateModel {
             migration_id: id.into(),
@@ -312,23 +683,8 @@ fn activate_is_acknowledged_after_the_model_left_the_target() {
 #[test]
 fn success_makes_a_redirect_that_survives_reap_and_the_log_follows() {
     let mut source = source();
-    let id = start(&mut source);
-    to(&mut source, &id, "QUIESCE");
-    to(&mut source, &id, "IMPORT");
-    let digest = description_digest(&source.description());
-    source.ok(fact(
-        &id,
-        cmd::migration_progress::Fact::SourceDigest(digest.clone()),
-    ));
-    let mut target = Harness::new();
-    import(&mut target, &source, &id);
-    let target_digest = read_import(&target.store, UUID).unwrap().unwrap().digest;
-    source.ok(fact(
-        &id,
-        cmd::migration_progress::Fact::TargetDigest(target_digest),
-    ));
-    to(&mut source, &id, "VALIDATION");
-    to(&mut source, &id, "SUCCESS");
+    let (id, mut target) = migrate_to_seal(&mut source);
+    commit_success(&mut source, &target, &id);
     let redirect = read_redirect(&source.store, UUID)
         .unwrap()
         .expect("redirect");
@@ -390,7 +746,7 @@ fn success_makes_a_redirect_that_survives_reap_and_the_log_follows() {
         migration_id: id.clone(),
     }));
     to(&mut source, &id, "DONE");
-    assert_eq!(model_keys(&source), 0);
+    assert!(source.model_pairs().is_empty());
     assert!(read_redirect(&source.store, UUID).unwrap().is_some());
     assert!(source
         .store
@@ -410,8 +766,18 @@ fn success_makes_a_redirect_that_survives_reap_and_the_log_follows() {
         }))
         .migration_id;
     assert_eq!(back, format!("{UUID}:2"));
+    let copy = precopy(&mut target, &back, |_, _| {});
+    import(&mut source, &copy, &back, feed_from(&target));
+    to(&mut target, &back, "CATCHUP");
+    for machine in ["0", "1"] {
+        target.ok(validated(&back, machine));
+    }
     to(&mut target, &back, "QUIESCE");
-    import(&mut source, &target, &back);
+    let lock_index = latest_migration(&target.store, UUID)
+        .unwrap()
+        .unwrap()
+        .lock_index;
+    stream(&target, &mut source, &back, 100, Some(lock_index));
     source.ok(Op::ActivateModel(cmd::ActivateModel { migration_id: back }));
     assert!(read_redirect(&source.store, UUID).unwrap().is_none());
     source.ok(add_machine());
@@ -453,11 +819,7 @@ fn restore(archive_sha256: &str) -> Op {
 fn restores_never_make_a_second_owner_and_wait_for_migrations_to_end() {
     let mut source = source();
     let before = backup(&mut source, "before");
-    let id = start(&mut source);
-    to(&mut source, &id, "QUIESCE");
-    to(&mut source, &id, "IMPORT");
-    let mut target = Harness::new();
-    import(&mut target, &source, &id);
+    let (id, mut target) = migrate_to_seal(&mut source);
     let mid_import = backup(&mut target, "mid-import");
     let refusal = source.refused(restore(&before), Code::FailedPrecondition);
     assert!(
@@ -468,19 +830,7 @@ fn restores_never_make_a_second_owner_and_wait_for_migrations_to_end() {
     assert!(refusal.contains("being imported"), "{refusal}");
 
     // The migration ends DONE.
-    let digest = description_digest(&source.description());
-    source.ok(fact(
-        &id,
-        cmd::migration_progress::Fact::SourceDigest(digest),
-    ));
-    let target_digest = read_import(&target.store, UUID).unwrap().unwrap().digest;
-    source.ok(fact(
-        &id,
-        cmd::migration_progress::Fact::TargetDigest(target_digest),
-    ));
-    for phase in ["VALIDATION", "SUCCESS"] {
-        to(&mut source, &id, phase);
-    }
+    commit_success(&mut source, &target, &id);
     let activated = target.ok(Op::ActivateModel(cmd::ActivateModel {
         migration_id: id.clone(),
     }));
@@ -520,9 +870,9 @@ fn restores_never_make_a_second_owner_and_wait_for_migrations_to_end() {
     // leftover rule drops it once the source says "aborted"), never as an active model.
     let mut aborting = crate::source();
     let id = start(&mut aborting);
-    to(&mut aborting, &id, "QUIESCE");
+    let copy = precopy(&mut aborting, &id, |_, _| {});
     let mut target = Harness::new();
-    import(&mut target, &aborting, &id);
+    import(&mut target, &copy, &id, feed_from(&aborting));
     let mid_import = backup(&mut target, "mid-import");
     to(&mut aborting, &id, "ABORT");
     target.ok(Op::DropImport(cmd::DropImport {
@@ -544,15 +894,15 @@ fn restores_never_make_a_second_owner_and_wait_for_migrations_to_end() {
 fn drop_import_removes_only_its_own_attempt_and_a_newer_attempt_replaces_a_leftover() {
     let mut source = source();
     let first = start(&mut source);
-    to(&mut source, &first, "QUIESCE");
+    let copy = precopy(&mut source, &first, |_, _| {});
     let mut target = Harness::new();
-    import(&mut target, &source, &first);
+    import(&mut target, &copy, &first, feed_from(&source));
     // The source aborts without reaching the target; a second attempt replaces the leftover.
     to(&mut source, &first, "ABORT");
     to(&mut source, &first, "ABORTDONE");
     let second = start(&mut source);
-    to(&mut source, &second, "QUIESCE");
-    import(&mut target, &source, &second);
+    let copy = precopy(&mut source, &second, |_, _| {});
+    import(&mut target, &copy, &second, feed_from(&source));
     assert_eq!(
         read_import(&target.store, UUID)
             .unwrap()
@@ -575,7 +925,7 @@ fn drop_import_removes_only_its_own_attempt_and_a_newer_attempt_replaces_a_lefto
         reason: "aborted".into(),
     }));
     assert!(dropped.dropped);
-    assert_eq!(model_keys(&target), 0);
+    assert!(target.model_pairs().is_empty());
     assert!(read_import(&target.store, UUID).unwrap().is_none());
 }
 
@@ -642,7 +992,15 @@ fn a_bulk_import_reads_its_files_from_the_staging_area_and_keeps_charms_as_blobs
         }]
     );
     assert_eq!(target.staging.dirs().unwrap()[0].consumed_at, Some(index));
-    // Activating it ends the import: the staging area is told.
+    // Sealed at the source's lock (no change since the copy), then activated: that ends the
+    // import, and the staging area is told.
+    let (after, _) = target_position(&target);
+    target.ok(Op::ApplyModelChanges(cmd::ApplyModelChanges {
+        migration_id: id.clone(),
+        after: Some(after),
+        changes: Vec::new(),
+        seal_index: 1,
+    }));
     target.ok(Op::ActivateModel(cmd::ActivateModel {
         migration_id: id.clone(),
     }));
@@ -698,6 +1056,7 @@ fn an_import_entry_of_an_earlier_version_still_applies_from_a_blob() {
         description_digest: digest.clone(),
         source: None,
         staged: Vec::new(),
+        ..Default::default()
     }));
     assert!(read_import(&target.store, UUID).unwrap().is_some());
     // The description blob served its purpose and is gone.

@@ -6,8 +6,8 @@
 //! `UnitRunner` per unit (`reconcile`); a `UnitRunner` turns a `UnitSpec` into charm downloads
 //! (`CharmStore`), hooks and a supervised `Workload` (`plan_unit`); `AgentState` remembers what
 //! was done, so a restarted agent neither re-runs `install` nor starts duplicate workloads;
-//! `migration` is the agent's part in moving its model to another controller (quiesce,
-//! acknowledge, validate against the target, switch without touching the workloads).
+//! `migration` is the agent's part in moving its model to another controller (validate against
+//! the target while the model is still writable, switch without touching the workloads).
 
 pub mod backoff;
 pub mod charms;

@@ -1,15 +1,17 @@
 //! The machine agent's part in a live model migration (`docs/migration.md`).
 //!
-//! While the controller's updates carry a `MigrationNotice` (phases QUIESCE, IMPORT and
-//! VALIDATION) the agent is *quiesced*: it sends no `Report`, so status reports and model-log
-//! records wait in the outbox, in order. Workloads are not touched. It acknowledges the quiesce
-//! (`MigrationReport` phase QUIESCE) and, in VALIDATION, proves that its own credential works on
-//! the target (`ValidateLogin`) and reports the outcome. An update without a notice (an abort)
-//! ends the quiesce and the outbox drains to the same controller; a redirect (SUCCESS) ends it
-//! too, and the outbox drains to the target once it answers.
+//! While the controller's updates carry a `MigrationNotice` (phases CATCHUP and QUIESCE) the
+//! model is on its way to another controller. The agent keeps working and reporting: the
+//! model stays writable until the fence, and a report that meets the fence is held by the
+//! controller (answered after the fence, or with the redirect the agent then follows and sends
+//! it to the target). Workloads are not touched. In CATCHUP the agent proves that its own
+//! credential works on the target (`ValidateLogin`) and reports the outcome
+//! (`MigrationReport`), so no agent round trip is needed while writes are stopped. An update
+//! without a notice means the migration was aborted; a redirect (SUCCESS) moves the agent and
+//! its outbox to the target.
 //!
 //! [`MigrationTracker`] is the pure part (what a notice changes); [`run_duties`] sends the
-//! acknowledgements, once per migration id and phase on each controller connection.
+//! validation, once per migration id on each controller connection.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -33,7 +35,7 @@ const REPORT_RETRY_MAX: Duration = Duration::from_secs(5);
 const DIAL_RETRY_MIN: Duration = Duration::from_millis(250);
 const DIAL_RETRY_MAX: Duration = Duration::from_secs(2);
 
-/// The migration the agent is quiesced for.
+/// The migration under way, as the agent last heard of it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ActiveMigration {
     /// The migration id (`<model-uuid>:<attempt>`).
@@ -47,8 +49,8 @@ pub struct ActiveMigration {
 pub enum MigrationChange {
     /// Nothing: no migration, or the same migration in the same phase.
     Unchanged,
-    /// A migration began (or was first seen): the agent is now quiesced.
-    Quiesced(ActiveMigration),
+    /// A migration began (or was first seen).
+    Began(ActiveMigration),
     /// The same migration moved to another phase.
     Phase {
         /// The migration, in its new phase.
@@ -56,23 +58,23 @@ pub enum MigrationChange {
         /// The phase before.
         from: String,
     },
-    /// The migration the agent was quiesced for is gone and another one is running: the old
-    /// one was aborted, the agent stays quiesced for the new one.
+    /// The migration the agent knew of is gone and another one is running: the old one was
+    /// aborted.
     Replaced {
         /// The aborted migration's id.
         aborted: String,
         /// The new migration.
         migration: ActiveMigration,
     },
-    /// The notice is gone: the migration was aborted; the agent resumes.
+    /// The notice is gone: the migration was aborted; the model stays here.
     Resumed {
         /// The aborted migration's id.
         aborted: String,
     },
 }
 
-/// Whether the agent is quiesced, and for which migration. Survives reconnects: only an update
-/// (or a redirect) changes it.
+/// Which migration the model is in, if any. Survives reconnects: only an update (or a
+/// redirect) changes it.
 #[derive(Clone, Debug, Default)]
 pub struct MigrationTracker {
     current: Option<ActiveMigration>,
@@ -89,7 +91,7 @@ impl MigrationTracker {
             });
         let change = match (&self.current, &next) {
             (None, None) => MigrationChange::Unchanged,
-            (None, Some(new)) => MigrationChange::Quiesced(new.clone()),
+            (None, Some(new)) => MigrationChange::Began(new.clone()),
             (Some(old), None) => MigrationChange::Resumed {
                 aborted: old.id.clone(),
             },
@@ -107,8 +109,8 @@ impl MigrationTracker {
         change
     }
 
-    /// Whether reports must wait (a migration is under way on the current controller).
-    pub fn quiesced(&self) -> bool {
+    /// Whether a migration is under way on the current controller.
+    pub fn migrating(&self) -> bool {
         self.current.is_some()
     }
 
@@ -117,19 +119,17 @@ impl MigrationTracker {
         self.current.as_ref()
     }
 
-    /// The model moved (SUCCESS): the quiesce ends, the buffered reports go to the new
-    /// controller. Returns the migration that moved it, if one was seen.
+    /// The model moved (SUCCESS): the queued reports go to the new controller. Returns the
+    /// migration that moved it, if one was seen.
     pub fn switched(&mut self) -> Option<ActiveMigration> {
         self.current.take()
     }
 }
 
-/// What the agent owes the controller for a notice, in order.
+/// What the agent owes the controller for a notice.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Duty {
-    /// `MigrationReport{phase: QUIESCE, ok: true}`.
-    AckQuiesce(String),
-    /// `ValidateLogin` on the target, then `MigrationReport{phase: VALIDATION}`.
+    /// `ValidateLogin` on the target, then `MigrationReport` with the notice's phase.
     Validate(String),
 }
 
@@ -140,8 +140,8 @@ pub fn next_duty(notice: &MigrationNotice, done: &HashSet<Duty>) -> Option<Duty>
         return None;
     }
     let duty = match Phase::parse(&notice.phase) {
-        Some(Phase::Quiesce) => Duty::AckQuiesce(id),
-        Some(Phase::Validation) => Duty::Validate(id),
+        Some(phase) if phase.agents_validate() => Duty::Validate(id),
+        // The fence (QUIESCE) asks nothing of the agents: they validated before it.
         _ => return None,
     };
     (!done.contains(&duty)).then_some(duty)
@@ -190,20 +190,6 @@ async fn perform(
 ) {
     let id = &notice.migration_id;
     match duty {
-        Duty::AckQuiesce(_) => {
-            let report = MigrationReportRequest {
-                migration_id: id.clone(),
-                phase: Phase::Quiesce.as_str().to_string(),
-                ok: true,
-                reason: String::new(),
-            };
-            send_report(caller, report).await;
-            info!(
-                migration = %id,
-                %controller,
-                "migration {id}: quiesced; acknowledged to controller {controller}"
-            );
-        }
         Duty::Validate(_) => {
             let target = notice
                 .target
@@ -235,7 +221,7 @@ async fn perform(
             };
             let report = MigrationReportRequest {
                 migration_id: id.clone(),
-                phase: Phase::Validation.as_str().to_string(),
+                phase: notice.phase.clone(),
                 ok,
                 reason,
             };
@@ -376,40 +362,40 @@ mod tests {
     }
 
     #[test]
-    fn a_notice_quiesces_until_it_goes_away() {
+    fn a_notice_is_tracked_until_it_goes_away() {
         let mut tracker = MigrationTracker::default();
         assert_eq!(tracker.observe(None), MigrationChange::Unchanged);
-        assert!(!tracker.quiesced());
+        assert!(!tracker.migrating());
         assert_eq!(
-            tracker.observe(Some(&notice("m:1", Phase::Quiesce.as_str()))),
-            MigrationChange::Quiesced(active("m:1", Phase::Quiesce.as_str()))
+            tracker.observe(Some(&notice("m:1", Phase::Catchup.as_str()))),
+            MigrationChange::Began(active("m:1", Phase::Catchup.as_str()))
         );
-        assert!(tracker.quiesced());
+        assert!(tracker.migrating());
         assert_eq!(
-            tracker.observe(Some(&notice("m:1", Phase::Quiesce.as_str()))),
+            tracker.observe(Some(&notice("m:1", Phase::Catchup.as_str()))),
             MigrationChange::Unchanged
         );
         assert_eq!(
-            tracker.observe(Some(&notice("m:1", Phase::Import.as_str()))),
+            tracker.observe(Some(&notice("m:1", Phase::Quiesce.as_str()))),
             MigrationChange::Phase {
-                migration: active("m:1", Phase::Import.as_str()),
-                from: Phase::Quiesce.as_str().into()
+                migration: active("m:1", Phase::Quiesce.as_str()),
+                from: Phase::Catchup.as_str().into()
             }
         );
-        assert!(tracker.quiesced());
+        assert!(tracker.migrating());
         assert_eq!(
             tracker.observe(None),
             MigrationChange::Resumed {
                 aborted: "m:1".into()
             }
         );
-        assert!(!tracker.quiesced());
+        assert!(!tracker.migrating());
     }
 
     #[test]
-    fn another_migration_id_aborts_the_old_one_and_stays_quiesced() {
+    fn another_migration_id_aborts_the_old_one() {
         let mut tracker = MigrationTracker::default();
-        tracker.observe(Some(&notice("m:1", Phase::Validation.as_str())));
+        tracker.observe(Some(&notice("m:1", Phase::Catchup.as_str())));
         assert_eq!(
             tracker.observe(Some(&notice("m:2", Phase::Quiesce.as_str()))),
             MigrationChange::Replaced {
@@ -417,7 +403,7 @@ mod tests {
                 migration: active("m:2", Phase::Quiesce.as_str())
             }
         );
-        assert!(tracker.quiesced());
+        assert!(tracker.migrating());
         assert_eq!(
             tracker.current(),
             Some(&active("m:2", Phase::Quiesce.as_str()))
@@ -425,12 +411,12 @@ mod tests {
     }
 
     #[test]
-    fn an_unknown_phase_still_quiesces_and_a_redirect_ends_it() {
+    fn an_unknown_phase_is_still_a_migration_and_a_redirect_ends_it() {
         let mut tracker = MigrationTracker::default();
         tracker.observe(Some(&notice("m:1", "SOMETHING-NEW")));
-        assert!(tracker.quiesced());
+        assert!(tracker.migrating());
         assert_eq!(tracker.switched(), Some(active("m:1", "SOMETHING-NEW")));
-        assert!(!tracker.quiesced());
+        assert!(!tracker.migrating());
         assert_eq!(tracker.switched(), None);
     }
 
@@ -441,39 +427,30 @@ mod tests {
             tracker.observe(Some(&notice("", Phase::Quiesce.as_str()))),
             MigrationChange::Unchanged
         );
-        assert!(!tracker.quiesced());
+        assert!(!tracker.migrating());
     }
 
     #[test]
-    fn duties_are_owed_once_per_id_and_phase() {
+    fn validation_is_owed_once_per_id_in_catchup_and_nothing_in_the_fence() {
         let mut done = HashSet::new();
         assert_eq!(
             next_duty(&notice("m:1", Phase::Quiesce.as_str()), &done),
-            Some(Duty::AckQuiesce("m:1".into()))
-        );
-        done.insert(Duty::AckQuiesce("m:1".into()));
-        assert_eq!(
-            next_duty(&notice("m:1", Phase::Quiesce.as_str()), &done),
             None
         );
         assert_eq!(
-            next_duty(&notice("m:1", Phase::Import.as_str()), &done),
-            None
-        );
-        assert_eq!(
-            next_duty(&notice("m:1", Phase::Validation.as_str()), &done),
+            next_duty(&notice("m:1", Phase::Catchup.as_str()), &done),
             Some(Duty::Validate("m:1".into()))
         );
         done.insert(Duty::Validate("m:1".into()));
         assert_eq!(
-            next_duty(&notice("m:1", Phase::Validation.as_str()), &done),
+            next_duty(&notice("m:1", Phase::Catchup.as_str()), &done),
             None
         );
         assert_eq!(
-            next_duty(&notice("m:2", Phase::Quiesce.as_str()), &done),
-            Some(Duty::AckQuiesce("m:2".into()))
+            next_duty(&notice("m:2", Phase::Catchup.as_str()), &done),
+            Some(Duty::Validate("m:2".into()))
         );
-        assert_eq!(next_duty(&notice("", Phase::Quiesce.as_str()), &done), None);
+        assert_eq!(next_duty(&notice("", Phase::Catchup.as_str()), &done), None);
     }
 
     fn auth() -> AuthMetadata {
@@ -493,7 +470,7 @@ mod tests {
     #[tokio::test]
     async fn validation_without_a_target_fails_with_a_reason() {
         let err = validate_login(
-            &notice("m:1", Phase::Validation.as_str()),
+            &notice("m:1", Phase::Catchup.as_str()),
             &auth(),
             VALIDATION_WINDOW,
         )
@@ -511,7 +488,7 @@ mod tests {
             .local_addr()
             .unwrap()
             .port();
-        let mut unreachable = notice("m:1", Phase::Validation.as_str());
+        let mut unreachable = notice("m:1", Phase::Catchup.as_str());
         unreachable.target = Some(Redirect {
             controller_name: "blue".into(),
             controller_uuid: "b1".into(),

@@ -5,10 +5,9 @@
 //! credential is (except from a controller the agent was just redirected to, which may not
 //! know the model yet).
 //!
-//! The outbox is flushed only once the connection's first update has said whether the model is
-//! migrating: while an update carries a `MigrationNotice` the agent is quiesced (see
-//! `migration`), reports wait in the outbox and a per-connection task sends the migration
-//! acknowledgements.
+//! The outbox is flushed once the connection's first update has arrived (it says whether the
+//! model moved). While an update carries a `MigrationNotice` (see `migration`) reports go on as
+//! usual and a per-connection task validates the agent's login against the target.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -398,13 +397,13 @@ impl Session {
         let queued = || self.ctx.with_outbox(|o| o.reports_len());
         match self.migration.observe(notice) {
             MigrationChange::Unchanged => {}
-            MigrationChange::Quiesced(m) => {
+            MigrationChange::Began(m) => {
                 let id = &m.id;
                 info!(
                     migration = %id,
                     phase = %m.phase,
                     %controller,
-                    "migration {id}: quiescing (phase {}): status reports are buffered, workloads keep running",
+                    "migration {id}: the model is moving (phase {}); reports and workloads carry on",
                     m.phase
                 );
             }
@@ -428,7 +427,7 @@ impl Session {
                     migration = %id,
                     %aborted,
                     phase = %m.phase,
-                    "migration {aborted}: aborted; migration {id} follows (phase {}): still quiesced",
+                    "migration {aborted}: aborted; migration {id} follows (phase {})",
                     m.phase
                 );
             }
@@ -437,19 +436,16 @@ impl Session {
                     migration = %aborted,
                     %controller,
                     queued = queued(),
-                    "migration {aborted}: aborted; resuming with controller {controller} and delivering the buffered reports"
+                    "migration {aborted}: aborted; the model stays with controller {controller}"
                 );
                 self.ctx.outbox_ready.notify_one();
             }
         }
     }
 
-    /// Sends queued reports in order until the outbox is empty (bounded per call); sends
-    /// nothing while the model is migrating.
+    /// Sends queued reports in order until the outbox is empty (bounded per call). While the
+    /// model migrates they go on as usual: the controller holds a report that meets the fence.
     async fn flush(&self, caller: &ControllerCaller) -> Result<Option<Ended>> {
-        if self.migration.quiesced() {
-            return Ok(None);
-        }
         for _ in 0..FLUSH_BATCHES_MAX {
             let (reports, logs) = self.ctx.with_outbox(|o| o.batch());
             if reports.is_empty() && logs.is_empty() {

@@ -1,10 +1,11 @@
 //! The real `agentd` binary through a live model migration, between two fake controllers with
-//! their own CAs: it quiesces on the source's notice (acknowledges, sends no `Report` while
-//! statuses change, its workload untouched), validates its own credential against the target,
-//! follows the redirect (config rewritten, the target retried while it is not active yet, the
-//! buffered reports delivered there in seq order, the same workload process throughout). An
-//! abort delivers the buffered reports to the source; a refused validation is reported with its
-//! reason; an agent that missed the switch follows the source's redirect when it starts.
+//! their own CAs: on the source's CATCHUP notice it validates its own credential against the
+//! target and keeps reporting to the source (its workload untouched); the fence asks nothing of
+//! it; it follows the redirect (config rewritten, the target retried while it is not active yet,
+//! the reports queued meanwhile delivered there in seq order, the same workload process
+//! throughout). After an abort it carries on with the source; a refused validation is reported
+//! with its reason; an agent that missed the switch follows the source's redirect when it
+//! starts.
 
 #[path = "support/fake_controller.rs"]
 mod fake_controller;
@@ -196,7 +197,7 @@ fn hook_runs(unit_dir: &Path) -> usize {
 }
 
 #[test]
-fn migration_quiesces_validates_and_switches_without_restarting_the_workload() {
+fn migration_validates_in_catchup_keeps_reporting_and_switches_without_restarting_the_workload() {
     let source = Controller::start("source", "50505050");
     let target = Controller::start(TARGET_NAME, "7a7a7a7a");
     // The target holds the model as an import until the source's SUCCESS: not active yet.
@@ -206,69 +207,21 @@ fn migration_quiesces_validates_and_switches_without_restarting_the_workload() {
     let root = deployed.fx.root.clone();
     let digest = deployed.digest.clone();
 
-    eprintln!("--- QUIESCE: the agent acknowledges and stops reporting");
+    eprintln!("--- CATCHUP: the agent logs in to the target and reports ok");
     publish(
         &source.state,
         &digest,
         2,
-        Some(notice("QUIESCE", &to_target)),
-        None,
-    );
-    wait_for("the quiesce acknowledgement", || {
-        !source
-            .state
-            .migration_reports_for(MIGRATION_ID, "QUIESCE")
-            .is_empty()
-    });
-    let ack = &source.state.migration_reports_for(MIGRATION_ID, "QUIESCE")[0];
-    assert!(ack.ok, "{ack:?}");
-    let source_seq = source.state.applied_seq();
-    let source_calls = source.state.report_calls();
-
-    eprintln!("--- statuses change while quiesced: nothing reaches the source");
-    let pid = crash_workload(&deployed, deployed.pid);
-    assert_counting(&deployed.unit_dir);
-    std::thread::sleep(QUIET_WINDOW);
-    assert_eq!(
-        source.state.report_calls(),
-        source_calls,
-        "Report while quiesced"
-    );
-    assert_eq!(source.state.applied_seq(), source_seq);
-
-    eprintln!("--- IMPORT: still quiet, nothing more to acknowledge");
-    publish(
-        &source.state,
-        &digest,
-        3,
-        Some(notice("IMPORT", &to_target)),
-        None,
-    );
-    std::thread::sleep(QUIET_WINDOW);
-    assert_eq!(
-        source.state.report_calls(),
-        source_calls,
-        "Report while quiesced"
-    );
-    assert_eq!(source.state.migration_reports().len(), 1);
-
-    eprintln!("--- VALIDATION: the agent logs in to the target and reports ok");
-    publish(
-        &source.state,
-        &digest,
-        4,
-        Some(notice("VALIDATION", &to_target)),
+        Some(notice("CATCHUP", &to_target)),
         None,
     );
     wait_for("the validation report", || {
         !source
             .state
-            .migration_reports_for(MIGRATION_ID, "VALIDATION")
+            .migration_reports_for(MIGRATION_ID, "CATCHUP")
             .is_empty()
     });
-    let validation = &source
-        .state
-        .migration_reports_for(MIGRATION_ID, "VALIDATION")[0];
+    let validation = &source.state.migration_reports_for(MIGRATION_ID, "CATCHUP")[0];
     assert!(validation.ok, "{validation:?}");
     assert_eq!(
         *target.state.validations.lock().unwrap(),
@@ -276,15 +229,36 @@ fn migration_quiesces_validates_and_switches_without_restarting_the_workload() {
         "ValidateLogin with the agent's own credential, on the target"
     );
     assert!(target.state.reports().is_empty());
-    assert_eq!(
-        source.state.report_calls(),
-        source_calls,
-        "Report while quiesced"
+
+    eprintln!("--- statuses change while the model migrates: they reach the source as usual");
+    let seen = source.state.applied_seq();
+    let pid = crash_workload(&deployed, deployed.pid);
+    assert_counting(&deployed.unit_dir);
+    wait_for("the workload's new status on the source", || {
+        statuses_of(
+            &source.state.reports_after(seen),
+            "unit-counter-0",
+            "workload",
+        )
+        .contains(&"active".to_string())
+    });
+
+    eprintln!("--- QUIESCE (the fence): nothing more to report about the migration");
+    publish(
+        &source.state,
+        &digest,
+        3,
+        Some(notice("QUIESCE", &to_target)),
+        None,
     );
+    std::thread::sleep(QUIET_WINDOW);
+    assert_eq!(source.state.migration_reports().len(), 1);
 
     eprintln!("--- SUCCESS: the source redirects; the target refuses until it activates");
+    let source_seq = source.state.applied_seq();
+    let source_calls = source.state.report_calls();
     let hooks_before = hook_runs(&deployed.unit_dir);
-    publish(&source.state, &digest, 5, None, Some(to_target.clone()));
+    publish(&source.state, &digest, 4, None, Some(to_target.clone()));
     wait_for("the agent config to name the target", || {
         read_agent_config(&deployed.fx.config).controller_name == TARGET_NAME
     });
@@ -298,17 +272,16 @@ fn migration_quiesces_validates_and_switches_without_restarting_the_workload() {
         "the agent to retry the target that is not active yet",
         || target.state.refused_watches.load(Ordering::SeqCst) >= 3,
     );
+    // A status change while the target is not active yet waits in the outbox.
+    let pid = crash_workload(&deployed, pid);
     assert!(target.state.reports().is_empty());
-    assert_eq!(workload_pid(&deployed.data), Some(pid));
-    assert!(alive(pid));
 
-    eprintln!("--- the target activates the model: the buffered reports arrive there");
+    eprintln!("--- the target activates the model: the queued reports arrive there");
     publish(&target.state, &digest, 1, None, None);
     target.state.inactive.store(false, Ordering::SeqCst);
-    wait_for("the buffered reports on the target", || {
+    wait_for("the queued reports on the target", || {
         let reports = target.state.reports();
-        statuses_of(&reports, "machine-0", "agent").contains(&"started".to_string())
-            && statuses_of(&reports, "unit-counter-0", "workload") == ["error", "active"]
+        statuses_of(&reports, "unit-counter-0", "workload").contains(&"active".to_string())
     });
     let delivered = target.state.reports();
     assert_contiguous_from(&delivered, &target.state.logs(), source_seq);
@@ -318,12 +291,12 @@ fn migration_quiesces_validates_and_switches_without_restarting_the_workload() {
             .logs()
             .iter()
             .any(|l| l.message.contains("workload exited")),
-        "the log record queued while quiesced reached the target"
+        "the log record queued while the target was not active reached it"
     );
     assert_eq!(
         source.state.report_calls(),
         source_calls,
-        "Report on the source after the lock"
+        "Report on the source after the redirect"
     );
     assert_eq!(source.state.applied_seq(), source_seq);
 
@@ -333,26 +306,12 @@ fn migration_quiesces_validates_and_switches_without_restarting_the_workload() {
     assert_counting(&deployed.unit_dir);
     assert_eq!(counter_workloads(&root), BTreeSet::from([pid]));
     assert_eq!(hook_runs(&deployed.unit_dir), hooks_before);
-    // Each acknowledgement once for this migration id.
-    assert_eq!(source.state.migration_reports().len(), 2);
-
-    eprintln!("--- the agent reports to the target from now on");
-    let seen = target.state.applied_seq();
-    let pid = crash_workload(&deployed, pid);
-    wait_for("a new report on the target", || {
-        statuses_of(
-            &target.state.reports_after(seen),
-            "unit-counter-0",
-            "workload",
-        )
-        .contains(&"active".to_string())
-    });
-    assert_eq!(source.state.report_calls(), source_calls);
+    // The validation once for this migration id.
+    assert_eq!(source.state.migration_reports().len(), 1);
 
     let log = agentd_log(&root);
     for step in [
-        format!("migration {MIGRATION_ID}: quiescing"),
-        format!("migration {MIGRATION_ID}: quiesced; acknowledged to controller fake"),
+        format!("migration {MIGRATION_ID}: the model is moving"),
         format!("migration {MIGRATION_ID}: validated against {TARGET_NAME}"),
         format!("migration {MIGRATION_ID}: switching to controller {TARGET_NAME}"),
         format!("migration {MIGRATION_ID}: switched to controller {TARGET_NAME}"),
@@ -364,73 +323,61 @@ fn migration_quiesces_validates_and_switches_without_restarting_the_workload() {
 }
 
 #[test]
-fn an_aborted_migration_delivers_the_buffered_reports_to_the_source() {
+fn an_aborted_migration_leaves_the_agent_with_the_source() {
     let mut source = Controller::start("source", "50505050");
     let target = Controller::start(TARGET_NAME, "7a7a7a7a");
     let to_target = target.redirect(TARGET_NAME, TARGET_UUID);
     let mut deployed = deploy(&source, &[]);
     let digest = deployed.digest.clone();
 
-    eprintln!("--- QUIESCE");
+    eprintln!("--- CATCHUP: validated once");
     publish(
         &source.state,
         &digest,
         2,
-        Some(notice("QUIESCE", &to_target)),
+        Some(notice("CATCHUP", &to_target)),
         None,
     );
-    wait_for("the quiesce acknowledgement", || {
+    wait_for("the validation report", || {
         !source
             .state
-            .migration_reports_for(MIGRATION_ID, "QUIESCE")
+            .migration_reports_for(MIGRATION_ID, "CATCHUP")
             .is_empty()
     });
-    let source_seq = source.state.applied_seq();
-    let source_calls = source.state.report_calls();
-    let pid = crash_workload(&deployed, deployed.pid);
-    std::thread::sleep(QUIET_WINDOW);
-    assert_eq!(
-        source.state.report_calls(),
-        source_calls,
-        "Report while quiesced"
-    );
 
-    eprintln!("--- the connection drops: still quiesced after reconnecting, ack repeated");
+    eprintln!("--- the connection drops: the validation is repeated on the new connection");
     let watches = source.state.watch_calls.load(Ordering::SeqCst);
     source.restart();
     wait_for("the agent to reconnect", || {
         source.state.watch_calls.load(Ordering::SeqCst) > watches
     });
-    wait_for("the acknowledgement on the new connection", || {
+    wait_for("the validation on the new connection", || {
         source
             .state
-            .migration_reports_for(MIGRATION_ID, "QUIESCE")
+            .migration_reports_for(MIGRATION_ID, "CATCHUP")
             .len()
             >= 2
     });
-    std::thread::sleep(QUIET_WINDOW);
-    assert_eq!(
-        source.state.report_calls(),
-        source_calls,
-        "Report while quiesced (after a reconnect)"
-    );
 
-    eprintln!("--- abort: the next update has no notice; the buffered reports arrive in order");
+    eprintln!("--- abort: the next update has no notice; the agent carries on with the source");
     publish(&source.state, &digest, 3, None, None);
-    wait_for("the buffered reports on the source", || {
-        let after = source.state.reports_after(source_seq);
+    let seen = source.state.applied_seq();
+    let pid = crash_workload(&deployed, deployed.pid);
+    wait_for("the new status on the source", || {
+        let after = source.state.reports_after(seen);
         statuses_of(&after, "unit-counter-0", "workload") == ["error", "active"]
-            && statuses_of(&after, "machine-0", "agent").contains(&"started".to_string())
     });
-    let after = source.state.reports_after(source_seq);
-    assert_contiguous_from(&after, &source.state.logs(), source_seq);
+    assert_contiguous_from(
+        &source.state.reports_after(seen),
+        &source.state.logs(),
+        seen,
+    );
     assert!(source
         .state
         .logs()
         .iter()
         .any(|l| l.message.contains("workload exited")));
     assert!(target.state.reports().is_empty());
-    assert_eq!(target.state.validate_calls.load(Ordering::SeqCst), 0);
     assert_eq!(workload_pid(&deployed.data), Some(pid));
     assert!(alive(pid));
     assert_eq!(
@@ -439,7 +386,9 @@ fn an_aborted_migration_delivers_the_buffered_reports_to_the_source() {
     );
     let log = agentd_log(&deployed.fx.root);
     assert!(
-        log.contains(&format!("migration {MIGRATION_ID}: aborted; resuming")),
+        log.contains(&format!(
+            "migration {MIGRATION_ID}: aborted; the model stays with controller"
+        )),
         "{log}"
     );
     deployed.guard.sweep();
@@ -461,32 +410,16 @@ fn a_validation_refused_by_the_target_is_reported_with_its_reason() {
         &source.state,
         &digest,
         2,
-        Some(notice("QUIESCE", &to_target)),
-        None,
-    );
-    wait_for("the quiesce acknowledgement", || {
-        !source
-            .state
-            .migration_reports_for(MIGRATION_ID, "QUIESCE")
-            .is_empty()
-    });
-    publish(
-        &source.state,
-        &digest,
-        3,
-        Some(notice("VALIDATION", &to_target)),
+        Some(notice("CATCHUP", &to_target)),
         None,
     );
     wait_for("the validation report", || {
         !source
             .state
-            .migration_reports_for(MIGRATION_ID, "VALIDATION")
+            .migration_reports_for(MIGRATION_ID, "CATCHUP")
             .is_empty()
     });
-    let report = source
-        .state
-        .migration_reports_for(MIGRATION_ID, "VALIDATION")[0]
-        .clone();
+    let report = source.state.migration_reports_for(MIGRATION_ID, "CATCHUP")[0].clone();
     assert!(!report.ok, "{report:?}");
     assert!(
         report.reason.contains("PermissionDenied") && report.reason.contains("not being imported"),

@@ -28,6 +28,10 @@ pub struct LiveProgress {
     pub import_bytes: u64,
     /// Machines whose agents must report.
     pub agents_total: u64,
+    /// CATCHUP: feed entries the target has not applied yet, as last counted.
+    pub lag: u64,
+    /// Feed entries sent to the target so far.
+    pub changes_sent: u64,
 }
 
 /// Live progress of the migrations this node's master drives, by migration id.
@@ -84,6 +88,13 @@ impl NodeContext {
             endpoints.push(self.identity.address.clone());
         }
         endpoints
+    }
+
+    /// Controller-config integer `key` (its default when no operator set it; `None` when the
+    /// config cannot be read now).
+    pub fn config_u64(&self, key: &str) -> Option<u64> {
+        let config = self.handle.state().try_controller_config().ok()?;
+        config.get(key)?.parse().ok()
     }
 
     /// Controller-config duration `key` in milliseconds, when an operator set it (`None` for

@@ -22,7 +22,7 @@ use crate::format::parse_duration;
 use crate::format::short_for_user;
 use crate::migration_view::{
     aborted_message, is_committed, outcome, reap_failed_warning, timeout_message, Follow, Line,
-    Outcome, ABORT, POLL_INTERVAL, PRECHECK, QUIESCE,
+    Outcome, ABORT, POLL_INTERVAL, PRECHECK,
 };
 use crate::store::StoreState;
 use crate::target::{split_model_name, ModelTarget};
@@ -42,22 +42,27 @@ pub const MIGRATE_HELP: &str = "\
 The source controller runs the migration in phases; --wait prints each phase change as it
 happens, with its reason:
   PRECHECK     the model and the target are checked; nothing changes yet
-  QUIESCE      the model is locked (read-only); its agents stop changing it and acknowledge
-  IMPORT       the model is copied to the target, which imports it (invisible there)
-  VALIDATION   the copies are compared; every agent proves it can log in to the target
+  PRECOPY      the model is copied to the target, which imports it (invisible there); the
+               model stays writable and every change is recorded
+  CATCHUP      the recorded changes are streamed to the target until few are left; every
+               agent proves it can log in to the target; the model stays writable
+  QUIESCE      the fence: the model is locked, writes are held (not refused) for at most
+               migration-fence-hold, the last changes go to the target and the copies are
+               compared; it lasts a few commits, whatever the model's size
   SUCCESS      the point of no return: the target activates the model, the source keeps a
-               redirect to it
+               redirect to it; held writes are sent to the target by ctl and the agents
   LOGTRANSFER  the model's log is copied to the target
   REAP         the source deletes its copy of the model
   DONE         finished: the model lives on the target
   REAPFAILED   finished: the model lives on the target, but the source could not delete all of
                its old copy
-  ABORT        any failure before SUCCESS: the target is told to drop its import
-  ABORTDONE    the model is unlocked on the source, exactly as it was before
+  ABORT        any failure before SUCCESS: the target is told to drop its import; held
+               writes apply on the source
+  ABORTDONE    the model is unlocked on the source, with every write it acknowledged
 
-When a migration aborts, its reason says why: a failed precheck, agents that did not acknowledge
-in time, copies that differ, an agent that could not log in to the target, the target's import
-error, or the operator's abort. Fix the cause and run 'ctl migrate' again: the new attempt gets
+When a migration aborts, its reason says why: a failed precheck, a target that did not catch up
+in time, copies that differ at the fence, an agent that could not log in to the target, the
+target's import error, or the operator's abort. Fix the cause and run 'ctl migrate' again: the new attempt gets
 a new ID, and whatever the aborted attempt left on the target does not block it. --dry-run runs
 the prechecks alone and lists every failure.
 
@@ -480,9 +485,9 @@ pub async fn abort_migration(ctx: &Context, args: AbortMigrationArgs) -> Result<
 pub fn abort_requested(source: &ModelTarget, id: &str, phase: &str) -> String {
     let controller = &source.controller;
     let then = match phase {
-        PRECHECK | QUIESCE => format!(
-            "Nothing was sent to the target yet: the model will be unlocked on controller \
-             \"{controller}\" shortly."
+        PRECHECK => format!(
+            "Nothing was sent to the target yet: the model stays on controller \
+             \"{controller}\", writable as it was."
         ),
         ABORT => format!(
             "It was already aborting: the model will be unlocked on controller \"{controller}\" \
@@ -494,8 +499,8 @@ pub fn abort_requested(source: &ModelTarget, id: &str, phase: &str) -> String {
                 .to_string()
         }
         _ => format!(
-            "The model will be unlocked on controller \"{controller}\" once the target has \
-             dropped its import."
+            "The model stays on controller \"{controller}\"; the migration ends once the \
+             target has dropped its copy (a model locked by the fence is unlocked then)."
         ),
     };
     format!(
@@ -592,12 +597,13 @@ mod tests {
             model: "admin/web".into(),
         };
         assert_eq!(
-            abort_requested(&source, "m:2", "IMPORT"),
-            "Abort of migration \"m:2\" requested (it was in IMPORT).\n\
-             The model will be unlocked on controller \"alpha\" once the target has dropped its \
-             import.\nFollow it with 'ctl show-model alpha:admin/web'.\n"
+            abort_requested(&source, "m:2", "CATCHUP"),
+            "Abort of migration \"m:2\" requested (it was in CATCHUP).\n\
+             The model stays on controller \"alpha\"; the migration ends once the target has \
+             dropped its copy (a model locked by the fence is unlocked then).\nFollow it with \
+             'ctl show-model alpha:admin/web'.\n"
         );
-        assert!(abort_requested(&source, "m:2", "QUIESCE").contains("Nothing was sent"));
+        assert!(abort_requested(&source, "m:2", "PRECHECK").contains("Nothing was sent"));
         assert!(abort_requested(&source, "m:2", "ABORT").contains("already aborting"));
     }
 

@@ -30,7 +30,7 @@ use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 use starling_proto::controller::ModelRef;
 
-use crate::client::{ConnectionInfo, ControllerClient, REQUEST_TIMEOUT_DEFAULT};
+use crate::client::{ConnectionInfo, ControllerClient, RedirectFollower, REQUEST_TIMEOUT_DEFAULT};
 use crate::render::Format;
 use crate::store::ClientStore;
 use crate::target::{resolve_controller, resolve_model, ModelTarget, SelectionEnv};
@@ -46,6 +46,10 @@ pub struct Cli {
     /// Write the output to FILE instead of stdout.
     #[arg(short = 'o', long = "output", global = true, value_name = "FILE")]
     pub output: Option<PathBuf>,
+    /// Say on stderr what ctl does behind the scenes (a call sent again to the controller a
+    /// model moved to while the call was held in the migration's fence).
+    #[arg(long, global = true)]
+    pub debug: bool,
     /// The command.
     #[command(subcommand)]
     pub command: Command,
@@ -191,6 +195,8 @@ pub struct Context {
     pub env: SelectionEnv,
     /// `--format`, if given.
     pub format: Option<Format>,
+    /// `--debug`.
+    pub debug: bool,
 }
 
 impl Context {
@@ -200,6 +206,7 @@ impl Context {
             store: ClientStore::from_env()?,
             env: SelectionEnv::from_process(),
             format,
+            debug: false,
         })
     }
 
@@ -223,7 +230,12 @@ impl Context {
             info.endpoints = vec![endpoint.to_string()];
         }
         info.request_timeout = timeout.unwrap_or(REQUEST_TIMEOUT_DEFAULT);
-        ControllerClient::new(info)
+        Ok(
+            ControllerClient::new(info)?.following_redirects(RedirectFollower {
+                store: state.clone(),
+                debug: self.debug,
+            }),
+        )
     }
 
     /// Resolves the model for a model-scoped command and opens a client for its controller.
@@ -236,13 +248,18 @@ impl Context {
         let target = resolve_model(&state, &self.env, model)?;
         let mut info = ConnectionInfo::from_store(&state, &target.controller)?;
         info.request_timeout = timeout.unwrap_or(REQUEST_TIMEOUT_DEFAULT);
-        Ok((ControllerClient::new(info)?, target))
+        let client = ControllerClient::new(info)?.following_redirects(RedirectFollower {
+            store: state.clone(),
+            debug: self.debug,
+        });
+        Ok((client, target))
     }
 }
 
 /// Runs the parsed command line in this process's environment.
 pub async fn run(cli: Cli) -> Result<Output> {
-    let ctx = Context::from_process(cli.format)?;
+    let mut ctx = Context::from_process(cli.format)?;
+    ctx.debug = cli.debug;
     run_with(&ctx, cli.command).await
 }
 

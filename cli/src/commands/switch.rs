@@ -229,6 +229,7 @@ mod tests {
                 model: env_model.map(str::to_string),
             },
             format: None,
+            debug: false,
         }
     }
 

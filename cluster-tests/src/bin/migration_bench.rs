@@ -21,6 +21,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, ensure, Context, Result};
 use clap::Parser;
 use sha2::{Digest, Sha256};
+use starling_cluster_tests::client::retry_on_target;
 use starling_cluster_tests::sim_agent::{
     run_migrating_agent, shared_channels, AgentAuth, AgentConfigYaml, MigrationCounters,
 };
@@ -112,11 +113,13 @@ async fn admin(registration: &Registration) -> Result<AuthedControllerClient> {
     )
 }
 
-/// Acknowledged writes of the continuous writer (ms since the epoch), and the refusals.
+/// Acknowledged writes of the continuous writer (ms since the epoch), the refusals, and the
+/// writes sent again to the target after the fence answered them with the redirect.
 #[derive(Default)]
 struct WriterLog {
     acked: Vec<i64>,
     refused: u64,
+    retried_on_target: u64,
 }
 
 async fn writer(
@@ -138,7 +141,18 @@ async fn writer(
             values: [(format!("bench-{}", n % 64), n.to_string())].into(),
             request_id: format!("bench-writer-{n}-{}", rand::random::<u32>()),
         };
-        match client.set_model_config(request).await {
+        let mut outcome = client.set_model_config(request.clone()).await;
+        // A write the fence held and the migration then moved: once more, on the target,
+        // under the same request id (as ctl does).
+        if let Some(target) = outcome.as_ref().err().and_then(retry_on_target) {
+            if clients.contains_key(&target) {
+                log.lock().expect("lock").retried_on_target += 1;
+                current = target;
+                let client = clients.get_mut(&current).expect("known controller");
+                outcome = client.set_model_config(request).await;
+            }
+        }
+        match outcome {
             Ok(_) => log.lock().expect("lock").acked.push(now_ms()),
             Err(status) => {
                 log.lock().expect("lock").refused += 1;
@@ -390,21 +404,22 @@ async fn main() -> Result<()> {
             .map(|c| c.at_unix_ms)
             .with_context(|| format!("no {phase} in the history"))
     };
-    let (quiesce, import, validation, success, logtransfer, done) = (
+    let (precopy, catchup, quiesce, success, logtransfer, done) = (
+        at("PRECOPY")?,
+        at("CATCHUP")?,
         at("QUIESCE")?,
-        at("IMPORT")?,
-        at("VALIDATION")?,
         at("SUCCESS")?,
         at("LOGTRANSFER")?,
         at("DONE")?,
     );
     let total_ms = info.ended_unix_ms.unwrap_or(done) - info.started_unix_ms;
-    let import_secs = ((validation - import) as f64 / 1000.0).max(0.001);
+    let import_secs = ((catchup - precopy) as f64 / 1000.0).max(0.001);
     let log = writer_log.lock().expect("lock");
     let window_ms = log
         .acked
         .windows(2)
-        .filter(|w| w[1] >= quiesce)
+        // Every gap from the migration's start on: the model stays writable until the fence.
+        .filter(|w| w[1] >= info.started_unix_ms)
         .map(|w| w[1] - w[0])
         .max()
         .unwrap_or(0);
@@ -424,16 +439,12 @@ async fn main() -> Result<()> {
     writeln!(out, "total (start → DONE)       {total_ms} ms")?;
     writeln!(
         out,
-        "  precheck → lock          {} ms",
-        quiesce - info.started_unix_ms
+        "  PRECHECK                 {} ms",
+        precopy - info.started_unix_ms
     )?;
-    writeln!(out, "  QUIESCE (agents acked)   {} ms", import - quiesce)?;
-    writeln!(out, "  IMPORT                   {} ms", validation - import)?;
-    writeln!(
-        out,
-        "  VALIDATION               {} ms",
-        success - validation
-    )?;
+    writeln!(out, "  PRECOPY (copy, import)   {} ms", catchup - precopy)?;
+    writeln!(out, "  CATCHUP (changes, agents) {} ms", quiesce - catchup)?;
+    writeln!(out, "  QUIESCE (the fence)      {} ms", success - quiesce)?;
     writeln!(
         out,
         "  SUCCESS → activated      {} ms",
@@ -451,9 +462,10 @@ async fn main() -> Result<()> {
     )?;
     writeln!(
         out,
-        "writes acked / refused     {} / {}",
+        "writes acked / refused     {} / {} ({} retried on the target after the fence)",
         log.acked.len(),
-        log.refused
+        log.refused,
+        log.retried_on_target
     )?;
     writeln!(
         out,
@@ -483,10 +495,10 @@ async fn main() -> Result<()> {
             "machines": args.machines,
             "migration_id": id,
             "total_ms": total_ms,
-            "precheck_ms": quiesce - info.started_unix_ms,
-            "quiesce_ms": import - quiesce,
-            "import_ms": validation - import,
-            "validation_ms": success - validation,
+            "precheck_ms": precopy - info.started_unix_ms,
+            "precopy_ms": catchup - precopy,
+            "catchup_ms": quiesce - catchup,
+            "fence_ms": success - quiesce,
             "activate_ms": logtransfer - success,
             "logtransfer_reap_ms": done - logtransfer,
             "lock_to_active_ms": logtransfer - quiesce,
@@ -494,6 +506,7 @@ async fn main() -> Result<()> {
             "first_write_on_target_after_active_ms": first_on_target.map(|t| t - logtransfer),
             "writes_acked": log.acked.len(),
             "writes_refused": log.refused,
+            "writes_retried_on_target": log.retried_on_target,
             "description_bytes": bytes,
             "records": records,
             "import_mb_per_s": mb / import_secs,

@@ -115,22 +115,26 @@ pub fn run_scenario(world: &mut World, body: impl FnOnce(&mut World) -> Result<(
 }
 
 /// The failpoints [`random_run`] may set on a source (count-limited, so retried steps pass).
-const RANDOM_SOURCE_FAILPOINTS: [&str; 9] = [
+const RANDOM_SOURCE_FAILPOINTS: [&str; 11] = [
+    "migration.source.precopy=20%return",
+    "migration.source.catchup=20%return",
     "migration.source.quiesce=20%return",
-    "migration.source.import=20%return",
-    "migration.source.validation=20%return",
     "migration.source.success=2*return",
     "migration.source.logtransfer=2*return",
     "migration.source.reap=2*return",
     "migration.source.stream=2*return",
+    "migration.source.stream-changes=2*return",
+    "migration.source.seal=2*return",
     "migration.source.commit-success=2*return",
     "migration.source.activate=2*return",
 ];
 
 /// The failpoints [`random_run`] may set on a target.
-const RANDOM_TARGET_FAILPOINTS: [&str; 4] = [
+const RANDOM_TARGET_FAILPOINTS: [&str; 6] = [
     "migration.target.stage=2*return",
     "migration.target.import=2*return",
+    "migration.target.apply-changes=2*return",
+    "migration.target.seal=2*return",
     "migration.target.activate=2*return",
     "migration.target.drop=2*return",
 ];

@@ -26,8 +26,10 @@ pub const FINAL_READ_PROCESS: u64 = 1001;
 /// The process id of the migration driver in the history.
 pub const DRIVER_PROCESS: u64 = 1002;
 
-/// The phases in which a source holds a model locked (read-only, still at its epoch).
-pub const LOCKED_PHASES: [&str; 4] = ["QUIESCE", "IMPORT", "VALIDATION", "ABORT"];
+/// The phases in which a source may hold a model locked (read-only, still at its epoch): the
+/// fence, and ABORT (locked until ABORTDONE when it came from the fence; writable otherwise,
+/// but at the same epoch either way).
+pub const LOCKED_PHASES: [&str; 2] = ["QUIESCE", "ABORT"];
 
 /// Admin clients of every node of every controller (lazily connecting channels, so a restarted
 /// node is reached again on its port).

@@ -35,9 +35,9 @@ pub const THREE_CONTROLLERS: [&str; 3] = ["alpha", "beta", "gamma"];
 /// Phases in protocol order.
 pub const PHASES: [&str; 8] = [
     "PRECHECK",
+    "PRECOPY",
+    "CATCHUP",
     "QUIESCE",
-    "IMPORT",
-    "VALIDATION",
     "SUCCESS",
     "LOGTRANSFER",
     "REAP",

@@ -8,6 +8,7 @@
 //! (`model::access`) before proposing. Applying only uses `caller` as the default model owner.
 
 use starling_proto::command::{self as cmd, command::Op, Command, CommandResult};
+use starling_proto::migration::FeedPosition;
 use starling_proto::model::{Access, Application, Life, Machine, Model, ModelUser, Unit, User};
 
 use super::{model_error_result, ok_result_with};
@@ -66,23 +67,44 @@ pub(super) struct ApplyContext<'s> {
     pub(super) staged: Option<&'s dyn StagedFiles>,
 }
 
-/// Applies one model command over `base`: its result, the writes to keep and what it did to
-/// imports (for the staging area).
+/// What applying one model command produced.
+pub(super) struct Applied {
+    /// Its result.
+    pub result: CommandResult,
+    /// The writes to keep.
+    pub writes: WriteSet,
+    /// What it did to imports (for the staging area).
+    pub events: Vec<StagingEvent>,
+    /// Idempotency records of another controller's requests to keep (request id, encoded
+    /// result): those a migrating model's feed carried.
+    pub requests: Vec<(String, Vec<u8>)>,
+}
+
+/// Applies one model command over `base`.
 pub(super) fn apply_model_op<R: StateRead + ?Sized>(
     base: &R,
+    at: FeedPosition,
     command: &Command,
     op: &Op,
     context: &ApplyContext<'_>,
-) -> Result<(CommandResult, WriteSet, Vec<StagingEvent>), StorageError> {
+) -> Result<Applied, StorageError> {
     if let Some(applied) = crate::backup::apply_backup_op(base, command, op) {
-        return applied.map(|(result, writes)| (result, writes, Vec::new()));
+        let (result, writes) = applied?;
+        return Ok(Applied {
+            result,
+            writes,
+            events: Vec::new(),
+            requests: Vec::new(),
+        });
     }
     let mut tx = Tx {
         state: Overlay::new(base),
+        at,
         now_ms: command.proposed_unix_ms,
         caller: &command.caller,
         context,
         events: Vec::new(),
+        requests: Vec::new(),
     };
     let outcome = match op {
         Op::SetControllerConfig(_) => unreachable!("applied by ApplyBatch::execute"),
@@ -115,18 +137,39 @@ pub(super) fn apply_model_op<R: StateRead + ?Sized>(
         Op::DropImport(drop) => tx.drop_import(drop),
         Op::ImportLog(import) => tx.import_log(import),
         Op::SetModelConfig(set) => tx.set_model_config(set),
+        Op::ApplyModelChanges(changes) => tx.apply_model_changes(changes),
+        Op::TrimFeed(trim) => tx.trim_feed(trim),
         Op::CreateBackup(_) | Op::RestoreBackup(_) => {
             unreachable!("applied by backup::apply_backup_op")
         }
     };
-    match outcome {
-        Ok(ok) => Ok((ok_result_with(ok), tx.state.into_writes(), tx.events)),
-        Err(Refusal::Rule(e)) => Ok((model_error_result(&e), WriteSet::new(), Vec::new())),
-        Err(Refusal::RuleKeepingWrites(e)) => {
-            Ok((model_error_result(&e), tx.state.into_writes(), Vec::new()))
-        }
-        Err(Refusal::Storage(e)) => Err(e),
-    }
+    let (result, writes, events, requests) = match outcome {
+        Ok(ok) => (
+            ok_result_with(ok),
+            tx.state.into_writes(),
+            tx.events,
+            tx.requests,
+        ),
+        Err(Refusal::Rule(e)) => (
+            model_error_result(&e),
+            WriteSet::new(),
+            Vec::new(),
+            Vec::new(),
+        ),
+        Err(Refusal::RuleKeepingWrites(e)) => (
+            model_error_result(&e),
+            tx.state.into_writes(),
+            Vec::new(),
+            Vec::new(),
+        ),
+        Err(Refusal::Storage(e)) => return Err(e),
+    };
+    Ok(Applied {
+        result,
+        writes,
+        events,
+        requests,
+    })
 }
 
 fn check_sha256_hex(what: &str, value: &str) -> Result<(), ModelError> {
@@ -140,10 +183,14 @@ fn check_sha256_hex(what: &str, value: &str) -> Result<(), ModelError> {
 /// One command's view and writes.
 struct Tx<'r, 'c, R: StateRead + ?Sized> {
     state: Overlay<'r, R>,
+    /// Where the command is in the log (its entry's index and its position in the batch).
+    at: FeedPosition,
     now_ms: i64,
     caller: &'c str,
     context: &'c ApplyContext<'c>,
     events: Vec<StagingEvent>,
+    /// Idempotency records of another controller's requests to keep (see `Applied`).
+    requests: Vec<(String, Vec<u8>)>,
 }
 
 impl<R: StateRead + ?Sized> Tx<'_, '_, R> {
@@ -160,7 +207,10 @@ impl<R: StateRead + ?Sized> Tx<'_, '_, R> {
             })
         };
         if crate::migration::read_import(&self.state, uuid)?.is_some() {
-            return Err(not_found());
+            return Err(ModelError::ModelImporting {
+                model: uuid.to_owned(),
+            }
+            .into());
         }
         if let Some(redirect) = crate::migration::read_redirect(&self.state, uuid)? {
             return Err(ModelError::ModelMigrated {
@@ -266,6 +316,21 @@ impl<R: StateRead + ?Sized> Tx<'_, '_, R> {
                 .map(|m| m.id)
                 .collect();
         deployment::check_destroy_model(&model, machines, destroy.force)?;
+        // A migrating model stays until its migration ends: its copy is on the way and its
+        // feed records every change.
+        let migrations = crate::migration::read_model_migrations(&self.state, &model.uuid)?;
+        if let Some(running) = migrations
+            .iter()
+            .find(|m| !crate::migration::is_terminal(m))
+        {
+            return Err(crate::model::migration::MigrationError::AlreadyMigrating {
+                model: model.name.clone(),
+                migration_id: crate::migration::record_id(running).to_string(),
+                phase: crate::model::migration::Phase::parse(&running.phase)
+                    .unwrap_or(crate::model::migration::Phase::Precheck),
+            }
+            .into());
+        }
         for (key, _) in self
             .state
             .scan_prefix(&keys::model_prefix(&model.uuid), usize::MAX)?

@@ -70,6 +70,22 @@ pub const KNOWN_KEYS: &[KeySpec] = &[
         },
     },
     KeySpec {
+        key: "migration-fence-hold",
+        default: "2s",
+        kind: ValueKind::Duration {
+            min: Duration::from_millis(0),
+            max: Duration::from_secs(60),
+        },
+    },
+    KeySpec {
+        key: "migration-fence-lag",
+        default: "1000",
+        kind: ValueKind::Integer {
+            min: 0,
+            max: 1_000_000,
+        },
+    },
+    KeySpec {
         key: "migration-import-timeout",
         default: "30m",
         kind: ValueKind::Duration {
@@ -401,8 +417,9 @@ mod tests {
         assert_eq!(
             reason("foo", "1"),
             "unknown controller-config key \"foo\" (known: agent-heartbeat-interval, backups-to-keep, \
-             migration-abort-drop-timeout, migration-import-timeout, migration-leftover-idle, \
-             migration-quiesce-timeout, model-log-max-records, status-history-size; custom keys \
+             migration-abort-drop-timeout, migration-fence-hold, migration-fence-lag, \
+             migration-import-timeout, migration-leftover-idle, migration-quiesce-timeout, \
+             model-log-max-records, status-history-size; custom keys \
              start with \"custom.\")"
         );
     }

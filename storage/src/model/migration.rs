@@ -19,10 +19,14 @@ pub use starling_proto::limits::DESCRIPTION_BYTES_MAX;
 pub enum ModelEffect {
     /// The model is untouched.
     Nothing,
-    /// PRECHECK → QUIESCE: the model becomes read-only, locked by this migration id.
+    /// CATCHUP → QUIESCE (the fence): the model becomes read-only, locked by this migration
+    /// id; the lock index and the source's model digest at it are recorded.
     Lock,
-    /// VALIDATION → SUCCESS: the model becomes a redirect to the target (point of no return).
+    /// QUIESCE → SUCCESS: the model becomes a redirect to the target (point of no return).
     Redirect,
+    /// Any phase → ABORT, and SUCCESS → LOGTRANSFER: the model's change feed stops recording
+    /// (its entries are trimmed afterwards, in bounded steps).
+    StopFeed,
     /// ABORT → ABORTDONE: the lock held by this migration id (if any) is released.
     Unlock,
 }
@@ -30,11 +34,45 @@ pub enum ModelEffect {
 /// The change to the model that goes with the transition `from → to`.
 pub fn model_effect(from: Phase, to: Phase) -> ModelEffect {
     match (from, to) {
-        (Phase::Precheck, Phase::Quiesce) => ModelEffect::Lock,
-        (Phase::Validation, Phase::Success) => ModelEffect::Redirect,
+        (Phase::Catchup, Phase::Quiesce) => ModelEffect::Lock,
+        (Phase::Quiesce, Phase::Success) => ModelEffect::Redirect,
+        (_, Phase::Abort) | (Phase::Success, Phase::LogTransfer) => ModelEffect::StopFeed,
         (Phase::Abort, Phase::AbortDone) => ModelEffect::Unlock,
         _ => ModelEffect::Nothing,
     }
+}
+
+/// A place in a model's change feed: the log index of the command that changed the model and
+/// its position in that entry's batch. Ordered by index, then position.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct FeedPosition {
+    /// The log index.
+    pub index: u64,
+    /// The position in the entry's batch (0 for a lone command).
+    pub position: u32,
+}
+
+impl FeedPosition {
+    /// The position `(index, position)`.
+    pub fn new(index: u64, position: u32) -> Self {
+        FeedPosition { index, position }
+    }
+}
+
+impl fmt::Display for FeedPosition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.index, self.position)
+    }
+}
+
+/// The digests of a copy the source exported in PRECOPY (hex model digests,
+/// `model::digest`): of the pairs read, and of the model at the feed's start.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CopyDigests {
+    /// What the target must hold after importing the copy.
+    pub copy_digest: String,
+    /// The model at the feed's start; the digest at the lock adds the feed's delta to it.
+    pub base_digest: String,
 }
 
 /// A migration's id, `<model-uuid>:<attempt>`; attempts of one model count up from 1.
@@ -136,11 +174,20 @@ pub struct MigrationRecord {
     pub abort_reason: Option<String>,
     /// An operator's abort request (`ctl abort-migration`), persisted so any master sees it.
     pub abort_requested: Option<String>,
-    /// Hex sha256 of the source's export of the locked model.
+    /// The source's model digest at the lock index (recorded with the lock).
     pub source_digest: Option<String>,
-    /// Hex sha256 of what the target imported, as the target reported it.
+    /// The target's model digest once it sealed the import at the lock index (recorded with
+    /// SUCCESS).
     pub target_digest: Option<String>,
-    /// Machines whose agents acknowledged the quiesce.
+    /// The log index from which the model's change feed records (the record's creation).
+    pub feed_from_index: u64,
+    /// The copy exported in PRECOPY (a new export replaces it while in PRECOPY).
+    pub copy: Option<CopyDigests>,
+    /// The lock's log index (QUIESCE on).
+    pub lock_index: Option<u64>,
+    /// Feed entries up to here were applied by the target and trimmed on the source.
+    pub feed_acked: FeedPosition,
+    /// Machines whose agents acknowledged the quiesce (lock-first protocol only).
     pub agents_acked: BTreeSet<String>,
     /// Machines whose agents logged in to the target and reported success.
     pub agents_validated: BTreeSet<String>,
@@ -175,6 +222,10 @@ impl MigrationRecord {
             abort_requested: None,
             source_digest: None,
             target_digest: None,
+            feed_from_index: 0,
+            copy: None,
+            lock_index: None,
+            feed_acked: FeedPosition::default(),
             agents_acked: BTreeSet::new(),
             agents_validated: BTreeSet::new(),
             agent_failures: BTreeMap::new(),
@@ -183,15 +234,19 @@ impl MigrationRecord {
         }
     }
 
-    /// Whether the target may hold an import of this migration: the IMPORT phase is persisted
-    /// before the first chunk is sent, so a migration aborted earlier never sent anything.
+    /// Whether the target may hold an import of this migration: PRECOPY is persisted before
+    /// anything is sent, so a migration aborted from PRECHECK never sent anything. (A lock-first
+    /// record aborted from QUIESCE had not sent anything either.)
     pub fn import_may_exist(&self) -> bool {
         match self.phase {
-            Phase::Precheck | Phase::Quiesce => false,
-            Phase::Abort | Phase::AbortDone => matches!(
-                self.aborted_from,
-                Some(Phase::Import | Phase::Validation) | None
-            ),
+            Phase::Precheck => false,
+            Phase::Abort | Phase::AbortDone => match self.aborted_from {
+                Some(Phase::Precheck) => false,
+                // The lock-first protocol locked before sending anything; the fence locks after
+                // the copy and records the lock index.
+                Some(Phase::Quiesce) => self.lock_index.is_some(),
+                _ => true,
+            },
             _ => true,
         }
     }
@@ -335,13 +390,75 @@ pub enum MigrationError {
         /// The migration.
         migration_id: String,
     },
+    /// The target was asked to activate an import the source has not sealed: it does not hold
+    /// the changes up to the source's lock yet.
+    #[error(
+        "the import of migration {migration_id} is not sealed: it does not hold the changes up \
+         to the source's lock (it has them through {position})"
+    )]
+    ImportNotSealed {
+        /// The migration.
+        migration_id: String,
+        /// The last feed entry the import holds.
+        position: FeedPosition,
+    },
+    /// A batch of feed entries would leave a gap after what the import holds.
+    #[error(
+        "the import of migration {migration_id} holds changes through {position}; a batch \
+         starting after {after} would leave a gap"
+    )]
+    FeedGap {
+        /// The migration.
+        migration_id: String,
+        /// The last feed entry the import holds.
+        position: FeedPosition,
+        /// Where the batch starts.
+        after: FeedPosition,
+    },
+    /// A batch of feed entries is malformed.
+    #[error("a batch of changes for migration {migration_id} is malformed: {reason}")]
+    BadFeedBatch {
+        /// The migration.
+        migration_id: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The import was sealed at another lock index.
+    #[error("the import of migration {migration_id} is sealed at index {sealed}, not {asked}")]
+    SealConflict {
+        /// The migration.
+        migration_id: String,
+        /// Where it is sealed.
+        sealed: u64,
+        /// Where the request would seal it.
+        asked: u64,
+    },
+    /// The fence needs every alive machine's agent validated against the target.
+    #[error(
+        "migration {migration_id} cannot lock the model: the agents of machine(s) {machines} \
+         have not validated against the target"
+    )]
+    AgentsNotValidated {
+        /// The migration.
+        migration_id: String,
+        /// The machines, comma-separated.
+        machines: String,
+    },
+    /// The fence needs the copy's digests recorded.
+    #[error("migration {migration_id} cannot lock the model: no copy was recorded")]
+    NoCopyRecorded {
+        /// The migration.
+        migration_id: String,
+    },
 }
 
 impl MigrationError {
     /// The kind of refusal, for mapping to a status code.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            MigrationError::InvalidId { .. } => ErrorKind::InvalidArgument,
+            MigrationError::InvalidId { .. } | MigrationError::BadFeedBatch { .. } => {
+                ErrorKind::InvalidArgument
+            }
             MigrationError::NoSuchImport { .. } | MigrationError::UnknownMigration { .. } => {
                 ErrorKind::NotFound
             }
@@ -389,7 +506,9 @@ pub fn apply_transition(
         }
     }
     if to == Phase::Success
-        && (record.source_digest.is_none() || record.source_digest != record.target_digest)
+        && (record.source_digest.is_none()
+            || record.source_digest != record.target_digest
+            || record.lock_index.is_none())
     {
         return Err(MigrationError::DigestsNotConfirmed {
             migration_id,
@@ -451,28 +570,36 @@ pub fn request_abort(
 /// A fact recorded in a migration record without changing its phase.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Progress {
-    /// The agent of `machine` acknowledged the quiesce (QUIESCE only).
+    /// The agent of `machine` acknowledged the quiesce (lock-first QUIESCE only).
     AgentAcked {
         /// The machine id.
         machine: String,
     },
-    /// The agent of `machine` logged in to the target and reported (VALIDATION only).
+    /// The agent of `machine` logged in to the target and reported (CATCHUP, or the
+    /// lock-first VALIDATION).
     AgentValidated {
         /// The machine id.
         machine: String,
         /// The agent's report.
         report: AgentReport,
     },
-    /// The source's digest of the locked model (IMPORT, VALIDATION).
+    /// The copy exported in PRECOPY (replaces an earlier export's while in PRECOPY).
+    Copy(CopyDigests),
+    /// The target applied the feed through this position; the entries up to it are trimmed
+    /// (CATCHUP only; never moves back).
+    FeedAcked(FeedPosition),
+    /// The source's model digest (lock-first IMPORT, VALIDATION; the fence records it with the
+    /// lock).
     SourceDigest(String),
-    /// The digest the target reported for its import (IMPORT, VALIDATION).
+    /// The target's model digest (lock-first IMPORT, VALIDATION; the fence records it with
+    /// SUCCESS).
     TargetDigest(String),
     /// The target acknowledged the model's log through this position (LOGTRANSFER only).
     LogPosition(u64),
 }
 
 /// The record with `progress` recorded, or why it is refused. Idempotent: recording the same
-/// fact twice gives the same record; a log position never moves back.
+/// fact twice gives the same record; feed and log positions never move back.
 pub fn apply_progress(
     record: &MigrationRecord,
     progress: &Progress,
@@ -492,21 +619,39 @@ pub fn apply_progress(
             next.agents_acked.insert(machine.clone());
         }
         Progress::AgentValidated { machine, report } => {
-            if record.phase != Phase::Validation {
-                return Err(wrong_phase("a validation report", "VALIDATION"));
+            if !record.phase.agents_validate() {
+                return Err(wrong_phase("a validation report", "CATCHUP"));
             }
             match report {
                 AgentReport::Ok => {
                     next.agents_validated.insert(machine.clone());
+                    next.agent_failures.remove(machine);
                 }
                 AgentReport::Failed { reason } => {
-                    next.agent_failures.insert(machine.clone(), reason.clone());
+                    if !next.agents_validated.contains(machine) {
+                        next.agent_failures.insert(machine.clone(), reason.clone());
+                    }
                 }
             }
         }
+        Progress::Copy(copy) => {
+            if record.phase != Phase::Precopy {
+                return Err(wrong_phase("a copy", "PRECOPY"));
+            }
+            next.copy = Some(copy.clone());
+        }
+        Progress::FeedAcked(position) => {
+            if record.phase != Phase::Catchup {
+                return Err(wrong_phase("a feed acknowledgement", "CATCHUP"));
+            }
+            next.feed_acked = next.feed_acked.max(*position);
+        }
         Progress::SourceDigest(digest) | Progress::TargetDigest(digest) => {
-            if !matches!(record.phase, Phase::Import | Phase::Validation) {
-                return Err(wrong_phase("a digest", "IMPORT or VALIDATION"));
+            if !matches!(
+                record.phase,
+                Phase::Quiesce | Phase::Import | Phase::Validation
+            ) {
+                return Err(wrong_phase("a digest", "QUIESCE"));
             }
             let (side, slot) = match progress {
                 Progress::SourceDigest(_) => ("source", &mut next.source_digest),
@@ -534,6 +679,31 @@ pub fn apply_progress(
     Ok(next)
 }
 
+/// Whether the fence may start: the copy's digests are recorded and every alive machine's
+/// agent has validated against the target. The lock's apply asks this of the state it locks,
+/// so a machine added after the master last looked refuses the lock instead of slipping past.
+pub fn lock_check(
+    record: &MigrationRecord,
+    alive_machines: &BTreeSet<String>,
+) -> Result<(), MigrationError> {
+    if record.copy.is_none() {
+        return Err(MigrationError::NoCopyRecorded {
+            migration_id: record.id.to_string(),
+        });
+    }
+    let missing: BTreeSet<String> = alive_machines
+        .difference(&record.agents_validated)
+        .cloned()
+        .collect();
+    if !missing.is_empty() {
+        return Err(MigrationError::AgentsNotValidated {
+            migration_id: record.id.to_string(),
+            machines: join(&missing),
+        });
+    }
+    Ok(())
+}
+
 /// An agent's validation report: it dialed the target with its own credential.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum AgentReport {
@@ -547,13 +717,26 @@ pub enum AgentReport {
 }
 
 /// The outcome of one run of the prechecks, and the phase it ran in (prechecks run before the
-/// lock and again once every agent has quiesced; a report only counts for its own phase).
+/// copy and again just before the fence; a report only counts for its own phase).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PrecheckReport {
-    /// PRECHECK or QUIESCE.
+    /// PRECHECK or CATCHUP.
     pub phase: Phase,
     /// One sentence per failed check; empty when every check passed.
     pub failures: Vec<String>,
+}
+
+/// The target's import as it reports it: the copy it imported and how far the feed got.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TargetCopy {
+    /// The model digest of the copy as imported.
+    pub copy_digest: String,
+    /// The model digest of what it holds now.
+    pub digest: String,
+    /// The last feed entry applied.
+    pub position: FeedPosition,
+    /// The lock index it was sealed at (0: not sealed).
+    pub sealed_index: u64,
 }
 
 /// What the target says about its import of this migration.
@@ -568,17 +751,9 @@ pub enum ImportStatus {
         /// Records staged so far.
         records: u64,
     },
-    /// The stream just completed and the import is committed in importing mode.
-    Imported {
-        /// Hex sha256 of what it imported.
-        digest: String,
-    },
-    /// A repeated stream (or a status query) found the import already committed.
-    AlreadyImported {
-        /// Hex sha256 of what it imported.
-        digest: String,
-    },
-    /// The target refused or failed the import for good (a precondition, a corrupt stream).
+    /// The import is committed in importing mode.
+    Imported(TargetCopy),
+    /// The target refused or failed the import (or a batch of changes) for good.
     Failed {
         /// The target's reason.
         reason: String,
@@ -639,6 +814,15 @@ pub enum ReapResult {
     },
 }
 
+/// The source's feed as the master last counted it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FeedLag {
+    /// The target position the count started after.
+    pub after: FeedPosition,
+    /// Entries after it (counted up to a cap above the fence lag).
+    pub entries: u64,
+}
+
 /// An observation with the time it was made, for pacing retries.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Observed<T> {
@@ -659,18 +843,20 @@ impl<T> Observed<T> {
 /// `Observations::default()`: nothing it saw before survives except what is in the record.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Observations {
-    /// The locked model's machines (fixed while locked); `None` until read.
+    /// The model's alive machines; `None` until read (read again after a refused lock).
     pub machines: Option<BTreeSet<String>>,
-    /// Quiesce acknowledgements received directly (the record's `agents_acked` counts too).
-    pub quiesce_acks: BTreeSet<String>,
     /// Validation reports received directly (the record's sets count too).
     pub validation_reports: BTreeMap<String, AgentReport>,
     /// The last precheck run.
     pub prechecks: Option<PrecheckReport>,
-    /// The source's digest of its export of the locked model.
-    pub source_digest: Option<String>,
-    /// The target's last answer about the import.
+    /// The copy this master exported (its pages are in the master's memory).
+    pub copy: Option<CopyDigests>,
+    /// The target's last answer about the import (or to a batch of changes).
     pub import: Option<Observed<ImportStatus>>,
+    /// The feed's entries after the target's position, as last counted.
+    pub lag: Option<FeedLag>,
+    /// Whether the feed still holds entries to trim (ABORT, LOGTRANSFER); `None`: not looked.
+    pub feed_entries_left: Option<bool>,
     /// The last Activate call's answer.
     pub activate: Option<Observed<CallOutcome>>,
     /// The log transfer's last state.
@@ -696,6 +882,9 @@ pub struct RefusedCommit {
     pub to: Option<Phase>,
     /// The state machine's reason.
     pub reason: String,
+    /// The state machine marked the refusal as passing (`CommandError.transient`: a machine
+    /// added since the master looked has not validated yet): it is retried, not aborted on.
+    pub passing: bool,
 }
 
 impl RefusedCommit {
@@ -715,13 +904,15 @@ impl RefusedCommit {
 pub struct Limits {
     /// PRECHECK: the prechecks must pass within this.
     pub precheck_timeout_ms: u64,
-    /// QUIESCE: every agent acknowledges and the prechecks pass again within this
-    /// (controller config `migration-quiesce-timeout`).
-    pub quiesce_timeout_ms: u64,
-    /// IMPORT: the target reports the import committed within this.
+    /// PRECOPY and CATCHUP, each: the copy is imported, and then the target catches up and
+    /// every agent validates, within this (controller config `migration-import-timeout`).
     pub import_timeout_ms: u64,
-    /// VALIDATION: digests compared and every agent validated within this.
-    pub validation_timeout_ms: u64,
+    /// QUIESCE (the fence): the last changes reach the target and the digests are compared
+    /// within this (controller config `migration-quiesce-timeout`); then ABORT.
+    pub quiesce_timeout_ms: u64,
+    /// CATCHUP: the fence starts once at most this many feed entries are still unsent
+    /// (controller config `migration-fence-lag`).
+    pub fence_lag_entries: u64,
     /// LOGTRANSFER: after this the rest of the log is given up and REAP follows.
     pub log_transfer_timeout_ms: u64,
     /// REAP: without a result in this time the migration ends in REAPFAILED.
@@ -737,9 +928,9 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             precheck_timeout_ms: 60_000,
-            quiesce_timeout_ms: 60_000,
             import_timeout_ms: 30 * 60_000,
-            validation_timeout_ms: 5 * 60_000,
+            quiesce_timeout_ms: 60_000,
+            fence_lag_entries: 1_000,
             log_transfer_timeout_ms: 10 * 60_000,
             reap_timeout_ms: 10 * 60_000,
             abort_drop_timeout_ms: Some(10 * 60_000),
@@ -749,15 +940,28 @@ impl Default for Limits {
 }
 
 /// The one thing the master does next. Commit actions (`Lock`, `Record`, `Transition`,
-/// `CommitSuccess`, `Unlock`) are Raft writes the master proposes; the rest are calls or waits
-/// whose results go into `Observations`. Every action is idempotent on the migration id.
+/// `CommitSuccess`, `TrimFeed`, `Unlock`) are Raft writes the master proposes; the rest are
+/// calls or waits whose results go into `Observations`. Every action is idempotent on the
+/// migration id.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
     /// Run the prechecks and report them as a `PrecheckReport` for the current phase.
     RunPrechecks,
-    /// Commit PRECHECK → QUIESCE together with the model's lock.
-    Lock,
-    /// Read the locked model's machines into `Observations::machines`.
+    /// PRECOPY: read the model page by page (no lock) into a copy; report its digests in
+    /// `Observations::copy`.
+    ExportCopy,
+    /// PRECOPY: stage the recorded copy on the target and ask it to import it; report the
+    /// target's `ImportStatus`.
+    StageCopy,
+    /// Ask the target about its import; report its `ImportStatus`.
+    QueryImport,
+    /// CATCHUP: send the target the feed entries after `after` (a batch or a few); report its
+    /// `ImportStatus` and the entries still unsent (`Observations::lag`).
+    StreamChanges {
+        /// The target's position.
+        after: FeedPosition,
+    },
+    /// Read the model's alive machines into `Observations::machines`.
     ReadMachines,
     /// Wait (until at most `until_unix_ms`) for these machines' agents to report.
     WaitForAgents {
@@ -766,30 +970,40 @@ pub enum Action {
         /// The phase deadline.
         until_unix_ms: i64,
     },
-    /// Stream the locked model's export to the target (the target is authoritative about
-    /// where to resume; `resume_from` is its last known position). Report `source_digest` and
-    /// the target's `ImportStatus`.
-    StreamExport {
-        /// Byte offset to resume from.
-        resume_from: u64,
+    /// Commit CATCHUP → QUIESCE with the model's lock: the fence.
+    Lock {
+        /// Why, for the record and the operator.
+        reason: String,
+    },
+    /// QUIESCE: send the target every feed entry after `after` (all are at or below the lock
+    /// index: the model is locked) and seal its import at `seal_index`; report its status.
+    SealTarget {
+        /// The target's position.
+        after: FeedPosition,
+        /// The lock index.
+        seal_index: u64,
     },
     /// Record a fact in the migration record (`apply_progress`).
     Record(Progress),
-    /// Compute the source digest of the locked model and ask the target for its import's
-    /// status (which carries its digest).
-    CompareDigests,
-    /// Commit a phase change that touches nothing but the record (`apply_transition`).
+    /// Commit a phase change that touches nothing but the record (`apply_transition`) and its
+    /// model effect.
     Transition {
         /// The new phase.
         to: Phase,
         /// Why, for the record and the operator.
         reason: String,
     },
-    /// Commit VALIDATION → SUCCESS together with the model becoming a redirect. Point of no
-    /// return.
-    CommitSuccess,
+    /// Commit QUIESCE → SUCCESS with the target's digest, together with the model becoming a
+    /// redirect. Point of no return.
+    CommitSuccess {
+        /// The target's model digest at the lock index (equal to the source's).
+        target_digest: String,
+    },
     /// Call Activate on the target (repeated until acknowledged; never undone).
     CallActivate,
+    /// Delete a bounded batch of the feed's remaining entries (ABORT, LOGTRANSFER); report
+    /// whether some remain (`Observations::feed_entries_left`).
+    TrimFeed,
     /// Stream the model's log to the target from this position.
     TransferLogs {
         /// The first log sequence number not known to be on the target, minus one.
@@ -813,10 +1027,12 @@ pub enum Action {
     Nothing,
 }
 
-/// The reason recorded with `Action::Lock`.
-pub const LOCK_REASON: &str = "prechecks passed; model locked";
+/// The reason recorded with PRECHECK → PRECOPY.
+pub const PRECOPY_REASON: &str =
+    "prechecks passed; copying the model while it stays writable, recording its changes";
 /// The reason recorded with `Action::CommitSuccess`.
-pub const SUCCESS_REASON: &str = "digests match and every agent validated against the target";
+pub const SUCCESS_REASON: &str =
+    "the target holds every change up to the lock and the digests at the lock match";
 
 impl Action {
     /// Whether the action is a Raft write of the record (`Lock`, `Record`, `Transition`,
@@ -824,10 +1040,10 @@ impl Action {
     pub fn is_commit(&self) -> bool {
         matches!(
             self,
-            Action::Lock
+            Action::Lock { .. }
                 | Action::Record(_)
                 | Action::Transition { .. }
-                | Action::CommitSuccess
+                | Action::CommitSuccess { .. }
                 | Action::Unlock { .. }
         )
     }
@@ -836,8 +1052,10 @@ impl Action {
     /// for actions that do not change the phase.
     pub fn commits(&self, from: Phase) -> Option<(Phase, String)> {
         match self {
-            Action::Lock if from == Phase::Precheck => Some((Phase::Quiesce, LOCK_REASON.into())),
-            Action::CommitSuccess if from == Phase::Validation => {
+            Action::Lock { reason } if from == Phase::Catchup => {
+                Some((Phase::Quiesce, reason.clone()))
+            }
+            Action::CommitSuccess { .. } if from == Phase::Quiesce => {
                 Some((Phase::Success, SUCCESS_REASON.into()))
             }
             Action::Transition { to, reason } => Some((*to, reason.clone())),
@@ -853,15 +1071,19 @@ impl Action {
 /// the time, the one next step. Rules enforced here:
 /// - terminal phases yield `Nothing`;
 /// - before SUCCESS, an abort request (record or observed), a phase deadline, a failed check,
-///   a failed import, a digest mismatch or an agent's failed validation yields ABORT;
+///   a refused import, a digest mismatch or an agent's failed validation yields ABORT;
 /// - from SUCCESS on, nothing yields ABORT: abort requests are ignored (`request_abort`
 ///   explains the refusal) and Activate is repeated until acknowledged;
 /// - a phase only advances on evidence observed or recorded, so a master restarted with empty
-///   observations re-issues its phase's idempotent step and never re-commits a transition;
-/// - ABORT drops the target's import (if one may exist) before `Unlock`;
+///   observations asks before it acts and never re-commits a transition;
+/// - the fence (QUIESCE) does nothing proportional to the model: it sends at most the entries
+///   left when the lag was small, and compares two digests;
+/// - ABORT drops the target's import (if one may exist) and trims the feed before `Unlock`;
 /// - a refused commit is an observation, never proposed again at once: before SUCCESS it
-///   aborts with the state machine's reason (unless the refused commit was the abort itself);
-///   otherwise the same commit waits a retry interval, so a refusal never spins.
+///   aborts with the state machine's reason (unless the refused commit was the abort itself,
+///   or the state machine called the refusal passing: a lock refused because a machine added
+///   since the master looked has not validated); otherwise the same commit waits a retry
+///   interval, so a refusal never spins.
 pub fn next_action(
     record: &MigrationRecord,
     obs: &Observations,
@@ -891,8 +1113,10 @@ fn after_refusal(
     limits: &Limits,
 ) -> Action {
     let phase = record.phase;
-    let may_abort =
-        !phase.is_committed() && !phase.is_aborting() && refused.value.to != Some(Phase::Abort);
+    let may_abort = !refused.value.passing
+        && !phase.is_committed()
+        && !phase.is_aborting()
+        && refused.value.to != Some(Phase::Abort);
     if may_abort {
         return abort(format!(
             "{} was refused: {}",
@@ -936,9 +1160,11 @@ fn decide(
     };
     match phase {
         Phase::Precheck => step.precheck(),
-        Phase::Quiesce => step.quiesce(),
-        Phase::Import => step.import(),
-        Phase::Validation => step.validation(),
+        Phase::Precopy => step.precopy(),
+        Phase::Catchup => step.catchup(),
+        Phase::Quiesce if record.lock_index.is_none() => abort(LOCK_FIRST_REASON.into()),
+        Phase::Quiesce => step.fence(),
+        Phase::Import | Phase::Validation => abort(LOCK_FIRST_REASON.into()),
         Phase::Success => step.success(),
         Phase::LogTransfer => step.log_transfer(),
         Phase::Reap => step.reap(),
@@ -947,6 +1173,10 @@ fn decide(
     }
 }
 
+/// Why a migration recorded by the lock-first protocol is aborted by this version.
+const LOCK_FIRST_REASON: &str = "this migration was started by a controller version that \
+    locked the model first; this version cannot resume it: run ctl migrate again";
+
 fn abort(reason: String) -> Action {
     Action::Transition {
         to: Phase::Abort,
@@ -954,7 +1184,6 @@ fn abort(reason: String) -> Action {
     }
 }
 
-/// `ms` as an operator reads it: `90s`, `250ms`, `10m`.
 /// `ms` for a reason an operator reads (`250ms`, `1m 30s`, `10m`).
 fn human_ms(ms: u64) -> String {
     humantime::format_duration(std::time::Duration::from_millis(ms)).to_string()
@@ -966,6 +1195,11 @@ fn join(machines: &BTreeSet<String>) -> String {
 
 fn add_ms(at_unix_ms: i64, ms: u64) -> i64 {
     at_unix_ms.saturating_add(i64::try_from(ms).unwrap_or(i64::MAX))
+}
+
+/// The first 12 hex digits of a digest, for reasons an operator reads.
+fn short(digest: &str) -> &str {
+    digest.get(..12).unwrap_or(digest)
 }
 
 /// One call of `next_action`, with the per-phase rules as methods.
@@ -1012,7 +1246,10 @@ impl Step<'_> {
             .filter(|r| r.phase == Phase::Precheck)
         {
             return if report.failures.is_empty() {
-                Action::Lock
+                Action::Transition {
+                    to: Phase::Precopy,
+                    reason: PRECOPY_REASON.into(),
+                }
             } else {
                 abort(format!("prechecks failed: {}", report.failures.join("; ")))
             };
@@ -1021,179 +1258,161 @@ impl Step<'_> {
             .unwrap_or(Action::RunPrechecks)
     }
 
-    fn quiesce(&self) -> Action {
-        let timeout_ms = self.limits.quiesce_timeout_ms;
-        let Some(machines) = &self.obs.machines else {
-            return self
-                .timed_out(timeout_ms, "the model's machines to be read")
-                .unwrap_or(Action::ReadMachines);
-        };
-        let missing: BTreeSet<String> = machines
-            .iter()
-            .filter(|m| {
-                !self.record.agents_acked.contains(*m) && !self.obs.quiesce_acks.contains(*m)
-            })
-            .cloned()
-            .collect();
-        if !missing.is_empty() {
-            let what = format!("the agents of machine(s) {} to acknowledge", join(&missing));
-            return self
-                .timed_out(timeout_ms, &what)
-                .unwrap_or(Action::WaitForAgents {
-                    missing,
-                    until_unix_ms: self.deadline(timeout_ms),
-                });
-        }
-        if let Some(timeout) = self.timed_out(timeout_ms, "the prechecks after quiesce") {
-            return timeout;
-        }
-        match self
-            .obs
-            .prechecks
-            .as_ref()
-            .filter(|r| r.phase == Phase::Quiesce)
-        {
-            None => Action::RunPrechecks,
-            Some(report) if report.failures.is_empty() => Action::Transition {
-                to: Phase::Import,
-                reason: format!(
-                    "all {} agent(s) quiesced; prechecks passed again",
-                    machines.len()
-                ),
-            },
-            Some(report) => abort(format!(
-                "prechecks failed after quiesce: {}",
-                report.failures.join("; ")
-            )),
-        }
-    }
-
-    /// The source digest to record before anything else, or a conflict to abort on.
-    fn source_digest_step(&self) -> Option<Action> {
-        let observed = self.obs.source_digest.as_ref()?;
-        match &self.record.source_digest {
-            None => Some(Action::Record(Progress::SourceDigest(observed.clone()))),
-            Some(recorded) if recorded != observed => Some(abort(format!(
-                "the locked model's digest changed from {recorded} to {observed}"
-            ))),
-            Some(_) => None,
-        }
-    }
-
-    fn import(&self) -> Action {
+    /// PRECOPY: ask the target first (a restarted master may find the copy imported); export,
+    /// record the copy's digests, stage and import; CATCHUP once the target holds exactly the
+    /// recorded copy.
+    fn precopy(&self) -> Action {
         let timeout_ms = self.limits.import_timeout_ms;
         let target = &self.record.target.name;
-        if let Some(timeout) = self.timed_out(timeout_ms, "the target to import the model") {
+        if let Some(timeout) = self.timed_out(timeout_ms, "the target to import the copy") {
             return timeout;
         }
-        if let Some(action) = self.source_digest_step() {
-            return action;
-        }
+        let recorded = self.record.copy.as_ref();
         let Some(import) = &self.obs.import else {
-            return Action::StreamExport { resume_from: 0 };
+            return Action::QueryImport;
         };
         match &import.value {
-            ImportStatus::NotStarted => Action::StreamExport { resume_from: 0 },
-            ImportStatus::InProgress { bytes, .. } => Action::StreamExport {
-                resume_from: *bytes,
-            },
-            ImportStatus::Imported { digest } | ImportStatus::AlreadyImported { digest } => {
-                match &self.record.target_digest {
-                    None => Action::Record(Progress::TargetDigest(digest.clone())),
-                    Some(recorded) if recorded != digest => abort(format!(
-                        "controller {target:?} reported digest {digest} after {recorded}"
+            ImportStatus::Imported(copy) => {
+                return match recorded {
+                    Some(recorded) if recorded.copy_digest == copy.copy_digest => {
+                        Action::Transition {
+                            to: Phase::Catchup,
+                            reason: format!(
+                                "controller {target:?} imported the copy ({}); streaming the \
+                                 changes made since",
+                                short(&copy.copy_digest)
+                            ),
+                        }
+                    }
+                    Some(recorded) => abort(format!(
+                        "controller {target:?} imported a copy with digest {}, not the \
+                         recorded {}",
+                        copy.copy_digest, recorded.copy_digest
                     )),
-                    Some(_) => Action::Transition {
-                        to: Phase::Validation,
-                        reason: format!("controller {target:?} imported the model ({digest})"),
-                    },
-                }
+                    None => abort(format!(
+                        "controller {target:?} holds an import of this migration for which no \
+                         copy was recorded"
+                    )),
+                };
             }
             ImportStatus::Failed { reason } => {
-                abort(format!("controller {target:?} failed the import: {reason}"))
+                return abort(format!("controller {target:?} failed the import: {reason}"))
             }
-            ImportStatus::Unreachable { .. } => self.paced(
-                import.at_unix_ms,
-                Some(self.deadline(timeout_ms)),
-                Action::StreamExport { resume_from: 0 },
-            ),
+            ImportStatus::Unreachable { .. } => {
+                let retry = match &self.obs.copy {
+                    Some(copy) if recorded == Some(copy) => Action::StageCopy,
+                    _ => Action::QueryImport,
+                };
+                return self.paced(import.at_unix_ms, Some(self.deadline(timeout_ms)), retry);
+            }
+            ImportStatus::NotStarted | ImportStatus::InProgress { .. } => {}
+        }
+        match &self.obs.copy {
+            None => Action::ExportCopy,
+            Some(copy) if recorded != Some(copy) => Action::Record(Progress::Copy(copy.clone())),
+            Some(_) => Action::StageCopy,
         }
     }
 
-    fn validation(&self) -> Action {
-        let timeout_ms = self.limits.validation_timeout_ms;
+    /// The target's import as last observed once it exists (CATCHUP, QUIESCE), or what to do
+    /// instead: ask, retry (`retry` given the last known copy), or abort.
+    fn target_copy(&self, timeout_ms: u64, retry: Action) -> Result<&TargetCopy, Action> {
         let target = &self.record.target.name;
-        if let Some(timeout) = self.timed_out(timeout_ms, "digests and agents' validation") {
-            return timeout;
-        }
-        if let Some(action) = self.source_digest_step() {
-            return action;
-        }
-        // The target's digest as last observed; it must still hold the import.
-        let observed_target = match self.obs.import.as_ref().map(|i| &i.value) {
-            Some(ImportStatus::Imported { digest } | ImportStatus::AlreadyImported { digest }) => {
-                Some(digest)
-            }
-            Some(ImportStatus::NotStarted) => {
-                return abort(format!("controller {target:?} no longer holds the import"));
-            }
-            Some(ImportStatus::Failed { reason }) => {
-                return abort(format!("controller {target:?} failed the import: {reason}"));
-            }
-            Some(ImportStatus::InProgress { bytes, .. }) => {
-                return abort(format!(
-                    "controller {target:?} reports the import incomplete ({bytes} byte(s)) after \
-                     reporting it committed"
-                ));
-            }
-            Some(ImportStatus::Unreachable { .. }) | None => None,
+        let Some(import) = &self.obs.import else {
+            return Err(Action::QueryImport);
         };
-        if let (Some(recorded), Some(observed)) = (&self.record.target_digest, observed_target) {
-            if recorded != observed {
-                return abort(format!(
-                    "controller {target:?} now reports digest {observed} after {recorded}"
-                ));
+        match &import.value {
+            ImportStatus::Imported(copy) => Ok(copy),
+            ImportStatus::Unreachable { .. } => {
+                Err(self.paced(import.at_unix_ms, Some(self.deadline(timeout_ms)), retry))
+            }
+            ImportStatus::Failed { reason } => Err(abort(format!(
+                "controller {target:?} refused the changes: {reason}"
+            ))),
+            ImportStatus::NotStarted | ImportStatus::InProgress { .. } => Err(abort(format!(
+                "controller {target:?} no longer holds the import"
+            ))),
+        }
+    }
+
+    /// The machines whose agents reported a failed validation.
+    fn agent_failure(&self, machines: &BTreeSet<String>) -> Option<(String, String)> {
+        let mut failures = self.record.agent_failures.clone();
+        for (machine, report) in &self.obs.validation_reports {
+            if let AgentReport::Failed { reason } = report {
+                if !self.record.agents_validated.contains(machine) {
+                    failures
+                        .entry(machine.clone())
+                        .or_insert_with(|| reason.clone());
+                }
             }
         }
-        let source = self
-            .record
-            .source_digest
-            .as_ref()
-            .or(self.obs.source_digest.as_ref());
-        let target_digest = self.record.target_digest.as_ref().or(observed_target);
-        let (Some(source), Some(target_digest)) = (source, target_digest) else {
-            return match &self.obs.import {
-                Some(Observed {
-                    value: ImportStatus::Unreachable { .. },
-                    at_unix_ms,
-                }) => self.paced(
-                    *at_unix_ms,
-                    Some(self.deadline(timeout_ms)),
-                    Action::CompareDigests,
-                ),
-                _ => Action::CompareDigests,
-            };
+        failures.into_iter().find(|(m, _)| machines.contains(m))
+    }
+
+    /// CATCHUP: stream the feed until the lag is small, trim what the target acknowledged, wait
+    /// for every agent to validate, run the prechecks once more, then lock.
+    fn catchup(&self) -> Action {
+        let timeout_ms = self.limits.import_timeout_ms;
+        let target = &self.record.target.name;
+        let last_position = match &self.obs.import {
+            Some(Observed {
+                value: ImportStatus::Imported(copy),
+                ..
+            }) => copy.position,
+            _ => self.record.feed_acked,
         };
-        if source != target_digest {
+        let copy = match self.target_copy(
+            timeout_ms,
+            Action::StreamChanges {
+                after: last_position,
+            },
+        ) {
+            Ok(copy) => copy,
+            Err(action) => {
+                return self
+                    .timed_out(timeout_ms, "the target to catch up")
+                    .unwrap_or(action)
+            }
+        };
+        if copy.position < self.record.feed_acked {
             return abort(format!(
-                "digest mismatch: source {source}, controller {target:?} {target_digest}"
+                "controller {target:?} holds changes through {} but this controller already \
+                 trimmed its feed through {}",
+                copy.position, self.record.feed_acked
             ));
         }
-        if self.record.target_digest.is_none() {
-            return Action::Record(Progress::TargetDigest(target_digest.clone()));
+        if copy.sealed_index != 0 {
+            return abort(format!(
+                "controller {target:?} reports its import sealed at {} before the fence",
+                copy.sealed_index
+            ));
+        }
+        let lag = match &self.obs.lag {
+            Some(lag) if lag.after == copy.position => lag.entries,
+            _ => {
+                return self
+                    .timed_out(timeout_ms, "the target to catch up")
+                    .unwrap_or(Action::StreamChanges {
+                        after: copy.position,
+                    })
+            }
+        };
+        if copy.position > self.record.feed_acked {
+            return Action::Record(Progress::FeedAcked(copy.position));
+        }
+        if let Some(timeout) = self.timed_out(timeout_ms, "the target to catch up") {
+            return timeout;
+        }
+        if lag > self.limits.fence_lag_entries {
+            return Action::StreamChanges {
+                after: copy.position,
+            };
         }
         let Some(machines) = &self.obs.machines else {
             return Action::ReadMachines;
         };
-        let mut failures = self.record.agent_failures.clone();
-        for (machine, report) in &self.obs.validation_reports {
-            if let AgentReport::Failed { reason } = report {
-                failures
-                    .entry(machine.clone())
-                    .or_insert_with(|| reason.clone());
-            }
-        }
-        if let Some((machine, reason)) = failures.iter().find(|(m, _)| machines.contains(*m)) {
+        if let Some((machine, reason)) = self.agent_failure(machines) {
             return abort(format!(
                 "the agent of machine {machine} could not validate against controller \
                  {target:?}: {reason}"
@@ -1213,7 +1432,81 @@ impl Step<'_> {
                 until_unix_ms: self.deadline(timeout_ms),
             };
         }
-        Action::CommitSuccess
+        match self
+            .obs
+            .prechecks
+            .as_ref()
+            .filter(|r| r.phase == Phase::Catchup)
+        {
+            None => Action::RunPrechecks,
+            Some(report) if report.failures.is_empty() => Action::Lock {
+                reason: format!(
+                    "{lag} change(s) left to send, {} agent(s) validated against controller \
+                     {target:?}; model locked, writes are held (the fence)",
+                    machines.len()
+                ),
+            },
+            Some(report) => abort(format!(
+                "prechecks failed before the fence: {}",
+                report.failures.join("; ")
+            )),
+        }
+    }
+
+    /// QUIESCE, the fence: send the last changes and seal the target at the lock index; SUCCESS
+    /// when its digest there equals the source's, ABORT when it differs.
+    fn fence(&self) -> Action {
+        let timeout_ms = self.limits.quiesce_timeout_ms;
+        let target = &self.record.target.name;
+        let lock_index = self.record.lock_index.unwrap_or_default();
+        let known = match &self.obs.import {
+            Some(Observed {
+                value: ImportStatus::Imported(copy),
+                ..
+            }) => Some(copy.position),
+            _ => None,
+        };
+        let retry = match known {
+            Some(after) => Action::SealTarget {
+                after,
+                seal_index: lock_index,
+            },
+            None => Action::QueryImport,
+        };
+        let copy = match self.target_copy(timeout_ms, retry) {
+            Ok(copy) => copy,
+            Err(action) => {
+                return self
+                    .timed_out(timeout_ms, "the target to take the last changes")
+                    .unwrap_or(action)
+            }
+        };
+        if copy.sealed_index == 0 {
+            return self
+                .timed_out(timeout_ms, "the target to take the last changes")
+                .unwrap_or(Action::SealTarget {
+                    after: copy.position,
+                    seal_index: lock_index,
+                });
+        }
+        if copy.sealed_index != lock_index {
+            return abort(format!(
+                "controller {target:?} sealed its import at index {}, not at the lock index \
+                 {lock_index}",
+                copy.sealed_index
+            ));
+        }
+        match &self.record.source_digest {
+            Some(source) if *source == copy.digest => Action::CommitSuccess {
+                target_digest: copy.digest.clone(),
+            },
+            Some(source) => abort(format!(
+                "digest mismatch at the lock index {lock_index}: this controller {source}, \
+                 controller {target:?} {}",
+                copy.digest
+            )),
+            None => abort("the lock recorded no source digest".into()),
+        }
     }
 
     fn success(&self) -> Action {
@@ -1235,6 +1528,9 @@ impl Step<'_> {
     }
 
     fn log_transfer(&self) -> Action {
+        if self.obs.feed_entries_left != Some(false) {
+            return Action::TrimFeed;
+        }
         let recorded = self.record.log_transfer_position;
         let status = self.obs.log_transfer.as_ref();
         if let Some(LogTransferStatus::Complete { position }) = status.map(|s| &s.value) {
@@ -1294,44 +1590,65 @@ impl Step<'_> {
     }
 
     fn abort(&self) -> Action {
-        if !self.record.import_may_exist() {
-            return Action::Unlock {
-                reason: "nothing was sent to the target; model unlocked".into(),
-            };
+        if let Some(action) = self.drop_import() {
+            return action;
         }
+        if self.obs.feed_entries_left != Some(false) {
+            return Action::TrimFeed;
+        }
+        Action::Unlock {
+            reason: self.unlock_reason(),
+        }
+    }
+
+    fn unlock_reason(&self) -> String {
         let target = &self.record.target.name;
+        let model = if self.record.lock_index.is_some() {
+            "model unlocked"
+        } else {
+            "the model stayed writable throughout"
+        };
+        if !self.record.import_may_exist() {
+            return format!("nothing was sent to the target; {model}");
+        }
+        match &self.obs.drop_import {
+            Some(Observed {
+                value: CallOutcome::Acked,
+                ..
+            }) => format!("controller {target:?} dropped the import; {model}"),
+            _ => format!(
+                "controller {target:?} did not acknowledge dropping the import within {}; \
+                 {model} (the target drops the import when it next asks about this migration)",
+                human_ms(self.limits.abort_drop_timeout_ms.unwrap_or(0))
+            ),
+        }
+    }
+
+    /// ABORT's first step: the target drops its import (if one may exist), repeated until it
+    /// acknowledges or `abort_drop_timeout_ms` passes. `None` once done.
+    fn drop_import(&self) -> Option<Action> {
+        if !self.record.import_may_exist() {
+            return None;
+        }
         let attempt = match &self.obs.drop_import {
             Some(Observed {
                 value: CallOutcome::Acked,
                 ..
-            }) => {
-                return Action::Unlock {
-                    reason: format!("controller {target:?} dropped the import; model unlocked"),
-                }
-            }
+            }) => return None,
             Some(attempt) => Some(attempt.at_unix_ms),
             None => None,
         };
         let give_up_at = self
             .limits
             .abort_drop_timeout_ms
-            .map(|timeout_ms| (timeout_ms, self.deadline(timeout_ms)));
-        if let Some((timeout_ms, give_up_at)) = give_up_at {
-            if self.now_unix_ms >= give_up_at {
-                return Action::Unlock {
-                    reason: format!(
-                        "controller {target:?} did not acknowledge dropping the import within \
-                         {}; model unlocked (the target drops the import when it next asks \
-                         about this migration)",
-                        human_ms(timeout_ms)
-                    ),
-                };
-            }
+            .map(|timeout_ms| self.deadline(timeout_ms));
+        if give_up_at.is_some_and(|at| self.now_unix_ms >= at) {
+            return None;
         }
-        match attempt {
+        Some(match attempt {
             None => Action::DropImportOnTarget,
-            Some(at) => self.paced(at, give_up_at.map(|(_, at)| at), Action::DropImportOnTarget),
-        }
+            Some(at) => self.paced(at, give_up_at, Action::DropImportOnTarget),
+        })
     }
 }
 
@@ -1378,10 +1695,15 @@ pub enum TargetImportState {
         /// Bytes staged so far.
         bytes: u64,
     },
-    /// Committed in importing mode (invisible, read-only), waiting for Activate.
+    /// Committed in importing mode (invisible, read-only): the feed's changes are applied to
+    /// it until it is sealed at the source's lock index; then it waits for Activate.
     Imported {
-        /// Hex sha256 of what was imported.
+        /// The model digest of what it holds now.
         digest: String,
+        /// The last feed entry applied.
+        position: FeedPosition,
+        /// The lock index it was sealed at (0: not sealed).
+        sealed_index: u64,
     },
 }
 
@@ -1529,6 +1851,14 @@ pub fn target_activate_decision(
     match state {
         TargetModelState::Importing(import) if &import.migration_id == migration_id => {
             match &import.state {
+                TargetImportState::Imported {
+                    sealed_index: 0,
+                    position,
+                    ..
+                } => Err(MigrationError::ImportNotSealed {
+                    migration_id: migration_id.to_string(),
+                    position: *position,
+                }),
                 TargetImportState::Imported { .. } => Ok(TargetActivate::Activate),
                 TargetImportState::Receiving { bytes } => Err(MigrationError::ImportIncomplete {
                     migration_id: migration_id.to_string(),
@@ -1603,6 +1933,98 @@ pub fn target_import_decision(
         }
         TargetModelState::Gone { .. } | TargetModelState::Absent => Ok(ImportDecision::Import),
     }
+}
+
+/// Which of a batch of feed entries the target applies to its import.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TargetChanges {
+    /// The index of the first entry to apply (the ones before it are already applied).
+    pub skip: usize,
+    /// Seal the import at this lock index once applied (`None`: do not seal now).
+    pub seal: Option<u64>,
+}
+
+/// The target's rule for a batch of the source's feed entries (`entries`, their positions in
+/// order), starting after `after`, sealing at `seal_index` when > 0: only this migration's
+/// import takes them; the batch must not leave a gap after what the import holds, must be in
+/// order and not past the seal; entries the import holds are skipped, so a repeated or
+/// overlapping batch changes nothing. A sealed import takes nothing new (a repeat of the seal
+/// is acknowledged).
+pub fn target_changes_decision(
+    state: &TargetModelState,
+    migration_id: &MigrationId,
+    after: FeedPosition,
+    entries: &[FeedPosition],
+    seal_index: u64,
+) -> Result<TargetChanges, MigrationError> {
+    let id = migration_id.to_string();
+    let TargetModelState::Importing(import) = state else {
+        return Err(MigrationError::NoSuchImport {
+            migration_id: id,
+            state: match state {
+                TargetModelState::Active { .. } => "the model is active here".into(),
+                _ => "nothing".into(),
+            },
+        });
+    };
+    if &import.migration_id != migration_id {
+        return Err(MigrationError::NoSuchImport {
+            migration_id: id,
+            state: format!("it holds an import of migration {}", import.migration_id),
+        });
+    }
+    let (position, sealed_index) = match &import.state {
+        TargetImportState::Imported {
+            position,
+            sealed_index,
+            ..
+        } => (*position, *sealed_index),
+        TargetImportState::Receiving { bytes } => {
+            return Err(MigrationError::ImportIncomplete {
+                migration_id: id,
+                bytes: *bytes,
+            })
+        }
+    };
+    if entries.windows(2).any(|w| w[0] >= w[1]) || entries.first().is_some_and(|e| *e <= after) {
+        return Err(MigrationError::BadFeedBatch {
+            migration_id: id,
+            reason: "its entries must come in order, after the batch's start".into(),
+        });
+    }
+    if seal_index > 0 && entries.last().is_some_and(|e| e.index > seal_index) {
+        return Err(MigrationError::SealConflict {
+            migration_id: id,
+            sealed: seal_index,
+            asked: entries.last().map_or(0, |e| e.index),
+        });
+    }
+    if sealed_index != 0 {
+        let new = entries.iter().any(|e| *e > position);
+        return if seal_index == sealed_index && !new {
+            Ok(TargetChanges {
+                skip: entries.len(),
+                seal: None,
+            })
+        } else {
+            Err(MigrationError::SealConflict {
+                migration_id: id,
+                sealed: sealed_index,
+                asked: seal_index,
+            })
+        };
+    }
+    if after > position {
+        return Err(MigrationError::FeedGap {
+            migration_id: id,
+            position,
+            after,
+        });
+    }
+    Ok(TargetChanges {
+        skip: entries.partition_point(|e| *e <= position),
+        seal: (seal_index > 0).then_some(seal_index),
+    })
 }
 
 /// What DropImport does on the target.
@@ -1692,33 +2114,43 @@ mod tests {
     #[test]
     fn transitions_carry_their_model_effects() {
         assert_eq!(
-            model_effect(Phase::Precheck, Phase::Quiesce),
+            model_effect(Phase::Catchup, Phase::Quiesce),
             ModelEffect::Lock
         );
         assert_eq!(
-            model_effect(Phase::Validation, Phase::Success),
+            model_effect(Phase::Quiesce, Phase::Success),
             ModelEffect::Redirect
+        );
+        assert_eq!(
+            model_effect(Phase::Catchup, Phase::Abort),
+            ModelEffect::StopFeed
+        );
+        assert_eq!(
+            model_effect(Phase::Success, Phase::LogTransfer),
+            ModelEffect::StopFeed
         );
         assert_eq!(
             model_effect(Phase::Abort, Phase::AbortDone),
             ModelEffect::Unlock
         );
         assert_eq!(
-            model_effect(Phase::Import, Phase::Validation),
+            model_effect(Phase::Precopy, Phase::Catchup),
             ModelEffect::Nothing
         );
     }
 
     #[test]
     fn abort_records_where_it_came_from_and_ends_with_a_time() {
-        let quiesce = apply_transition(&record(), Phase::Quiesce, 2_000, "lock").unwrap();
-        let aborted = apply_transition(&quiesce, Phase::Abort, 3_000, "boom").unwrap();
-        assert_eq!(aborted.aborted_from, Some(Phase::Quiesce));
+        let aborted = apply_transition(&record(), Phase::Abort, 3_000, "boom").unwrap();
+        assert_eq!(aborted.aborted_from, Some(Phase::Precheck));
         assert_eq!(aborted.abort_reason.as_deref(), Some("boom"));
         assert!(!aborted.import_may_exist());
         let done = apply_transition(&aborted, Phase::AbortDone, 4_000, "unlocked").unwrap();
         assert_eq!(done.ended_unix_ms, Some(4_000));
-        assert_eq!(done.history.len(), 3);
+        assert_eq!(done.history.len(), 2);
+        let precopy = apply_transition(&record(), Phase::Precopy, 2_000, "copy").unwrap();
+        let aborted = apply_transition(&precopy, Phase::Abort, 3_000, "boom").unwrap();
+        assert!(aborted.import_may_exist());
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod charm;
 pub mod controller_config;
 pub mod deployment;
 pub mod desired;
+pub mod digest;
 pub mod migration;
 pub mod names;
 pub mod relation;
@@ -88,6 +89,12 @@ pub enum ModelError {
         model: String,
         /// The migration holding the lock.
         migration_id: String,
+    },
+    /// The model is an import of a migration here: invisible and read-only until activated.
+    #[error("model {model} is being imported by a migration and is not active yet")]
+    ModelImporting {
+        /// The model's uuid.
+        model: String,
     },
     /// The model has migrated to another controller; this one only holds a redirect.
     #[error(
@@ -342,6 +349,7 @@ impl ModelError {
             | BlobSizeMismatch { .. }
             | BlobDigestMismatch { .. } => ErrorKind::InvalidArgument,
             ModelNotFound { .. }
+            | ModelImporting { .. }
             | MachineNotFound { .. }
             | ApplicationNotFound { .. }
             | UnitNotFound { .. }

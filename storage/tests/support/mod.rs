@@ -11,7 +11,7 @@ use starling_proto::migration::StagedFile;
 use starling_proto::model::ModelDescription;
 use starling_storage::staging::{StagedFiles, StagingArea, StagingEvent};
 use starling_storage::{
-    export_model, ApplyBatch, ApplyLimits, MemStore, StateBackend, StorageError,
+    export_model, keys, ApplyBatch, ApplyLimits, MemStore, StateBackend, StateRead, StorageError,
 };
 
 pub const UUID: &str = "0b5f6d2e-1c3a-4e4f-9a7b-2d3c4e5f6a7b";
@@ -41,7 +41,13 @@ impl Harness {
 
     /// Applies `op` in its own batch; a storage failure (a staged file missing) is the error.
     pub fn try_apply(&mut self, op: Op) -> Result<cmd::command_result::Result, StorageError> {
-        self.try_apply_as("alice", None, op)
+        self.try_apply_as("alice", None, "", op)
+    }
+
+    /// Applies `op` under request id `request_id` ("" for none).
+    pub fn apply_with_id(&mut self, op: Op, request_id: &str) -> cmd::command_result::Result {
+        self.try_apply_as("alice", None, request_id, op)
+            .expect("applies")
     }
 
     /// Applies `op` for `caller` with `authority` (what applying checks again).
@@ -51,18 +57,20 @@ impl Harness {
         authority: Option<cmd::Authority>,
         op: Op,
     ) -> cmd::command_result::Result {
-        self.try_apply_as(caller, authority, op).expect("applies")
+        self.try_apply_as(caller, authority, "", op)
+            .expect("applies")
     }
 
     fn try_apply_as(
         &mut self,
         caller: &str,
         authority: Option<cmd::Authority>,
+        request_id: &str,
         op: Op,
     ) -> Result<cmd::command_result::Result, StorageError> {
         self.index += 1;
         let command = Command {
-            request_id: String::new(),
+            request_id: request_id.into(),
             op: Some(op),
             proposed_unix_ms: NOW + self.index as i64,
             caller: caller.into(),
@@ -143,6 +151,16 @@ impl Harness {
             size: bytes.len() as u64,
         }));
         digest
+    }
+
+    /// Every key of model `UUID` the migration copies (all but its log), with its value.
+    pub fn model_pairs(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
+        self.store
+            .scan_prefix(&keys::model_prefix(UUID), usize::MAX)
+            .expect("scans")
+            .into_iter()
+            .filter(|(key, _)| keys::fed_model(key).is_some())
+            .collect()
     }
 
     pub fn description(&self) -> ModelDescription {

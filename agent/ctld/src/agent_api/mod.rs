@@ -29,7 +29,7 @@ use tracing::debug;
 use crate::auth::{self, hash_token};
 use crate::context::NodeContext;
 use crate::load::LoadBoard;
-use crate::plumbing::{now_unix_ms, proposal, storage_error};
+use crate::plumbing::{now_unix_ms, proposal, storage_error, wait_for_activation};
 use crate::presence::PresenceTable;
 use starling_raft::RaftHandle;
 
@@ -200,8 +200,11 @@ impl AgentService {
         }
     }
 
-    /// Refuses an agent of a model that is an import here: it is not active yet.
-    fn refuse_importing(&self, model_uuid: &str) -> Result<(), Status> {
+    /// Refuses an agent of a model that is an import here: it is not active yet. An import the
+    /// source has sealed (it is in the fence) is waited for first, at most
+    /// `migration-fence-hold`: it becomes active moments later.
+    async fn refuse_importing(&self, model_uuid: &str) -> Result<(), Status> {
+        wait_for_activation(&self.handle, model_uuid).await?;
         if let Some(import) =
             stored::read_import(self.handle.state().reader(), model_uuid).map_err(storage_error)?
         {

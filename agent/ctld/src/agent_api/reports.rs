@@ -5,7 +5,7 @@
 use prost::Message;
 use sha2::{Digest, Sha256};
 use starling_proto::agent as pb;
-use starling_proto::command::{command, command_result, AgentReport, AgentStatusReport, Command};
+use starling_proto::command::{command, command_result, AgentReport, AgentStatusReport};
 use starling_proto::limits::REPORT_ITEMS_MAX;
 use starling_storage::model::agent::{entity_ownership, Ownership};
 use starling_storage::model::names::{self, Entity};
@@ -13,7 +13,7 @@ use tonic::{Request, Response, Status};
 use tracing::instrument;
 
 use super::{AgentIdentity, AgentService};
-use crate::plumbing::{now_unix_ms, propose, storage_error};
+use crate::plumbing::{propose_model_write, storage_error};
 
 /// Checks each entity an agent report names: `PermissionDenied` for one that is not the
 /// machine or a unit on it (a unit that no longer exists passes; applying skips it).
@@ -73,7 +73,7 @@ impl AgentService {
         request: Request<pb::ReportRequest>,
     ) -> Result<Response<pb::ReportResponse>, Status> {
         let agent = self.authenticate(&request).await?;
-        self.refuse_importing(&agent.model_uuid)?;
+        self.refuse_importing(&agent.model_uuid).await?;
         let message = request.into_inner();
         if message.reports.len() > REPORT_ITEMS_MAX || message.logs.len() > REPORT_ITEMS_MAX {
             return Err(Status::invalid_argument(format!(
@@ -102,29 +102,35 @@ impl AgentService {
                 .map_err(storage_error)?;
             return Ok(Response::new(pb::ReportResponse { applied_seq }));
         }
-        let command = Command {
-            request_id: Self::report_request_id(&agent, &message),
-            op: Some(command::Op::AgentReport(AgentReport {
-                model_uuid: agent.model_uuid.clone(),
-                machine_id: agent.machine_id.clone(),
-                reports: message
-                    .reports
-                    .into_iter()
-                    .map(|r| AgentStatusReport {
-                        seq: r.seq,
-                        entity: r.entity,
-                        kind: r.kind,
-                        status: r.status,
-                    })
-                    .collect(),
-                logs: message.logs,
-            })),
-            proposed_unix_ms: now_unix_ms(),
-            caller: format!("machine-{}", agent.machine_id),
-            authority: Some(agent.authority("report")),
-        };
-        let proposed = propose(&self.handle, command).await?;
-        let applied_seq = match &proposed.result.result {
+        let request_id = Self::report_request_id(&agent, &message);
+        let op = command::Op::AgentReport(AgentReport {
+            model_uuid: agent.model_uuid.clone(),
+            machine_id: agent.machine_id.clone(),
+            reports: message
+                .reports
+                .into_iter()
+                .map(|r| AgentStatusReport {
+                    seq: r.seq,
+                    entity: r.entity,
+                    kind: r.kind,
+                    status: r.status,
+                })
+                .collect(),
+            logs: message.logs,
+        });
+        // A report that meets the model's migration fence is held like any write: applied
+        // here after an abort, or answered with the redirect (the agent follows it and sends
+        // the report again to the target) after SUCCESS.
+        let result = propose_model_write(
+            &self.handle,
+            &format!("machine-{}", agent.machine_id),
+            agent.authority("report"),
+            request_id,
+            &agent.model_uuid,
+            op,
+        )
+        .await?;
+        let applied_seq = match &result.result {
             Some(command_result::Result::Ok(ok)) => ok.applied_seq,
             _ => 0,
         };

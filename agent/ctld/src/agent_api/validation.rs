@@ -6,10 +6,10 @@ use starling_proto::agent as pb;
 use starling_proto::command::{command, Command};
 use starling_storage::migration as stored;
 use starling_storage::model::migration::{MigrationId, Phase};
-use tonic::{Request, Response, Status};
+use tonic::{Code, Request, Response, Status};
 use tracing::{debug, instrument};
 
-use super::AgentService;
+use super::{agent_metadata, AgentService};
 use crate::plumbing::{now_unix_ms, propose, storage_error};
 
 impl AgentService {
@@ -32,15 +32,15 @@ impl AgentService {
             ));
         }
         let fact = match Phase::parse(&message.phase) {
-            Some(Phase::Quiesce) => Fact::AgentAcked(agent.machine_id.clone()),
-            Some(Phase::Validation) => Fact::AgentValidated(AgentValidation {
+            Some(phase) if phase.agents_validate() => Fact::AgentValidated(AgentValidation {
                 machine_id: agent.machine_id.clone(),
                 ok: message.ok,
                 reason: message.reason.clone(),
             }),
+            Some(Phase::Quiesce) => Fact::AgentAcked(agent.machine_id.clone()),
             _ => {
                 return Err(Status::invalid_argument(format!(
-                    "agents report QUIESCE or VALIDATION, not {:?}",
+                    "agents report their validation in CATCHUP, not {:?}",
                     message.phase
                 )))
             }
@@ -68,7 +68,26 @@ impl AgentService {
         request: Request<pb::ValidateLoginRequest>,
     ) -> Result<Response<pb::ValidateLoginResponse>, Status> {
         self.refuse_if_cut_off()?;
-        let agent = self.authenticate(&request).await?;
+        let agent = match self.authenticate(&request).await {
+            Ok(agent) => agent,
+            Err(status) if status.code() == Code::Unauthenticated => {
+                // A machine added on the source while the model catches up reaches this
+                // import with a later batch of changes: not known yet is not a refusal.
+                let (_, model_uuid, machine_id) = agent_metadata(&request)?;
+                let importing = stored::read_import(self.handle.state().reader(), &model_uuid)
+                    .map_err(storage_error)?
+                    .is_some();
+                return Err(if importing {
+                    Status::unavailable(format!(
+                        "the import of model {model_uuid} does not hold machine {machine_id} \
+                         yet; try again"
+                    ))
+                } else {
+                    status
+                });
+            }
+            Err(status) => return Err(status),
+        };
         let migration_id = request.into_inner().migration_id;
         let reader = self.handle.state().reader();
         let import = stored::read_import(reader, &agent.model_uuid).map_err(storage_error)?;

@@ -12,7 +12,7 @@ use starling_raft::RaftHandle;
 use starling_storage::migration as stored;
 use starling_storage::model::controller_config::agent_heartbeat_interval;
 use starling_storage::model::desired::ModelDesired;
-use starling_storage::model::migration::{MigrationId, Phase};
+use starling_storage::model::migration::Phase;
 use tokio::sync::OnceCell;
 use tonic::{Request, Response, Status};
 use tracing::{debug, instrument};
@@ -98,29 +98,25 @@ impl AgentService {
         )
     }
 
-    /// The migration the model is in before its point of no return (QUIESCE to VALIDATION),
-    /// as the agents are told about it.
+    /// The migration the model is in while its agents are told about it (CATCHUP, when they
+    /// validate against the target, and the fence), as the agents see it.
     pub(super) fn migration_notice(
         &self,
         model_uuid: &str,
     ) -> Result<Option<pb::MigrationNotice>, Status> {
         let reader = self.handle.state().reader();
-        let Some(lock) = stored::read_lock(reader, model_uuid).map_err(storage_error)? else {
-            return Ok(None);
-        };
-        let Ok(id) = MigrationId::parse(&lock) else {
-            return Ok(None);
-        };
-        let Some(record) = stored::read_migration(reader, &id).map_err(storage_error)? else {
+        let Some(record) = stored::latest_migration(reader, model_uuid).map_err(storage_error)?
+        else {
             return Ok(None);
         };
         let phase = Phase::parse(&record.phase);
         if !phase.is_some_and(Phase::notifies_agents) {
             return Ok(None);
         }
+        let migration_id = stored::record_id(&record).to_string();
         let target = record.target.unwrap_or_default();
         Ok(Some(pb::MigrationNotice {
-            migration_id: lock,
+            migration_id,
             phase: record.phase,
             target: Some(pb::Redirect {
                 controller_name: target.name,
@@ -221,7 +217,7 @@ impl AgentService {
     ) -> Result<Response<WatchStream>, Status> {
         self.refuse_if_cut_off()?;
         let agent = self.authenticate(&request).await?;
-        self.refuse_importing(&agent.model_uuid)?;
+        self.refuse_importing(&agent.model_uuid).await?;
         self.mark_present(&agent).await?;
         let (tx, rx) = tokio::sync::mpsc::channel(WATCH_CHANNEL_CAPACITY);
         // Counted as connected here while its watch lives.

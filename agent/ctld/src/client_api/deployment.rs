@@ -23,19 +23,21 @@ impl ClientApi {
     ) -> Result<Response<pb::AddMachineResponse>, Status> {
         let caller = self.auth.authenticate(&request)?;
         let message = request.into_inner();
-        let (model, authority) = self.model_to_change(
-            &caller,
-            message.model.as_ref(),
-            Access::Write,
-            "add machines",
-        )?;
+        let (model, authority) = self
+            .model_to_change(
+                &caller,
+                message.model.as_ref(),
+                Access::Write,
+                "add machines",
+            )
+            .await?;
         let credential = auth::new_token();
         let op = command::Op::AddMachine(starling_proto::command::AddMachine {
             model_uuid: model.uuid.clone(),
             credential_sha256: auth::hash_token(&credential),
         });
         let result = self
-            .propose(&caller, authority, message.request_id, op)
+            .propose_write(&caller, &model, authority, message.request_id, op)
             .await?;
         let machine_id = Self::ok_fields(&result)
             .map(|ok| ok.machine_id.clone())
@@ -67,18 +69,20 @@ impl ClientApi {
     ) -> Result<Response<pb::RemoveMachineResponse>, Status> {
         let caller = self.auth.authenticate(&request)?;
         let message = request.into_inner();
-        let (model, authority) = self.model_to_change(
-            &caller,
-            message.model.as_ref(),
-            Access::Write,
-            "remove machines",
-        )?;
+        let (model, authority) = self
+            .model_to_change(
+                &caller,
+                message.model.as_ref(),
+                Access::Write,
+                "remove machines",
+            )
+            .await?;
         let op = command::Op::RemoveMachine(starling_proto::command::RemoveMachine {
-            model_uuid: model.uuid,
+            model_uuid: model.uuid.clone(),
             machine_id: message.machine_id,
             force: message.force,
         });
-        self.propose(&caller, authority, message.request_id, op)
+        self.propose_write(&caller, &model, authority, message.request_id, op)
             .await?;
         Ok(Response::new(pb::RemoveMachineResponse {}))
     }
@@ -90,15 +94,16 @@ impl ClientApi {
     ) -> Result<Response<pb::DeployResponse>, Status> {
         let caller = self.auth.authenticate(&request)?;
         let message = request.into_inner();
-        let (model, authority) =
-            self.model_to_change(&caller, message.model.as_ref(), Access::Write, "deploy")?;
+        let (model, authority) = self
+            .model_to_change(&caller, message.model.as_ref(), Access::Write, "deploy")
+            .await?;
         let archive = read_blob(&self.handle, &message.charm_digest, "charm")?;
         let metadata = charm_metadata_from_archive(&archive)?;
         let charm = parse_metadata(&metadata)
             .map_err(|e| Status::invalid_argument(format!("invalid charm: {e}")))?;
         let application = non_empty_or(message.application, &charm.name);
         let op = command::Op::Deploy(starling_proto::command::Deploy {
-            model_uuid: model.uuid,
+            model_uuid: model.uuid.clone(),
             application,
             charm: Some(charm),
             charm_digest: message.charm_digest,
@@ -107,7 +112,7 @@ impl ClientApi {
             spread_units: message.num_units,
         });
         let result = self
-            .propose(&caller, authority, message.request_id, op)
+            .propose_write(&caller, &model, authority, message.request_id, op)
             .await?;
         let units = Self::ok_fields(&result)
             .map(|ok| ok.units.clone())
@@ -122,16 +127,17 @@ impl ClientApi {
     ) -> Result<Response<pb::AddUnitResponse>, Status> {
         let caller = self.auth.authenticate(&request)?;
         let message = request.into_inner();
-        let (model, authority) =
-            self.model_to_change(&caller, message.model.as_ref(), Access::Write, "add units")?;
+        let (model, authority) = self
+            .model_to_change(&caller, message.model.as_ref(), Access::Write, "add units")
+            .await?;
         let op = command::Op::AddUnits(starling_proto::command::AddUnits {
-            model_uuid: model.uuid,
+            model_uuid: model.uuid.clone(),
             application: message.application,
             machines: message.to,
             spread_units: message.num_units,
         });
         let result = self
-            .propose(&caller, authority, message.request_id, op)
+            .propose_write(&caller, &model, authority, message.request_id, op)
             .await?;
         let units = Self::ok_fields(&result)
             .map(|ok| ok.units.clone())
@@ -146,17 +152,19 @@ impl ClientApi {
     ) -> Result<Response<pb::RemoveUnitResponse>, Status> {
         let caller = self.auth.authenticate(&request)?;
         let message = request.into_inner();
-        let (model, authority) = self.model_to_change(
-            &caller,
-            message.model.as_ref(),
-            Access::Write,
-            "remove units",
-        )?;
+        let (model, authority) = self
+            .model_to_change(
+                &caller,
+                message.model.as_ref(),
+                Access::Write,
+                "remove units",
+            )
+            .await?;
         let op = command::Op::RemoveUnits(starling_proto::command::RemoveUnits {
-            model_uuid: model.uuid,
+            model_uuid: model.uuid.clone(),
             units: message.units,
         });
-        self.propose(&caller, authority, message.request_id, op)
+        self.propose_write(&caller, &model, authority, message.request_id, op)
             .await?;
         Ok(Response::new(pb::RemoveUnitResponse {}))
     }
@@ -168,18 +176,20 @@ impl ClientApi {
     ) -> Result<Response<pb::RemoveApplicationResponse>, Status> {
         let caller = self.auth.authenticate(&request)?;
         let message = request.into_inner();
-        let (model, authority) = self.model_to_change(
-            &caller,
-            message.model.as_ref(),
-            Access::Write,
-            "remove applications",
-        )?;
+        let (model, authority) = self
+            .model_to_change(
+                &caller,
+                message.model.as_ref(),
+                Access::Write,
+                "remove applications",
+            )
+            .await?;
         let op = command::Op::RemoveApplication(starling_proto::command::RemoveApplication {
-            model_uuid: model.uuid,
+            model_uuid: model.uuid.clone(),
             application: message.application,
         });
         let result = self
-            .propose(&caller, authority, message.request_id, op)
+            .propose_write(&caller, &model, authority, message.request_id, op)
             .await?;
         let units = Self::ok_fields(&result)
             .map(|ok| ok.units.clone())
@@ -194,20 +204,22 @@ impl ClientApi {
     ) -> Result<Response<pb::IntegrateResponse>, Status> {
         let caller = self.auth.authenticate(&request)?;
         let message = request.into_inner();
-        let (model, authority) = self.model_to_change(
-            &caller,
-            message.model.as_ref(),
-            Access::Write,
-            "relate applications",
-        )?;
+        let (model, authority) = self
+            .model_to_change(
+                &caller,
+                message.model.as_ref(),
+                Access::Write,
+                "relate applications",
+            )
+            .await?;
         let model_uuid = model.uuid.clone();
         let op = command::Op::Integrate(starling_proto::command::Integrate {
-            model_uuid: model.uuid,
+            model_uuid: model.uuid.clone(),
             endpoint_a: message.endpoint_a,
             endpoint_b: message.endpoint_b,
         });
         let result = self
-            .propose(&caller, authority, message.request_id, op)
+            .propose_write(&caller, &model, authority, message.request_id, op)
             .await?;
         let relation_id = Self::ok_fields(&result).and_then(|ok| ok.relation_id);
         let relation = self
@@ -226,18 +238,20 @@ impl ClientApi {
     ) -> Result<Response<pb::RemoveRelationResponse>, Status> {
         let caller = self.auth.authenticate(&request)?;
         let message = request.into_inner();
-        let (model, authority) = self.model_to_change(
-            &caller,
-            message.model.as_ref(),
-            Access::Write,
-            "remove relations",
-        )?;
+        let (model, authority) = self
+            .model_to_change(
+                &caller,
+                message.model.as_ref(),
+                Access::Write,
+                "remove relations",
+            )
+            .await?;
         let op = command::Op::RemoveRelation(starling_proto::command::RemoveRelation {
-            model_uuid: model.uuid,
+            model_uuid: model.uuid.clone(),
             endpoint_a: message.endpoint_a,
             endpoint_b: message.endpoint_b,
         });
-        self.propose(&caller, authority, message.request_id, op)
+        self.propose_write(&caller, &model, authority, message.request_id, op)
             .await?;
         Ok(Response::new(pb::RemoveRelationResponse {}))
     }
@@ -250,12 +264,14 @@ impl ClientApi {
         let caller = self.auth.authenticate(&request)?;
         self.barrier().await?;
         let message = request.into_inner();
-        let model = self.model_for(
-            &caller,
-            message.model.as_ref(),
-            Access::Read,
-            "read application config",
-        )?;
+        let model = self
+            .model_for(
+                &caller,
+                message.model.as_ref(),
+                Access::Read,
+                "read application config",
+            )
+            .await?;
         let application = self
             .handle
             .state()
@@ -293,18 +309,20 @@ impl ClientApi {
     ) -> Result<Response<pb::SetApplicationConfigResponse>, Status> {
         let caller = self.auth.authenticate(&request)?;
         let message = request.into_inner();
-        let (model, authority) = self.model_to_change(
-            &caller,
-            message.model.as_ref(),
-            Access::Write,
-            "change application config",
-        )?;
+        let (model, authority) = self
+            .model_to_change(
+                &caller,
+                message.model.as_ref(),
+                Access::Write,
+                "change application config",
+            )
+            .await?;
         let op = command::Op::SetApplicationConfig(starling_proto::command::SetApplicationConfig {
-            model_uuid: model.uuid,
+            model_uuid: model.uuid.clone(),
             application: message.application,
             values: message.values,
         });
-        self.propose(&caller, authority, message.request_id, op)
+        self.propose_write(&caller, &model, authority, message.request_id, op)
             .await?;
         Ok(Response::new(pb::SetApplicationConfigResponse {}))
     }

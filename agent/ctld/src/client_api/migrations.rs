@@ -1,7 +1,6 @@
 //! Migrations in the client API: `Migrate` (prechecks, dry run, start), `AbortMigration`,
 //! `MigrationStatus`, and the summary `show-model`, `models` and `status` show.
 
-use bytesize::ByteSize;
 use rand::RngCore;
 use starling_proto::command::{command, RequestMigrationAbort, StartMigration};
 use starling_proto::controller as pb;
@@ -60,13 +59,6 @@ pub fn summary(
         let live = progress.get(&id).unwrap_or_default();
         let activity = if live.activity.is_empty() {
             phase_activity(phase, &target)
-        } else if phase == Some(Phase::Import) && live.bytes_total > 0 {
-            format!(
-                "{} ({} of {})",
-                live.activity,
-                ByteSize::b(live.bytes_sent).display().si(),
-                ByteSize::b(live.bytes_total).display().si()
-            )
         } else {
             live.activity
         };
@@ -84,7 +76,13 @@ pub fn summary(
 fn phase_activity(phase: Option<Phase>, target: &str) -> String {
     match phase {
         Some(Phase::Precheck) => "running prechecks".into(),
-        Some(Phase::Quiesce) => "waiting for agents to quiesce".into(),
+        Some(Phase::Precopy) => {
+            format!("PRECOPY: copying the model to controller \"{target}\" while it stays writable")
+        }
+        Some(Phase::Catchup) => {
+            format!("CATCHUP: streaming the model's changes to controller \"{target}\"")
+        }
+        Some(Phase::Quiesce) => "FENCE: model locked, writes held".into(),
         Some(Phase::Import) => format!("importing model on controller \"{target}\""),
         Some(Phase::Validation) => "validating agents against the target".into(),
         Some(Phase::Success) => format!("activating the model on controller \"{target}\""),
@@ -330,6 +328,8 @@ pub fn status(ctx: &NodeContext, uuid: &str, name: &str) -> Result<pb::Migration
         agents_acked: record.agents_acked.len() as u64,
         agents_validated: record.agents_validated.len() as u64,
         initiated_by: record.initiated_by.clone(),
+        catchup_lag: live.lag,
+        changes_sent: live.changes_sent,
     })
 }
 

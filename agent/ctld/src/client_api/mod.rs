@@ -32,8 +32,11 @@ use crate::context::NodeContext;
 use crate::identity::{AuthFile, NodeIdentity};
 use crate::load::GroupLoad;
 use crate::pki::CertKeyPem;
-use crate::plumbing::status::{importing, migrated};
-use crate::plumbing::{proposal, propose_and_wait, refusal, storage_error, ChunkStream};
+use crate::plumbing::status::importing;
+use crate::plumbing::{
+    proposal, propose_and_wait, propose_model_write, redirect_status, refusal, storage_error,
+    wait_for_activation, ChunkStream,
+};
 
 /// Serves the client API of one node.
 #[derive(Clone)]
@@ -81,7 +84,7 @@ impl ClientApi {
             return Err(importing(&model.name, &import));
         }
         if let Some(redirect) = stored::read_redirect(reader, &model.uuid).map_err(storage_error)? {
-            return Err(migrated(&redirect));
+            return Err(redirect_status(reader, &redirect, false));
         }
         Ok(model)
     }
@@ -126,7 +129,7 @@ impl ClientApi {
             if let Some(redirect) =
                 stored::read_redirect(state.reader(), &model_ref.uuid).map_err(storage_error)?
             {
-                return Err(migrated(&redirect));
+                return Err(redirect_status(state.reader(), &redirect, false));
             }
             return state
                 .model(&model_ref.uuid)
@@ -151,7 +154,7 @@ impl ClientApi {
             .into_iter()
             .find(|r| r.model_name == short && (r.model_owner == owner || !name.contains('/')))
         {
-            return Err(migrated(&redirect));
+            return Err(redirect_status(state.reader(), &redirect, false));
         }
         if !name.contains('/') {
             // A bare name the caller does not own: accept it when exactly one visible model has it.
@@ -185,14 +188,17 @@ impl ClientApi {
     }
 
     /// The model `model_ref` names, when the caller has `needed` access to it (to do `what`).
-    /// A call that needs read access reads the model: it counts in the model's read rate.
-    fn model_for(
+    /// A call that needs read access reads the model: it counts in the model's read rate. A
+    /// model this controller holds as a sealed import (its source is in the fence) is waited
+    /// for until it is activated here, at most `migration-fence-hold`.
+    async fn model_for(
         &self,
         caller: &Caller,
         model_ref: Option<&pb::ModelRef>,
         needed: Access,
         what: &str,
     ) -> Result<m::Model, Status> {
+        self.hold_for_activation(caller, model_ref).await?;
         let model = self.resolve(caller, model_ref)?;
         Self::require(caller, &model, needed, what)?;
         if needed == Access::Read {
@@ -203,16 +209,45 @@ impl ClientApi {
 
     /// The model `model_ref` names, when the caller has `needed` access to it (to do `what`),
     /// with the authority its command carries, so applying checks the access again.
-    fn model_to_change(
+    async fn model_to_change(
         &self,
         caller: &Caller,
         model_ref: Option<&pb::ModelRef>,
         needed: Access,
         what: &str,
     ) -> Result<(m::Model, Authority), Status> {
-        let model = self.model_for(caller, model_ref, needed, what)?;
+        let model = self.model_for(caller, model_ref, needed, what).await?;
         let authority = caller.authority(&model.uuid, needed, false, what);
         Ok((model, authority))
+    }
+
+    /// Waits while the model `model_ref` names is a sealed import here (see `model_for`).
+    async fn hold_for_activation(
+        &self,
+        caller: &Caller,
+        model_ref: Option<&pb::ModelRef>,
+    ) -> Result<(), Status> {
+        let Some(model_ref) = model_ref else {
+            return Ok(());
+        };
+        let uuid = if model_ref.uuid.is_empty() {
+            let (owner, name) = model_ref
+                .name
+                .split_once('/')
+                .unwrap_or((caller.user.as_str(), model_ref.name.as_str()));
+            match self
+                .handle
+                .state()
+                .model_by_name(owner, name)
+                .map_err(storage_error)?
+            {
+                Some(model) => model.uuid,
+                None => return Ok(()),
+            }
+        } else {
+            model_ref.uuid.clone()
+        };
+        wait_for_activation(&self.handle, &uuid).await
     }
 
     /// Proposes `op` for `caller` with `authority` and waits until this node has applied it.
@@ -224,6 +259,28 @@ impl ClientApi {
         op: command::Op,
     ) -> Result<CommandResult, Status> {
         propose_and_wait(&self.handle, &caller.user, authority, request_id, op).await
+    }
+
+    /// Proposes `op`, a write to `model`, for `caller` and waits until this node has applied
+    /// it with `authority`; a write that meets the model's migration fence is held
+    /// (`plumbing::hold`).
+    async fn propose_write(
+        &self,
+        caller: &Caller,
+        model: &m::Model,
+        authority: Authority,
+        request_id: String,
+        op: command::Op,
+    ) -> Result<CommandResult, Status> {
+        propose_model_write(
+            &self.handle,
+            &caller.user,
+            authority,
+            request_id,
+            &model.uuid,
+            op,
+        )
+        .await
     }
 
     fn ok_fields(result: &CommandResult) -> Option<&starling_proto::command::Ok> {

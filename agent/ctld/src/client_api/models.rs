@@ -103,13 +103,14 @@ impl ClientApi {
     ) -> Result<Response<pb::DestroyModelResponse>, Status> {
         let caller = self.auth.authenticate(&request)?;
         let message = request.into_inner();
-        let (model, authority) =
-            self.model_to_change(&caller, message.model.as_ref(), Access::Admin, "destroy it")?;
+        let (model, authority) = self
+            .model_to_change(&caller, message.model.as_ref(), Access::Admin, "destroy it")
+            .await?;
         let op = command::Op::DestroyModel(starling_proto::command::DestroyModel {
             model_uuid: model.uuid.clone(),
             force: message.force,
         });
-        self.propose(&caller, authority, message.request_id, op)
+        self.propose_write(&caller, &model, authority, message.request_id, op)
             .await?;
         info!(model = %model.name, "model destroyed");
         Ok(Response::new(pb::DestroyModelResponse {}))
@@ -123,13 +124,12 @@ impl ClientApi {
         let caller = self.auth.authenticate(&request)?;
         self.barrier().await?;
         let message = request.into_inner();
+        self.hold_for_activation(&caller, message.model.as_ref())
+            .await?;
         let model = self.handle.state().consistent(|_| {
-            self.model_for(
-                &caller,
-                message.model.as_ref(),
-                Access::Read,
-                "read its config",
-            )
+            let model = self.resolve(&caller, message.model.as_ref())?;
+            Self::require(&caller, &model, Access::Read, "read its config")?;
+            Ok::<_, Status>(model)
         })?;
         Ok(Response::new(pb::ModelConfig {
             values: model.config,
@@ -143,17 +143,19 @@ impl ClientApi {
     ) -> Result<Response<pb::SetModelConfigResponse>, Status> {
         let caller = self.auth.authenticate(&request)?;
         let message = request.into_inner();
-        let (model, authority) = self.model_to_change(
-            &caller,
-            message.model.as_ref(),
-            Access::Write,
-            "change its config",
-        )?;
+        let (model, authority) = self
+            .model_to_change(
+                &caller,
+                message.model.as_ref(),
+                Access::Write,
+                "change its config",
+            )
+            .await?;
         let op = command::Op::SetModelConfig(starling_proto::command::SetModelConfig {
-            model_uuid: model.uuid,
+            model_uuid: model.uuid.clone(),
             values: message.values,
         });
-        self.propose(&caller, authority, message.request_id, op)
+        self.propose_write(&caller, &model, authority, message.request_id, op)
             .await?;
         Ok(Response::new(pb::SetModelConfigResponse {}))
     }
@@ -165,19 +167,21 @@ impl ClientApi {
     ) -> Result<Response<pb::SetModelAccessResponse>, Status> {
         let caller = self.auth.authenticate(&request)?;
         let message = request.into_inner();
-        let (model, authority) = self.model_to_change(
-            &caller,
-            message.model.as_ref(),
-            Access::Admin,
-            "change who can access it",
-        )?;
+        let (model, authority) = self
+            .model_to_change(
+                &caller,
+                message.model.as_ref(),
+                Access::Admin,
+                "change who can access it",
+            )
+            .await?;
         let op = command::Op::SetModelAccess(starling_proto::command::SetModelAccess {
-            model_uuid: model.uuid,
+            model_uuid: model.uuid.clone(),
             user: message.user,
             access: message.access,
             revoke: message.revoke,
         });
-        self.propose(&caller, authority, message.request_id, op)
+        self.propose_write(&caller, &model, authority, message.request_id, op)
             .await?;
         Ok(Response::new(pb::SetModelAccessResponse {}))
     }

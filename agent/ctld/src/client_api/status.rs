@@ -34,6 +34,9 @@ impl ClientApi {
         let caller = self.auth.authenticate(&request)?;
         self.barrier().await?;
         let message = request.into_inner();
+        // A sealed import here (its source is in the fence) is waited for until it is active.
+        self.hold_for_activation(&caller, message.model.as_ref())
+            .await?;
         let group = self.ctx.load.group_load(&self.handle).await;
         let now = now_unix_ms();
         // One applied state for every read: the model, its records, the agents' presence and
@@ -96,12 +99,14 @@ impl ClientApi {
         let caller = self.auth.authenticate(&request)?;
         self.barrier().await?;
         let message = request.into_inner();
-        let model = self.model_for(
-            &caller,
-            message.model.as_ref(),
-            Access::Read,
-            "read its status log",
-        )?;
+        let model = self
+            .model_for(
+                &caller,
+                message.model.as_ref(),
+                Access::Read,
+                "read its status log",
+            )
+            .await?;
         // Only a malformed name is refused here.
         let source = deployment::status_log_source(&message.entity)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
@@ -152,12 +157,14 @@ impl ClientApi {
         let caller = self.auth.authenticate(&request)?;
         self.barrier().await?;
         let message = request.into_inner();
-        let model = self.model_for(
-            &caller,
-            message.model.as_ref(),
-            Access::Read,
-            "read its log",
-        )?;
+        let model = self
+            .model_for(
+                &caller,
+                message.model.as_ref(),
+                Access::Read,
+                "read its log",
+            )
+            .await?;
         let state = self.handle.state().clone();
         let last = state
             .last_log_seq(&model.uuid)

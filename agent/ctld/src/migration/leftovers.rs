@@ -67,6 +67,8 @@ pub async fn run_sweeper(ctx: NodeContext, stop: CancellationToken) {
                 migration_id,
                 state: TargetImportState::Imported {
                     digest: import.digest.clone(),
+                    position: stored::feed_position(import.position.as_ref()),
+                    sealed_index: import.sealed_index,
                 },
                 last_activity_unix_ms: import.imported_unix_ms,
             };

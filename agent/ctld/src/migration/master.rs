@@ -1,32 +1,38 @@
 //! The migration master. On the node that leads the source's Raft group, one driver per
 //! migration that has not ended: it reads the persisted record (after a read-index barrier),
-//! asks `next_action` what to do, and does it: a proposal for a commit, a call to the target or
-//! a read for an observation. It keeps nothing but observations, so the master of a new leader
-//! resumes from the persisted phase; every step is idempotent on the migration id.
+//! asks `next_action` what to do, and does it: a proposal for a commit, a call to the target, a
+//! read of the model or its change feed. It keeps nothing but observations (and the copy it
+//! exported), so the master of a new leader resumes from the persisted phase; every step is
+//! idempotent on the migration id. In the fence (QUIESCE) every step is a few commits and calls,
+//! never a read of the whole model.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use prost::Message;
+use sha2::{Digest, Sha256};
 use starling_proto::command::{
-    command, migration_progress::Fact, AgentValidation, Command, MigrationProgress,
-    MigrationTransition, ReapModel,
+    command, migration_progress::Fact, AgentValidation, Command, CommandError,
+    CopyDigests as PbCopyDigests, MigrationProgress, MigrationTransition, ReapModel, TrimFeed,
 };
 use starling_proto::migration as pb;
-use starling_proto::model::Life;
-use starling_storage::export::{description_bytes, description_digest};
-use starling_storage::migration as stored;
+use starling_proto::model::{Life, Machine};
+use starling_storage::migration::{self as stored, stored_position};
 use starling_storage::model::migration::{
-    next_action, Action, AgentReport, CallOutcome, ImportStatus, Limits, LogTransferStatus,
-    MigrationId, MigrationRecord, Observations, Observed, Phase, PrecheckReport, Progress,
-    ReapResult, RefusedCommit,
+    next_action, Action, AgentReport, CallOutcome, CopyDigests, FeedLag, FeedPosition,
+    ImportStatus, Limits, LogTransferStatus, MigrationId, MigrationRecord, Observations, Observed,
+    Phase, PrecheckReport, Progress, ReapResult, RefusedCommit, TargetCopy,
 };
+use starling_storage::precopy::{read_copy_page, CopyBuilder, COPY_PAGE_KEYS};
+use starling_storage::{feed, keys, records};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::peer::{retryable, Peer};
-use super::{failpoint, failpoint_value, prechecks, stager};
+use super::staging::{self, import_answer, PreparedCopy};
+use super::{failpoint, failpoint_value, prechecks};
 use crate::context::NodeContext;
 use crate::plumbing::now_unix_ms;
 
@@ -34,6 +40,12 @@ use crate::plumbing::now_unix_ms;
 const SCAN_INTERVAL: Duration = Duration::from_millis(300);
 /// Longest sleep of a waiting driver before it re-reads the record (abort requests, agents).
 const POLL_INTERVAL: Duration = Duration::from_millis(300);
+/// Feed entries per `ApplyChanges` call (each acknowledgement trims at most this many, under
+/// the trim bound of one command).
+const STREAM_BATCH_ENTRIES: usize = 2_000;
+/// Encoded bytes of feed entries per `ApplyChanges` call (one Raft entry on the target, like a
+/// staged chunk).
+const STREAM_BATCH_BYTES: usize = 1024 * 1024;
 /// Log records per transfer call.
 const LOG_BATCH: usize = 500;
 /// Deadline of one call to the target.
@@ -81,8 +93,9 @@ pub async fn run_masters(ctx: NodeContext, stop: CancellationToken) {
     }
 }
 
-/// The master's deadlines: the defaults, with `migration-quiesce-timeout`,
-/// `migration-import-timeout` and `migration-abort-drop-timeout` from the controller config.
+/// The master's deadlines and the fence's lag: the defaults, with `migration-quiesce-timeout`,
+/// `migration-import-timeout`, `migration-abort-drop-timeout` and `migration-fence-lag` from the
+/// controller config.
 fn limits(ctx: &NodeContext) -> Limits {
     let mut limits = Limits::default();
     if let Some(timeout) = ctx.config_ms("migration-quiesce-timeout") {
@@ -94,7 +107,15 @@ fn limits(ctx: &NodeContext) -> Limits {
     if let Some(timeout) = ctx.config_ms("migration-abort-drop-timeout") {
         limits.abort_drop_timeout_ms = Some(timeout);
     }
+    if let Some(lag) = ctx.config_u64("migration-fence-lag") {
+        limits.fence_lag_entries = lag;
+    }
     limits
+}
+
+/// `n` bytes for people (`3.1 MB`).
+fn human_bytes(n: u64) -> String {
+    bytesize::ByteSize::b(n).display().si().to_string()
 }
 
 /// One migration's driver.
@@ -105,6 +126,8 @@ struct Driver {
     stop: CancellationToken,
     obs: Observations,
     peer: Option<Peer>,
+    /// The copy this master exported in PRECOPY (lost with the master: a new one exports again).
+    copy: Option<PreparedCopy>,
 }
 
 impl Driver {
@@ -117,6 +140,7 @@ impl Driver {
             stop,
             obs: Observations::default(),
             peer: None,
+            copy: None,
         }
     }
 
@@ -206,7 +230,7 @@ impl Driver {
         &self,
         request_id: String,
         op: command::Op,
-    ) -> anyhow::Result<Result<(), String>> {
+    ) -> anyhow::Result<Result<starling_proto::command::Ok, CommandError>> {
         let command = Command {
             request_id,
             op: Some(op),
@@ -226,8 +250,9 @@ impl Driver {
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         Ok(match proposed.result.result {
-            Some(starling_proto::command::command_result::Result::Error(e)) => Err(e.message),
-            _ => Ok(()),
+            Some(starling_proto::command::command_result::Result::Error(e)) => Err(e),
+            Some(starling_proto::command::command_result::Result::Ok(ok)) => Ok(ok),
+            None => Ok(Default::default()),
         })
     }
 
@@ -240,27 +265,47 @@ impl Driver {
     }
 
     /// A commit the state machine refused in phase `from`: an observation `next_action`
-    /// acts on (it aborts with the reason, or waits a retry interval), never proposed again
-    /// at once. A refusal because the record moved on is from an older phase and is ignored.
-    fn refused(&mut self, from: Phase, to: Option<Phase>, reason: String) {
-        warn!(migration = %self.key, %from, to = ?to, reason, "commit refused");
+    /// acts on (it aborts with the reason, or waits a retry interval when the refusal is a
+    /// passing one), never proposed again at once. A refusal because the record moved on is
+    /// from an older phase and is ignored.
+    fn refused(&mut self, from: Phase, to: Option<Phase>, refusal: &CommandError) {
+        let reason = refusal.message.clone();
+        warn!(migration = %self.key, %from, to = ?to, reason, passing = refusal.transient, "commit refused");
         self.obs.refused = Some(Observed::at(
-            RefusedCommit { from, to, reason },
+            RefusedCommit {
+                from,
+                to,
+                reason,
+                passing: refusal.transient,
+            },
             now_unix_ms(),
         ));
     }
 
-    async fn transition(&mut self, from: Phase, to: Phase, reason: &str) -> anyhow::Result<()> {
+    /// Commits `to` from `from`; the refusal's reason when the state machine refused it (also
+    /// recorded as an observation, see `refused`).
+    async fn transition(
+        &mut self,
+        from: Phase,
+        to: Phase,
+        reason: &str,
+        target_digest: String,
+    ) -> anyhow::Result<Result<(), String>> {
         let op = command::Op::MigrationTransition(MigrationTransition {
             migration_id: self.key.clone(),
             to: to.as_str().to_owned(),
             reason: reason.to_owned(),
+            target_digest,
         });
-        match self.propose(self.request_id(to.as_str()), op).await? {
+        let outcome = self
+            .propose(self.request_id(to.as_str()), op)
+            .await?
+            .map(|_| ());
+        match &outcome {
             Ok(()) => info!(migration = %self.key, phase = %to, reason, "migration phase"),
             Err(refused) => self.refused(from, Some(to), refused),
         }
-        Ok(())
+        Ok(outcome.map_err(|refused| refused.message))
     }
 
     async fn record(&mut self, from: Phase, progress: Progress) -> anyhow::Result<()> {
@@ -274,6 +319,11 @@ impl Driver {
                     AgentReport::Ok => String::new(),
                 },
             }),
+            Progress::Copy(copy) => Fact::Copy(PbCopyDigests {
+                copy_digest: copy.copy_digest,
+                base_digest: copy.base_digest,
+            }),
+            Progress::FeedAcked(position) => Fact::FeedAcked(stored_position(position)),
             Progress::SourceDigest(d) => Fact::SourceDigest(d),
             Progress::TargetDigest(d) => Fact::TargetDigest(d),
             Progress::LogPosition(p) => Fact::LogPosition(p),
@@ -283,7 +333,7 @@ impl Driver {
             fact: Some(fact),
         });
         if let Err(refused) = self.propose(self.request_id("fact"), op).await? {
-            self.refused(from, None, refused);
+            self.refused(from, None, &refused);
         }
         Ok(())
     }
@@ -313,35 +363,69 @@ impl Driver {
                     failures,
                 });
             }
-            Action::Lock
-            | Action::CommitSuccess
-            | Action::Transition { .. }
-            | Action::Unlock { .. } => {
+            Action::ExportCopy => self.export_copy(record).await?,
+            Action::StageCopy => {
+                let copy = self.copy.clone().expect("StageCopy follows ExportCopy");
+                let status = self.stage_copy(stored_record, &copy).await;
+                self.obs.import = Some(Observed::at(status, now_unix_ms()));
+            }
+            Action::QueryImport => {
+                let status = self.import_status().await;
+                self.obs.import = Some(Observed::at(status, now_unix_ms()));
+            }
+            Action::StreamChanges { after } => self.stream_changes(record, after, None).await?,
+            Action::SealTarget { after, seal_index } => {
+                self.stream_changes(record, after, Some(seal_index)).await?
+            }
+            Action::Lock { reason } => {
+                self.activity("FENCE: locking the model");
+                if self
+                    .transition(record.phase, Phase::Quiesce, &reason, String::new())
+                    .await?
+                    .is_err()
+                {
+                    // An observation, not a loop (`refused` recorded it): re-read the machines
+                    // and run the prechecks again before another attempt.
+                    self.obs.machines = None;
+                    self.obs.prechecks = None;
+                } else {
+                    self.activity("FENCE: model locked, writes held; sending the last changes");
+                }
+            }
+            Action::CommitSuccess { target_digest } => {
+                if let Some(reason) = failpoint("migration.source.commit-success") {
+                    warn!(migration = %self.key, reason, "not committing SUCCESS yet");
+                    self.sleep(Duration::from_secs(1)).await;
+                    return Ok(());
+                }
+                let (to, reason) = Action::CommitSuccess {
+                    target_digest: target_digest.clone(),
+                }
+                .commits(record.phase)
+                .expect("a commit action names its phase");
+                // A refusal is logged; the next read of the record shows where things stand.
+                let _ = self
+                    .transition(record.phase, to, &reason, target_digest)
+                    .await?;
+            }
+            Action::Transition { .. } | Action::Unlock { .. } => {
                 let (to, reason) = action
                     .commits(record.phase)
                     .expect("a commit action names its phase");
-                if to == Phase::Success {
-                    if let Some(reason) = failpoint("migration.source.commit-success") {
-                        warn!(migration = %self.key, reason, "not committing SUCCESS yet");
-                        self.sleep(Duration::from_secs(1)).await;
-                        return Ok(());
-                    }
-                }
-                self.transition(record.phase, to, &reason).await?;
+                let _ = self
+                    .transition(record.phase, to, &reason, String::new())
+                    .await?;
             }
             Action::ReadMachines => {
-                let description = self
-                    .ctx
-                    .handle
-                    .state()
-                    .model_description(&self.id.model_uuid)?
-                    .unwrap_or_default();
-                let machines: BTreeSet<String> = description
-                    .machines
-                    .iter()
-                    .filter(|m| m.life == Life::Alive as i32)
-                    .map(|m| m.id.clone())
-                    .collect();
+                let reader = self.ctx.handle.state().reader();
+                let machines: BTreeSet<String> = records::read_records::<Machine>(
+                    reader,
+                    &keys::machine_prefix(&self.id.model_uuid),
+                )?
+                .into_iter()
+                .filter(|m| m.life == Life::Alive as i32)
+                .map(|m| m.id)
+                .collect();
                 let total = machines.len() as u64;
                 self.ctx
                     .progress
@@ -352,36 +436,18 @@ impl Driver {
                 missing,
                 until_unix_ms,
             } => {
-                let what = if record.phase == Phase::Quiesce {
-                    "waiting for agents to quiesce"
-                } else {
-                    "waiting for agents to log in to the target"
-                };
+                let lag = self.obs.lag.as_ref().map_or(0, |l| l.entries);
                 self.activity(format!(
-                    "{what} ({} missing: machine(s) {})",
-                    missing.len(),
-                    missing.iter().cloned().collect::<Vec<_>>().join(", ")
+                    "CATCHUP lag {lag} change(s); waiting for the agents of machine(s) {} to \
+                     log in to controller \"{}\"",
+                    missing.iter().cloned().collect::<Vec<_>>().join(", "),
+                    record.target.name
                 ));
                 self.wait_until(until_unix_ms).await;
-            }
-            Action::StreamExport { .. } => {
-                let (digest, status) = self.stream_export(stored_record).await?;
-                self.obs.source_digest = Some(digest);
-                self.obs.import = Some(Observed::at(status, now_unix_ms()));
+                // The feed moved on meanwhile: count (and send) it again.
+                self.obs.lag = None;
             }
             Action::Record(progress) => self.record(record.phase, progress).await?,
-            Action::CompareDigests => {
-                self.activity("comparing digests");
-                let description = self
-                    .ctx
-                    .handle
-                    .state()
-                    .model_description(&self.id.model_uuid)?
-                    .ok_or_else(|| anyhow::anyhow!("the locked model vanished"))?;
-                self.obs.source_digest = Some(description_digest(&description));
-                let status = self.import_status().await;
-                self.obs.import = Some(Observed::at(status, now_unix_ms()));
-            }
             Action::CallActivate => {
                 self.activity(format!(
                     "activating the model on controller \"{}\"",
@@ -406,17 +472,39 @@ impl Driver {
                     info!(migration = %self.key, "target activated the model");
                 } else if starling_storage::planted::armed("abort-after-success") {
                     // Planted bug: give up on an unacknowledged Activate and abort.
-                    self.transition(
-                        record.phase,
-                        Phase::Abort,
-                        "planted bug: Activate was not acknowledged",
-                    )
-                    .await?;
+                    let _ = self
+                        .transition(
+                            record.phase,
+                            Phase::Abort,
+                            "planted bug: Activate was not acknowledged",
+                            String::new(),
+                        )
+                        .await?;
                     return Ok(());
                 } else {
                     warn!(migration = %self.key, ?outcome, "activate not acknowledged; retrying");
                 }
                 self.obs.activate = Some(Observed::at(outcome, now_unix_ms()));
+            }
+            Action::TrimFeed => {
+                self.activity("removing the model's change feed");
+                let reader = self.ctx.handle.state().reader();
+                let left = if feed::has_entries(reader, &self.id.model_uuid)? {
+                    let op = command::Op::TrimFeed(TrimFeed {
+                        migration_id: self.key.clone(),
+                    });
+                    match self.propose(self.request_id("trim"), op).await? {
+                        Ok(ok) => ok.more,
+                        Err(refused) => {
+                            let refused = refused.message;
+                            warn!(migration = %self.key, refused, "trimming the feed refused");
+                            true
+                        }
+                    }
+                } else {
+                    false
+                };
+                self.obs.feed_entries_left = Some(left);
             }
             Action::TransferLogs { from } => {
                 self.activity("transferring the model's log");
@@ -440,8 +528,10 @@ impl Driver {
                     migration_id: self.key.clone(),
                 });
                 self.obs.reap = Some(match self.propose(self.request_id("reap"), op).await? {
-                    Ok(()) => ReapResult::Done,
-                    Err(reason) => ReapResult::Failed { reason },
+                    Ok(_) => ReapResult::Done,
+                    Err(refused) => ReapResult::Failed {
+                        reason: refused.message,
+                    },
                 });
             }
             Action::DropImportOnTarget => {
@@ -463,7 +553,10 @@ impl Driver {
                 );
                 self.obs.drop_import = Some(Observed::at(outcome, now_unix_ms()));
             }
-            Action::Wait { until_unix_ms } => self.wait_until(until_unix_ms).await,
+            Action::Wait { until_unix_ms } => {
+                self.wait_until(until_unix_ms).await;
+                self.obs.lag = None;
+            }
         }
         Ok(())
     }
@@ -503,58 +596,80 @@ impl Driver {
             })
             .await
         {
-            Ok(answer) => import_answer(answer, true),
+            Ok(answer) => import_answer(answer),
             Err(status) => ImportStatus::Unreachable {
                 error: status.message().to_owned(),
             },
         }
     }
 
-    /// Stages the locked model's description and the charms the target lacks on the target
-    /// (each resumed where the target stopped), then asks it to import them.
-    async fn stream_export(
+    /// PRECOPY: reads the model page by page, each page in one applied state (no lock, no
+    /// commit held back longer than a page), and keeps the copy; its digests go into the
+    /// observations (the decision records them before anything is staged).
+    async fn export_copy(&mut self, record: &MigrationRecord) -> anyhow::Result<()> {
+        self.activity("PRECOPY: reading the model");
+        if let Some(reason) = failpoint("migration.source.export") {
+            anyhow::bail!("{reason}");
+        }
+        let state = self.ctx.handle.state().clone();
+        let uuid = self.id.model_uuid.clone();
+        let feed_from = record.feed_from_index;
+        let copy = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+            let mut builder = CopyBuilder::new(&uuid, feed_from);
+            let mut start = Some(keys::model_prefix(&uuid));
+            while let Some(page_start) = start {
+                let (applied, page) = state.consistent(|view| {
+                    let applied = starling_storage::state::read_applied_state(view.reader())
+                        .map(|a| a.last_applied.map_or(0, |l| l.index));
+                    let page = read_copy_page(view.reader(), &uuid, &page_start, COPY_PAGE_KEYS);
+                    (applied, page)
+                });
+                let (pairs, next) = page?;
+                builder.add_page(&page_start, applied?, pairs)?;
+                start = next;
+            }
+            Ok(builder.finish(state.reader())?)
+        })
+        .await??;
+        let bytes = copy.description.encode_to_vec();
+        let prepared = PreparedCopy {
+            description_digest: hex::encode(Sha256::digest(&bytes)),
+            charm_digests: copy.description.charm_digests.clone(),
+            copy_digest: copy.copy_digest.to_hex(),
+            feed_from_index: feed_from,
+            records: copy.records,
+            bytes: Arc::new(bytes),
+        };
+        let (bytes_total, records_total) = (prepared.bytes.len() as u64, prepared.records);
+        self.ctx.progress.update(&self.key, |p| {
+            p.bytes_total = bytes_total;
+            p.bytes_sent = 0;
+            p.records_total = records_total;
+        });
+        info!(
+            migration = %self.key,
+            records = records_total,
+            bytes = bytes_total,
+            copy_digest = %prepared.copy_digest,
+            "copied the model while it stays writable"
+        );
+        self.obs.copy = Some(CopyDigests {
+            copy_digest: prepared.copy_digest.clone(),
+            base_digest: copy.base_digest.to_hex(),
+        });
+        self.copy = Some(prepared);
+        Ok(())
+    }
+
+    async fn stage_copy(
         &self,
         stored_record: &pb::MigrationRecord,
-    ) -> anyhow::Result<(String, ImportStatus)> {
-        let state = self.ctx.handle.state().clone();
-        let description = state
-            .model_description(&self.id.model_uuid)?
-            .ok_or_else(|| anyhow::anyhow!("the locked model vanished"))?;
-        let bytes = description_bytes(&description);
-        let digest = description_digest(&description);
-        let records = (1
-            + description.machines.len()
-            + description.applications.len()
-            + description.units.len()
-            + description.relations.len()
-            + description.status_history.len()) as u64;
+        copy: &PreparedCopy,
+    ) -> ImportStatus {
         if let Some(reason) = failpoint("migration.source.stream") {
-            return Ok((digest, ImportStatus::Unreachable { error: reason }));
+            return ImportStatus::Unreachable { error: reason };
         }
-        self.ctx.progress.update(&self.key, |p| {
-            p.bytes_total = bytes.len() as u64;
-            p.records_total = records;
-        });
-        let mut files = Vec::with_capacity(description.charm_digests.len() + 1);
-        for charm in &description.charm_digests {
-            let blob = state
-                .blob(charm)?
-                .ok_or_else(|| anyhow::anyhow!("charm {charm} is missing on this controller"))?;
-            files.push(stager::Outgoing {
-                file: pb::StagedFile {
-                    digest: charm.clone(),
-                    size: blob.size,
-                },
-                content: stager::Content::Blob(state.clone()),
-            });
-        }
-        files.push(stager::Outgoing {
-            file: pb::StagedFile {
-                digest: digest.clone(),
-                size: bytes.len() as u64,
-            },
-            content: stager::Content::Bytes(Arc::new(bytes)),
-        });
+        let total = copy.bytes.len() as u64;
         let source = pb::SourceController {
             controller_uuid: self.ctx.identity.controller_uuid.clone(),
             name: self.ctx.identity.controller_name.clone(),
@@ -562,64 +677,138 @@ impl Driver {
             ca_cert: self.ctx.ca_cert.clone(),
             secret: stored_record.source_secret.clone(),
         };
-        let started = Instant::now();
-        let staged = stager::stage(self.peer(), &self.key, &source, &files, |sent, total| {
+        let progress = |sent: u64, to_send: u64| {
             self.ctx.progress.update(&self.key, |p| {
                 p.bytes_sent = sent;
-                p.bytes_total = total;
                 p.activity = format!(
-                    "staging the model on controller \"{}\"",
-                    stored_record
-                        .target
-                        .as_ref()
-                        .map_or("", |t| t.name.as_str()),
+                    "PRECOPY {} of {}",
+                    human_bytes(sent),
+                    human_bytes(if to_send > 0 { to_send } else { total })
                 );
             });
-        })
-        .await;
-        let staged = match staged {
-            Ok(staged) => staged,
-            Err(status) => return Ok((digest, stage_failure(status))),
         };
-        self.activity("importing model");
-        let request = pb::ImportRequest {
-            migration_id: self.key.clone(),
-            description_digest: digest,
-            source: Some(source),
-            staged: staged.files,
-        };
-        let status = match self
-            .peer()
-            .call(|mut c| {
-                let r = request.clone();
-                async move { c.import(r).await }
-            })
-            .await
-        {
-            Ok(answer) => import_answer(answer, false),
-            Err(status) if retryable(&status) => ImportStatus::Unreachable {
-                error: status.message().to_owned(),
-            },
-            Err(status) => ImportStatus::Failed {
-                reason: format!("the target refused the import: {}", status.message()),
-            },
-        };
-        if let ImportStatus::Imported { .. } = status {
-            let took = started.elapsed();
-            info!(
-                migration = %self.key,
-                bytes = staged.bytes_staged,
-                sent = staged.bytes_sent,
-                records,
-                ms = took.as_millis() as u64,
-                "staged and imported"
-            );
-            self.ctx.progress.update(&self.key, |p| {
-                p.import_ms = took.as_millis() as u64;
-                p.import_bytes = staged.bytes_staged;
-            });
+        staging::stage_and_import(&self.ctx, self.peer(), &self.key, copy, source, progress).await
+    }
+
+    /// CATCHUP (`seal` = `None`): sends the target one batch of feed entries after `after` and
+    /// counts the entries still unsent. QUIESCE (`seal` = the lock index): sends every entry
+    /// after `after` (all at or below the lock, since the model is locked) and seals the import.
+    async fn stream_changes(
+        &mut self,
+        record: &MigrationRecord,
+        after: FeedPosition,
+        seal: Option<u64>,
+    ) -> anyhow::Result<()> {
+        let uuid = self.id.model_uuid.clone();
+        let mut after = after;
+        loop {
+            let reader = self.ctx.handle.state().reader();
+            let mut entries = feed::entries_after(
+                reader,
+                &uuid,
+                &stored_position(after),
+                seal,
+                STREAM_BATCH_ENTRIES + 1,
+            )?;
+            let mut more = entries.len() > STREAM_BATCH_ENTRIES;
+            entries.truncate(STREAM_BATCH_ENTRIES);
+            let mut bytes = 0;
+            if let Some(cut) = entries.iter().position(|e| {
+                bytes += e.encoded_len();
+                bytes > STREAM_BATCH_BYTES
+            }) {
+                entries.truncate(cut.max(1));
+                more = true;
+            }
+            if entries.is_empty() && seal.is_none() {
+                // Nothing to send: the target is caught up.
+                self.note_lag(after, 0);
+                return Ok(());
+            }
+            let sealing = seal.filter(|_| !more);
+            let sent = entries.len() as u64;
+            let mut request = pb::ApplyChangesRequest {
+                migration_id: self.key.clone(),
+                after: Some(stored_position(after)),
+                changes: entries,
+                seal_index: sealing.unwrap_or(0),
+            };
+            let planted =
+                sealing.is_some() && starling_storage::planted::armed("fence-before-last-change");
+            if planted {
+                // Planted bug: seal the target where it is, without the last changes.
+                warn!(migration = %self.key, dropped = sent, "planted bug: sealing without the last changes");
+                request.changes.clear();
+            }
+            let answer = if let Some(reason) = failpoint(if sealing.is_some() {
+                "migration.source.seal"
+            } else {
+                "migration.source.stream-changes"
+            }) {
+                Err(tonic::Status::unavailable(reason))
+            } else {
+                self.peer()
+                    .call(|mut c| {
+                        let r = request.clone();
+                        async move { c.apply_changes(r).await }
+                    })
+                    .await
+            };
+            let status = match answer {
+                Ok(answer) => import_answer(answer),
+                Err(status) if retryable(&status) => ImportStatus::Unreachable {
+                    error: status.message().to_owned(),
+                },
+                Err(status) => ImportStatus::Failed {
+                    reason: status.message().to_owned(),
+                },
+            };
+            let status = match status {
+                ImportStatus::Imported(copy) if planted => ImportStatus::Imported(TargetCopy {
+                    // ...and take the source's digest for the target's.
+                    digest: record.source_digest.clone().unwrap_or(copy.digest),
+                    ..copy
+                }),
+                status => status,
+            };
+            let position = match &status {
+                ImportStatus::Imported(copy) => Some(copy.position),
+                _ => None,
+            };
+            self.obs.import = Some(Observed::at(status, now_unix_ms()));
+            let Some(position) = position else {
+                return Ok(());
+            };
+            self.ctx
+                .progress
+                .update(&self.key, |p| p.changes_sent += sent);
+            if seal.is_some() {
+                if more && position > after {
+                    after = position;
+                    continue;
+                }
+                return Ok(());
+            }
+            let cap = usize::try_from(limits(&self.ctx).fence_lag_entries)
+                .unwrap_or(usize::MAX)
+                .saturating_add(1);
+            let lag = feed::count_after(
+                self.ctx.handle.state().reader(),
+                &uuid,
+                &stored_position(position),
+                cap,
+            )?;
+            self.note_lag(position, lag);
+            return Ok(());
         }
-        Ok((request.description_digest, status))
+    }
+
+    fn note_lag(&mut self, after: FeedPosition, entries: u64) {
+        self.obs.lag = Some(FeedLag { after, entries });
+        self.ctx.progress.update(&self.key, |p| {
+            p.lag = entries;
+            p.activity = format!("CATCHUP lag {entries} change(s)");
+        });
     }
 
     /// Tells the target that no more log records come (idempotent: the same request id).
@@ -699,31 +888,6 @@ impl Driver {
                 return LogTransferStatus::InProgress { position };
             }
         }
-    }
-}
-
-fn stage_failure(status: tonic::Status) -> ImportStatus {
-    if retryable(&status) {
-        ImportStatus::Unreachable {
-            error: format!("staging the model on the target: {}", status.message()),
-        }
-    } else {
-        ImportStatus::Failed {
-            reason: format!("the target refused the staged model: {}", status.message()),
-        }
-    }
-}
-
-fn import_answer(answer: pb::ImportStatusResponse, repeat: bool) -> ImportStatus {
-    use pb::import_status_response::State;
-    match State::try_from(answer.state).unwrap_or(State::NotStarted) {
-        State::NotStarted => ImportStatus::NotStarted,
-        State::Imported | State::Active if repeat => ImportStatus::AlreadyImported {
-            digest: answer.digest,
-        },
-        State::Imported | State::Active => ImportStatus::Imported {
-            digest: answer.digest,
-        },
     }
 }
 

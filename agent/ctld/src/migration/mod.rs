@@ -19,5 +19,6 @@ pub mod peer;
 pub mod prechecks;
 pub mod service;
 pub mod stager;
+pub mod staging;
 
 pub use crate::plumbing::{failpoint, failpoint_value};

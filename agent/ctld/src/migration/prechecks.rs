@@ -216,14 +216,15 @@ pub fn target_checks(
     let reader = state.reader();
     let incoming =
         starling_storage::model::migration::MigrationId::parse(&request.migration_id).ok();
-    // An import of an older attempt is a leftover the new attempt replaces.
+    // An import of an older attempt is a leftover the new attempt replaces; an import of this
+    // very migration is its own copy (the prechecks run again in CATCHUP, before the fence).
     let import = stored::read_import(reader, &request.model_uuid).map_err(storage_error)?;
     let leftover = import.as_ref().is_some_and(|import| {
         match (
             starling_storage::model::migration::MigrationId::parse(&import.migration_id),
             &incoming,
         ) {
-            (Ok(held), Some(incoming)) => held.attempt < incoming.attempt,
+            (Ok(held), Some(incoming)) => held.attempt <= incoming.attempt,
             (Ok(_), None) => true,
             _ => false,
         }

@@ -6,7 +6,9 @@
 //! import of (`SourceStatus`).
 
 use futures::StreamExt;
-use starling_proto::command::{command, ActivateModel, DropImport, ImportLog, ImportModel};
+use starling_proto::command::{
+    command, ActivateModel, ApplyModelChanges, DropImport, ImportLog, ImportModel,
+};
 use starling_proto::limits::MESSAGE_BYTES_MAX;
 use starling_proto::migration as pb;
 use starling_proto::migration::migration_server::{Migration, MigrationServer};
@@ -95,6 +97,9 @@ impl MigrationService {
                     digest: import.digest,
                     description_bytes: import.description_bytes,
                     record_count: import.record_count,
+                    copy_digest: import.copy_digest,
+                    position: import.position,
+                    sealed_index: import.sealed_index,
                 });
             }
         }
@@ -192,14 +197,21 @@ impl Migration for MigrationService {
                 .ensure_held(&id.to_string(), &message.staged)
                 .await?;
         }
+        // The copy is part of the request id: a master that exported again after a refused
+        // import gets an answer about its own copy.
         self.propose(
             &caller,
-            format!("import-{id}"),
+            format!(
+                "import-{id}-{}-{}",
+                message.description_digest, message.copy_digest
+            ),
             command::Op::ImportModel(ImportModel {
                 migration_id: id.to_string(),
                 description_digest: message.description_digest,
                 source: message.source,
                 staged: message.staged,
+                feed_from_index: message.feed_from_index,
+                copy_digest: message.copy_digest,
             }),
         )
         .await?;
@@ -314,6 +326,39 @@ impl Migration for MigrationService {
         Ok(Response::new(pb::TransferLogResponse {
             position: ok.log_position,
         }))
+    }
+
+    #[instrument(skip_all, fields(node_id = self.ctx.identity.node_id, migration = %request.get_ref().migration_id))]
+    async fn apply_changes(
+        &self,
+        request: Request<pb::ApplyChangesRequest>,
+    ) -> Result<Response<pb::ImportStatusResponse>, Status> {
+        let caller = self.superuser(&request)?;
+        let message = request.into_inner();
+        failed(if message.seal_index > 0 {
+            "migration.target.seal"
+        } else {
+            "migration.target.apply-changes"
+        })?;
+        let id = parse_id(&message.migration_id)?;
+        let entries = message.changes.len();
+        // Applying is idempotent on the feed position, so every call may have its own id.
+        self.propose(
+            &caller,
+            format!("changes-{id}-{}", uuid::Uuid::new_v4()),
+            command::Op::ApplyModelChanges(ApplyModelChanges {
+                migration_id: id.to_string(),
+                after: message.after,
+                changes: message.changes,
+                seal_index: message.seal_index,
+            }),
+        )
+        .await?;
+        let status = self.import_status(&id)?;
+        if message.seal_index > 0 {
+            info!(entries, sealed_index = status.sealed_index, digest = %status.digest, "import sealed");
+        }
+        Ok(Response::new(status))
     }
 
     async fn source_status(

@@ -1,14 +1,17 @@
 //! Plumbing every service of a node uses, importing none of them: the clock, the one mapping of
 //! errors to gRPC statuses (`status`), proposing a command and waiting for it with request ids
-//! (`propose`), reading and streaming blobs (`blobs`), and the failpoints of the tests.
+//! (`propose`), holding writes through a migration's fence (`hold`), reading and streaming
+//! blobs (`blobs`), and the failpoints of the tests.
 
 pub mod blobs;
+pub mod hold;
 pub mod propose;
 pub mod status;
 
 pub use blobs::{blob_chunks, charm_chunks, read_blob, BlobChunk, ChunkStream};
+pub use hold::{propose_model_write, wait_for_activation};
 pub use propose::{propose, propose_and_wait, request_id_or_new};
-pub use status::{command_result_status, proposal, refusal, storage_error};
+pub use status::{command_result_status, proposal, redirect_status, refusal, storage_error};
 
 /// Milliseconds since the Unix epoch, for commands' `proposed_unix_ms`.
 pub fn now_unix_ms() -> i64 {

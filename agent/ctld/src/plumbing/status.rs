@@ -3,9 +3,14 @@
 //! refused proposals (not leader, with its hint), and the answers for a model that migrated away
 //! or is still being imported. Handlers return these; they build only their own input checks.
 
+use prost::Message;
 use starling_proto::command::{command_error, command_result, CommandResult};
+use starling_proto::controller::{ErrorDetail, ModelRedirect};
 use starling_raft::ProposeError;
+use starling_storage::migration as stored;
+use starling_storage::model::migration::MigrationId;
 use starling_storage::model::{ErrorKind, ModelError};
+use starling_storage::StateRead;
 use tonic::{Code, Status};
 
 /// A failed read of the replicated state, as a status.
@@ -52,15 +57,46 @@ pub fn command_result_status(result: &CommandResult) -> Result<(), Status> {
     }
 }
 
-/// The status a client gets for a model that migrated away.
-pub fn migrated(redirect: &starling_proto::migration::Redirect) -> Status {
-    Status::failed_precondition(format!(
-        "model \"{}\" has been migrated to controller \"{}\". To access it run 'ctl switch {}:{}'.",
-        redirect.model_name,
-        redirect.controller_name,
-        redirect.controller_name,
-        redirect.model_name
-    ))
+/// The status a client gets for a model that migrated away: the message `ctl` prints, and as
+/// its details an `ErrorDetail` naming the target. `retry_on_target` when the request was held
+/// in the fence (`held`), or when the migration is still finishing (SUCCESS, LOGTRANSFER,
+/// REAP): the client sends the request once to the target, under the same request id, and the
+/// user sees no error. After DONE the client gets the redirect error itself.
+pub fn redirect_status(
+    state: &(impl StateRead + ?Sized),
+    redirect: &starling_proto::migration::Redirect,
+    held: bool,
+) -> Status {
+    let finishing = || {
+        MigrationId::parse(&redirect.migration_id)
+            .ok()
+            .and_then(|id| stored::read_migration(state, &id).ok().flatten())
+            .is_some_and(|record| !stored::is_terminal(&record))
+    };
+    let detail = ErrorDetail {
+        redirect: Some(ModelRedirect {
+            model_uuid: redirect.model_uuid.clone(),
+            model_name: redirect.model_name.clone(),
+            model_owner: redirect.model_owner.clone(),
+            controller_name: redirect.controller_name.clone(),
+            controller_uuid: redirect.controller_uuid.clone(),
+            endpoints: redirect.endpoints.clone(),
+            ca_cert: redirect.ca_cert.clone(),
+            retry_on_target: held || finishing(),
+        }),
+    };
+    Status::with_details(
+        Code::FailedPrecondition,
+        format!(
+            "model \"{}\" has been migrated to controller \"{}\". To access it run 'ctl switch \
+             {}:{}'.",
+            redirect.model_name,
+            redirect.controller_name,
+            redirect.controller_name,
+            redirect.model_name
+        ),
+        detail.encode_to_vec().into(),
+    )
 }
 
 /// The status a client gets for a model this controller holds as an import: it becomes active

@@ -8,13 +8,15 @@ use starling_proto::migration as pb;
 use starling_proto::model::{Life, ModelDescription};
 
 use super::{Outcome, Refusal, Tx};
+use crate::feed;
 use crate::keys;
 use crate::migration::{self as stored, record_id};
+use crate::model::digest::ModelDigest;
 use crate::model::migration::DESCRIPTION_BYTES_MAX;
 use crate::model::migration::{
-    self as rules, AgentReport, ImportDecision, MigrationError, MigrationId, MigrationRecord,
-    ModelEffect, Phase, Progress, TargetActivate, TargetController, TargetDrop, TargetImport,
-    TargetImportState, TargetModelState,
+    self as rules, AgentReport, CopyDigests, ImportDecision, MigrationError, MigrationId,
+    MigrationRecord, ModelEffect, Phase, Progress, TargetActivate, TargetController, TargetDrop,
+    TargetImport, TargetImportState, TargetModelState,
 };
 use crate::model::{names, ModelError};
 use crate::records::{self, BLOB_RANGE_BYTES_MAX};
@@ -108,7 +110,7 @@ impl<R: StateRead + ?Sized> Tx<'_, '_, R> {
             }
         }
         let id = MigrationId::new(model.uuid.clone(), attempt + 1);
-        let logic = MigrationRecord::new(
+        let mut logic = MigrationRecord::new(
             id.clone(),
             TargetController {
                 controller_uuid: target.controller_uuid.clone(),
@@ -119,6 +121,13 @@ impl<R: StateRead + ?Sized> Tx<'_, '_, R> {
             self.caller,
             model.ownership_epoch,
             self.now_ms,
+        );
+        // From here on the model's changes are recorded, with their request ids, for the copy
+        // the target will import.
+        logic.feed_from_index = self.at.index;
+        self.put(
+            keys::feed_key(&model.uuid),
+            &feed::new_feed(&id.to_string(), self.at.index),
         );
         let base = pb::MigrationRecord {
             target: Some(target),
@@ -139,9 +148,18 @@ impl<R: StateRead + ?Sized> Tx<'_, '_, R> {
         let record = self.migration(&id)?;
         let to = Phase::parse(&change.to)
             .ok_or_else(|| ModelError::invalid(format!("unknown phase {:?}", change.to)))?;
-        let logic = stored::to_logic(&record)?;
+        let mut logic = stored::to_logic(&record)?;
         let from = logic.phase;
-        let next = if crate::planted::armed("abort-after-success")
+        if to == Phase::Success && !change.target_digest.is_empty() {
+            // The target's digest at the lock, recorded in the same write as SUCCESS (which
+            // needs it equal to the source's).
+            logic = rules::apply_progress(
+                &logic,
+                &Progress::TargetDigest(change.target_digest.clone()),
+            )
+            .map_err(migration_error)?;
+        }
+        let mut next = if crate::planted::armed("abort-after-success")
             && from == Phase::Success
             && to == Phase::Abort
         {
@@ -160,8 +178,39 @@ impl<R: StateRead + ?Sized> Tx<'_, '_, R> {
         match rules::model_effect(from, to) {
             ModelEffect::Nothing => {}
             ModelEffect::Lock => {
-                // The model must still be there and unlocked: `model()` refuses otherwise.
+                // The model must still be there and unlocked (`model()` refuses otherwise), every
+                // alive machine's agent validated, and the feed recording.
                 self.model(uuid)?;
+                let alive = records::read_records::<starling_proto::model::Machine>(
+                    &self.state,
+                    &keys::machine_prefix(uuid),
+                )?
+                .into_iter()
+                .filter(|m| m.life == Life::Alive as i32)
+                .map(|m| m.id)
+                .collect();
+                rules::lock_check(&logic, &alive).map_err(migration_error)?;
+                let feed = feed::read_feed(&self.state, uuid)?.ok_or_else(|| {
+                    ModelError::invalid(format!(
+                        "migration {id} cannot lock model {uuid}: its change feed is gone"
+                    ))
+                })?;
+                let base = logic
+                    .copy
+                    .as_ref()
+                    .and_then(|c| ModelDigest::from_hex(&c.base_digest))
+                    .ok_or_else(|| {
+                        StorageError::corrupt(
+                            "state",
+                            &keys::migration_key(uuid, id.attempt),
+                            "the base digest is not a digest",
+                        )
+                    })?;
+                // The digest at the lock index: the model at the feed's start plus every change
+                // since, with no read of the model itself.
+                let at_lock = base.plus(feed::feed_delta(&feed, uuid)?);
+                next.lock_index = Some(self.at.index);
+                next.source_digest = Some(at_lock.to_hex());
                 self.state
                     .put(keys::migration_lock_key(uuid), id.to_string().into_bytes());
             }
@@ -187,10 +236,17 @@ impl<R: StateRead + ?Sized> Tx<'_, '_, R> {
                 };
                 self.put(keys::redirect_key(uuid), &redirect);
             }
+            ModelEffect::StopFeed => {
+                // Its entries are trimmed in bounded steps afterwards (`TrimFeed`).
+                self.stop_feed(&id)?;
+            }
             ModelEffect::Unlock => {
                 if stored::read_lock(&self.state, uuid)?.as_deref() == Some(&id.to_string()) {
                     self.state.delete(keys::migration_lock_key(uuid));
                 }
+                self.stop_feed(&id)?;
+                let (deletes, _) = feed::trim(&self.state, uuid, None, feed::TRIM_ENTRIES_MAX)?;
+                self.state.extend(deletes);
             }
         }
         let mut updated = stored::store_logic(&record, &next);
@@ -202,6 +258,39 @@ impl<R: StateRead + ?Sized> Tx<'_, '_, R> {
         }
         self.store_migration(&updated);
         Ok(cmd::Ok::default())
+    }
+
+    /// Stops model `id.model_uuid`'s feed if it belongs to migration `id`.
+    fn stop_feed(&mut self, id: &MigrationId) -> Result<(), StorageError> {
+        let uuid = id.model_uuid.as_str();
+        if let Some(feed) = feed::read_feed(&self.state, uuid)? {
+            if feed.migration_id == id.to_string() {
+                self.state.delete(keys::feed_key(uuid));
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn trim_feed(&mut self, trim: &cmd::TrimFeed) -> Outcome {
+        let id = parse_id(&trim.migration_id)?;
+        let record = self.migration(&id)?;
+        let phase = Phase::parse(&record.phase).unwrap_or(Phase::Precheck);
+        if !(phase.is_aborting() || phase.is_committed()) {
+            return Err(MigrationError::WrongPhase {
+                migration_id: id.to_string(),
+                phase,
+                what: "trimming the whole feed",
+                expected: "ABORT or after SUCCESS",
+            }
+            .into());
+        }
+        let (deletes, more) =
+            feed::trim(&self.state, &id.model_uuid, None, feed::TRIM_ENTRIES_MAX)?;
+        self.state.extend(deletes);
+        Ok(cmd::Ok {
+            more,
+            ..Default::default()
+        })
     }
 
     pub(super) fn migration_progress(&mut self, progress: &cmd::MigrationProgress) -> Outcome {
@@ -229,7 +318,32 @@ impl<R: StateRead + ?Sized> Tx<'_, '_, R> {
             Fact::SourceDigest(digest) => Progress::SourceDigest(digest.clone()),
             Fact::TargetDigest(digest) => Progress::TargetDigest(digest.clone()),
             Fact::LogPosition(position) => Progress::LogPosition(*position),
+            Fact::Copy(copy) => {
+                for digest in [&copy.copy_digest, &copy.base_digest] {
+                    if ModelDigest::from_hex(digest).is_none() {
+                        return Err(ModelError::invalid(format!(
+                            "{digest:?} is not a model digest (64 hex digits)"
+                        ))
+                        .into());
+                    }
+                }
+                Progress::Copy(CopyDigests {
+                    copy_digest: copy.copy_digest.clone(),
+                    base_digest: copy.base_digest.clone(),
+                })
+            }
+            Fact::FeedAcked(position) => Progress::FeedAcked(stored::feed_position(Some(position))),
         };
+        if let Progress::FeedAcked(position) = &fact {
+            // What the target applied is no longer needed here.
+            let (deletes, _) = feed::trim(
+                &self.state,
+                &id.model_uuid,
+                Some(&stored::stored_position(*position)),
+                feed::TRIM_ENTRIES_MAX,
+            )?;
+            self.state.extend(deletes);
+        }
         let next =
             rules::apply_progress(&stored::to_logic(&record)?, &fact).map_err(migration_error)?;
         self.store_migration(&stored::store_logic(&record, &next));
@@ -286,6 +400,8 @@ impl<R: StateRead + ?Sized> Tx<'_, '_, R> {
                 migration_id,
                 state: TargetImportState::Imported {
                     digest: import.digest,
+                    position: stored::feed_position(import.position.as_ref()),
+                    sealed_index: import.sealed_index,
                 },
                 last_activity_unix_ms: import.imported_unix_ms,
             }));
@@ -394,19 +510,38 @@ impl<R: StateRead + ?Sized> Tx<'_, '_, R> {
             export::ImportError::Storage(storage) => Refusal::Storage(storage),
         })?;
         let record_count = writes.len() as u64;
+        // The digest the target confirms is of the records it writes, not of the bytes it was
+        // sent; it must be the copy's as the source read it.
+        let mut digest = ModelDigest::EMPTY;
+        for (key, value) in &writes {
+            if let (Some(owner), Some(value)) = (keys::fed_model(key), value) {
+                if owner == uuid {
+                    digest.add_pair(key, value);
+                }
+            }
+        }
+        if !import.copy_digest.is_empty() && digest.to_hex() != import.copy_digest {
+            return Err(ModelError::invalid(format!(
+                "the imported copy has model digest {digest}, not the {} the source read",
+                import.copy_digest
+            ))
+            .into());
+        }
         self.state.extend(writes);
-        // The digest the target confirms is of what it now holds, re-exported from its own
-        // state, not of the bytes it was sent.
-        let imported =
-            export::export_model(&self.state, &uuid)?.expect("the model was just imported");
         let record = pb::ImportRecord {
             migration_id: id.to_string(),
             source: import.source.clone(),
-            digest: export::description_digest(&imported),
+            digest: digest.to_hex(),
             imported_unix_ms: self.now_ms,
             description_bytes,
             record_count,
             source_epoch: model.ownership_epoch,
+            copy_digest: digest.to_hex(),
+            position: Some(stored::stored_position(rules::FeedPosition::new(
+                import.feed_from_index,
+                0,
+            ))),
+            sealed_index: 0,
         };
         self.put(keys::import_key(&uuid), &record);
         if import.staged.is_empty() {
@@ -489,11 +624,82 @@ impl<R: StateRead + ?Sized> Tx<'_, '_, R> {
         Ok(staged.read(&id.to_string(), &file.digest, file.size)?)
     }
 
+    /// Applies a batch of the source's feed entries to this migration's import: every key change
+    /// of the entries it does not hold yet (the model digest follows each from the value here),
+    /// their request ids as this controller's idempotency records, and the new position; seals
+    /// the import at the source's lock index when asked.
+    pub(super) fn apply_model_changes(&mut self, changes: &cmd::ApplyModelChanges) -> Outcome {
+        let id = parse_id(&changes.migration_id)?;
+        let uuid = id.model_uuid.clone();
+        let positions: Vec<rules::FeedPosition> = changes
+            .changes
+            .iter()
+            .map(|c| stored::feed_position(c.at.as_ref()))
+            .collect();
+        let after = stored::feed_position(changes.after.as_ref());
+        let plan = rules::target_changes_decision(
+            &self.target_state(&uuid)?,
+            &id,
+            after,
+            &positions,
+            changes.seal_index,
+        )
+        .map_err(migration_error)?;
+        let mut import = stored::read_import(&self.state, &uuid)?.expect("the decision found it");
+        let mut digest = ModelDigest::from_hex(&import.digest).ok_or_else(|| {
+            StorageError::corrupt(
+                "state",
+                &keys::import_key(&uuid),
+                "the digest is not a digest",
+            )
+        })?;
+        for entry in &changes.changes[plan.skip..] {
+            for change in &entry.changes {
+                if keys::fed_model(&change.key) != Some(uuid.as_str()) {
+                    return Err(MigrationError::BadFeedBatch {
+                        migration_id: id.to_string(),
+                        reason: format!(
+                            "it changes {}, which is not a key of model {uuid}",
+                            String::from_utf8_lossy(&change.key)
+                        ),
+                    }
+                    .into());
+                }
+                let old = self.state.get(&change.key)?;
+                let new = (!change.deleted).then_some(change.value.as_slice());
+                digest.change(&change.key, old.as_deref(), new);
+                match new {
+                    Some(value) => self.state.put(change.key.clone(), value.to_vec()),
+                    None => self.state.delete(change.key.clone()),
+                }
+            }
+            if let Some((request_id, result)) = feed::entry_request(entry) {
+                self.requests.push((request_id.to_owned(), result.to_vec()));
+            }
+        }
+        if let Some(last) = positions.last().filter(|_| plan.skip < positions.len()) {
+            import.position = Some(stored::stored_position(*last));
+        }
+        if let Some(seal) = plan.seal {
+            import.sealed_index = seal;
+        }
+        import.digest = digest.to_hex();
+        self.put(keys::import_key(&uuid), &import);
+        Ok(cmd::Ok::default())
+    }
+
     pub(super) fn activate_model(&mut self, activate: &cmd::ActivateModel) -> Outcome {
         let id = parse_id(&activate.migration_id)?;
         let uuid = id.model_uuid.clone();
-        let decision = rules::target_activate_decision(&self.target_state(&uuid)?, &id)
-            .map_err(migration_error)?;
+        let decision = match rules::target_activate_decision(&self.target_state(&uuid)?, &id) {
+            // Planted bug: activate an import the source never sealed.
+            Err(MigrationError::ImportNotSealed { .. })
+                if crate::planted::armed("activate-before-decision") =>
+            {
+                TargetActivate::Activate
+            }
+            decision => decision.map_err(migration_error)?,
+        };
         let Some(mut model) = records::read_model(&self.state, &uuid)? else {
             // Already activated by this migration, and the model has left since (destroyed or
             // migrated on): the repeat is acknowledged all the same, so a source that never
