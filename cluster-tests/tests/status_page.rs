@@ -232,7 +232,7 @@ fn the_status_page_follows_a_migration_and_shows_only_readable_models() -> Resul
                 !phase.starts_with("ABORT"),
                 "the migration aborted: {cells:?}"
             );
-            if shot.is_none() && phase == "IMPORT" {
+            if shot.is_none() && phase == "CATCHUP" {
                 shot = Some(browser.screenshot()?);
             }
             Ok((phase == "DONE").then_some(()))
@@ -252,7 +252,7 @@ fn the_status_page_follows_a_migration_and_shows_only_readable_models() -> Resul
                 .collect();
             Ok((!names.contains(&moving) && names.len() >= 2).then_some(()))
         })?;
-        // The page mid-migration (or now, if IMPORT went by between two refreshes).
+        // The page mid-migration (or now, if CATCHUP went by between two refreshes).
         let screenshot = match shot {
             Some(png) => png,
             None => browser.screenshot()?,

@@ -121,7 +121,7 @@ pub struct MigrationView {
     pub model: String,
     /// The target controller's name.
     pub target: String,
-    /// Its phase ("IMPORT", "DONE", ...).
+    /// Its phase ("CATCHUP", "DONE", ...).
     pub phase: String,
     /// Whether it has not ended.
     pub in_flight: bool,
