@@ -214,12 +214,17 @@ impl World {
     }
 
     /// A model `app` on `controller` with one machine running a counter unit, once everything
-    /// runs; the running workloads.
+    /// runs and the agent's last start-up report (the unit agent back to `idle` after the
+    /// workload went `active`) is applied, so the agent changes the model no more until
+    /// something happens to it (a digest taken now is the model at rest); the running workloads.
     fn counter_model(&mut self, controller: &str) -> Result<BTreeMap<String, WorkloadId>> {
         self.add_model(controller, "app", 1)?;
         let model_arg = format!("{controller}:app");
         self.deploy(&model_arg, "counter", &["--to", "0"])?;
         self.wait_active(&model_arg, 1)?;
+        wait_for(&format!("the unit agents of {model_arg} idle"), || {
+            units_idle(&self.ctl, &model_arg)
+        })?;
         workloads(&self.fleet, 1)
     }
 
@@ -1136,7 +1141,10 @@ fn import_not_yet_active(world: &mut World) -> Result<()> {
 
 /// An abort whose DropImport the target never acknowledges: the source unlocks the model after
 /// `migration-abort-drop-timeout` and the target keeps the leftover import while the source is
-/// silent, then drops it once the source answers that the migration aborted.
+/// silent, then drops it once the source answers that the migration aborted. The source's model
+/// is the same (description digest) after the abort, and again after the source's restart and
+/// the target's drop (with the machine agent stopped, since its reconnection report would
+/// legitimately change the model).
 #[test]
 fn a_leftover_import_is_dropped_once_the_source_confirms_the_abort() -> Result<()> {
     let mut alpha = ClusterOptions::new("alpha", 1);
@@ -1147,6 +1155,23 @@ fn a_leftover_import_is_dropped_once_the_source_confirms_the_abort() -> Result<(
     let mut beta = ClusterOptions::new("beta", 1);
     beta.env = vec![("FAILPOINTS".into(), "migration.target.drop=return".into())];
     World::run(vec![alpha, beta], leftover_import)
+}
+
+/// Fails unless every unit agent of `model_arg` reports `idle` (no hook running or queued to
+/// report).
+fn units_idle(ctl: &Ctl, model_arg: &str) -> Result<()> {
+    let out = ctl.ok(&["status", "-m", model_arg, "--format", "json"])?;
+    let status: serde_json::Value = serde_json::from_str(&out)?;
+    for app in status["applications"].as_object().into_iter().flatten() {
+        for (unit, u) in app.1["units"].as_object().into_iter().flatten() {
+            ensure!(
+                u["agent-status"]["current"] == "idle",
+                "{unit}'s agent is {}",
+                u["agent-status"]["current"]
+            );
+        }
+    }
+    Ok(())
 }
 
 /// How many times `controller`'s node 1 asked a source about an idle import and got no answer.
@@ -1195,6 +1220,12 @@ fn leftover_import(world: &mut World) -> Result<()> {
         world.import_state("beta", &info.migration_id)? == import_status_response::State::Imported,
         "beta should still hold the aborted import"
     );
+    // The model is alpha's again and its agent reports as usual: reconnecting to alpha after
+    // the restart below, the agent reports `started` (a new report number and `since`), which
+    // changes the description. The agent is stopped so that only the controllers can change
+    // the model from here on, and the last comparison checks what the restart, the target's
+    // question and its drop do to the source: nothing.
+    world.fleet.kill(0)?;
 
     info!("--- alpha is down: beta asks, hears nothing, and keeps the import");
     world.cluster_mut("alpha").kill(1)?;
