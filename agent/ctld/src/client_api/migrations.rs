@@ -140,7 +140,8 @@ pub async fn migrate(
             "the target controller needs endpoints and a CA certificate",
         ));
     }
-    let mut failures = prechecks::source_checks(ctx, &model, None)?;
+    let mut failures =
+        prechecks::source_checks(ctx, &model, None, prechecks::AgentPresence::Required)?;
     if target.controller_uuid == ctx.identity.controller_uuid
         || target.name == ctx.identity.controller_name
     {

@@ -574,8 +574,13 @@ impl Driver {
                 self.id.model_uuid
             )]);
         };
-        let mut failures = prechecks::source_checks(&self.ctx, &model, Some(&self.key))
-            .map_err(|e| anyhow::anyhow!("{}", e.message()))?;
+        let mut failures = prechecks::source_checks(
+            &self.ctx,
+            &model,
+            Some(&self.key),
+            prechecks::AgentPresence::LeftToValidation,
+        )
+        .map_err(|e| anyhow::anyhow!("{}", e.message()))?;
         let request = prechecks::precheck_request(&self.ctx, &model, &self.key);
         failures.extend(prechecks::ask_target(self.peer(), &record.target.name, request).await);
         if let Some(reason) = failpoint("migration.source.prechecks") {

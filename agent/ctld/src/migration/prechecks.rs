@@ -1,6 +1,7 @@
 //! The migration prechecks (`docs/migration.md`), each failure one sentence an operator can act on. They run on
-//! `ctl migrate` (all of them, reported together), on `--dry-run`, and again by the master
-//! after every agent has quiesced. The source checks its side and asks the target for its own
+//! `ctl migrate` (all of them, reported together), on `--dry-run`, and again by the master in
+//! PRECHECK and in CATCHUP before the fence (there without the agent-presence check, see
+//! `AgentPresence`). The source checks its side and asks the target for its own
 //! (`Migration.Precheck`), which covers version, cloud and region, name and uuid, and users.
 
 use std::time::Duration;
@@ -34,12 +35,25 @@ pub fn version_at_least(target: &str, source: &str) -> bool {
     t >= s
 }
 
+/// Whether the source's checks include "every machine's agent is connected".
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AgentPresence {
+    /// `ctl migrate` and its dry run: an operator learns at once that an agent is missing.
+    Required,
+    /// The master's checks: agent presence is read from replicated heartbeat records that show
+    /// a connected agent `down` for a moment after a controller restart or a leader change, so
+    /// the master does not abort on it. What proves an agent is there is its validation against
+    /// the target, which CATCHUP waits for (bounded by its deadline) before the fence.
+    LeftToValidation,
+}
+
 /// The source's own checks of `model`. `migrating` is the id of the migration running the
-/// check (after QUIESCE the model is locked by it, which is expected).
+/// check (the model is already marked as migrating by it, which is expected).
 pub fn source_checks(
     ctx: &NodeContext,
     model: &Model,
     migrating: Option<&str>,
+    presence: AgentPresence,
 ) -> Result<Vec<String>, Status> {
     let mut failures = Vec::new();
     let state = ctx.handle.state();
@@ -85,7 +99,10 @@ pub fn source_checks(
             model.name
         ));
     }
-    // Every machine's agent must be present: a missing one could not quiesce or follow.
+    if presence == AgentPresence::LeftToValidation {
+        return Ok(failures);
+    }
+    // Every machine's agent must be present: a missing one could not validate or follow.
     let description = state
         .model_description(&model.uuid)
         .map_err(storage_error)?
