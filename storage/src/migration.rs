@@ -253,11 +253,28 @@ pub fn read_redirect(
     read_record(state, &keys::redirect_key(uuid))
 }
 
-/// Every redirect (to find a migrated model by name).
+/// Every redirect.
 pub fn read_redirects(
     state: &(impl StateRead + ?Sized),
 ) -> Result<Vec<pb::Redirect>, StorageError> {
     read_records(state, keys::REDIRECT_PREFIX)
+}
+
+/// The redirect a model name means on this controller: of the redirects named `name` and
+/// owned by `owner` (or by anyone when `any_owner`, the caller's own first), the newest. A
+/// name has several when a model moved away, was destroyed where it went, was created here
+/// again under its name and moved away too: the older redirects point at a controller where
+/// the name means nothing now.
+pub fn redirect_by_name(
+    state: &(impl StateRead + ?Sized),
+    owner: &str,
+    name: &str,
+    any_owner: bool,
+) -> Result<Option<pb::Redirect>, StorageError> {
+    Ok(read_redirects(state)?
+        .into_iter()
+        .filter(|r| r.model_name == name && (any_owner || r.model_owner == owner))
+        .max_by_key(|r| (r.model_owner == owner, r.redirected_unix_ms)))
 }
 
 /// The import record of model `uuid`, if its records are an import.
@@ -273,4 +290,52 @@ pub fn read_imports(
     state: &(impl StateRead + ?Sized),
 ) -> Result<Vec<pb::ImportRecord>, StorageError> {
     read_records(state, keys::IMPORT_PREFIX)
+}
+
+#[cfg(test)]
+mod tests {
+    use prost::Message as _;
+
+    use super::*;
+    use crate::{MemStore, StateBackend, WriteSet};
+
+    fn redirect(uuid: &str, owner: &str, to: &str, at_ms: i64) -> (Vec<u8>, Option<Vec<u8>>) {
+        let record = pb::Redirect {
+            model_uuid: uuid.into(),
+            model_name: "web".into(),
+            model_owner: owner.into(),
+            controller_name: to.into(),
+            redirected_unix_ms: at_ms,
+            ..Default::default()
+        };
+        (keys::redirect_key(uuid), Some(record.encode_to_vec()))
+    }
+
+    /// "web" moved to gamma, was destroyed there, was created here again and moved to alpha:
+    /// the name means the newer model, whatever the order of the uuids.
+    #[test]
+    fn a_name_with_several_redirects_means_the_newest() {
+        let store = MemStore::new();
+        let writes: WriteSet = [
+            redirect("0000-old", "admin", "gamma", 1_000),
+            redirect("ffff-new", "admin", "alpha", 2_000),
+            redirect("8888-bob", "bob", "delta", 3_000),
+        ]
+        .into();
+        store.state_commit(writes).expect("commit");
+        let found = |owner: &str, any_owner: bool| {
+            redirect_by_name(&store, owner, "web", any_owner)
+                .expect("read")
+                .map(|r| r.controller_name)
+        };
+        assert_eq!(found("admin", false).as_deref(), Some("alpha"));
+        // A bare name: the caller's own model first, then anyone's newest.
+        assert_eq!(found("admin", true).as_deref(), Some("alpha"));
+        assert_eq!(found("carol", true).as_deref(), Some("delta"));
+        assert_eq!(found("carol", false), None);
+        assert_eq!(
+            redirect_by_name(&store, "admin", "db", true).expect("read"),
+            None
+        );
+    }
 }

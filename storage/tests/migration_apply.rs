@@ -689,6 +689,10 @@ fn success_makes_a_redirect_that_survives_reap_and_the_log_follows() {
         .unwrap()
         .expect("redirect");
     assert_eq!(redirect.controller_name, "beta");
+    assert!(
+        redirect.redirected_unix_ms > 0,
+        "a redirect records when it was made"
+    );
     let refusal = source.refused(add_machine(), Code::FailedPrecondition);
     assert_eq!(
         refusal,

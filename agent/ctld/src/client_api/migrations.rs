@@ -111,13 +111,11 @@ pub fn find_model(
     if let Some(model) = state.model_by_name(&owner, &name).map_err(storage_error)? {
         return Ok((model.uuid, model.name));
     }
-    let redirects = stored::read_redirects(state.reader()).map_err(storage_error)?;
-    let mut matching = redirects.iter().filter(|r| {
-        r.model_name == name && (r.model_owner == owner || !model_ref.name.contains('/'))
-    });
-    match (matching.next(), matching.next()) {
-        (Some(r), None) => Ok((r.model_uuid.clone(), r.model_name.clone())),
-        _ => Err(Status::not_found(format!(
+    match stored::redirect_by_name(state.reader(), &owner, &name, !model_ref.name.contains('/'))
+        .map_err(storage_error)?
+    {
+        Some(r) => Ok((r.model_uuid, r.model_name)),
+        None => Err(Status::not_found(format!(
             "model {:?} not found",
             model_ref.name
         ))),

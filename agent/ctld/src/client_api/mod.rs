@@ -149,10 +149,9 @@ impl ClientApi {
             return self.visible(caller, model);
         }
         // A model reaped after migrating away is known only by its redirect.
-        if let Some(redirect) = stored::read_redirects(state.reader())
-            .map_err(storage_error)?
-            .into_iter()
-            .find(|r| r.model_name == short && (r.model_owner == owner || !name.contains('/')))
+        if let Some(redirect) =
+            stored::redirect_by_name(state.reader(), &owner, short, !name.contains('/'))
+                .map_err(storage_error)?
         {
             return Err(redirect_status(state.reader(), &redirect, false));
         }

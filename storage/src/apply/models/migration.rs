@@ -233,6 +233,7 @@ impl<R: StateRead + ?Sized> Tx<'_, '_, R> {
                     controller_name: target.name,
                     endpoints: target.endpoints,
                     ca_cert: target.ca_cert,
+                    redirected_unix_ms: self.now_ms,
                 };
                 self.put(keys::redirect_key(uuid), &redirect);
             }
