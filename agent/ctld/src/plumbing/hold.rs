@@ -20,21 +20,12 @@ use super::now_unix_ms;
 use super::propose::request_id_or_new;
 use super::status::{command_result_status, proposal, redirect_status, storage_error};
 
-/// The hold when the controller config cannot be read.
-const FENCE_HOLD_DEFAULT: Duration = Duration::from_secs(2);
-
-/// How long a write may wait in a fence (controller config `migration-fence-hold`).
+/// How long a write may wait in a fence (controller config `migration-fence-hold`; its
+/// default when no operator set it or the config cannot be read now).
 pub fn fence_hold(handle: &RaftHandle) -> Duration {
-    handle
-        .state()
-        .try_controller_config()
-        .ok()
-        .and_then(|config| {
-            starling_storage::model::controller_config::parse_duration(
-                config.get("migration-fence-hold")?,
-            )
-        })
-        .unwrap_or(FENCE_HOLD_DEFAULT)
+    let config = handle.state().try_controller_config().unwrap_or_default();
+    starling_storage::model::controller_config::duration(&config, "migration-fence-hold")
+        .expect("migration-fence-hold has a valid default")
 }
 
 /// The migration whose lock refused `result`, if that is what refused it.
