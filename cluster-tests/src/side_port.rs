@@ -27,12 +27,22 @@ pub struct Response {
 
 /// `GET path` on `addr` (`host:port`), verifying the server against `ca_pem`.
 pub async fn get(addr: &str, ca_pem: &str, path: &str) -> Result<Response> {
-    tokio::time::timeout(GET_TIMEOUT, get_unbounded(addr, ca_pem, path))
+    get_as(addr, ca_pem, path, None).await
+}
+
+/// `GET path` as [`get`], with `Authorization: Bearer <token>` when a token is given.
+pub async fn get_as(addr: &str, ca_pem: &str, path: &str, token: Option<&str>) -> Result<Response> {
+    tokio::time::timeout(GET_TIMEOUT, get_unbounded(addr, ca_pem, path, token))
         .await
         .with_context(|| format!("GET https://{addr}{path} took more than {GET_TIMEOUT:?}"))?
 }
 
-async fn get_unbounded(addr: &str, ca_pem: &str, path: &str) -> Result<Response> {
+async fn get_unbounded(
+    addr: &str,
+    ca_pem: &str,
+    path: &str,
+    token: Option<&str>,
+) -> Result<Response> {
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
         roots.add(cert.context("CA certificate PEM")?)?;
@@ -52,7 +62,10 @@ async fn get_unbounded(addr: &str, ca_pem: &str, path: &str) -> Result<Response>
         .connect(name, tcp)
         .await
         .with_context(|| format!("TLS handshake with {addr}"))?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    let authorization =
+        token.map_or_else(String::new, |t| format!("Authorization: Bearer {t}\r\n"));
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n{authorization}Connection: close\r\n\r\n");
     tls.write_all(request.as_bytes()).await?;
     let mut raw = Vec::new();
     let read = (&mut tls)

@@ -67,6 +67,50 @@ async fn health_readiness_and_metrics_follow_the_group() -> Result<()> {
         })
         .await?;
 
+    info!("--- a follower's status page lists every member as the member sees itself");
+    let follower = cluster
+        .node_ids()
+        .into_iter()
+        .find(|id| *id != leader)
+        .context("a follower")?;
+    eventually(
+        "the follower's overview agree with the group",
+        NOTICE_WAIT,
+        || async {
+            let response = side_port::get_as(
+                cluster.http_addr(follower),
+                &cluster.registration().ca_cert,
+                "/status.json",
+                Some(&token),
+            )
+            .await?;
+            ensure!(
+                response.status == 200,
+                "/status.json answered {}",
+                response.status
+            );
+            let overview: serde_json::Value = serde_json::from_str(&response.body)?;
+            let members = overview["members"].as_array().context("members")?;
+            ensure!(members.len() == 3, "members: {members:?}");
+            for member in members {
+                let id = member["id"].as_u64().context("id")?;
+                let state = member["state"]
+                    .as_str()
+                    .context("a member without its state")?;
+                let expected = if id == leader { "leader" } else { "follower" };
+                ensure!(state == expected, "member {id} says {state}: {member}");
+                ensure!(
+                    member["term"] == overview["node"]["term"],
+                    "member {id} in another term: {member} vs {}",
+                    overview["node"]
+                );
+                ensure!(member["applied_index"].as_u64() >= Some(1), "{member}");
+            }
+            Ok(())
+        },
+    )
+    .await?;
+
     info!("--- every node is healthy and ready; the leader's metrics say so");
     for id in cluster.node_ids() {
         let health = get(&cluster, id, "/healthz").await?;

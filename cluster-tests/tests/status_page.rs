@@ -98,6 +98,21 @@ fn listed_models(browser: &Browser, at_least: usize) -> Result<BTreeSet<String>>
     })
 }
 
+/// Whether the activity text shown with `phase` belongs to that phase: the master's words name
+/// the phase they were said in (PRECOPY, CATCHUP; FENCE while it locks in CATCHUP and once
+/// QUIESCE holds); the generic texts fit any phase.
+fn activity_fits(phase: &str, activity: &str) -> bool {
+    if activity.starts_with("PRECOPY") {
+        phase == "PRECOPY"
+    } else if activity.starts_with("CATCHUP") {
+        phase == "CATCHUP"
+    } else if activity.starts_with("FENCE") {
+        phase == "CATCHUP" || phase == "QUIESCE"
+    } else {
+        true
+    }
+}
+
 /// utime + stime of process `pid` in clock ticks (USER_HZ, 100 per second on Linux).
 fn cpu_ticks(pid: u32) -> Result<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
@@ -206,8 +221,11 @@ fn the_status_page_follows_a_migration_and_shows_only_readable_models() -> Resul
             "summary: {summary}"
         );
         let members = rows(&browser, "members")?;
+        // Node, address, role, leader, reachable, then the member's own state, term, applied.
         ensure!(
-            members.len() == 1 && members[0].1.get(3).map(String::as_str) == Some("leader"),
+            members.len() == 1
+                && members[0].1.get(3).map(String::as_str) == Some("leader")
+                && members[0].1.get(5).map(String::as_str) == Some("leader"),
             "members: {members:?}"
         );
 
@@ -216,6 +234,7 @@ fn the_status_page_follows_a_migration_and_shows_only_readable_models() -> Resul
         ctl.ok(&["migrate", "source:moving", "target"])?;
         let mut phases: Vec<String> = Vec::new();
         let mut shot = None;
+        let mut lag_seen = false;
         until("the migration DONE", || {
             let row = rows(&browser, "migrations")?
                 .into_iter()
@@ -232,6 +251,24 @@ fn the_status_page_follows_a_migration_and_shows_only_readable_models() -> Resul
                 !phase.starts_with("ABORT"),
                 "the migration aborted: {cells:?}"
             );
+            // Model, target, phase, activity, bytes, lag, ...: the activity is the current
+            // phase's, never the words of a phase the record has left.
+            let activity = cells.get(3).cloned().unwrap_or_default();
+            ensure!(
+                activity_fits(&phase, &activity),
+                "the page shows activity {activity:?} in phase {phase}: {cells:?}"
+            );
+            let lag = cells.get(5).cloned().unwrap_or_default();
+            if phase == "CATCHUP" || phase == "QUIESCE" {
+                if let Some(count) = lag.split(' ').next().filter(|c| !c.is_empty()) {
+                    count
+                        .parse::<u64>()
+                        .with_context(|| format!("lag cell {lag:?}"))?;
+                    lag_seen = true;
+                }
+            } else {
+                ensure!(lag.is_empty(), "a lag in phase {phase}: {cells:?}");
+            }
             if shot.is_none() && phase == "CATCHUP" {
                 shot = Some(browser.screenshot()?);
             }
@@ -244,6 +281,11 @@ fn the_status_page_follows_a_migration_and_shows_only_readable_models() -> Resul
         ensure!(
             phases.len() >= 2,
             "the page never showed the migration in flight: {phases:?}"
+        );
+        // Each step of the master waits 2 s, so CATCHUP is on show for several refreshes.
+        ensure!(
+            lag_seen,
+            "the page never showed the catch-up lag: {phases:?}"
         );
         until("the migrated model leave the model list", || {
             let names: BTreeSet<String> = rows(&browser, "models")?

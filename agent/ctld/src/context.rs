@@ -15,6 +15,10 @@ use crate::staging::NodeStaging;
 pub struct LiveProgress {
     /// What is happening now ("importing model (1.2 MB of 3.4 MB)").
     pub activity: String,
+    /// The persisted phase the master was in when it set `activity` ("CATCHUP", ...): readers
+    /// show `activity` only while the record is still in that phase, since the master sets it
+    /// when an action starts and the phase can move on before the next action does.
+    pub activity_phase: String,
     /// Bytes of the description staged on the target so far.
     pub bytes_sent: u64,
     /// The description's size.
@@ -28,8 +32,9 @@ pub struct LiveProgress {
     pub import_bytes: u64,
     /// Machines whose agents must report.
     pub agents_total: u64,
-    /// CATCHUP: feed entries the target has not applied yet, as last counted.
-    pub lag: u64,
+    /// CATCHUP: feed entries the target has not applied yet, as last counted (`None` before
+    /// the first count).
+    pub lag: Option<u64>,
     /// Feed entries sent to the target so far.
     pub changes_sent: u64,
 }
@@ -38,6 +43,21 @@ pub struct LiveProgress {
 #[derive(Clone, Debug, Default)]
 pub struct ProgressBoard {
     inner: Arc<Mutex<BTreeMap<String, LiveProgress>>>,
+}
+
+impl LiveProgress {
+    /// Sets what is happening now, in persisted phase `phase`.
+    pub fn set_activity(&mut self, phase: &str, text: String) {
+        self.activity = text;
+        phase.clone_into(&mut self.activity_phase);
+    }
+
+    /// What is happening now for a reader that sees the record in phase `record_phase`: the
+    /// master's own words when they were said in that phase, `None` when they are older.
+    pub fn activity_in(&self, record_phase: &str) -> Option<&str> {
+        (!self.activity.is_empty() && self.activity_phase == record_phase)
+            .then_some(self.activity.as_str())
+    }
 }
 
 impl ProgressBoard {
@@ -97,8 +117,8 @@ impl NodeContext {
         config.get(key)?.parse().ok()
     }
 
-    /// Controller-config duration `key` in milliseconds, when an operator set it (`None` for
-    /// the default, or when the config cannot be read now).
+    /// Controller-config duration `key` in milliseconds (its default when no operator set it;
+    /// `None` when the config cannot be read now).
     pub fn config_ms(&self, key: &str) -> Option<u64> {
         let config = self.handle.state().try_controller_config().ok()?;
         let duration =

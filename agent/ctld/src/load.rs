@@ -168,6 +168,33 @@ pub struct GroupLoad {
     pub models: HashMap<String, (f64, u64)>,
     /// What each node that answered reported (this one always does).
     pub nodes: BTreeMap<u64, NodeLoad>,
+    /// How each node that answered saw itself when it answered: its Raft state, term, the
+    /// leader it knew and the last index it applied (this one's is current).
+    pub views: BTreeMap<u64, MemberState>,
+}
+
+/// A node's own view of itself, as it answered a load request.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MemberState {
+    /// "leader", "follower", "candidate", "learner" or "shutdown".
+    pub state: String,
+    /// Its current term.
+    pub term: u64,
+    /// The leader it knew of.
+    pub leader_id: Option<u64>,
+    /// The last log index it applied.
+    pub applied_index: u64,
+}
+
+impl From<&starling_proto::raft::NodeStatusResponse> for MemberState {
+    fn from(status: &starling_proto::raft::NodeStatusResponse) -> Self {
+        MemberState {
+            state: status.state.clone(),
+            term: status.term,
+            leader_id: status.leader_id,
+            applied_index: status.applied_index,
+        }
+    }
 }
 
 impl GroupLoad {
@@ -378,8 +405,9 @@ impl LoadBoard {
                     .await;
                 let mut peers = GroupLoad::default();
                 for (id, answer) in answers {
-                    if let Ok(load) = answer.map(|status| status.load.unwrap_or_default()) {
-                        peers.add(id, load);
+                    if let Ok(status) = answer {
+                        peers.views.insert(id, MemberState::from(&status));
+                        peers.add(id, status.load.unwrap_or_default());
                     }
                 }
                 self.lock().peers = Some((now, peers.clone()));
@@ -388,6 +416,9 @@ impl LoadBoard {
         };
         let mut group = peers;
         group.add(handle.node_id(), self.node_load());
+        group
+            .views
+            .insert(handle.node_id(), MemberState::from(&handle.node_status()));
         group
     }
 

@@ -15,7 +15,7 @@ use tracing::info;
 
 use super::ClientApi;
 use crate::auth::{self, Caller};
-use crate::context::{NodeContext, ProgressBoard};
+use crate::context::{LiveProgress, NodeContext, ProgressBoard};
 use crate::migration::prechecks;
 use crate::plumbing::{propose_and_wait, storage_error};
 
@@ -57,12 +57,7 @@ pub fn summary(
         String::new()
     } else {
         let live = progress.get(&id).unwrap_or_default();
-        let activity = if live.activity.is_empty() {
-            phase_activity(phase, &target)
-        } else {
-            live.activity
-        };
-        format!("migrating: {activity}")
+        format!("migrating: {}", activity(&live, &record.phase, &target))
     };
     Ok((
         migration,
@@ -70,6 +65,15 @@ pub fn summary(
         record.ended_unix_ms.unwrap_or(0),
         notes,
     ))
+}
+
+/// What a migration in phase `phase` (as persisted) is doing: the master's live words when this
+/// node drives it and said them in that phase, else what the phase means.
+fn activity(live: &LiveProgress, phase: &str, target: &str) -> String {
+    live.activity_in(phase).map_or_else(
+        || phase_activity(Phase::parse(phase), target),
+        str::to_owned,
+    )
 }
 
 /// What a phase means, when no live progress is known on the answering node.
@@ -290,10 +294,8 @@ pub fn status(ctx: &NodeContext, uuid: &str, name: &str) -> Result<pb::Migration
         .unwrap_or_default();
     let activity = if phase.is_some_and(Phase::is_terminal) {
         String::new()
-    } else if !live.activity.is_empty() {
-        live.activity.clone()
     } else {
-        phase_activity(phase, &target)
+        activity(&live, &record.phase, &target)
     };
     let machines = ctx
         .handle
@@ -327,7 +329,7 @@ pub fn status(ctx: &NodeContext, uuid: &str, name: &str) -> Result<pb::Migration
         agents_acked: record.agents_acked.len() as u64,
         agents_validated: record.agents_validated.len() as u64,
         initiated_by: record.initiated_by.clone(),
-        catchup_lag: live.lag,
+        catchup_lag: live.lag.unwrap_or(0),
         changes_sent: live.changes_sent,
     })
 }
@@ -386,5 +388,50 @@ impl ClientApi {
             None => {}
         }
         Ok(Response::new(status(&self.ctx, &uuid, &name)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn live(phase: &str, text: &str) -> LiveProgress {
+        let mut live = LiveProgress::default();
+        live.set_activity(phase, text.into());
+        live
+    }
+
+    #[test]
+    fn the_masters_words_are_shown_in_the_phase_they_were_said_in() {
+        let progress = live("PRECOPY", "PRECOPY 1.0 MB of 64.0 MB");
+        assert_eq!(
+            activity(&progress, "PRECOPY", "beta"),
+            "PRECOPY 1.0 MB of 64.0 MB"
+        );
+    }
+
+    #[test]
+    fn words_said_in_an_earlier_phase_give_way_to_the_current_phase() {
+        // The record reached CATCHUP; the master has not started its first CATCHUP action yet.
+        let progress = live("PRECOPY", "PRECOPY 64.0 MB of 64.0 MB");
+        assert_eq!(
+            activity(&progress, "CATCHUP", "beta"),
+            "CATCHUP: streaming the model's changes to controller \"beta\""
+        );
+        let progress = live("CATCHUP", "CATCHUP lag 0 change(s)");
+        assert_eq!(
+            activity(&progress, "QUIESCE", "beta"),
+            "FENCE: model locked, writes held"
+        );
+    }
+
+    #[test]
+    fn a_node_that_does_not_drive_the_migration_says_what_the_phase_means() {
+        let nothing = LiveProgress::default();
+        assert_eq!(
+            activity(&nothing, "SUCCESS", "beta"),
+            "activating the model on controller \"beta\""
+        );
+        assert_eq!(activity(&nothing, "NOT-A-PHASE", "beta"), "in progress");
     }
 }

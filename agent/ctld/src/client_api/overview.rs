@@ -11,6 +11,7 @@ use starling_proto::migration::MigrationRecord;
 use starling_proto::model::{self as m, Access, Life};
 use starling_storage::migration as stored;
 use starling_storage::model::access;
+use starling_storage::model::migration::Phase;
 use tonic::Status;
 
 use super::{migrations, ClientApi};
@@ -31,7 +32,8 @@ pub struct Overview {
     pub superuser: bool,
     /// When the overview was made (wall clock, ms since the Unix epoch).
     pub generated_unix_ms: i64,
-    /// The group's members, as this node knows them.
+    /// The group's members as this node's membership lists them, each with its own view of
+    /// itself (state, term, applied index) as it answered this node's last load request.
     pub members: Vec<MemberView>,
     /// The models the caller can read, by `owner/name`.
     pub models: Vec<ModelView>,
@@ -77,7 +79,13 @@ pub struct MemberView {
     pub leader: bool,
     /// Whether it answered this node's last load request (this node always does).
     pub reachable: bool,
-    /// The last log index the leader knows it holds (only on the leader).
+    /// Its Raft state as it reported it ("leader", "follower", ...; `None` when unreachable).
+    pub state: Option<String>,
+    /// Its term as it reported it.
+    pub term: Option<u64>,
+    /// The last log index it reported applying.
+    pub applied_index: Option<u64>,
+    /// The last log index the leader knows it holds (only when the answering node leads).
     pub matched_index: Option<u64>,
 }
 
@@ -137,6 +145,11 @@ pub struct MigrationView {
     pub agents_acked: u64,
     /// Agents that logged in to the target.
     pub agents_validated: u64,
+    /// CATCHUP and the fence: changes the target has not applied yet, as the master last
+    /// counted them (`None` in other phases or when this node does not drive it).
+    pub catchup_lag: Option<u64>,
+    /// Changes sent to the target so far.
+    pub changes_sent: u64,
     /// When it started (ms since the Unix epoch).
     pub started_unix_ms: i64,
     /// When it ended.
@@ -154,6 +167,11 @@ pub struct LeaderChangeView {
     pub term: u64,
     /// The new leader's node id.
     pub leader: u64,
+}
+
+/// Phases in which the master streams the model's changes, so a catch-up lag means something.
+fn streams_changes(phase: &str) -> bool {
+    matches!(Phase::parse(phase), Some(Phase::Catchup | Phase::Quiesce))
 }
 
 fn life_name(life: Life) -> &'static str {
@@ -181,18 +199,24 @@ impl ClientApi {
         let matched = self.handle.matched_indexes();
         let members = nodes
             .iter()
-            .map(|(id, address)| MemberView {
-                id: *id,
-                address: address.clone(),
-                role: if voters.contains(id) {
-                    "voter"
-                } else {
-                    "learner"
+            .map(|(id, address)| {
+                let view = group.views.get(id);
+                MemberView {
+                    id: *id,
+                    address: address.clone(),
+                    role: if voters.contains(id) {
+                        "voter"
+                    } else {
+                        "learner"
+                    }
+                    .into(),
+                    leader: status.leader_id == Some(*id),
+                    reachable: group.nodes.contains_key(id),
+                    state: view.map(|v| v.state.clone()),
+                    term: view.map(|v| v.term),
+                    applied_index: view.map(|v| v.applied_index),
+                    matched_index: matched.get(id).copied(),
                 }
-                .into(),
-                leader: status.leader_id == Some(*id),
-                reachable: group.nodes.contains_key(id),
-                matched_index: matched.get(id).copied(),
             })
             .collect();
         let (models, migrations) = self.handle.state().consistent(|state| {
@@ -298,6 +322,9 @@ impl ClientApi {
                 None => continue,
             };
             let info = migrations::status(&self.ctx, &uuid, &record.model_name)?;
+            let catchup_lag = streams_changes(&record.phase)
+                .then(|| self.ctx.progress.get(&info.migration_id)?.lag)
+                .flatten();
             let view = MigrationView {
                 id: info.migration_id,
                 model: name,
@@ -310,6 +337,8 @@ impl ClientApi {
                 agents_total: info.agents_total,
                 agents_acked: info.agents_acked,
                 agents_validated: info.agents_validated,
+                catchup_lag,
+                changes_sent: info.changes_sent,
                 started_unix_ms: info.started_unix_ms,
                 ended_unix_ms: info.ended_unix_ms,
                 abort_reason: info.abort_reason,

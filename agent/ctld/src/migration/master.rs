@@ -128,6 +128,9 @@ struct Driver {
     peer: Option<Peer>,
     /// The copy this master exported in PRECOPY (lost with the master: a new one exports again).
     copy: Option<PreparedCopy>,
+    /// The persisted phase as last read (or as this master last moved it), which the
+    /// activities it publishes are said in.
+    phase: Option<Phase>,
 }
 
 impl Driver {
@@ -141,6 +144,7 @@ impl Driver {
             obs: Observations::default(),
             peer: None,
             copy: None,
+            phase: None,
         }
     }
 
@@ -167,7 +171,14 @@ impl Driver {
 
     fn activity(&self, text: impl Into<String>) {
         let text = text.into();
-        self.ctx.progress.update(&self.key, |p| p.activity = text);
+        let phase = self.phase_name();
+        self.ctx
+            .progress
+            .update(&self.key, |p| p.set_activity(phase, text));
+    }
+
+    fn phase_name(&self) -> &'static str {
+        self.phase.map_or("", Phase::as_str)
     }
 
     /// Reads the record, decides, acts. `false` when the migration has ended.
@@ -184,6 +195,7 @@ impl Driver {
             return Ok(false);
         };
         let record = stored::to_logic(&stored_record)?;
+        self.phase = Some(record.phase);
         if record.phase.is_terminal() {
             info!(migration = %self.key, phase = %record.phase, "migration ended");
             return Ok(false);
@@ -389,6 +401,7 @@ impl Driver {
                     self.obs.machines = None;
                     self.obs.prechecks = None;
                 } else {
+                    self.phase = Some(Phase::Quiesce);
                     self.activity("FENCE: model locked, writes held; sending the last changes");
                 }
             }
@@ -683,12 +696,16 @@ impl Driver {
             secret: stored_record.source_secret.clone(),
         };
         let progress = |sent: u64, to_send: u64| {
+            let phase = self.phase_name();
             self.ctx.progress.update(&self.key, |p| {
                 p.bytes_sent = sent;
-                p.activity = format!(
-                    "PRECOPY {} of {}",
-                    human_bytes(sent),
-                    human_bytes(if to_send > 0 { to_send } else { total })
+                p.set_activity(
+                    phase,
+                    format!(
+                        "PRECOPY {} of {}",
+                        human_bytes(sent),
+                        human_bytes(if to_send > 0 { to_send } else { total })
+                    ),
                 );
             });
         };
@@ -810,9 +827,10 @@ impl Driver {
 
     fn note_lag(&mut self, after: FeedPosition, entries: u64) {
         self.obs.lag = Some(FeedLag { after, entries });
+        let phase = self.phase_name();
         self.ctx.progress.update(&self.key, |p| {
-            p.lag = entries;
-            p.activity = format!("CATCHUP lag {entries} change(s)");
+            p.lag = Some(entries);
+            p.set_activity(phase, format!("CATCHUP lag {entries} change(s)"));
         });
     }
 
