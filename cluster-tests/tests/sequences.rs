@@ -1,9 +1,10 @@
 //! The operation-sequence tier (see `starling_cluster_tests::chaos::sequence`): three
 //! controllers under the recorded workload, a writing user, and a driver performing seeded
-//! sequences of migrate onward and back, abort and retry, migrations with a leader SIGKILLed on
-//! either side, destroy and re-create under the same name, backup and restore (also during a
-//! migration), revoke and grant; every outcome recorded, wrong ones failing, then the final
-//! checks and the history checker.
+//! sequences of migrate onward and back, abort and retry, migrations with a leader SIGKILLed or
+//! SIGSTOPped or a side partitioned, destroy and re-create under the same name, backup and
+//! restore (also during a migration), revoke and grant; every outcome recorded, wrong ones
+//! failing, then the final checks and the history checker (revocations and the models' logs
+//! included).
 //!
 //! `sequence_tour` (in `scripts/test.sh`) visits every kind of step at least once with a fixed
 //! seed (the targets, phases and victims drawn from it); `soak_sequences` draws random steps for

@@ -8,7 +8,9 @@
 //!
 //! The operation-sequence tier ([`sequence`]) runs three controllers and draws, from the seed,
 //! sequences of operations an operator performs (migrate onward and back, abort and retry,
-//! destroy and re-create, backup and restore, revoke and grant) mixed with leader kills.
+//! destroy and re-create, backup and restore, revoke and grant) mixed with leader kills, leader
+//! pauses and partitions, checked by the history checker (with the access changes and the
+//! models' logs).
 //!
 //! Every run has a seed ([`chaos_seed`]) that fixes model names, which node a role picks, the
 //! clients' operations and, for [`random_run`], the faults and their timing; it is printed with

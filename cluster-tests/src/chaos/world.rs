@@ -934,25 +934,106 @@ impl World {
                         )
                         .await
                     });
-                    match answer {
-                        Ok(Ok(config)) => {
-                            let keys: BTreeSet<String> = config
+                    let answer = answer.map(|a| {
+                        a.map(|config| {
+                            config
                                 .into_inner()
                                 .values
                                 .into_keys()
                                 .filter(|k| k.starts_with('c'))
-                                .collect();
-                            self.recorder.complete_read(id, keys.iter().cloned());
-                            return Ok(keys);
-                        }
-                        Ok(Err(status)) => {
-                            self.recorder.complete(id, Outcome::Fail);
-                            last = status.to_string();
-                        }
-                        Err(_) => {
-                            self.recorder.complete(id, Outcome::Unknown);
-                            last = "timeout".into();
-                        }
+                                .collect::<BTreeSet<String>>()
+                        })
+                    });
+                    if let Some(keys) = self.complete_recorded_read(id, answer, &mut last) {
+                        return Ok(keys);
+                    }
+                }
+                bail!("{last}")
+            },
+        )
+    }
+
+    /// Completes the recorded read `id` with a node's `answer`: Ok with the values read, Fail
+    /// when refused (a read has no effect), Unknown on a timeout. The values, or `None` with the
+    /// reason in `last`.
+    fn complete_recorded_read<T>(
+        &self,
+        id: OpId,
+        answer: std::result::Result<
+            std::result::Result<T, tonic::Status>,
+            tokio::time::error::Elapsed,
+        >,
+        last: &mut String,
+    ) -> Option<T>
+    where
+        for<'a> &'a T: IntoIterator<Item = &'a String>,
+    {
+        match answer {
+            Ok(Ok(values)) => {
+                self.recorder
+                    .complete_read(id, (&values).into_iter().cloned());
+                Some(values)
+            }
+            Ok(Err(status)) => {
+                self.recorder.complete(id, Outcome::Fail);
+                *last = status.to_string();
+                None
+            }
+            Err(_) => {
+                self.recorder.complete(id, Outcome::Unknown);
+                *last = "timeout".into();
+                None
+            }
+        }
+    }
+
+    /// Reads `model`'s whole log on `controller`, retrying until a node answers; recorded as a
+    /// log read of `recorded_as` listing the records agents wrote, each named
+    /// `entity#agent_seq` (records of the controller itself carry no such number and are left
+    /// out). Returns the names.
+    pub fn read_log(
+        &mut self,
+        controller: &str,
+        model: &str,
+        recorded_as: &str,
+    ) -> Result<Vec<String>> {
+        wait_until(
+            &format!("a log read of {model} on {controller}"),
+            SETTLE_WAIT,
+            || {
+                let mut last = String::new();
+                for node in self.controllers[controller].node_ids() {
+                    let Some(mut client) = self.client(controller, node) else {
+                        continue;
+                    };
+                    let id = self.recorder.invoke(
+                        FINAL_READ_PROCESS,
+                        OpKind::read_log(recorded_as, controller, Vec::<String>::new()),
+                    );
+                    let request = starling_proto::controller::DebugLogRequest {
+                        model: Some(ModelRef {
+                            name: model.to_owned(),
+                            uuid: String::new(),
+                        }),
+                        replay: true,
+                        level: starling_proto::model::LogLevel::Trace as i32,
+                        ..Default::default()
+                    };
+                    let answer = self.rt.block_on(async {
+                        tokio::time::timeout(CALL_TIMEOUT * 2, async {
+                            let mut stream = client.debug_log(request).await?.into_inner();
+                            let mut records = Vec::new();
+                            while let Some(record) = stream.message().await? {
+                                if record.agent_seq > 0 {
+                                    records.push(format!("{}#{}", record.entity, record.agent_seq));
+                                }
+                            }
+                            Ok::<_, tonic::Status>(records)
+                        })
+                        .await
+                    });
+                    if let Some(records) = self.complete_recorded_read(id, answer, &mut last) {
+                        return Ok(records);
                     }
                 }
                 bail!("{last}")

@@ -65,7 +65,7 @@ impl HistoryBuilder {
         op.outcome = outcome;
     }
 
-    /// Records that read `id` (a list or set read) completed at `time`, successfully,
+    /// Records that read `id` (a list, set or log read) completed at `time`, successfully,
     /// returning `values`.
     ///
     /// # Panics
@@ -78,8 +78,9 @@ impl HistoryBuilder {
         values: impl IntoIterator<Item = S>,
     ) {
         let op = self.pending(id);
-        let (OpKind::Read { values: slot, .. } | OpKind::ReadSet { values: slot, .. }) =
-            &mut op.kind
+        let (OpKind::Read { values: slot, .. }
+        | OpKind::ReadSet { values: slot, .. }
+        | OpKind::ReadLog { records: slot, .. }) = &mut op.kind
         else {
             panic!("op {id} is not a read: {}", op.kind);
         };

@@ -69,6 +69,17 @@ pub enum Rule {
     /// Two Ok set reads ([`OpKind::ReadSet`]) of which neither contains the other: the set only
     /// grows, so any two set reads, concurrent or not, must be ordered by inclusion.
     SetsDiverge,
+    /// A write of user U ([`OpKind::Append`] with `user` U) acknowledged although it was invoked
+    /// after a revocation of U's write access ([`OpKind::Access`], Ok) had returned and
+    /// completed before the next grant to U on the model was invoked: it was authorized on
+    /// state older than the revocation.
+    WriteAfterRevoke,
+    /// A model-log record that was acknowledged ([`OpKind::AppendLog`] Ok) or listed by an Ok
+    /// log read is missing from an Ok log read invoked after that completed.
+    LogRecordLost,
+    /// An Ok log read ([`OpKind::ReadLog`]) lists the same record twice: a re-sent record was
+    /// applied again (on the source, or on the target after a migration).
+    LogRecordDuplicated,
 }
 
 impl Rule {
@@ -88,6 +99,9 @@ impl Rule {
             Rule::ReadRegressed => "read-regressed",
             Rule::ReadOrder => "read-order",
             Rule::SetsDiverge => "sets-diverge",
+            Rule::WriteAfterRevoke => "write-after-revoke",
+            Rule::LogRecordLost => "log-record-lost",
+            Rule::LogRecordDuplicated => "log-record-duplicated",
         }
     }
 }
@@ -217,6 +231,10 @@ pub struct Summary {
     pub ownership_observations: usize,
     /// Migrations, whatever their outcome.
     pub migrations: usize,
+    /// Access changes, whatever their outcome.
+    pub access_changes: usize,
+    /// Ok log reads.
+    pub log_reads: usize,
 }
 
 /// Checks `history`: first that it is well formed ([`CheckError::Malformed`]), then every rule
@@ -229,7 +247,8 @@ pub struct Summary {
 /// [`Rule::FutureValue`] and [`Rule::ReadOrder`]; then [`Rule::LostWrite`],
 /// [`Rule::ReadsDiverge`] and [`Rule::ReadRegressed`]. Set reads ([`OpKind::ReadSet`]) come
 /// last: the content rules, [`Rule::LostWrite`], [`Rule::SetsDiverge`] and
-/// [`Rule::ReadRegressed`].
+/// [`Rule::ReadRegressed`]. Then [`Rule::WriteAfterRevoke`], and the log rules
+/// ([`Rule::LogRecordDuplicated`], [`Rule::LogRecordLost`]).
 pub fn check(history: &History) -> Result<Summary, CheckError> {
     let index = Index::build(&history.ops).map_err(CheckError::Malformed)?;
     for (model, ops) in &index.models {
@@ -283,6 +302,12 @@ struct ModelOps<'h> {
     appends: Vec<Append<'h>>,
     reads: Vec<Read<'h>>,
     set_reads: Vec<Read<'h>>,
+    /// Access changes, whatever their outcome.
+    access: Vec<usize>,
+    /// Ok log appends, with their record.
+    log_appends: Vec<(usize, &'h str)>,
+    /// Ok log reads.
+    log_reads: Vec<Read<'h>>,
 }
 
 struct Index<'h> {
@@ -392,7 +417,25 @@ impl<'h> Index<'h> {
                     }
                 }
                 OpKind::Migration { .. } => summary.migrations += 1,
-                OpKind::Read { .. } | OpKind::ReadSet { .. } | OpKind::Ownership { .. } => {}
+                OpKind::Access { .. } => {
+                    summary.access_changes += 1;
+                    entry.access.push(i);
+                }
+                OpKind::AppendLog { record, .. } if op.outcome == Outcome::Ok => {
+                    entry.log_appends.push((i, record));
+                }
+                OpKind::ReadLog { records, .. } if op.outcome == Outcome::Ok => {
+                    summary.log_reads += 1;
+                    entry.log_reads.push(Read {
+                        op: i,
+                        values: records,
+                    });
+                }
+                OpKind::Read { .. }
+                | OpKind::ReadSet { .. }
+                | OpKind::Ownership { .. }
+                | OpKind::AppendLog { .. }
+                | OpKind::ReadLog { .. } => {}
             }
         }
         summary.models = models.len();
@@ -467,7 +510,121 @@ impl<'h> ModelChecker<'_, 'h> {
         }
         self.no_lost_writes(&sets)?;
         self.sets_form_a_chain(&sets)?;
-        self.sets_never_shrink(&sets)
+        self.sets_never_shrink(&sets)?;
+        self.no_write_after_revoke()?;
+        self.log_kept_once()
+    }
+
+    /// For each Ok revocation, the window from its return to the invocation of the next grant
+    /// to the same user (by invocation time; open when there is none); an acknowledged write of
+    /// that user inside the window breaks [`Rule::WriteAfterRevoke`].
+    fn no_write_after_revoke(&self) -> Result<(), Violation> {
+        let mut changes = self.ops.access.clone();
+        changes.sort_by_key(|&c| self.order_key(c));
+        for (n, &revoke) in changes.iter().enumerate() {
+            let revoke_op = self.op(revoke);
+            let OpKind::Access {
+                user,
+                granted: false,
+                ..
+            } = &revoke_op.kind
+            else {
+                continue;
+            };
+            let Some(revoked_at) = revoke_op
+                .complete
+                .filter(|_| revoke_op.outcome == Outcome::Ok)
+            else {
+                continue;
+            };
+            let grant = changes[n + 1..].iter().copied().find(|&c| {
+                matches!(&self.op(c).kind, OpKind::Access { user: u, granted: true, .. } if u == user)
+            });
+            let granted_at = grant.map(|g| self.op(g).invoke);
+            let late = self.ops.appends.iter().find(|append| {
+                let op = self.op(append.op);
+                let by_user = matches!(&op.kind, OpKind::Append { user: Some(u), .. } if u == user);
+                let before_grant = match (granted_at, op.complete) {
+                    (None, _) => true,
+                    (Some(granted), Some(done)) => done < granted,
+                    (Some(_), None) => false,
+                };
+                by_user && op.outcome == Outcome::Ok && op.invoke > revoked_at && before_grant
+            });
+            if let Some(append) = late {
+                let mut witness = vec![revoke, append.op];
+                witness.extend(grant);
+                return Err(self.violation(
+                    Rule::WriteAfterRevoke,
+                    format!(
+                        "a write of {user} was acknowledged although it began after the \
+                         revocation of {user}'s write access returned{}",
+                        if grant.is_some() {
+                            " and ended before the next grant was asked for"
+                        } else {
+                            " (never granted again)"
+                        }
+                    ),
+                    &witness,
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Every Ok log read lists each record at most once, and every record acknowledged or
+    /// listed by an Ok log read completed before it was invoked. Sweeps the reads in invocation
+    /// order against the appends and reads sorted by completion, keeping every record known by
+    /// then: `O(r * k)` for `r` log reads and `k` records.
+    fn log_kept_once(&self) -> Result<(), Violation> {
+        let mut reads = self.ops.log_reads.clone();
+        reads.sort_by_key(|read| self.order_key(read.op));
+        for read in &reads {
+            let mut seen = HashSet::with_capacity(read.values.len());
+            if let Some(twice) = read.values.iter().find(|r| !seen.insert(r.as_str())) {
+                return Err(self.violation(
+                    Rule::LogRecordDuplicated,
+                    format!("the log read lists record {twice:?} twice"),
+                    &[read.op],
+                ));
+            }
+        }
+        // (completion, op, record) of everything that makes a record known.
+        let mut known_at: Vec<(u64, usize, &str)> = self
+            .ops
+            .log_appends
+            .iter()
+            .map(|&(op, record)| (self.completed(op), op, record))
+            .collect();
+        for read in &reads {
+            for record in read.values {
+                known_at.push((self.completed(read.op), read.op, record.as_str()));
+            }
+        }
+        known_at.sort_by_key(|&(at, op, _)| (at, self.op(op).id));
+        let mut known = known_at.iter().peekable();
+        // Each record with the first operation that made it known.
+        let mut kept: BTreeMap<&str, usize> = BTreeMap::new();
+        for read in &reads {
+            let invoke = self.op(read.op).invoke;
+            while let Some(&(_, op, record)) = known.next_if(|(at, _, _)| *at < invoke) {
+                kept.entry(record).or_insert(op);
+            }
+            let listed: HashSet<&str> = read.values.iter().map(String::as_str).collect();
+            if let Some((record, &by)) = kept.iter().find(|(r, _)| !listed.contains(*r)) {
+                let how = if matches!(self.op(by).kind, OpKind::AppendLog { .. }) {
+                    "was acknowledged"
+                } else {
+                    "was listed by a log read"
+                };
+                return Err(self.violation(
+                    Rule::LogRecordLost,
+                    format!("record {record:?} {how} before this log read began, which misses it"),
+                    &[by, read.op],
+                ));
+            }
+        }
+        Ok(())
     }
 
     fn op(&self, position: usize) -> &'h Op {

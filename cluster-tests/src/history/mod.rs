@@ -30,6 +30,15 @@
 //!   frozen for a migration).
 //! * Migration operations are recorded for context (they show up in saved histories and are
 //!   counted in the [`Summary`]) but no rule reads them.
+//! * Access changes ([`OpKind::Access`]): a revocation counts from when it returned Ok (it had
+//!   committed) until the next grant of the same user on the same model was invoked; a write of
+//!   that user invoked after the first and completed before the second must not be
+//!   acknowledged.
+//! * The model log is a second list per model, of records named by the agent that wrote them
+//!   and its report number (so a record re-sent after a lost acknowledgement has the same
+//!   name). A record acknowledged ([`OpKind::AppendLog`] Ok) or listed by an Ok log read
+//!   ([`OpKind::ReadLog`]) is kept: every Ok log read invoked after that completed lists it,
+//!   exactly once, wherever the model lives by then (migrations carry the log).
 //!
 //! # Recording
 //!
@@ -138,6 +147,48 @@ pub enum OpKind {
         value: String,
         /// The controller that served the append (and acknowledged it, when Ok).
         controller: String,
+        /// The user whose credentials made the write, when the history tracks that user's
+        /// access ([`OpKind::Access`]); `None` for writes of the harness's own clients.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        user: Option<String>,
+    },
+    /// A change of `user`'s write access to the model, asked of `controller`: Ok when the
+    /// change committed before the call returned. [`Rule::WriteAfterRevoke`] reads them.
+    ///
+    /// [`Rule::WriteAfterRevoke`]: check::Rule::WriteAfterRevoke
+    Access {
+        /// The model whose access changed.
+        model: String,
+        /// The user.
+        user: String,
+        /// The controller asked.
+        controller: String,
+        /// A grant (`true`) or a revocation (`false`).
+        granted: bool,
+    },
+    /// A model-log record (an agent's, named `entity#agent_seq`) written to the model through
+    /// `controller`: Ok when acknowledged.
+    AppendLog {
+        /// The model.
+        model: String,
+        /// The record's name, unique in the model.
+        record: String,
+        /// The controller that acknowledged it.
+        controller: String,
+    },
+    /// A read of the model's whole log from `controller`: the names of the records it lists,
+    /// oldest first; only meaningful when the outcome is Ok. [`Rule::LogRecordLost`] and
+    /// [`Rule::LogRecordDuplicated`] read them.
+    ///
+    /// [`Rule::LogRecordLost`]: check::Rule::LogRecordLost
+    /// [`Rule::LogRecordDuplicated`]: check::Rule::LogRecordDuplicated
+    ReadLog {
+        /// The model read.
+        model: String,
+        /// The controller that served the read.
+        controller: String,
+        /// The records listed.
+        records: Vec<String>,
     },
     /// A linearizable read of the model's whole list, served by `controller`; `values` is only
     /// meaningful when the outcome is Ok.
@@ -201,6 +252,63 @@ impl OpKind {
             model: model.into(),
             value: value.into(),
             controller: controller.into(),
+            user: None,
+        }
+    }
+
+    /// An append of `value` to `model` through `controller` made with `user`'s credentials.
+    pub fn append_by(
+        model: impl Into<String>,
+        value: impl Into<String>,
+        controller: impl Into<String>,
+        user: impl Into<String>,
+    ) -> Self {
+        OpKind::Append {
+            model: model.into(),
+            value: value.into(),
+            controller: controller.into(),
+            user: Some(user.into()),
+        }
+    }
+
+    /// A grant (`granted`) or revocation of `user`'s write access to `model` on `controller`.
+    pub fn access(
+        model: impl Into<String>,
+        user: impl Into<String>,
+        controller: impl Into<String>,
+        granted: bool,
+    ) -> Self {
+        OpKind::Access {
+            model: model.into(),
+            user: user.into(),
+            controller: controller.into(),
+            granted,
+        }
+    }
+
+    /// A model-log record `record` written to `model` through `controller`.
+    pub fn append_log(
+        model: impl Into<String>,
+        record: impl Into<String>,
+        controller: impl Into<String>,
+    ) -> Self {
+        OpKind::AppendLog {
+            model: model.into(),
+            record: record.into(),
+            controller: controller.into(),
+        }
+    }
+
+    /// A read of `model`'s log from `controller` that listed `records`.
+    pub fn read_log<S: Into<String>>(
+        model: impl Into<String>,
+        controller: impl Into<String>,
+        records: impl IntoIterator<Item = S>,
+    ) -> Self {
+        OpKind::ReadLog {
+            model: model.into(),
+            controller: controller.into(),
+            records: records.into_iter().map(Into::into).collect(),
         }
     }
 
@@ -290,6 +398,9 @@ impl OpKind {
     pub fn model(&self) -> &str {
         match self {
             OpKind::Append { model, .. }
+            | OpKind::Access { model, .. }
+            | OpKind::AppendLog { model, .. }
+            | OpKind::ReadLog { model, .. }
             | OpKind::Read { model, .. }
             | OpKind::ReadSet { model, .. }
             | OpKind::Ownership { model, .. }
@@ -305,7 +416,39 @@ impl fmt::Display for OpKind {
                 model,
                 value,
                 controller,
+                user: None,
             } => write!(f, "append {value:?} to {model:?} via {controller}"),
+            OpKind::Append {
+                model,
+                value,
+                controller,
+                user: Some(user),
+            } => write!(
+                f,
+                "append {value:?} to {model:?} via {controller} as {user}"
+            ),
+            OpKind::Access {
+                model,
+                user,
+                controller,
+                granted,
+            } => {
+                let change = if *granted { "grant" } else { "revoke" };
+                write!(f, "{change} {user}'s write on {model:?} via {controller}")
+            }
+            OpKind::AppendLog {
+                model,
+                record,
+                controller,
+            } => write!(f, "log {record:?} to {model:?} via {controller}"),
+            OpKind::ReadLog {
+                model,
+                controller,
+                records,
+            } => write!(
+                f,
+                "read the log of {model:?} via {controller} -> {records:?}"
+            ),
             OpKind::Read {
                 model,
                 controller,
@@ -411,5 +554,7 @@ impl History {
     }
 }
 
+#[cfg(test)]
+mod access_log_tests;
 #[cfg(test)]
 mod set_tests;

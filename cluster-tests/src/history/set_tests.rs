@@ -19,7 +19,8 @@ fn set_read(b: &mut HistoryBuilder, values: &[&str], at: (u64, u64)) -> OpId {
     )
 }
 
-fn rejects(b: HistoryBuilder, rule: Rule, witness: &[OpId]) {
+/// Checks that `b`'s history breaks `rule`, with exactly `witness` (ids in invocation order).
+pub(super) fn rejects(b: HistoryBuilder, rule: Rule, witness: &[OpId]) {
     let history = b.build();
     let error = check(&history).expect_err("the history must be rejected");
     let violation = error.violation().expect("a violation, not a malformation");
