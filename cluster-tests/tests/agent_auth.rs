@@ -531,10 +531,11 @@ async fn a_revoked_user_cannot_write_through_a_lagging_follower() -> Result<()> 
         loop {
             match user.set_model_config(set_key("alpha", &key)).await {
                 Ok(_) => break,
-                Err(status) if status.code() == Code::PermissionDenied => {
+                // The follower has not applied the model's creation or the grant yet.
+                Err(status) if matches!(status.code(), Code::PermissionDenied | Code::NotFound) => {
                     ensure!(
                         Instant::now() < deadline,
-                        "the grant never reached node {follower}: {status}"
+                        "the model or the grant never reached node {follower}: {status}"
                     );
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
