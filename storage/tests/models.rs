@@ -830,6 +830,29 @@ fn build_random(ops: &[(u8, u8, u8)]) -> Harness {
 proptest! {
     #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
 
+    /// The watch reads only what the desired state depends on; every machine's desired state
+    /// from that read is the one computed from the whole export.
+    #[test]
+    fn the_desired_state_from_its_inputs_is_the_one_from_the_export(
+        ops in proptest::collection::vec((any::<u8>(), any::<u8>(), any::<u8>()), 0..60)
+    ) {
+        use starling_storage::model::desired::{read_desired_inputs, ModelDesired};
+        let h = build_random(&ops);
+        let exported = h.description();
+        let inputs = read_desired_inputs(&h.store, UUID).expect("reads").expect("exists");
+        let (full, trimmed) = (
+            ModelDesired::compute(Some(&exported), 5_000),
+            ModelDesired::compute(Some(&inputs), 5_000),
+        );
+        prop_assert_eq!(&full.machines, &trimmed.machines);
+        prop_assert_eq!(&full.units_by_machine, &trimmed.units_by_machine);
+        for machine in ["0", "1", "2", "3", "4"] {
+            prop_assert_eq!(full.update_for(machine, 7), trimmed.update_for(machine, 7));
+            prop_assert_eq!(full.units_for(machine), trimmed.units_for(machine));
+        }
+        prop_assert!(read_desired_inputs(&h.store, "no-such-model").expect("reads").is_none());
+    }
+
     #[test]
     fn export_import_export_is_the_identity(
         ops in proptest::collection::vec((any::<u8>(), any::<u8>(), any::<u8>()), 0..60)

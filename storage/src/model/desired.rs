@@ -9,6 +9,28 @@ use starling_proto::agent as pb;
 use starling_proto::model::{ModelDescription, Role};
 
 use super::deployment::effective_config;
+use crate::{keys, records, StateRead, StorageError};
+
+/// The parts of model `uuid`'s description the desired state depends on (the model, its
+/// machines, applications, units and relations), without the status history and the agents'
+/// report numbers an export also reads: the watch reads this at every applied index, and the
+/// history grows with every status change. `None` when the model does not exist.
+pub fn read_desired_inputs(
+    state: &(impl StateRead + ?Sized),
+    uuid: &str,
+) -> Result<Option<ModelDescription>, StorageError> {
+    let Some(model) = records::read_model(state, uuid)? else {
+        return Ok(None);
+    };
+    Ok(Some(ModelDescription {
+        model: Some(model),
+        machines: records::read_records(state, &keys::machine_prefix(uuid))?,
+        applications: records::read_records(state, &keys::application_prefix(uuid))?,
+        units: records::read_records(state, &keys::unit_prefix(uuid))?,
+        relations: records::read_records(state, &keys::relation_prefix(uuid))?,
+        ..Default::default()
+    }))
+}
 
 /// The desired state of every machine of one model at one applied index, shared by all the
 /// model's watchers on this node (computed once per index, not once per agent).
@@ -111,19 +133,27 @@ impl ModelDesired {
         }
     }
 
+    /// The units machine `machine_id` should run (none for a machine without units).
+    pub fn units_for(&self, machine_id: &str) -> &[pb::UnitSpec] {
+        self.units_by_machine
+            .get(machine_id)
+            .map_or(&[], Vec::as_slice)
+    }
+
+    /// Whether machine `machine_id` (or its model) is gone.
+    pub fn machine_removed(&self, machine_id: &str) -> bool {
+        !self.model_exists || !self.machines.contains(machine_id)
+    }
+
     /// What machine `machine_id` should be, at `revision`.
     pub fn update_for(&self, machine_id: &str, revision: u64) -> pb::AgentUpdate {
         pb::AgentUpdate {
             revision,
-            units: self
-                .units_by_machine
-                .get(machine_id)
-                .cloned()
-                .unwrap_or_default(),
+            units: self.units_for(machine_id).to_vec(),
             heartbeat_interval_ms: self.heartbeat_interval_ms,
             redirect: None,
             migration: None,
-            machine_removed: !self.model_exists || !self.machines.contains(machine_id),
+            machine_removed: self.machine_removed(machine_id),
         }
     }
 }

@@ -11,7 +11,7 @@ use starling_proto::agent as pb;
 use starling_raft::RaftHandle;
 use starling_storage::migration as stored;
 use starling_storage::model::controller_config::agent_heartbeat_interval;
-use starling_storage::model::desired::ModelDesired;
+use starling_storage::model::desired::{read_desired_inputs, ModelDesired};
 use starling_storage::model::migration::Phase;
 use tokio::sync::OnceCell;
 use tonic::{Request, Response, Status};
@@ -61,7 +61,8 @@ impl DesiredCache {
         };
         cell.get_or_try_init(|| async {
             let state = handle.state();
-            let description = state.model_description(model_uuid).map_err(storage_error)?;
+            let description =
+                read_desired_inputs(state.reader(), model_uuid).map_err(storage_error)?;
             let config = state.try_controller_config().map_err(storage_error)?;
             let interval_ms =
                 u64::try_from(agent_heartbeat_interval(&config).as_millis()).unwrap_or(u64::MAX);
@@ -135,25 +136,41 @@ impl AgentService {
     ) -> Result<Option<pb::AgentUpdate>, Status> {
         let revision = self.handle.state().applied_index();
         let desired = self.desired.get(&self.handle, &agent.model_uuid).await?;
-        let mut update = desired.update_for(&agent.machine_id, revision);
-        update.redirect = self.redirect_for(&agent.model_uuid)?;
-        if update.redirect.is_some() {
-            // A migrated model: the agent needs nothing but where to go.
-            update.units.clear();
-            update.machine_removed = false;
+        let redirect = self.redirect_for(&agent.model_uuid)?;
+        let migration = if redirect.is_some() {
+            None
         } else {
-            update.migration = self.migration_notice(&agent.model_uuid)?;
-        }
+            self.migration_notice(&agent.model_uuid)?
+        };
+        // A migrated model: the agent needs nothing but where to go.
+        let (units, machine_removed) = if redirect.is_some() {
+            (&[][..], false)
+        } else {
+            (
+                desired.units_for(&agent.machine_id),
+                desired.machine_removed(&agent.machine_id),
+            )
+        };
+        // Compared before anything is cloned: most applied entries change nothing an agent
+        // sees, and every watcher of the model asks at every one.
         let same = last_sent.as_ref().is_some_and(|sent| {
-            sent.units == update.units
-                && sent.heartbeat_interval_ms == update.heartbeat_interval_ms
-                && sent.redirect == update.redirect
-                && sent.machine_removed == update.machine_removed
-                && sent.migration == update.migration
+            sent.units.as_slice() == units
+                && sent.heartbeat_interval_ms == desired.heartbeat_interval_ms
+                && sent.redirect == redirect
+                && sent.machine_removed == machine_removed
+                && sent.migration == migration
         });
         if same {
             return Ok(None);
         }
+        let update = pb::AgentUpdate {
+            revision,
+            units: units.to_vec(),
+            heartbeat_interval_ms: desired.heartbeat_interval_ms,
+            redirect,
+            migration,
+            machine_removed,
+        };
         *last_sent = Some(update.clone());
         Ok(Some(update))
     }
