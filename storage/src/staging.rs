@@ -493,8 +493,13 @@ impl StagingArea {
                     .strip_suffix(PART_SUFFIX)
                     .is_some_and(|d| names::check_digest(d).is_ok());
             if staged && name != keep {
-                fs::remove_file(entry.path())
-                    .map_err(|e| StorageError::io("remove", entry.path(), e))?;
+                match fs::remove_file(entry.path()) {
+                    // The sweeper and an import's end may clean up the same directory at once.
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        return Err(StorageError::io("remove", entry.path(), e));
+                    }
+                    _ => {}
+                }
             }
         }
         Ok(())

@@ -271,7 +271,17 @@ impl StagedFiles for NodeStaging {
                         warn!(error = %e, "cannot mark staged files consumed");
                     }
                 }
-                StagingEvent::Ended { migration_id } => self.import_ended_event(migration_id),
+                // Deleting the staged charms (tens of MiB) is left to a blocking task: it is
+                // called from the apply, and the apply of Activate is on the path of the
+                // model's first writes on this controller. A crash before it runs leaves the
+                // files to the sweeper, which deletes what an ended import left.
+                StagingEvent::Ended { migration_id } => {
+                    let staging = self.clone();
+                    let migration_id = migration_id.clone();
+                    self.inner
+                        .runtime
+                        .spawn_blocking(move || staging.import_ended_event(&migration_id));
+                }
             }
         }
     }
