@@ -118,6 +118,9 @@ async fn admin(registration: &Registration) -> Result<AuthedControllerClient> {
 #[derive(Default)]
 struct WriterLog {
     acked: Vec<i64>,
+    /// For each acknowledged write (same order as `acked`): when it was sent and, if the fence
+    /// answered it with the redirect, when that answer came (ms since the epoch).
+    sent: Vec<(i64, Option<i64>)>,
     refused: u64,
     retried_on_target: u64,
 }
@@ -141,11 +144,14 @@ async fn writer(
             values: [(format!("bench-{}", n % 64), n.to_string())].into(),
             request_id: format!("bench-writer-{n}-{}", rand::random::<u32>()),
         };
+        let sent = now_ms();
+        let mut redirected = None;
         let mut outcome = client.set_model_config(request.clone()).await;
         // A write the fence held and the migration then moved: once more, on the target,
         // under the same request id (as ctl does).
         if let Some(target) = outcome.as_ref().err().and_then(retry_on_target) {
             if clients.contains_key(&target) {
+                redirected = Some(now_ms());
                 log.lock().expect("lock").retried_on_target += 1;
                 current = target;
                 let client = clients.get_mut(&current).expect("known controller");
@@ -153,7 +159,11 @@ async fn writer(
             }
         }
         match outcome {
-            Ok(_) => log.lock().expect("lock").acked.push(now_ms()),
+            Ok(_) => {
+                let mut log = log.lock().expect("lock");
+                log.acked.push(now_ms());
+                log.sent.push((sent, redirected));
+            }
             Err(status) => {
                 log.lock().expect("lock").refused += 1;
                 if let Some(rest) = status.message().split("migrated to controller \"").nth(1) {
@@ -415,14 +425,24 @@ async fn main() -> Result<()> {
     let total_ms = info.ended_unix_ms.unwrap_or(done) - info.started_unix_ms;
     let import_secs = ((catchup - precopy) as f64 / 1000.0).max(0.001);
     let log = writer_log.lock().expect("lock");
-    let window_ms = log
-        .acked
-        .windows(2)
-        // Every gap from the migration's start on: the model stays writable until the fence.
-        .filter(|w| w[1] >= info.started_unix_ms)
-        .map(|w| w[1] - w[0])
-        .max()
-        .unwrap_or(0);
+    // Every gap from the migration's start on: the model stays writable until the fence.
+    let longest = (1..log.acked.len())
+        .filter(|i| log.acked[*i] >= info.started_unix_ms)
+        .max_by_key(|i| log.acked[*i] - log.acked[*i - 1]);
+    let window_ms = longest.map_or(0, |i| log.acked[i] - log.acked[i - 1]);
+    // Where the longest gap went, in ms from the lock (QUIESCE): the last acknowledged write
+    // before it, the next write's send, the fence's redirect answer, its acknowledgement.
+    let gap = longest.map(|i| {
+        let (sent, redirected) = log.sent[i];
+        serde_json::json!({
+            "previous_ack": log.acked[i - 1] - quiesce,
+            "sent": sent - quiesce,
+            "redirected": redirected.map(|t| t - quiesce),
+            "acked": log.acked[i] - quiesce,
+            "success": success - quiesce,
+            "active": logtransfer - quiesce,
+        })
+    });
     let first_on_target = log.acked.iter().find(|t| **t >= logtransfer).copied();
     let switched = counters.switched.load(Ordering::Relaxed);
     let last_switch = *counters.last_switch.lock().expect("lock");
@@ -460,6 +480,9 @@ async fn main() -> Result<()> {
         out,
         "write unavailability       {window_ms} ms (longest gap between acknowledged writes)"
     )?;
+    if let Some(gap) = &gap {
+        writeln!(out, "longest gap, ms from lock  {gap}")?;
+    }
     writeln!(
         out,
         "writes acked / refused     {} / {} ({} retried on the target after the fence)",
@@ -503,6 +526,7 @@ async fn main() -> Result<()> {
             "logtransfer_reap_ms": done - logtransfer,
             "lock_to_active_ms": logtransfer - quiesce,
             "write_unavailability_ms": window_ms,
+            "longest_gap_ms_from_lock": gap,
             "first_write_on_target_after_active_ms": first_on_target.map(|t| t - logtransfer),
             "writes_acked": log.acked.len(),
             "writes_refused": log.refused,
