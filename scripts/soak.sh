@@ -5,7 +5,7 @@
 # random migrations, faults and failpoints) and `soak_sequences` in
 # cluster-tests/tests/sequences.rs (`--test sequences`: three controllers, random operation
 # sequences — migrate onward and back, abort and retry, destroy and re-create, backup and
-# restore, revoke and grant — with leader kills).
+# restore, revoke and grant — with leader kills, leader pauses and partitions mixed in).
 #
 #   scripts/soak.sh --duration 2h            # random seeds until two hours have passed
 #   scripts/soak.sh --duration 30m --run-secs 120 --out /tmp/soak
