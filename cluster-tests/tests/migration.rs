@@ -21,6 +21,10 @@
 //! - `a_model_moves_on_only_after_its_log_arrived`: while the source's log transfer has not
 //!   ended, the target refuses to migrate the model on (to a third controller); once the source
 //!   finishes it, the onward move succeeds.
+//! - `a_log_transfer_the_source_gave_up_is_ended_by_the_target`: the source's log transfer times
+//!   out and its end never reaches the target; the migration ends DONE, the target refuses to
+//!   move the model on until its sweeper hears from the source that it is past LOGTRANSFER and
+//!   ends the transfer; then the model moves back.
 //! - `agents_are_started_from_their_first_contact`: with an hour between heartbeats, an agent is
 //!   `started` as soon as it connects, so a dry run passes at once, and on the target as soon
 //!   as the migration ends.
@@ -852,6 +856,92 @@ fn onward_after_log(world: &mut World) -> Result<()> {
     Ok(())
 }
 
+/// Issue 12: the source gives up LOGTRANSFER after `migration-log-transfer-timeout` and its one
+/// call saying so does not reach the target (every `TransferLog` call fails by a failpoint, as
+/// when the target is out of reach for that long): the migration ends DONE on the source while
+/// the target still holds the transfer open and refuses to move the model on. The target's
+/// sweeper asks the source, hears that it is past LOGTRANSFER, ends the transfer, and the model
+/// moves back.
+#[test]
+fn a_log_transfer_the_source_gave_up_is_ended_by_the_target() -> Result<()> {
+    alpha_failing_and_beta(
+        "migration.source.transfer-log=return(the target is out of reach)",
+        log_transfer_given_up,
+    )
+}
+
+/// Sets `key=value` in `controller`'s controller config.
+fn set_controller_config(world: &World, controller: &str, setting: &str) -> Result<()> {
+    world
+        .ctl
+        .ok(&["controller-config", "-c", controller, setting])
+        .map(drop)
+}
+
+/// Runs `body` on one-node controllers alpha, with `FAILPOINTS=failpoints`, and beta.
+fn alpha_failing_and_beta(
+    failpoints: &str,
+    body: impl FnOnce(&mut World) -> Result<()>,
+) -> Result<()> {
+    let mut alpha = ClusterOptions::new("alpha", 1);
+    alpha.env = vec![("FAILPOINTS".into(), failpoints.into())];
+    World::run(vec![alpha, ClusterOptions::new("beta", 1)], body)
+}
+
+fn log_transfer_given_up(world: &mut World) -> Result<()> {
+    world.counter_model("alpha")?;
+    set_controller_config(world, "alpha", "migration-log-transfer-timeout=2s")?;
+
+    info!("--- alpha gives up the log transfer and ends DONE without telling beta");
+    let out = world
+        .ctl
+        .ok(&["migrate", "alpha:app", "beta", "--wait", "--timeout", "3m"])?;
+    ensure!(out.contains("DONE"), "{out}");
+    let info = world.migration_status("alpha", "app")?;
+    ensure!(
+        info.history
+            .iter()
+            .any(|c| c.reason.contains("log transfer incomplete after 2s")),
+        "alpha's history: {:?}",
+        info.history
+    );
+    let refused = world
+        .ctl
+        .run(&["migrate", "beta:app", "alpha", "--dry-run"])?;
+    ensure!(
+        refused.code == 1
+            && refused
+                .stderr
+                .contains("the log of model \"app\" is still arriving"),
+        "beta's dry run exited {}: {}",
+        refused.code,
+        refused.stderr
+    );
+
+    info!("--- beta's sweeper asks alpha, hears DONE, and ends the transfer");
+    set_controller_config(world, "beta", "migration-leftover-idle=1s")?;
+    wait_for("beta to accept moving the model on", || {
+        let run = world
+            .ctl
+            .run(&["migrate", "beta:app", "alpha", "--dry-run"])?;
+        ensure!(run.code == 0, "dry run exited {}: {}", run.code, run.stderr);
+        Ok(())
+    })?;
+    let log = std::fs::read_to_string(world.cluster("beta").log_path(1))?;
+    ensure!(
+        log.lines().any(|l| l.contains("ending an inbound log transfer")
+            && l.contains("past LOGTRANSFER")),
+        "beta's log does not say why the transfer ended"
+    );
+
+    info!("--- the model moves back to alpha");
+    let out = world
+        .ctl
+        .ok(&["migrate", "beta:app", "alpha", "--wait", "--timeout", "3m"])?;
+    ensure!(out.contains("DONE"), "{out}");
+    one_owner(world, "app", "alpha")
+}
+
 #[test]
 fn agents_are_started_from_their_first_contact() -> Result<()> {
     World::run(
@@ -1053,15 +1143,7 @@ fn prechecks(world: &mut World) -> Result<()> {
 /// until alpha restarts without it.
 #[test]
 fn an_import_not_yet_active_says_so() -> Result<()> {
-    let mut alpha = ClusterOptions::new("alpha", 1);
-    alpha.env = vec![(
-        "FAILPOINTS".into(),
-        "migration.source.activate=return".into(),
-    )];
-    World::run(
-        vec![alpha, ClusterOptions::new("beta", 1)],
-        import_not_yet_active,
-    )
+    alpha_failing_and_beta("migration.source.activate=return", import_not_yet_active)
 }
 
 fn import_not_yet_active(world: &mut World) -> Result<()> {

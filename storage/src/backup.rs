@@ -757,12 +757,13 @@ fn migration_in_flight<R: StateRead + ?Sized>(state: &R) -> Result<Option<String
             import.migration_id
         )));
     }
-    if let Some((uuid, id)) = crate::migration::read_log_transfers(state)?
+    if let Some((uuid, transfer)) = crate::migration::read_log_transfers(state)?
         .into_iter()
         .next()
     {
         return Ok(Some(format!(
-            "the log of model {uuid} is still arriving (migration {id})"
+            "the log of model {uuid} is still arriving (migration {})",
+            transfer.migration_id
         )));
     }
     Ok(None)

@@ -27,7 +27,7 @@
 //! | `redirect/<uuid>` | `migration.Redirect`: where a migrated model went (kept after REAP) |
 //! | `import/<uuid>` | `migration.ImportRecord`: the model's records are an import, invisible and read-only |
 //! | `activated/<uuid>` | the migration id (UTF-8) that last activated the model here; kept after the model leaves (destroyed or migrated on) |
-//! | `logtransfer/<uuid>` | the migration id (UTF-8) whose log transfer into this controller has not ended: written at activation, deleted by the source's last `ImportLog` (`complete`); the model may not migrate on meanwhile; backups carry it and restore counts it as in flight |
+//! | `logtransfer/<uuid>` | `migration.LogTransferRecord` (older versions: the bare migration id, UTF-8) of the migration whose log transfer into this controller has not ended, with the source's contact and the times of activation and of the last batch: written at activation, deleted by the source's last `ImportLog` (`complete`) or by `EndLogTransfer` (the sweeper, once the source is past LOGTRANSFER or forgot the migration); the model may not migrate on meanwhile and later batches are refused; backups carry it and restore counts it as in flight |
 //! | `mfeed/<uuid>` | `migration.ModelFeed`: the change feed of a migrating model (from the migration's start until SUCCESS or ABORT) |
 //! | `mchg/<uuid>/<be u64 index><be u32 position>` | `migration.ModelChange`: what one command changed in the model, until the target acknowledged it |
 //! | `backup/<id>` | `model.BackupRecord`: a backup kept on the controller (its archive is a blob) |

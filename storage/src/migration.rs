@@ -213,26 +213,46 @@ pub fn read_activated_by(
     read_string(state, &keys::activated_key(uuid))
 }
 
-/// The migration whose log transfer into this controller has not ended, for model `uuid`.
+/// The inbound log transfer of model `uuid` that has not ended, if any.
 pub fn read_log_transfer(
     state: &(impl StateRead + ?Sized),
     uuid: &str,
-) -> Result<Option<String>, StorageError> {
-    read_string(state, &keys::log_transfer_key(uuid))
+) -> Result<Option<pb::LogTransferRecord>, StorageError> {
+    let key = keys::log_transfer_key(uuid);
+    state
+        .get(&key)?
+        .map(|value| decode_log_transfer(&key, value))
+        .transpose()
 }
 
-/// Every inbound log transfer that has not ended: (model uuid, migration id).
+/// Every inbound log transfer that has not ended: (model uuid, its record).
 pub fn read_log_transfers(
     state: &(impl StateRead + ?Sized),
-) -> Result<Vec<(String, String)>, StorageError> {
+) -> Result<Vec<(String, pb::LogTransferRecord)>, StorageError> {
     let mut open = Vec::new();
     for (key, value) in state.scan_prefix(keys::LOG_TRANSFER_PREFIX, usize::MAX)? {
         let uuid = String::from_utf8(key[keys::LOG_TRANSFER_PREFIX.len()..].to_vec())
             .map_err(|e| StorageError::corrupt("state", &key, e))?;
-        let id = String::from_utf8(value).map_err(|e| StorageError::corrupt("state", &key, e))?;
-        open.push((uuid, id));
+        let record = decode_log_transfer(&key, value)?;
+        open.push((uuid, record));
     }
     Ok(open)
+}
+
+/// A `logtransfer/` value: a `LogTransferRecord` (its first byte is field 1's tag, `\n`), or
+/// the bare migration id older versions wrote (which never starts with a control character).
+fn decode_log_transfer(key: &[u8], value: Vec<u8>) -> Result<pb::LogTransferRecord, StorageError> {
+    use prost::Message;
+    if value.first() == Some(&b'\n') {
+        return pb::LogTransferRecord::decode(value.as_slice())
+            .map_err(|e| StorageError::corrupt("state", key, e));
+    }
+    let migration_id =
+        String::from_utf8(value).map_err(|e| StorageError::corrupt("state", key, e))?;
+    Ok(pb::LogTransferRecord {
+        migration_id,
+        ..Default::default()
+    })
 }
 
 fn read_string(

@@ -717,7 +717,9 @@ fn success_makes_a_redirect_that_survives_reap_and_the_log_follows() {
     assert!(!log.is_empty());
     // Until the source says the transfer ended, the model may not move on from the target.
     assert_eq!(
-        starling_storage::migration::read_log_transfer(&target.store, UUID).unwrap(),
+        starling_storage::migration::read_log_transfer(&target.store, UUID)
+            .unwrap()
+            .map(|t| t.migration_id),
         Some(id.clone())
     );
     let moved = target.ok(Op::ImportLog(cmd::ImportLog {
@@ -788,6 +790,127 @@ fn success_makes_a_redirect_that_survives_reap_and_the_log_follows() {
 }
 
 const VERSION: &str = "0.1.0";
+
+fn import_log(id: &str, records: Vec<LogRecord>, complete: bool) -> Op {
+    Op::ImportLog(cmd::ImportLog {
+        migration_id: id.into(),
+        records,
+        complete,
+    })
+}
+
+/// A migration committed on the source and activated on its target: (source, id, target).
+fn activated() -> (Harness, String, Harness) {
+    let mut source = source();
+    let (id, mut target) = migrate_to_seal(&mut source);
+    commit_success(&mut source, &target, &id);
+    target.ok(Op::ActivateModel(cmd::ActivateModel {
+        migration_id: id.clone(),
+    }));
+    (source, id, target)
+}
+
+fn end_log_transfer(id: &str) -> Op {
+    Op::EndLogTransfer(cmd::EndLogTransfer {
+        migration_id: id.into(),
+        reason: "the source is past LOGTRANSFER".into(),
+    })
+}
+
+/// Issue 12: the source gave up LOGTRANSFER and its end never arrived. Activate keeps the
+/// source's contact with the open transfer (the import record holding it goes), each batch
+/// renews its time, and `EndLogTransfer` (the sweeper's command) ends it only for its own
+/// migration, idempotently; after it, a late batch (with or without `complete`) is refused and
+/// stores nothing, and the restore the open transfer refused applies.
+#[test]
+fn an_ended_log_transfer_refuses_late_batches() {
+    let (source, id, mut target) = activated();
+    assert!(read_import(&target.store, UUID).unwrap().is_none());
+    let open = starling_storage::migration::read_log_transfer(&target.store, UUID)
+        .unwrap()
+        .expect("an open transfer");
+    assert_eq!(open.migration_id, id);
+    assert_eq!(open.source.as_ref().map(|s| s.name.as_str()), Some("alpha"));
+    assert!(open.activated_unix_ms > 0 && open.last_batch_unix_ms == 0);
+    let during = backup(&mut target, "during");
+    let refusal = target.refused(restore(&during), Code::FailedPrecondition);
+    assert!(refusal.contains("still arriving"), "{refusal}");
+
+    let log = starling_storage::records::read_log(&source.store, UUID, 0, 100).unwrap();
+    target.ok(import_log(&id, log[..1].to_vec(), false));
+    let renewed = starling_storage::migration::read_log_transfer(&target.store, UUID)
+        .unwrap()
+        .expect("still open");
+    assert!(renewed.last_batch_unix_ms > open.activated_unix_ms);
+    assert_eq!(renewed.source, open.source);
+
+    // Another attempt's end changes nothing; this one's ends the transfer, once.
+    let other = target.ok(end_log_transfer(&format!("{UUID}:7")));
+    assert!(!other.ended);
+    assert!(
+        starling_storage::migration::read_log_transfer(&target.store, UUID)
+            .unwrap()
+            .is_some()
+    );
+    assert!(target.ok(end_log_transfer(&id)).ended);
+    assert!(
+        starling_storage::migration::read_log_transfer(&target.store, UUID)
+            .unwrap()
+            .is_none()
+    );
+    let before = target.store.export_state().unwrap().entries;
+    assert!(!target.ok(end_log_transfer(&id)).ended);
+    assert_eq!(target.store.export_state().unwrap().entries, before);
+
+    // The records still in flight do not land in a copy that may be migrating on.
+    let late = LogRecord {
+        seq: 99,
+        entity: "unit-counter-0".into(),
+        message: "late".into(),
+        ..Default::default()
+    };
+    for complete in [false, true] {
+        let refusal = target.refused(
+            import_log(&id, vec![late.clone()], complete),
+            Code::FailedPrecondition,
+        );
+        assert!(refusal.contains("has ended"), "{refusal}");
+    }
+    // The restore the open transfer refused applies, and does not open it again.
+    target.ok(restore(&during));
+    assert!(
+        starling_storage::migration::read_log_transfer(&target.store, UUID)
+            .unwrap()
+            .is_none()
+    );
+}
+
+/// A `logtransfer/` value written by an older version is the bare migration id: it still reads
+/// (without a source to ask), and the source's last batch still ends it.
+#[test]
+fn a_log_transfer_recorded_by_an_older_version_still_ends() {
+    let (_, id, mut target) = activated();
+    let key = keys::log_transfer_key(UUID);
+    target
+        .store
+        .state_commit([(key, Some(id.clone().into_bytes()))].into())
+        .unwrap();
+    let old = starling_storage::migration::read_log_transfer(&target.store, UUID)
+        .unwrap()
+        .expect("reads");
+    assert_eq!(old.migration_id, id);
+    assert!(old.source.is_none());
+    assert_eq!(
+        starling_storage::migration::read_log_transfers(&target.store).unwrap(),
+        vec![(UUID.to_owned(), old)]
+    );
+    target.ok(import_log(&id, Vec::new(), true));
+    assert!(
+        starling_storage::migration::read_log_transfer(&target.store, UUID)
+            .unwrap()
+            .is_none()
+    );
+}
 
 /// Backs `h` up as `id`; the sha256 of the archive, which stays a blob on `h`, ready to restore.
 fn backup(h: &mut Harness, id: &str) -> String {

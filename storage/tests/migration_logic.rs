@@ -940,6 +940,83 @@ fn a_leftover_import_is_dropped_only_on_a_positive_answer() {
     }
 }
 
+/// Issue 12: the source gave up LOGTRANSFER (its timeout) and its "ended" call never reached
+/// the target. The target ends the inbound transfer only once the source says it is past
+/// LOGTRANSFER or has no record of the migration; before that, on silence, and on an answer
+/// that still allows log records to come, it stays open.
+#[test]
+fn an_idle_inbound_log_transfer_ends_only_when_the_source_is_past_it() {
+    let limits = TargetLimits {
+        idle_before_asking_ms: 60_000,
+        ask_interval_ms: 10_000,
+    };
+    let idle = T0 + 60_000;
+    let transfer = InboundLogTransfer {
+        migration_id: MigrationId::new("6f1c-model", 1),
+        last_activity_unix_ms: T0,
+    };
+    assert!(matches!(
+        inbound_log_transfer_decision(&transfer, None, T0 + 1, &limits),
+        LogTransferAction::Keep { until_unix_ms, .. } if until_unix_ms == idle
+    ));
+    assert_eq!(
+        inbound_log_transfer_decision(&transfer, None, idle, &limits),
+        LogTransferAction::AskSource
+    );
+    let committed = |phase| SourceAnswer::Committed { phase };
+    for (answer, ends) in [
+        (SourceAnswer::Unknown, true),
+        (committed(Phase::Reap), true),
+        (committed(Phase::Done), true),
+        (committed(Phase::ReapFailed), true),
+        (committed(Phase::Success), false),
+        (committed(Phase::LogTransfer), false),
+        (
+            SourceAnswer::InProgress {
+                phase: Phase::Quiesce,
+            },
+            false,
+        ),
+        (
+            SourceAnswer::Aborted {
+                phase: Phase::Abort,
+            },
+            false,
+        ),
+        (SourceAnswer::Unreachable, false),
+    ] {
+        let fresh = Observed::at(answer.clone(), idle);
+        match inbound_log_transfer_decision(&transfer, Some(&fresh), idle + 1, &limits) {
+            LogTransferAction::End { reason } => {
+                assert!(ends, "{answer:?}: {reason}");
+                assert!(reason.contains("6f1c-model:1"), "{reason}");
+            }
+            LogTransferAction::Keep { until_unix_ms, .. } => {
+                assert!(!ends, "{answer:?}");
+                assert_eq!(until_unix_ms, idle + 10_000);
+            }
+            LogTransferAction::AskSource => panic!("{answer:?}: fresh answer ignored"),
+        }
+        // A stale answer, or one given before the last batch arrived, is asked again.
+        assert_eq!(
+            inbound_log_transfer_decision(&transfer, Some(&fresh), idle + 10_000, &limits),
+            LogTransferAction::AskSource
+        );
+        let batch_since = InboundLogTransfer {
+            last_activity_unix_ms: idle + 1,
+            ..transfer.clone()
+        };
+        assert!(matches!(
+            inbound_log_transfer_decision(&batch_since, Some(&fresh), idle + 2, &limits),
+            LogTransferAction::Keep { .. }
+        ));
+        assert_eq!(
+            inbound_log_transfer_decision(&batch_since, Some(&fresh), idle + 60_001, &limits),
+            LogTransferAction::AskSource
+        );
+    }
+}
+
 #[test]
 fn activate_needs_this_migrations_sealed_import() {
     let id = MigrationId::new("6f1c-model", 2);

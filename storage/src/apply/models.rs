@@ -136,6 +136,7 @@ pub(super) fn apply_model_op<R: StateRead + ?Sized>(
         Op::ActivateModel(activate) => tx.activate_model(activate),
         Op::DropImport(drop) => tx.drop_import(drop),
         Op::ImportLog(import) => tx.import_log(import),
+        Op::EndLogTransfer(end) => tx.end_log_transfer(end),
         Op::SetModelConfig(set) => tx.set_model_config(set),
         Op::ApplyModelChanges(changes) => tx.apply_model_changes(changes),
         Op::TrimFeed(trim) => tx.trim_feed(trim),

@@ -102,6 +102,14 @@ pub const KNOWN_KEYS: &[KeySpec] = &[
         },
     },
     KeySpec {
+        key: "migration-log-transfer-timeout",
+        default: "10m",
+        kind: ValueKind::Duration {
+            min: Duration::from_secs(1),
+            max: Duration::from_secs(24 * 3600),
+        },
+    },
+    KeySpec {
         key: "migration-quiesce-timeout",
         default: "60s",
         kind: ValueKind::Duration {
@@ -418,8 +426,8 @@ mod tests {
             reason("foo", "1"),
             "unknown controller-config key \"foo\" (known: agent-heartbeat-interval, backups-to-keep, \
              migration-abort-drop-timeout, migration-fence-hold, migration-fence-lag, \
-             migration-import-timeout, migration-leftover-idle, migration-quiesce-timeout, \
-             model-log-max-records, status-history-size; custom keys \
+             migration-import-timeout, migration-leftover-idle, migration-log-transfer-timeout, \
+             migration-quiesce-timeout, model-log-max-records, status-history-size; custom keys \
              start with \"custom.\")"
         );
     }

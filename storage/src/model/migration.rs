@@ -444,6 +444,15 @@ pub enum MigrationError {
         /// The machines, comma-separated.
         machines: String,
     },
+    /// A batch of log records arrived after the inbound log transfer ended.
+    #[error(
+        "the log transfer of migration {migration_id} into this controller has ended; no more \
+         log records are accepted"
+    )]
+    LogTransferEnded {
+        /// The migration.
+        migration_id: String,
+    },
     /// The fence needs the copy's digests recorded.
     #[error("migration {migration_id} cannot lock the model: no copy was recorded")]
     NoCopyRecorded {
@@ -913,7 +922,8 @@ pub struct Limits {
     /// CATCHUP: the fence starts once at most this many feed entries are still unsent
     /// (controller config `migration-fence-lag`).
     pub fence_lag_entries: u64,
-    /// LOGTRANSFER: after this the rest of the log is given up and REAP follows.
+    /// LOGTRANSFER: after this the rest of the log is given up and REAP follows (controller
+    /// config `migration-log-transfer-timeout`).
     pub log_transfer_timeout_ms: u64,
     /// REAP: without a result in this time the migration ends in REAPFAILED.
     pub reap_timeout_ms: u64,
@@ -1766,23 +1776,22 @@ pub fn target_leftover_decision(
     now_unix_ms: i64,
     limits: &TargetLimits,
 ) -> TargetAction {
-    let idle_until = add_ms(import.last_activity_unix_ms, limits.idle_before_asking_ms);
-    if now_unix_ms < idle_until {
-        return TargetAction::Keep {
-            until_unix_ms: idle_until,
-            reason: "the source is still working on it".into(),
+    let (answer, until_unix_ms) =
+        match asked(import.last_activity_unix_ms, answer, now_unix_ms, limits) {
+            Asked::Idle { until_unix_ms } => {
+                return TargetAction::Keep {
+                    until_unix_ms,
+                    reason: "the source is still working on it".into(),
+                }
+            }
+            Asked::Ask => return TargetAction::AskSource,
+            Asked::Answered {
+                answer,
+                until_unix_ms,
+            } => (answer, until_unix_ms),
         };
-    }
-    let fresh = answer.filter(|answer| {
-        answer.at_unix_ms >= import.last_activity_unix_ms
-            && now_unix_ms < add_ms(answer.at_unix_ms, limits.ask_interval_ms)
-    });
-    let Some(answer) = fresh else {
-        return TargetAction::AskSource;
-    };
-    let until_unix_ms = add_ms(answer.at_unix_ms, limits.ask_interval_ms);
     let id = &import.migration_id;
-    match &answer.value {
+    match answer {
         SourceAnswer::Unknown => TargetAction::Drop {
             reason: format!("the source has no record of migration {id}"),
         },
@@ -1801,6 +1810,129 @@ pub fn target_leftover_decision(
             until_unix_ms,
             reason: "the source did not answer; an import is never dropped on silence".into(),
         },
+    }
+}
+
+/// Where the sweeper stands with something idle it may ask the source about.
+enum Asked<'a> {
+    /// Not idle long enough: decide again at `until_unix_ms`.
+    Idle { until_unix_ms: i64 },
+    /// Idle, and no answer given since the last activity is fresh: ask.
+    Ask,
+    /// The source's fresh answer, and when it goes stale.
+    Answered {
+        answer: &'a SourceAnswer,
+        until_unix_ms: i64,
+    },
+}
+
+/// The sweeper's timing, shared by imports and inbound log transfers: nothing is asked about
+/// before `idle_before_asking_ms` without activity, and an answer counts when it was given
+/// after the last activity and is younger than `ask_interval_ms`.
+fn asked<'a>(
+    last_activity_unix_ms: i64,
+    answer: Option<&'a Observed<SourceAnswer>>,
+    now_unix_ms: i64,
+    limits: &TargetLimits,
+) -> Asked<'a> {
+    let idle_until = add_ms(last_activity_unix_ms, limits.idle_before_asking_ms);
+    if now_unix_ms < idle_until {
+        return Asked::Idle {
+            until_unix_ms: idle_until,
+        };
+    }
+    let fresh = answer.filter(|answer| {
+        answer.at_unix_ms >= last_activity_unix_ms
+            && now_unix_ms < add_ms(answer.at_unix_ms, limits.ask_interval_ms)
+    });
+    match fresh {
+        None => Asked::Ask,
+        Some(answer) => Asked::Answered {
+            answer: &answer.value,
+            until_unix_ms: add_ms(answer.at_unix_ms, limits.ask_interval_ms),
+        },
+    }
+}
+
+/// An inbound log transfer the target holds open (`logtransfer/<uuid>`, written at Activate):
+/// until it ends, the model may not migrate on and no backup is taken.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InboundLogTransfer {
+    /// The migration that activated the model here.
+    pub migration_id: MigrationId,
+    /// When Activate applied here, or the last batch of log records did, whichever is later.
+    pub last_activity_unix_ms: i64,
+}
+
+/// What the target does about an inbound log transfer that stopped.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LogTransferAction {
+    /// Keep it open; decide again at `until_unix_ms`.
+    Keep {
+        /// When to decide again.
+        until_unix_ms: i64,
+        /// Why it is kept.
+        reason: String,
+    },
+    /// Ask the source about the migration id (`source_answer` on its side).
+    AskSource,
+    /// End the transfer (replicated: `EndLogTransfer`).
+    End {
+        /// Why, for the log.
+        reason: String,
+    },
+}
+
+/// The target's rule for an inbound log transfer whose end never came (the source gives up
+/// LOGTRANSFER after its timeout, and its one "ended" call may not reach the target): the
+/// transfer is ended once the source positively says it is past LOGTRANSFER (REAP, DONE,
+/// REAPFAILED: it sends nothing more) or has no record of the migration. Silence, and a source
+/// still in SUCCESS or LOGTRANSFER, keep it open. So does an "aborted" or "in progress" answer
+/// about a migration that activated the model here: the source contradicts this controller's
+/// state (e.g. it was restored from an older backup), and an operator should look.
+pub fn inbound_log_transfer_decision(
+    transfer: &InboundLogTransfer,
+    answer: Option<&Observed<SourceAnswer>>,
+    now_unix_ms: i64,
+    limits: &TargetLimits,
+) -> LogTransferAction {
+    let (answer, until_unix_ms) =
+        match asked(transfer.last_activity_unix_ms, answer, now_unix_ms, limits) {
+            Asked::Idle { until_unix_ms } => {
+                return LogTransferAction::Keep {
+                    until_unix_ms,
+                    reason: "log records arrived recently".into(),
+                }
+            }
+            Asked::Ask => return LogTransferAction::AskSource,
+            Asked::Answered {
+                answer,
+                until_unix_ms,
+            } => (answer, until_unix_ms),
+        };
+    let id = &transfer.migration_id;
+    let keep = |reason: String| LogTransferAction::Keep {
+        until_unix_ms,
+        reason,
+    };
+    match answer {
+        SourceAnswer::Unknown => LogTransferAction::End {
+            reason: format!("the source has no record of migration {id}"),
+        },
+        SourceAnswer::Committed {
+            phase: phase @ (Phase::Reap | Phase::Done | Phase::ReapFailed),
+        } => LogTransferAction::End {
+            reason: format!("the source is past LOGTRANSFER in migration {id} ({phase})"),
+        },
+        SourceAnswer::Committed { phase } => {
+            keep(format!("the source is in {phase}; its log may still come"))
+        }
+        SourceAnswer::InProgress { phase } | SourceAnswer::Aborted { phase } => keep(format!(
+            "the source says migration {id} is in {phase}, yet it activated the model here"
+        )),
+        SourceAnswer::Unreachable => {
+            keep("the source did not answer; a transfer is never ended on silence".into())
+        }
     }
 }
 

@@ -3,25 +3,30 @@
 //! 5m) is asked about at its source (`SourceStatus`, authenticated with the secret the source
 //! handed over), and dropped only when the source answers that it aborted the migration or has
 //! no record of it. Silence never drops an import: the source may have committed SUCCESS. The
-//! same question decides about files staged for an import that was never made.
+//! same question decides about files staged for an import that was never made, and about an
+//! inbound log transfer that never ended (the source gave up LOGTRANSFER while this controller
+//! was out of its reach): it is ended once the source answers that it is past LOGTRANSFER or
+//! has no record of the migration, so the model may migrate on and backups work again.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use prost::Message;
-use starling_proto::command::{command, Command, DropImport};
+use starling_proto::command::{command, DropImport, EndLogTransfer};
 use starling_proto::migration as pb;
+use starling_raft::{ProposeError, Proposed};
 use starling_storage::migration as stored;
 use starling_storage::model::migration::{
-    target_leftover_decision, MigrationId, Observed, Phase, SourceAnswer, TargetAction,
-    TargetImport, TargetImportState, TargetLimits,
+    inbound_log_transfer_decision, target_leftover_decision, InboundLogTransfer, LogTransferAction,
+    MigrationId, Observed, Phase, SourceAnswer, TargetAction, TargetImport, TargetImportState,
+    TargetLimits,
 };
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::peer::Peer;
 use crate::context::NodeContext;
-use crate::plumbing::now_unix_ms;
+use crate::plumbing::{internal_command, now_unix_ms};
 
 /// The longest pause between two looks at the imports.
 const SWEEP_INTERVAL_MAX: Duration = Duration::from_secs(5);
@@ -40,6 +45,7 @@ fn limits(ctx: &NodeContext) -> TargetLimits {
 /// Runs until `stop`.
 pub async fn run_sweeper(ctx: NodeContext, stop: CancellationToken) {
     let mut answers: BTreeMap<String, Observed<SourceAnswer>> = BTreeMap::new();
+    let mut transfer_answers: BTreeMap<String, Observed<SourceAnswer>> = BTreeMap::new();
     loop {
         let limits = limits(&ctx);
         let pause = Duration::from_millis(limits.idle_before_asking_ms / 2)
@@ -51,6 +57,7 @@ pub async fn run_sweeper(ctx: NodeContext, stop: CancellationToken) {
         if ctx.handle.current_leader() != Some(ctx.handle.node_id()) {
             continue;
         }
+        sweep_log_transfers(&ctx, &limits, &mut transfer_answers).await;
         let imports = match stored::read_imports(ctx.handle.state().reader()) {
             Ok(imports) => imports,
             Err(e) => {
@@ -89,23 +96,77 @@ pub async fn run_sweeper(ctx: NodeContext, stop: CancellationToken) {
                 }
                 TargetAction::Drop { reason } => {
                     info!(migration = %import.migration_id, reason, "dropping a leftover import");
-                    let command = Command {
-                        request_id: format!("leftover-drop-{}", import.migration_id),
-                        op: Some(command::Op::DropImport(DropImport {
-                            migration_id: import.migration_id.clone(),
-                            reason,
-                        })),
-                        proposed_unix_ms: now_unix_ms(),
-                        caller: String::new(),
-                        authority: None,
-                    };
-                    if let Err(e) = ctx.handle.propose(command).await {
+                    let op = command::Op::DropImport(DropImport {
+                        migration_id: import.migration_id.clone(),
+                        reason,
+                    });
+                    let request_id = format!("leftover-drop-{}", import.migration_id);
+                    if let Err(e) = propose(&ctx, request_id, op).await {
                         warn!(error = %e, "cannot drop the leftover import yet");
                     }
                 }
             }
         }
     }
+}
+
+/// One look at the inbound log transfers that have not ended (`inbound_log_transfer_decision`):
+/// asks the source about an idle one, and ends one whose source is past LOGTRANSFER or has no
+/// record of it. `answers` holds the source's last answer per migration id.
+async fn sweep_log_transfers(
+    ctx: &NodeContext,
+    limits: &TargetLimits,
+    answers: &mut BTreeMap<String, Observed<SourceAnswer>>,
+) {
+    let transfers = match stored::read_log_transfers(ctx.handle.state().reader()) {
+        Ok(transfers) => transfers,
+        Err(e) => {
+            warn!(error = %e, "cannot read the inbound log transfers");
+            return;
+        }
+    };
+    answers.retain(|id, _| transfers.iter().any(|(_, t)| &t.migration_id == id));
+    for (_, transfer) in transfers {
+        let Ok(migration_id) = MigrationId::parse(&transfer.migration_id) else {
+            continue;
+        };
+        let open = InboundLogTransfer {
+            migration_id,
+            last_activity_unix_ms: transfer.activated_unix_ms.max(transfer.last_batch_unix_ms),
+        };
+        let id = &transfer.migration_id;
+        match inbound_log_transfer_decision(&open, answers.get(id), now_unix_ms(), limits) {
+            LogTransferAction::Keep { .. } => {}
+            LogTransferAction::AskSource => {
+                // A transfer recorded by an older version has no source to ask: it stays open.
+                let Some(source) = transfer.source.clone() else {
+                    continue;
+                };
+                let answer = ask_source(id, source).await;
+                info!(migration = %id, ?answer, "asked the source about an idle inbound log transfer");
+                answers.insert(id.clone(), Observed::at(answer, now_unix_ms()));
+            }
+            LogTransferAction::End { reason } => {
+                info!(migration = %id, reason, "ending an inbound log transfer");
+                let op = command::Op::EndLogTransfer(EndLogTransfer {
+                    migration_id: id.clone(),
+                    reason,
+                });
+                if let Err(e) = propose(ctx, format!("leftover-log-end-{id}"), op).await {
+                    warn!(error = %e, "cannot end the inbound log transfer yet");
+                }
+            }
+        }
+    }
+}
+
+/// Proposes the sweeper's internal command `op` (no caller: not checked again when it applies).
+async fn propose(
+    ctx: &NodeContext,
+    request_id: String,
+    op: command::Op,
+) -> Result<Proposed, ProposeError> {
+    ctx.handle.propose(internal_command(request_id, op)).await
 }
 
 /// Runs until `stop`, on every node: cleans up the node's staging area at start and then

@@ -13,8 +13,8 @@ use std::time::Duration;
 use prost::Message;
 use sha2::{Digest, Sha256};
 use starling_proto::command::{
-    command, migration_progress::Fact, AgentValidation, Command, CommandError,
-    CopyDigests as PbCopyDigests, MigrationProgress, MigrationTransition, ReapModel, TrimFeed,
+    command, migration_progress::Fact, AgentValidation, CommandError, CopyDigests as PbCopyDigests,
+    MigrationProgress, MigrationTransition, ReapModel, TrimFeed,
 };
 use starling_proto::migration as pb;
 use starling_proto::model::{Life, Machine};
@@ -34,7 +34,7 @@ use super::peer::{retryable, Peer};
 use super::staging::{self, import_answer, PreparedCopy};
 use super::{failpoint, failpoint_value, prechecks};
 use crate::context::NodeContext;
-use crate::plumbing::now_unix_ms;
+use crate::plumbing::{internal_command, now_unix_ms};
 
 /// How often the supervisor looks for migrations to drive.
 const SCAN_INTERVAL: Duration = Duration::from_millis(300);
@@ -94,8 +94,8 @@ pub async fn run_masters(ctx: NodeContext, stop: CancellationToken) {
 }
 
 /// The master's deadlines and the fence's lag: the defaults, with `migration-quiesce-timeout`,
-/// `migration-import-timeout`, `migration-abort-drop-timeout` and `migration-fence-lag` from the
-/// controller config.
+/// `migration-import-timeout`, `migration-abort-drop-timeout`, `migration-log-transfer-timeout`
+/// and `migration-fence-lag` from the controller config.
 fn limits(ctx: &NodeContext) -> Limits {
     let mut limits = Limits::default();
     if let Some(timeout) = ctx.config_ms("migration-quiesce-timeout") {
@@ -106,6 +106,9 @@ fn limits(ctx: &NodeContext) -> Limits {
     }
     if let Some(timeout) = ctx.config_ms("migration-abort-drop-timeout") {
         limits.abort_drop_timeout_ms = Some(timeout);
+    }
+    if let Some(timeout) = ctx.config_ms("migration-log-transfer-timeout") {
+        limits.log_transfer_timeout_ms = timeout;
     }
     if let Some(lag) = ctx.config_u64("migration-fence-lag") {
         limits.fence_lag_entries = lag;
@@ -249,13 +252,7 @@ impl Driver {
         request_id: String,
         op: command::Op,
     ) -> anyhow::Result<Result<starling_proto::command::Ok, CommandError>> {
-        let command = Command {
-            request_id,
-            op: Some(op),
-            proposed_unix_ms: now_unix_ms(),
-            caller: String::new(),
-            authority: None,
-        };
+        let command = internal_command(request_id, op);
         let proposed = self
             .ctx
             .handle
@@ -842,6 +839,9 @@ impl Driver {
 
     /// Tells the target that no more log records come (idempotent: the same request id).
     async fn end_log_transfer(&self) -> Result<(), tonic::Status> {
+        if let Some(reason) = failpoint("migration.source.transfer-log") {
+            return Err(tonic::Status::unavailable(reason));
+        }
         let request = pb::TransferLogRequest {
             migration_id: self.key.clone(),
             records: Vec::new(),
@@ -894,14 +894,21 @@ impl Driver {
                 records,
                 complete: false,
             };
-            match self
-                .peer()
-                .call(|mut c| {
-                    let r = request.clone();
-                    async move { c.transfer_log(r).await }
-                })
-                .await
-            {
+            let answer = match failpoint("migration.source.transfer-log") {
+                Some(reason) => Err(tonic::Status::unavailable(reason)),
+                None => {
+                    self.peer()
+                        .call(|mut c| {
+                            let r = request.clone();
+                            async move { c.transfer_log(r).await }
+                        })
+                        .await
+                }
+            };
+            match answer {
+                // The target's transfer has ended (the sweeper ended it while this source
+                // was away): it takes nothing more, so there is nothing more to send.
+                Ok(answer) if answer.ended => return LogTransferStatus::Complete { position },
                 Ok(answer) => position = answer.position.max(last),
                 Err(status) => {
                     return if position > from {

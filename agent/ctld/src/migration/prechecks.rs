@@ -95,8 +95,8 @@ pub fn source_checks(
     if let Some(inbound) = stored::read_log_transfer(reader, &model.uuid).map_err(storage_error)? {
         failures.push(format!(
             "the log of model \"{}\" is still arriving from its previous controller (migration \
-             {inbound}); migrate it on once that transfer has ended",
-            model.name
+             {}); migrate it on once that transfer has ended",
+            model.name, inbound.migration_id
         ));
     }
     if presence == AgentPresence::LeftToValidation {

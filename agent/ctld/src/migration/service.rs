@@ -312,7 +312,7 @@ impl Migration for MigrationService {
         let message = request.into_inner();
         let id = parse_id(&message.migration_id)?;
         let first = message.records.first().map_or(0, |r| r.seq);
-        let ok = self
+        let result = self
             .propose(
                 &caller,
                 format!("log-{id}-{first}-{}", message.records.len()),
@@ -322,10 +322,36 @@ impl Migration for MigrationService {
                     complete: message.complete,
                 }),
             )
-            .await?;
-        Ok(Response::new(pb::TransferLogResponse {
-            position: ok.log_position,
-        }))
+            .await;
+        match result {
+            Ok(ok) => Ok(Response::new(pb::TransferLogResponse {
+                position: ok.log_position,
+                ended: message.complete,
+            })),
+            // Refused because the transfer has ended here (its end arrived before, or the
+            // sweeper ended it): the source goes on as if it were complete.
+            Err(status)
+                if status.code() == tonic::Code::FailedPrecondition
+                    && stored::read_activated_by(
+                        self.ctx.handle.state().reader(),
+                        &id.model_uuid,
+                    )
+                    .map_err(storage_error)?
+                    .is_some_and(|by| by == id.to_string())
+                    && stored::read_log_transfer(
+                        self.ctx.handle.state().reader(),
+                        &id.model_uuid,
+                    )
+                    .map_err(storage_error)?
+                    .is_none_or(|open| open.migration_id != id.to_string()) =>
+            {
+                Ok(Response::new(pb::TransferLogResponse {
+                    position: 0,
+                    ended: true,
+                }))
+            }
+            Err(status) => Err(status),
+        }
     }
 
     #[instrument(skip_all, fields(node_id = self.ctx.identity.node_id, migration = %request.get_ref().migration_id))]

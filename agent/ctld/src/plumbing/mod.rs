@@ -10,7 +10,7 @@ pub mod status;
 
 pub use blobs::{blob_chunks, charm_chunks, read_blob, BlobChunk, ChunkStream};
 pub use hold::{propose_model_write, wait_for_activation};
-pub use propose::{propose, propose_and_wait, request_id_or_new};
+pub use propose::{internal_command, propose, propose_and_wait, request_id_or_new};
 pub use status::{command_result_status, proposal, redirect_status, refusal, storage_error};
 
 /// Milliseconds since the Unix epoch, for commands' `proposed_unix_ms`.

@@ -8,6 +8,18 @@ use tonic::Status;
 use super::now_unix_ms;
 use super::status::{command_result_status, proposal};
 
+/// An internal command (no caller, no authority: applying does not check it again), proposed
+/// now.
+pub fn internal_command(request_id: String, op: command::Op) -> Command {
+    Command {
+        request_id,
+        op: Some(op),
+        proposed_unix_ms: now_unix_ms(),
+        caller: String::new(),
+        authority: None,
+    }
+}
+
 /// The client's request id, or a new random one.
 pub fn request_id_or_new(request_id: String) -> String {
     if request_id.is_empty() {

@@ -719,9 +719,18 @@ impl<R: StateRead + ?Sized> Tx<'_, '_, R> {
             self.state
                 .put(keys::activated_key(&uuid), id.to_string().into_bytes());
             // The source's log follows; until it has ended, the model may not migrate on (the
-            // records would land in a copy that is leaving, below positions already sent).
-            self.state
-                .put(keys::log_transfer_key(&uuid), id.to_string().into_bytes());
+            // records would land in a copy that is leaving, below positions already sent). The
+            // source's contact stays with it, for the sweeper to ask about a transfer that
+            // stopped without its end.
+            self.put(
+                keys::log_transfer_key(&uuid),
+                &pb::LogTransferRecord {
+                    migration_id: id.to_string(),
+                    source: import.source.clone(),
+                    activated_unix_ms: self.now_ms,
+                    last_batch_unix_ms: 0,
+                },
+            );
             // A model migrated back here replaces the redirect it left behind.
             self.state.delete(keys::redirect_key(&uuid));
         }
@@ -761,6 +770,17 @@ impl<R: StateRead + ?Sized> Tx<'_, '_, R> {
             }
             .into());
         }
+        // Only an open transfer takes records: once it has ended (the source's last batch, or
+        // the sweeper after the source moved past LOGTRANSFER) the model may be migrating on,
+        // and a late batch would land in a copy that is leaving.
+        let Some(mut transfer) = stored::read_log_transfer(&self.state, uuid)?
+            .filter(|transfer| transfer.migration_id == id.to_string())
+        else {
+            return Err(MigrationError::LogTransferEnded {
+                migration_id: id.to_string(),
+            }
+            .into());
+        };
         let mut model =
             records::read_model(&self.state, uuid)?.ok_or_else(|| ModelError::ModelNotFound {
                 model: uuid.to_owned(),
@@ -790,13 +810,30 @@ impl<R: StateRead + ?Sized> Tx<'_, '_, R> {
             model.next_log_seq = position + 1;
             self.put(keys::model_record_key(uuid), &model);
         }
-        if import.complete
-            && stored::read_log_transfer(&self.state, uuid)?.as_deref() == Some(&id.to_string())
-        {
+        if import.complete {
             self.state.delete(keys::log_transfer_key(uuid));
+        } else {
+            transfer.last_batch_unix_ms = self.now_ms;
+            self.put(keys::log_transfer_key(uuid), &transfer);
         }
         Ok(cmd::Ok {
             log_position: position,
+            ..Default::default()
+        })
+    }
+
+    /// Ends migration `id`'s inbound log transfer without the source's last batch (the
+    /// sweeper's command): only while the transfer open for the model is this migration's.
+    pub(super) fn end_log_transfer(&mut self, end: &cmd::EndLogTransfer) -> Outcome {
+        let id = parse_id(&end.migration_id)?;
+        let uuid = id.model_uuid.as_str();
+        let open = stored::read_log_transfer(&self.state, uuid)?
+            .is_some_and(|transfer| transfer.migration_id == id.to_string());
+        if open {
+            self.state.delete(keys::log_transfer_key(uuid));
+        }
+        Ok(cmd::Ok {
+            ended: open,
             ..Default::default()
         })
     }
