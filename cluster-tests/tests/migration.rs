@@ -25,6 +25,8 @@
 //!   out and its end never reaches the target; the migration ends DONE, the target refuses to
 //!   move the model on until its sweeper hears from the source that it is past LOGTRANSFER and
 //!   ends the transfer; then the model moves back.
+//! - `a_write_that_meets_success_on_its_way_is_sent_to_the_target`: a write the source checked
+//!   before SUCCESS and proposed after it is answered with the redirect to retry, not refused.
 //! - `agents_are_started_from_their_first_contact`: with an hour between heartbeats, an agent is
 //!   `started` as soon as it connects, so a dry run passes at once, and on the target as soon
 //!   as the migration ends.
@@ -940,6 +942,59 @@ fn log_transfer_given_up(world: &mut World) -> Result<()> {
         .ok(&["migrate", "beta:app", "alpha", "--wait", "--timeout", "3m"])?;
     ensure!(out.contains("DONE"), "{out}");
     one_owner(world, "app", "alpha")
+}
+
+/// A write the source's node checked while the model was still its own, and proposed only after
+/// SUCCESS committed (a lagging node, a slow client path): the state machine refuses it because
+/// the model is a redirect. Nothing applied, so the client must be told to send it to the
+/// target under the same request id, as for a write held in the fence, never see an error.
+/// The failpoint delays every write on alpha by 1 s between the node's checks and its
+/// proposal, so the write in flight when SUCCESS commits is always such a write.
+#[test]
+fn a_write_that_meets_success_on_its_way_is_sent_to_the_target() -> Result<()> {
+    alpha_failing_and_beta(
+        "client.write.before-propose=return(1000)",
+        write_meets_success,
+    )
+}
+
+fn write_meets_success(world: &mut World) -> Result<()> {
+    world.add_model("alpha", "plain", 0)?;
+    let mut writer = Writer::start(world, "plain", "alpha")?;
+    wait_for("two writes acknowledged on alpha", || {
+        let acked = writer.acked.lock().expect("lock").len();
+        ensure!(acked >= 2, "{acked} acknowledged");
+        Ok(())
+    })?;
+    let out = world.ctl.ok(&[
+        "migrate",
+        "alpha:plain",
+        "beta",
+        "--wait",
+        "--timeout",
+        "3m",
+    ])?;
+    ensure!(out.contains("DONE"), "{out}");
+    let at_done = writer.acked.lock().expect("lock").len();
+    wait_for("two more writes acknowledged on beta", || {
+        let acked = writer.acked.lock().expect("lock").len();
+        ensure!(acked >= at_done + 2, "{} since DONE", acked - at_done);
+        Ok(())
+    })?;
+    let acked = writer.stop(&world.rt);
+    let refused = writer.refused.lock().expect("lock").clone();
+    ensure!(refused.is_empty(), "writes refused: {refused:?}");
+    let retried = writer.retried.load(Ordering::Relaxed);
+    ensure!(retried >= 1, "no write was sent on to the target");
+    let on_beta = written_keys(world, "beta", "plain")?;
+    for n in &acked {
+        ensure!(on_beta.contains(n), "acknowledged w-{n} is not on beta");
+    }
+    info!(
+        acked = acked.len(),
+        retried, "every write acknowledged, none refused"
+    );
+    Ok(())
 }
 
 #[test]

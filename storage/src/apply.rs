@@ -63,7 +63,8 @@ pub fn error_code(error: &ModelError) -> cmd::command_error::Code {
 
 /// A refused command's result for a broken model rule. A refusal by a migration's lock, by
 /// an import that is not active yet, or of a lock because a machine's agent has not validated
-/// yet is marked transient (not kept as the request's result).
+/// yet is marked transient (not kept as the request's result); a refusal because the model
+/// migrated away is marked `migrated` (the client may send the request to the target).
 pub fn model_error_result(error: &ModelError) -> CommandResult {
     let mut result = error_result(error_code(error), error.to_string());
     if let Some(cmd::command_result::Result::Error(e)) = result.result.as_mut() {
@@ -73,6 +74,7 @@ pub fn model_error_result(error: &ModelError) -> CommandResult {
                 e.locked_by = migration_id.clone();
             }
             ModelError::ModelImporting { .. } => e.transient = true,
+            ModelError::ModelMigrated { .. } => e.migrated = true,
             // A machine added since the master last looked: it validates, then the lock is
             // proposed again under a new request id.
             ModelError::Migration(MigrationError::AgentsNotValidated { .. }) => e.transient = true,

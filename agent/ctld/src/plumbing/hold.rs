@@ -5,8 +5,11 @@
 //! migration aborted) it is proposed again under the same request id and applies here; when the
 //! redirect appears (SUCCESS) it is answered with the redirect and `retry_on_target`, and the
 //! client sends it once to the target under the same id; only a write that outlives the hold
-//! gets the "locked by migration" refusal. On the target, a call for a model that is still an
-//! import but sealed (the source holds the fence) waits the same way until Activate applies.
+//! gets the "locked by migration" refusal. A write this node checked before it knew of the
+//! migration's SUCCESS reaches the log after it and is refused there because the model is a
+//! redirect (`CommandError.migrated`): nothing applied, so it is answered like a held write,
+//! with `retry_on_target`. On the target, a call for a model that is still an import but sealed
+//! (the source holds the fence) waits the same way until Activate applies.
 
 use std::time::Duration;
 
@@ -16,9 +19,9 @@ use starling_storage::migration as stored;
 use tokio::time::Instant;
 use tonic::Status;
 
-use super::now_unix_ms;
 use super::propose::request_id_or_new;
 use super::status::{command_result_status, proposal, redirect_status, storage_error};
+use super::{failpoint_value, now_unix_ms};
 
 /// How long a write may wait in a fence (controller config `migration-fence-hold`; its
 /// default when no operator set it or the config cannot be read now).
@@ -36,6 +39,11 @@ fn locked_by(result: &CommandResult) -> Option<&str> {
         }
         _ => None,
     }
+}
+
+/// Whether the state machine refused `result` because the model had migrated away.
+fn refused_as_migrated(result: &CommandResult) -> bool {
+    matches!(&result.result, Some(command_result::Result::Error(e)) if e.migrated)
 }
 
 /// How a fence ended for a held write.
@@ -94,6 +102,11 @@ pub async fn propose_model_write(
     op: command::Op,
 ) -> Result<CommandResult, Status> {
     let request_id = request_id_or_new(request_id);
+    // Failpoint for the tests: `client.write.before-propose=return(MS)` delays the write
+    // between this node's checks and its proposal, so it meets what the log commits meanwhile.
+    if let Some(ms) = failpoint_value("client.write.before-propose").and_then(|v| v.parse().ok()) {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
     let mut deadline = None;
     loop {
         let command = Command {
@@ -104,6 +117,20 @@ pub async fn propose_model_write(
             authority: Some(authority.clone()),
         };
         let proposed = handle.propose(command).await.map_err(|e| proposal(&e))?;
+        if refused_as_migrated(&proposed.result) {
+            // SUCCESS came first in the log: the client sends the write to the target, once,
+            // under the same request id (it applied nowhere yet).
+            handle
+                .wait_applied(proposed.log_index)
+                .await
+                .map_err(|e| proposal(&e))?;
+            let state = handle.state();
+            if let Some(redirect) =
+                stored::read_redirect(state.reader(), uuid).map_err(storage_error)?
+            {
+                return Err(redirect_status(state.reader(), &redirect, true));
+            }
+        }
         if locked_by(&proposed.result).is_none() {
             command_result_status(&proposed.result)?;
             handle

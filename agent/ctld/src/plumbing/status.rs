@@ -59,9 +59,10 @@ pub fn command_result_status(result: &CommandResult) -> Result<(), Status> {
 
 /// The status a client gets for a model that migrated away: the message `ctl` prints, and as
 /// its details an `ErrorDetail` naming the target. `retry_on_target` when the request was held
-/// in the fence (`held`), or when the migration is still finishing (SUCCESS, LOGTRANSFER,
-/// REAP): the client sends the request once to the target, under the same request id, and the
-/// user sees no error. After DONE the client gets the redirect error itself.
+/// in the fence or reached the log after SUCCESS (`held`), or when the migration is still
+/// finishing (SUCCESS, LOGTRANSFER, REAP): the client sends the request once to the target,
+/// under the same request id, and the user sees no error. After DONE a request that this node
+/// turned away before proposing it gets the redirect error itself.
 pub fn redirect_status(
     state: &(impl StateRead + ?Sized),
     redirect: &starling_proto::migration::Redirect,
