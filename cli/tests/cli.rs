@@ -556,6 +556,18 @@ impl Controller for FakeController {
             .migration_status(request.into_inner())
             .map(Response::new)
     }
+
+    async fn end_log_transfer(
+        &self,
+        request: Request<EndLogTransferRequest>,
+    ) -> Result<Response<EndLogTransferResponse>, Status> {
+        check_auth(&request)?;
+        self.world
+            .lock()
+            .unwrap()
+            .end_log_transfer(request.into_inner())
+            .map(Response::new)
+    }
 }
 
 /// A running fake controller; dropped with the runtime it runs on.
@@ -2218,6 +2230,38 @@ fn abort_migration_reports_the_request_or_the_refusal() {
         .code(1)
         .stdout("")
         .stderr(format!("ERROR {refusal}\n"));
+}
+
+#[test]
+fn end_log_transfer_sends_force_and_reason_and_prints_what_the_source_said() {
+    let (server, _dir, data) = alpha_with_web_and_beta();
+    ctl(&data)
+        .args(["end-log-transfer", "web"])
+        .assert()
+        .code(1)
+        .stdout("")
+        .stderr("ERROR controller \"gamma\" says the migration is in LOGTRANSFER: add --force\n");
+    ctl(&data)
+        .args([
+            "end-log-transfer",
+            "alpha:web",
+            "--force",
+            "--reason",
+            "gamma is gone",
+        ])
+        .assert()
+        .success()
+        .stdout(
+            "Ended the log transfer of model \"alpha:admin/web\" from controller \"gamma\" \
+             (migration \"uuid-model-web:1\"): controller \"gamma\" says the migration is in \
+             LOGTRANSFER.\nRecords it had not sent are not kept; the model may migrate on.\n",
+        );
+    let world = server.state.world.lock().unwrap();
+    let calls = &world.end_log_transfer_calls;
+    assert_eq!(calls.len(), 2);
+    assert_eq!(calls[1].model.as_ref().unwrap().name, "admin/web");
+    assert!(!calls[0].force && calls[1].force);
+    assert_eq!(calls[1].reason, "gamma is gone");
 }
 
 #[test]

@@ -25,6 +25,9 @@
 //!   out and its end never reaches the target; the migration ends DONE, the target refuses to
 //!   move the model on until its sweeper hears from the source that it is past LOGTRANSFER and
 //!   ends the transfer; then the model moves back.
+//! - `an_operator_ends_the_log_transfer_of_a_source_gone_for_good`: `ctl end-log-transfer` is
+//!   refused while the source says it still sends the log; once every source node is gone it
+//!   ends the transfer, and the model moves on.
 //! - `a_write_that_meets_success_on_its_way_is_sent_to_the_target`: a write the source checked
 //!   before SUCCESS and proposed after it is answered with the redirect to retry, not refused.
 //! - `agents_are_started_from_their_first_contact`: with an hour between heartbeats, an agent is
@@ -795,8 +798,13 @@ fn live_migration(world: &mut World) -> Result<()> {
 
 #[test]
 fn a_model_moves_on_only_after_its_log_arrived() -> Result<()> {
+    alpha_holding_its_log_beta_and_gamma(onward_after_log)
+}
+
+/// Runs `body` on one-node controllers alpha, whose log transfer fails every time until its
+/// node runs without the failpoint, beta and gamma.
+fn alpha_holding_its_log_beta_and_gamma(body: impl FnOnce(&mut World) -> Result<()>) -> Result<()> {
     let mut alpha = ClusterOptions::new("alpha", 1);
-    // The source's log transfer fails every time until the node runs without it.
     alpha.env = vec![(
         "FAILPOINTS".into(),
         "migration.source.logtransfer=return(held back by the test)".into(),
@@ -807,11 +815,14 @@ fn a_model_moves_on_only_after_its_log_arrived() -> Result<()> {
             ClusterOptions::new("beta", 1),
             ClusterOptions::new("gamma", 1),
         ],
-        onward_after_log,
+        body,
     )
 }
 
-fn onward_after_log(world: &mut World) -> Result<()> {
+/// Migrates a counter model `app` from alpha to beta and waits until alpha's migration is in
+/// LOGTRANSFER (held there by the failpoint); checks that beta refuses to move it on, and that
+/// `ctl end-log-transfer` is refused while alpha says it is still sending the log.
+fn app_on_beta_with_its_log_held(world: &mut World) -> Result<()> {
     info!("--- a model with a log migrates from alpha to beta; alpha's log transfer is held");
     world.counter_model("alpha")?;
     let out = world.ctl.ok(&["migrate", "alpha:app", "beta"])?;
@@ -827,25 +838,34 @@ fn onward_after_log(world: &mut World) -> Result<()> {
     let refused = world
         .ctl
         .run(&["migrate", "beta:app", "gamma", "--dry-run"])?;
-    ensure!(refused.code == 1, "dry run exited {}", refused.code);
     ensure!(
-        refused.stderr.contains(
-            "the log of model \"app\" is still arriving from its previous \
-             controller"
-        ),
-        "{}",
+        refused.code == 1
+            && refused
+                .stderr
+                .contains("the log of model \"app\" is still arriving from controller \"alpha\"")
+            && refused.stderr.contains("ctl end-log-transfer"),
+        "dry run exited {}: {}",
+        refused.code,
         refused.stderr
     );
 
-    info!("--- alpha runs without the failpoint: the transfer ends and the model moves on");
-    let alpha = world.cluster_mut("alpha");
-    alpha.set_env(Vec::new());
-    alpha.kill(1)?;
-    alpha.start_node(1)?;
+    info!("--- alpha still sends the log: beta refuses to end the transfer without --force");
+    let refused = world.ctl.run(&["end-log-transfer", "beta:app"])?;
     ensure!(
-        world.wait_migration_end("alpha", "app")? == "DONE",
-        "alpha's migration did not end DONE"
+        refused.code == 1
+            && refused
+                .stderr
+                .contains("says the migration is in LOGTRANSFER")
+            && refused.stderr.contains("--force"),
+        "end-log-transfer exited {}: {}",
+        refused.code,
+        refused.stderr
     );
+    Ok(())
+}
+
+/// Moves `app` from beta on to gamma and checks that gamma is its only owner.
+fn app_moves_on_to_gamma(world: &mut World) -> Result<()> {
     let out = world
         .ctl
         .ok(&["migrate", "beta:app", "gamma", "--wait", "--timeout", "3m"])?;
@@ -856,6 +876,21 @@ fn onward_after_log(world: &mut World) -> Result<()> {
         world.owners("app")?
     );
     Ok(())
+}
+
+fn onward_after_log(world: &mut World) -> Result<()> {
+    app_on_beta_with_its_log_held(world)?;
+
+    info!("--- alpha runs without the failpoint: the transfer ends and the model moves on");
+    let alpha = world.cluster_mut("alpha");
+    alpha.set_env(Vec::new());
+    alpha.kill(1)?;
+    alpha.start_node(1)?;
+    ensure!(
+        world.wait_migration_end("alpha", "app")? == "DONE",
+        "alpha's migration did not end DONE"
+    );
+    app_moves_on_to_gamma(world)
 }
 
 /// Issue 12: the source gives up LOGTRANSFER after `migration-log-transfer-timeout` and its one
@@ -942,6 +977,54 @@ fn log_transfer_given_up(world: &mut World) -> Result<()> {
         .ok(&["migrate", "beta:app", "alpha", "--wait", "--timeout", "3m"])?;
     ensure!(out.contains("DONE"), "{out}");
     one_owner(world, "app", "alpha")
+}
+
+/// Issue 12: the source is gone for good while the model's log transfer is open on the target.
+/// No sweeper can end it (the source never answers again); the operator does, with
+/// `ctl end-log-transfer`, which the target refuses while the source still says it is sending.
+#[test]
+fn an_operator_ends_the_log_transfer_of_a_source_gone_for_good() -> Result<()> {
+    alpha_holding_its_log_beta_and_gamma(log_transfer_ended_by_hand)
+}
+
+fn log_transfer_ended_by_hand(world: &mut World) -> Result<()> {
+    app_on_beta_with_its_log_held(world)?;
+
+    info!("--- alpha is gone for good; the operator ends the transfer");
+    world.cluster_mut("alpha").kill_all();
+    drop(world.controllers.remove("alpha"));
+    let out = world.ctl.ok(&[
+        "end-log-transfer",
+        "beta:app",
+        "--reason",
+        "alpha was decommissioned",
+    ])?;
+    ensure!(
+        out.contains(
+            "Ended the log transfer of model \"beta:admin/app\" from controller \"alpha\""
+        ) && out.contains("did not answer"),
+        "{out}"
+    );
+    let log = std::fs::read_to_string(world.cluster("beta").log_path(1))?;
+    ensure!(
+        log.lines()
+            .any(|l| l.contains("ending an inbound log transfer")
+                && l.contains("alpha was decommissioned")),
+        "beta's log does not say why the transfer ended"
+    );
+    let again = world.ctl.run(&["end-log-transfer", "beta:app"])?;
+    ensure!(
+        again.code == 1
+            && again
+                .stderr
+                .contains("no log transfer into model \"app\" is open"),
+        "a second end-log-transfer exited {}: {}",
+        again.code,
+        again.stderr
+    );
+
+    info!("--- the model moves on to gamma");
+    app_moves_on_to_gamma(world)
 }
 
 /// A write the source's node checked while the model was still its own, and proposed only after

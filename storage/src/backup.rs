@@ -762,7 +762,8 @@ fn migration_in_flight<R: StateRead + ?Sized>(state: &R) -> Result<Option<String
         .next()
     {
         return Ok(Some(format!(
-            "the log of model {uuid} is still arriving (migration {})",
+            "the log of model {uuid} is still arriving (migration {}); if its source is gone \
+             for good, 'ctl end-log-transfer' ends it",
             transfer.migration_id
         )));
     }

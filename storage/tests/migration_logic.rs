@@ -1017,6 +1017,83 @@ fn an_idle_inbound_log_transfer_ends_only_when_the_source_is_past_it() {
     }
 }
 
+/// `ctl end-log-transfer`: the operator's override ends the transfer on silence and on every
+/// answer except "still transferring", which only `--force` overrides.
+#[test]
+fn an_operator_ends_a_log_transfer_unless_the_source_still_sends_it() {
+    use SourceAnswer::*;
+    let table = [
+        (Unreachable, false, Ok("did not answer")),
+        (Unknown, false, Ok("has no record of the migration")),
+        (Committed { phase: Phase::Done }, false, Ok("is in DONE")),
+        (Committed { phase: Phase::Reap }, false, Ok("is in REAP")),
+        (
+            Committed {
+                phase: Phase::ReapFailed,
+            },
+            false,
+            Ok("is in REAPFAILED"),
+        ),
+        (
+            InProgress {
+                phase: Phase::Catchup,
+            },
+            false,
+            Ok("is in CATCHUP"),
+        ),
+        (
+            Aborted {
+                phase: Phase::AbortDone,
+            },
+            false,
+            Ok("is in ABORTDONE"),
+        ),
+        (
+            Committed {
+                phase: Phase::Success,
+            },
+            false,
+            Err("still sending"),
+        ),
+        (
+            Committed {
+                phase: Phase::LogTransfer,
+            },
+            false,
+            Err("still sending"),
+        ),
+        (
+            Committed {
+                phase: Phase::Success,
+            },
+            true,
+            Ok("is in SUCCESS"),
+        ),
+        (
+            Committed {
+                phase: Phase::LogTransfer,
+            },
+            true,
+            Ok("is in LOGTRANSFER"),
+        ),
+        (Unreachable, true, Ok("did not answer")),
+    ];
+    for (answer, force, expected) in table {
+        let decided = operator_log_transfer_decision(&answer, "alpha", force);
+        match (&decided, expected) {
+            (Ok(said), Ok(words)) => assert!(
+                said.starts_with("controller \"alpha\"") && said.contains(words),
+                "{answer:?} force={force}: {said}"
+            ),
+            (Err(refusal), Err(words)) => assert!(
+                refusal.contains(words) && refusal.contains("--force"),
+                "{answer:?} force={force}: {refusal}"
+            ),
+            _ => panic!("{answer:?} force={force}: {decided:?}, expected {expected:?}"),
+        }
+    }
+}
+
 #[test]
 fn activate_needs_this_migrations_sealed_import() {
     let id = MigrationId::new("6f1c-model", 2);

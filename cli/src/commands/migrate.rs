@@ -1,5 +1,5 @@
-//! `ctl migrate MODEL TARGET` and `ctl abort-migration MODEL`: live model migration between two
-//! controllers (docs/migration.md, docs/ctl.md). The source controller runs the
+//! `ctl migrate MODEL TARGET`, `ctl abort-migration MODEL` and `ctl end-log-transfer MODEL`:
+//! live model migration between two controllers (docs/migration.md, docs/ctl.md). The source controller runs the
 //! migration; `ctl` hands it the target's endpoints, CA and token from the client store. With
 //! `--wait` it polls the migration's status and prints each phase change as it comes (like
 //! `status --watch`, so `-o FILE` receives nothing), until the migration ends or `--timeout`.
@@ -11,7 +11,8 @@ use anyhow::{bail, Result};
 use clap::Args;
 use sha2::{Digest, Sha256};
 use starling_proto::controller::{
-    AbortMigrationRequest, MigrateRequest, MigrationInfo, MigrationStatusRequest,
+    AbortMigrationRequest, EndLogTransferRequest, MigrateRequest, MigrationInfo,
+    MigrationStatusRequest,
 };
 use starling_proto::migration::TargetController;
 use tonic::Code;
@@ -91,6 +92,22 @@ migrate it again from the target.
 Example:
   ctl abort-migration alpha:web --reason \"wrong target\"";
 
+/// `ctl end-log-transfer --help`, after the options.
+pub const END_LOG_TRANSFER_HELP: &str = "\
+After SUCCESS the source controller sends the model's log to the controller the model moved
+to. Until that transfer ends, the model may not migrate on and no backup is restored there
+('the log of model ... is still arriving'). The transfer ends by itself: when the source sends
+its last batch, or, should the source give up (migration-log-transfer-timeout) while out of
+reach, when this controller hears from the source that it is past the transfer.
+
+When the source controller is gone for good, nothing will end it: this command does. It runs
+on the controller the model is on now, which first asks the source; it refuses while the
+source answers that it is still sending the log (add --force to end the transfer anyway). Log
+records the source had not sent are not kept here; later batches are refused.
+
+Example:
+  ctl end-log-transfer beta:web --reason \"alpha was decommissioned\"";
+
 /// Arguments of `ctl migrate`.
 #[derive(Debug, Args)]
 pub struct MigrateArgs {
@@ -126,6 +143,24 @@ pub struct AbortMigrationArgs {
     #[arg(short = 'c', long = "controller", value_name = "SOURCE")]
     pub controller: Option<String>,
     /// Why; kept in the migration's record as part of its abort reason.
+    #[arg(long, value_name = "TEXT")]
+    pub reason: Option<String>,
+}
+
+/// Arguments of `ctl end-log-transfer`.
+#[derive(Debug, Args)]
+pub struct EndLogTransferArgs {
+    /// The model that arrived, `[CONTROLLER:]MODEL`.
+    #[arg(value_name = "[CONTROLLER:]MODEL")]
+    pub model: String,
+    /// The controller the model is on now (default: $CTL_CONTROLLER, else the current
+    /// controller).
+    #[arg(short = 'c', long = "controller", value_name = "CONTROLLER")]
+    pub controller: Option<String>,
+    /// End the transfer even while the source says it is still sending the log.
+    #[arg(long)]
+    pub force: bool,
+    /// Why; written to the controller's log with the end of the transfer.
     #[arg(long, value_name = "TEXT")]
     pub reason: Option<String>,
 }
@@ -477,6 +512,33 @@ pub async fn abort_migration(ctx: &Context, args: AbortMigrationArgs) -> Result<
         &source,
         &response.migration_id,
         &response.phase,
+    )))
+}
+
+/// Runs `ctl end-log-transfer`.
+pub async fn end_log_transfer(ctx: &Context, args: EndLogTransferArgs) -> Result<Output> {
+    let model = source_model(&args.model, args.controller.as_deref())?;
+    let (client, here) = ctx.connect_model(Some(&model), None)?;
+    let request = EndLogTransferRequest {
+        model: Some(model_ref(&here)),
+        reason: args.reason.unwrap_or_default(),
+        force: args.force,
+    };
+    let response = client
+        .call(|mut c| {
+            let request = request.clone();
+            async move { c.end_log_transfer(request).await }
+        })
+        .await?;
+    let from = if response.source.is_empty() {
+        String::new()
+    } else {
+        format!(" from controller \"{}\"", response.source)
+    };
+    Ok(Output::stdout(format!(
+        "Ended the log transfer of model \"{here}\"{from} (migration \"{}\"): {}.\n\
+         Records it had not sent are not kept; the model may migrate on.\n",
+        response.migration_id, response.source_answer
     )))
 }
 

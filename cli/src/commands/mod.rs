@@ -91,6 +91,9 @@ pub enum Command {
     /// Abort a model's migration (possible until it reaches SUCCESS).
     #[command(after_long_help = migrate::ABORT_MIGRATION_HELP)]
     AbortMigration(migrate::AbortMigrationArgs),
+    /// End the log transfer into a model that arrived here, when its source is gone for good.
+    #[command(after_long_help = migrate::END_LOG_TRANSFER_HELP)]
+    EndLogTransfer(migrate::EndLogTransferArgs),
     /// Add a machine to a model, print its id and write its agent config.
     AddMachine(machines::AddMachineArgs),
     /// Remove machines from a model.
@@ -281,6 +284,7 @@ pub async fn run_with(ctx: &Context, command: Command) -> Result<Output> {
         Command::ModelConfig(args) => model_config::run(ctx, args).await,
         Command::Migrate(args) => migrate::migrate(ctx, args).await,
         Command::AbortMigration(args) => migrate::abort_migration(ctx, args).await,
+        Command::EndLogTransfer(args) => migrate::end_log_transfer(ctx, args).await,
         Command::AddMachine(args) => machines::add_machine(ctx, args).await,
         Command::RemoveMachine(args) => machines::remove_machine(ctx, args).await,
         Command::Deploy(args) => applications::deploy(ctx, args).await,

@@ -57,6 +57,8 @@ pub struct World {
     pub abort_calls: Vec<AbortMigrationRequest>,
     /// Set: AbortMigration is refused with this (FAILED_PRECONDITION).
     pub abort_refusal: Option<String>,
+    /// Every EndLogTransfer call.
+    pub end_log_transfer_calls: Vec<EndLogTransferRequest>,
     /// Models that migrated away: short name → target controller.
     pub migrated: BTreeMap<String, String>,
     /// Models locked by a migration: short name → migration id. Writes to them are refused.
@@ -753,6 +755,26 @@ impl World {
         Ok(AbortMigrationResponse {
             migration_id: format!("{uuid}:1"),
             phase: "IMPORT".into(),
+        })
+    }
+
+    /// EndLogTransfer: the model arrived from "gamma"; refused like the controller does while
+    /// gamma says it still sends the log and the call has no `force`.
+    pub fn end_log_transfer(
+        &mut self,
+        r: EndLogTransferRequest,
+    ) -> Result<EndLogTransferResponse, Status> {
+        self.end_log_transfer_calls.push(r.clone());
+        let uuid = self.model(r.model.as_ref())?.model.uuid.clone();
+        if !r.force {
+            return Err(Status::failed_precondition(
+                "controller \"gamma\" says the migration is in LOGTRANSFER: add --force",
+            ));
+        }
+        Ok(EndLogTransferResponse {
+            migration_id: format!("{uuid}:1"),
+            source: "gamma".into(),
+            source_answer: "controller \"gamma\" says the migration is in LOGTRANSFER".into(),
         })
     }
 }

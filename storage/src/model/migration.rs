@@ -1936,6 +1936,45 @@ pub fn inbound_log_transfer_decision(
     }
 }
 
+/// The operator's rule for ending an inbound log transfer by hand (`ctl end-log-transfer`), from
+/// what the source answered when asked just now: `Ok` with the source's answer in words (it ends
+/// the transfer), or `Err` with the refusal. The command exists for a source that is gone for
+/// good, so silence ends the transfer, and so do the answers the sweeper acts on and those it
+/// leaves to an operator (a contradicting "in progress" or "aborted"). A source that says it is
+/// still transferring (SUCCESS, LOGTRANSFER) refuses without `force`: ending the transfer would
+/// cost the records it has not sent, and it ends the transfer itself within its timeout.
+pub fn operator_log_transfer_decision(
+    answer: &SourceAnswer,
+    source: &str,
+    force: bool,
+) -> Result<String, String> {
+    let said = match answer {
+        SourceAnswer::Unreachable => format!("controller \"{source}\" did not answer"),
+        SourceAnswer::Unknown => {
+            format!("controller \"{source}\" has no record of the migration")
+        }
+        SourceAnswer::Committed { phase }
+        | SourceAnswer::InProgress { phase }
+        | SourceAnswer::Aborted { phase } => {
+            format!("controller \"{source}\" says the migration is in {phase}")
+        }
+    };
+    let transferring = matches!(
+        answer,
+        SourceAnswer::Committed {
+            phase: Phase::Success | Phase::LogTransfer
+        }
+    );
+    if transferring && !force {
+        return Err(format!(
+            "{said}: it is still sending the model's log and ends the transfer itself within its \
+             migration-log-transfer-timeout; ending it now loses the records it has not sent \
+             (add --force to end it anyway)"
+        ));
+    }
+    Ok(said)
+}
+
 /// What the target holds for a model uuid, as far as Activate and DropImport care.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TargetModelState {

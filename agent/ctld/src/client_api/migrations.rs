@@ -2,13 +2,13 @@
 //! `MigrationStatus`, and the summary `show-model`, `models` and `status` show.
 
 use rand::RngCore;
-use starling_proto::command::{command, RequestMigrationAbort, StartMigration};
+use starling_proto::command::{command, EndLogTransfer, RequestMigrationAbort, StartMigration};
 use starling_proto::controller as pb;
 use starling_proto::migration as mpb;
 use starling_proto::model::Access;
 use starling_proto::model::Model;
 use starling_storage::migration as stored;
-use starling_storage::model::migration::Phase;
+use starling_storage::model::migration::{operator_log_transfer_decision, Phase};
 use starling_storage::StateRead;
 use tonic::{Request, Response, Status};
 use tracing::info;
@@ -16,7 +16,7 @@ use tracing::info;
 use super::ClientApi;
 use crate::auth::{self, Caller};
 use crate::context::{LiveProgress, NodeContext, ProgressBoard};
-use crate::migration::prechecks;
+use crate::migration::{leftovers, prechecks};
 use crate::plumbing::{propose_and_wait, storage_error};
 
 /// The `migration`, `migration-start`, `migration-end` fields and the status note of model
@@ -280,6 +280,68 @@ pub async fn abort(
     })
 }
 
+/// `EndLogTransfer`: the operator ends the inbound log transfer of `model`, which arrived here,
+/// once the source answered (or did not) as `operator_log_transfer_decision` allows.
+pub async fn end_log_transfer(
+    ctx: &NodeContext,
+    caller: &Caller,
+    model: &Model,
+    reason: String,
+    force: bool,
+) -> Result<pb::EndLogTransferResponse, Status> {
+    let name = &model.name;
+    let transfer = stored::read_log_transfer(ctx.handle.state().reader(), &model.uuid)
+        .map_err(storage_error)?
+        .ok_or_else(|| {
+            Status::failed_precondition(format!(
+                "no log transfer into model \"{name}\" is open: its log has arrived, or it did \
+                 not migrate here"
+            ))
+        })?;
+    let id = transfer.migration_id.clone();
+    let (source, said) = match transfer.source {
+        Some(source) => {
+            let source_name = source.name.clone();
+            let answer = leftovers::ask_source(&id, source).await;
+            let said = operator_log_transfer_decision(&answer, &source_name, force).map_err(
+                |refusal| {
+                    Status::failed_precondition(format!(
+                        "the log transfer of model \"{name}\" (migration {id}) was not ended: \
+                         {refusal}"
+                    ))
+                },
+            )?;
+            (source_name, said)
+        }
+        // Recorded by an older version: there is nobody to ask.
+        None => (
+            String::new(),
+            "the transfer was recorded without its source, which cannot be asked".to_owned(),
+        ),
+    };
+    let mut why = format!("ended by {} ({said})", caller.user);
+    if !reason.is_empty() {
+        why = format!("{reason}; {why}");
+    }
+    info!(migration = %id, reason = %why, "ending an inbound log transfer");
+    propose_and_wait(
+        &ctx.handle,
+        &caller.user,
+        caller.authority(&model.uuid, Access::Unspecified, true, "end log transfers"),
+        String::new(),
+        command::Op::EndLogTransfer(EndLogTransfer {
+            migration_id: id.clone(),
+            reason: why,
+        }),
+    )
+    .await?;
+    Ok(pb::EndLogTransferResponse {
+        migration_id: id,
+        source,
+        source_answer: said,
+    })
+}
+
 /// `MigrationStatus`: the latest migration of model `uuid`, with live progress when this node
 /// drives it.
 pub fn status(ctx: &NodeContext, uuid: &str, name: &str) -> Result<pb::MigrationInfo, Status> {
@@ -362,6 +424,22 @@ impl ClientApi {
         let message = request.into_inner();
         let (uuid, name) = find_model(&self.ctx, &caller, message.model.as_ref())?;
         let response = abort(&self.ctx, &caller, &uuid, &name, message.reason).await?;
+        Ok(Response::new(response))
+    }
+
+    /// `EndLogTransfer` (superuser only: records the source has not sent are given up).
+    pub(super) async fn end_log_transfer(
+        &self,
+        request: Request<pb::EndLogTransferRequest>,
+    ) -> Result<Response<pb::EndLogTransferResponse>, Status> {
+        let caller = self
+            .auth
+            .authenticate_superuser(&request, "end log transfers")?;
+        self.barrier().await?;
+        let message = request.into_inner();
+        let model = self.resolve(&caller, message.model.as_ref())?;
+        let response =
+            end_log_transfer(&self.ctx, &caller, &model, message.reason, message.force).await?;
         Ok(Response::new(response))
     }
 

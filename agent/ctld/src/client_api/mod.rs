@@ -589,6 +589,13 @@ impl Controller for ClientApi {
     ) -> Result<Response<pb::MigrationInfo>, Status> {
         self.migration_status(request).await
     }
+
+    async fn end_log_transfer(
+        &self,
+        request: Request<pb::EndLogTransferRequest>,
+    ) -> Result<Response<pb::EndLogTransferResponse>, Status> {
+        self.end_log_transfer(request).await
+    }
 }
 
 fn non_empty_or(value: String, default: &str) -> String {

@@ -212,7 +212,9 @@ pub async fn run_staging_sweeper(ctx: NodeContext, stop: CancellationToken) {
     }
 }
 
-async fn ask_source(migration_id: &str, source: pb::SourceController) -> SourceAnswer {
+/// Asks `source` what it knows of migration `migration_id` (`SourceStatus`), within a bounded
+/// time: every endpoint once, 10 s each; no answer is `Unreachable`.
+pub async fn ask_source(migration_id: &str, source: pb::SourceController) -> SourceAnswer {
     use pb::source_status_response::Answer;
     let Ok(peer) = Peer::new(
         &source.endpoints,

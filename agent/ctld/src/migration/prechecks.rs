@@ -93,9 +93,16 @@ pub fn source_checks(
     // A model that arrived here may not move on before its log has: the records still coming
     // would land in a copy that is leaving.
     if let Some(inbound) = stored::read_log_transfer(reader, &model.uuid).map_err(storage_error)? {
+        let from = inbound
+            .source
+            .as_ref()
+            .map_or("its previous controller".to_owned(), |s| {
+                format!("controller \"{}\"", s.name)
+            });
         failures.push(format!(
-            "the log of model \"{}\" is still arriving from its previous controller (migration \
-             {}); migrate it on once that transfer has ended",
+            "the log of model \"{}\" is still arriving from {from} (migration {}); migrate it \
+             on once that transfer has ended ('ctl end-log-transfer' ends it if that controller \
+             is gone for good)",
             model.name, inbound.migration_id
         ));
     }
