@@ -8,7 +8,7 @@ use starling_proto::migration as mpb;
 use starling_proto::model::Access;
 use starling_proto::model::Model;
 use starling_storage::migration as stored;
-use starling_storage::model::migration::{operator_log_transfer_decision, Phase};
+use starling_storage::model::migration::{operator_log_transfer_decision, Phase, SourceAnswer};
 use starling_storage::StateRead;
 use tonic::{Request, Response, Status};
 use tracing::info;
@@ -280,6 +280,10 @@ pub async fn abort(
     })
 }
 
+/// How long `EndLogTransfer` waits for the source's answer before taking it as silence (well
+/// inside ctl's 30 s request deadline).
+const OPERATOR_ASK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// `EndLogTransfer`: the operator ends the inbound log transfer of `model`, which arrived here,
 /// once the source answered (or did not) as `operator_log_transfer_decision` allows.
 pub async fn end_log_transfer(
@@ -302,7 +306,11 @@ pub async fn end_log_transfer(
     let (source, said) = match transfer.source {
         Some(source) => {
             let source_name = source.name.clone();
-            let answer = leftovers::ask_source(&id, source).await;
+            // Within the client's deadline: a source that does not answer in time is silent.
+            let answer =
+                tokio::time::timeout(OPERATOR_ASK_TIMEOUT, leftovers::ask_source(&id, source))
+                    .await
+                    .unwrap_or(SourceAnswer::Unreachable);
             let said = operator_log_transfer_decision(&answer, &source_name, force).map_err(
                 |refusal| {
                     Status::failed_precondition(format!(
