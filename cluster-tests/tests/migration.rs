@@ -30,6 +30,8 @@
 //!   ends the transfer, and the model moves on.
 //! - `a_write_that_meets_success_on_its_way_is_sent_to_the_target`: a write the source checked
 //!   before SUCCESS and proposed after it is answered with the redirect to retry, not refused.
+//! - `status_reads_one_applied_state`: a unit added while `Status` reads (its migration notes
+//!   among them) shows in all of the call's reads or in none.
 //! - `agents_are_started_from_their_first_contact`: with an hour between heartbeats, an agent is
 //!   `started` as soon as it connects, so a dry run passes at once, and on the target as soon
 //!   as the migration ends.
@@ -1078,6 +1080,72 @@ fn write_meets_success(world: &mut World) -> Result<()> {
         retried, "every write acknowledged, none refused"
     );
     Ok(())
+}
+
+/// Issue 12 item 8: `Status` reads the model's description, presence, migration notes and the
+/// model's counts; an apply landing between two of those reads showed a state that never
+/// existed (here: three units listed and a unit count of four). The failpoint holds the call
+/// for 1.5 s after its first read while `ctl add-unit` commits; the answer must agree with
+/// itself. An attempt where the add did not land during the read proves nothing and is made
+/// again (at most three).
+#[test]
+fn status_reads_one_applied_state() -> Result<()> {
+    alpha_failing_and_beta("client.status.between-reads=return(1500)", status_one_state)
+}
+
+fn status_one_state(world: &mut World) -> Result<()> {
+    world.ctl.ok(&["add-model", "shop", "-c", "alpha"])?;
+    world.ctl.ok(&["add-machine", "-m", "alpha:shop"])?;
+    world.deploy("alpha:shop", "counter", &["-n", "3"])?;
+    let cluster = world.cluster("alpha");
+    let token = cluster.registration().token.clone();
+    let mut client = {
+        let _guard = world.rt.enter();
+        cluster.client_with(1, Some(&token), Duration::from_secs(30))?
+    };
+    for attempt in 1..=3 {
+        let units_before = 2 + attempt;
+        let read = world.rt.spawn({
+            let mut client = client.clone();
+            async move {
+                let status = client
+                    .status(starling_proto::controller::StatusRequest {
+                        model: model_ref("shop"),
+                    })
+                    .await;
+                (status.map(tonic::Response::into_inner), Instant::now())
+            }
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        world.ctl.ok(&["add-unit", "-m", "alpha:shop", "counter"])?;
+        let added = Instant::now();
+        let (status, answered) = world.rt.block_on(read)?;
+        let status = status?;
+        let listed = status.units.len() as u64;
+        let counted = status.model.as_ref().map_or(0, |m| m.unit_count);
+        ensure!(
+            listed == counted,
+            "attempt {attempt}: status lists {listed} units but counts {counted}"
+        );
+        if added < answered && listed == units_before + 1 {
+            info!(
+                attempt,
+                listed, "the add landed during the read; the answer agrees with itself"
+            );
+            return Ok(());
+        }
+        info!(
+            attempt,
+            listed, "the add did not land during the read; again"
+        );
+        // The next attempt starts from a quiet state.
+        let _ = world
+            .rt
+            .block_on(client.status(starling_proto::controller::StatusRequest {
+                model: model_ref("shop"),
+            }))?;
+    }
+    bail!("in three attempts no add-unit committed while Status read")
 }
 
 #[test]

@@ -15,7 +15,7 @@ use starling_storage::{keys, records};
 use tonic::{Request, Response, Status};
 
 use super::{migrations, ClientApi};
-use crate::plumbing::{now_unix_ms, storage_error};
+use crate::plumbing::{failpoint_value, now_unix_ms, storage_error};
 
 /// How many records `debug-log` shows before following when no `--tail` is given.
 const DEBUG_LOG_TAIL_DEFAULT: u64 = 10;
@@ -50,6 +50,14 @@ impl ClientApi {
                 .model_description(&model.uuid)
                 .map_err(storage_error)?
                 .unwrap_or_default();
+            // Failpoint for the tests: `client.status.between-reads=return(MS)` blocks this read
+            // (its worker thread, and applies too on the pass that holds them back) for MS ms
+            // after the first read, so that a command can commit before the next one.
+            if let Some(ms) =
+                failpoint_value("client.status.between-reads").and_then(|v| v.parse().ok())
+            {
+                std::thread::sleep(Duration::from_millis(ms));
+            }
             // Machine agent status comes from presence, computed now from every node's record.
             let seen = state.model_presence(&model.uuid).map_err(storage_error)?;
             let interval =
