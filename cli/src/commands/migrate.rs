@@ -1,8 +1,9 @@
 //! `ctl migrate MODEL TARGET`, `ctl abort-migration MODEL` and `ctl end-log-transfer MODEL`:
-//! live model migration between two controllers (docs/migration.md, docs/ctl.md). The source controller runs the
-//! migration; `ctl` hands it the target's endpoints, CA and token from the client store. With
-//! `--wait` it polls the migration's status and prints each phase change as it comes (like
-//! `status --watch`, so `-o FILE` receives nothing), until the migration ends or `--timeout`.
+//! live model migration between two controllers (docs/migration.md, docs/ctl.md). The source
+//! controller runs the migration; `ctl` hands it the target's endpoints, CA and token from the
+//! client store. With `--wait` it polls the migration's status and prints each phase change as it
+//! comes (like `status --watch`, so `-o FILE` receives nothing), until the migration ends or
+//! `--timeout`.
 
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
