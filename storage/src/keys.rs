@@ -296,6 +296,35 @@ pub fn feed_entry_key(uuid: &str, index: u64, position: u32) -> Vec<u8> {
     key
 }
 
+/// What a write of `key` can change in the agents' desired state (`model::desired`): the
+/// machines, applications, units and relations of one model, or, for a controller-config key,
+/// every model's (the agents' heartbeat interval). Everything else (the model record with its
+/// config, status history, log records, agent report numbers, migration records) changes
+/// nothing an agent is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DesiredInput<'k> {
+    /// A record of model `uuid` the desired state is computed from.
+    Model(&'k str),
+    /// A controller-config value.
+    AllModels,
+}
+
+/// See [`DesiredInput`]; `None` for a key no desired state depends on.
+pub fn desired_input(key: &[u8]) -> Option<DesiredInput<'_>> {
+    if key.starts_with(CONFIG_PREFIX) {
+        return Some(DesiredInput::AllModels);
+    }
+    let rest = key.strip_prefix(b"m/")?;
+    let slash = rest.iter().position(|b| *b == b'/')?;
+    let (uuid, tail) = rest.split_at(slash);
+    let tail = &tail[1..];
+    [&b"machine/"[..], b"app/", b"unit/", b"rel/"]
+        .iter()
+        .any(|kind| tail.starts_with(kind))
+        .then(|| std::str::from_utf8(uuid).ok().map(DesiredInput::Model))
+        .flatten()
+}
+
 /// The model whose change feed records a write of `key`: every key under `m/<uuid>/` except the
 /// model's log (`m/<uuid>/log/`, transferred after SUCCESS). These are also the keys the model
 /// digest covers.
@@ -307,4 +336,43 @@ pub fn fed_model(key: &[u8]) -> Option<&str> {
         return None;
     }
     std::str::from_utf8(uuid).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn desired_inputs_are_the_records_agents_are_sent_and_the_controller_config() {
+        let uuid = "2b6e-model";
+        for key in [
+            machine_key(uuid, 3),
+            application_key(uuid, "web"),
+            unit_key(uuid, "web", 7),
+            relation_key(uuid, 1),
+        ] {
+            assert_eq!(
+                desired_input(&key),
+                Some(DesiredInput::Model(uuid)),
+                "{key:?}"
+            );
+        }
+        assert_eq!(
+            desired_input(&config_key("agent-heartbeat-interval")),
+            Some(DesiredInput::AllModels)
+        );
+        for key in [
+            model_record_key(uuid),
+            history_key(uuid, "unit-web-0"),
+            log_key(uuid, 9),
+            agent_seq_key(uuid, 3),
+            migration_key(uuid, 1),
+            redirect_key(uuid),
+            feed_entry_key(uuid, 5, 0),
+            user_key("admin"),
+            model_name_key("admin", "shop"),
+        ] {
+            assert_eq!(desired_input(&key), None, "{key:?}");
+        }
+    }
 }

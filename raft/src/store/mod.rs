@@ -69,7 +69,7 @@ where
     let applied_index = Arc::new(AtomicU64::new(applied));
     let gate = Arc::new(CommitGate::default());
     let timeline = Arc::new(WriteTimeline::default());
-    let observers = Arc::new(ApplyObservers::default());
+    let observers = Arc::new(ApplyObservers::new(applied));
     let view = StateView::new(
         Arc::new(backend.clone()),
         applied_index.clone(),

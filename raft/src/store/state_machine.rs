@@ -119,6 +119,9 @@ fn applies(
     }
     let events = batch.staging_events().to_vec();
     let writes = batch.into_writes();
+    if let Some(last) = entries.last() {
+        observers.desired.record(last.log_id.index, &writes);
+    }
     gate.commit(|| backend.state_commit(writes))?;
     for (entry, response) in entries.iter().zip(&responses) {
         match &entry.payload {
@@ -254,6 +257,7 @@ impl<B: StateBackend> RaftStateMachine<TypeConfig> for StateMachine<B> {
         let bytes = snapshot.into_inner();
         let backend = self.backend.clone();
         let gate = self.gate.clone();
+        let observers = self.observers.clone();
         let snapshots = self.snapshots.clone();
         let meta_given = meta.clone();
         let took = blocking(move || {
@@ -267,6 +271,9 @@ impl<B: StateBackend> RaftStateMachine<TypeConfig> for StateMachine<B> {
             }
             // The file first: once the state is replaced, its snapshot is already durable.
             snapshots.save(&meta_given, &bytes)?;
+            observers
+                .desired
+                .reset(meta_given.last_log_id.map_or(0, |l| l.index));
             gate.commit(|| backend.replace_state(&image))
         })
         .await

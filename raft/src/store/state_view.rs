@@ -1,15 +1,16 @@
 //! `StateView`: the daemon's cheap, cloneable, read-only view of the applied state, the same
 //! for both backends.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use starling_proto::command::{Command, CommandResult};
 use starling_proto::model::{
     BackupRecord, Blob, LogRecord, Machine, Model, ModelDescription, Unit, User,
 };
-use starling_storage::state::read_effective_config;
+use starling_storage::keys::DesiredInput;
+use starling_storage::state::{read_effective_config, WriteSet};
 use starling_storage::{keys, records, StateRead, StorageError as BackendError};
 
 use crate::stages::WriteTimeline;
@@ -40,19 +41,89 @@ impl CommitGate {
 pub type ApplyObserver = Arc<dyn Fn(&Command, &CommandResult) + Send + Sync>;
 
 /// The observer of applied commands a node's state machine calls, set once the daemon has
-/// built it (the state machine exists first).
-#[derive(Default)]
+/// built it (the state machine exists first), and the record of where each model's
+/// desired-state inputs last changed.
 pub(crate) struct ApplyObservers {
     observer: RwLock<Option<ApplyObserver>>,
+    pub(crate) desired: DesiredChanges,
 }
 
 impl ApplyObservers {
+    /// Observers of a state machine whose state was loaded at applied index `applied`.
+    pub(crate) fn new(applied: u64) -> Self {
+        ApplyObservers {
+            observer: RwLock::new(None),
+            desired: DesiredChanges::new(applied),
+        }
+    }
+
     /// Tells the observer about `command`, applied with `result`.
     pub(crate) fn applied(&self, command: &Command, result: &CommandResult) {
         let observer = self.observer.read().unwrap_or_else(PoisonError::into_inner);
         if let Some(observer) = observer.as_ref() {
             observer(command, result);
         }
+    }
+}
+
+/// The applied index at which each model's desired-state inputs (the records
+/// `keys::desired_input` names) last changed, so the agents' watch recomputes a model's desired
+/// state only when one of them did, not at every applied index: a model written to hundreds of
+/// times a second (its config, its status history) would otherwise have its whole description
+/// read and recomputed for every commit on every node its agents watch from.
+///
+/// Recorded from each applied batch's writes *before* they are committed, so a change is known
+/// here before `applied_index` can reach it: a desired state computed from a read that started
+/// at applied index `i` (which sees every commit up to `i`) is current exactly when `i` is at
+/// least `changed_at`. Kept in memory only: a node starts with everything changed at its loaded
+/// index, and an installed snapshot resets it the same way.
+#[derive(Debug)]
+pub(crate) struct DesiredChanges {
+    /// Every model's inputs changed at most here (the index the state was loaded or replaced
+    /// at, or the last controller-config change); `models` holds only later changes.
+    floor: AtomicU64,
+    models: Mutex<HashMap<String, u64>>,
+}
+
+impl DesiredChanges {
+    fn new(floor: u64) -> Self {
+        DesiredChanges {
+            floor: AtomicU64::new(floor),
+            models: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Notes `writes`, which the apply of entries up to `index` is about to commit.
+    pub(crate) fn record(&self, index: u64, writes: &WriteSet) {
+        let mut models = self.models.lock().unwrap_or_else(PoisonError::into_inner);
+        for key in writes.keys() {
+            match keys::desired_input(key) {
+                Some(DesiredInput::Model(uuid)) => match models.get_mut(uuid) {
+                    Some(at) => *at = index,
+                    None => {
+                        models.insert(uuid.to_owned(), index);
+                    }
+                },
+                Some(DesiredInput::AllModels) => {
+                    self.floor.fetch_max(index, Ordering::SeqCst);
+                    models.retain(|_, at| *at > index);
+                }
+                None => {}
+            }
+        }
+    }
+
+    /// The whole state was replaced at `index` (an installed snapshot).
+    pub(crate) fn reset(&self, index: u64) {
+        let mut models = self.models.lock().unwrap_or_else(PoisonError::into_inner);
+        self.floor.store(index, Ordering::SeqCst);
+        models.clear();
+    }
+
+    fn changed_at(&self, uuid: &str) -> u64 {
+        let models = self.models.lock().unwrap_or_else(PoisonError::into_inner);
+        let floor = self.floor.load(Ordering::SeqCst);
+        models.get(uuid).map_or(floor, |at| (*at).max(floor))
     }
 }
 
@@ -151,6 +222,15 @@ impl StateView {
     /// The index of the last applied log entry (0 before anything was applied).
     pub fn applied_index(&self) -> u64 {
         self.applied_index.load(Ordering::Acquire)
+    }
+
+    /// The applied index at which model `uuid`'s desired-state inputs (its machines,
+    /// applications, units and relations, and the controller config; `keys::desired_input`)
+    /// last changed, or an earlier one this node cannot tell apart from it (its start, an
+    /// installed snapshot). A desired state computed from reads that began at applied index `i`
+    /// is current while `i` is at least this.
+    pub fn desired_inputs_changed_at(&self, uuid: &str) -> u64 {
+        self.observers.desired.changed_at(uuid)
     }
 
     /// Every model, ordered by owner then name.
@@ -282,7 +362,7 @@ mod tests {
             Arc::new(AtomicU64::new(0)),
             gate.clone(),
             Arc::default(),
-            Arc::default(),
+            Arc::new(ApplyObservers::new(0)),
         );
         let stop = Arc::new(AtomicBool::new(false));
         let written = Arc::new(AtomicU64::new(0));
@@ -326,5 +406,51 @@ mod tests {
         }
         stop.store(true, Ordering::Relaxed);
         writer.join().expect("writer");
+    }
+
+    fn writes(keys: &[Vec<u8>]) -> WriteSet {
+        keys.iter()
+            .map(|k| (k.clone(), Some(b"v".to_vec())))
+            .collect()
+    }
+
+    /// A model's desired-state inputs count as changed at the last apply that wrote one of
+    /// them (or changed the controller config), never at one that wrote only other keys; a
+    /// node knows nothing before its loaded index or an installed snapshot.
+    #[test]
+    fn desired_inputs_change_only_with_their_records() {
+        let changes = DesiredChanges::new(10);
+        assert_eq!(changes.changed_at("a"), 10, "unknown before the load");
+        changes.record(11, &writes(&[keys::unit_key("a", "web", 0)]));
+        changes.record(12, &writes(&[keys::model_record_key("a")]));
+        changes.record(13, &writes(&[keys::history_key("a", "unit-web-0")]));
+        changes.record(14, &writes(&[keys::machine_key("b", 0)]));
+        assert_eq!(
+            changes.changed_at("a"),
+            11,
+            "config and status writes change nothing"
+        );
+        assert_eq!(changes.changed_at("b"), 14);
+        assert_eq!(changes.changed_at("c"), 10);
+
+        changes.record(15, &writes(&[keys::config_key("agent-heartbeat-interval")]));
+        for model in ["a", "b", "c"] {
+            assert_eq!(
+                changes.changed_at(model),
+                15,
+                "the heartbeat is in every model's"
+            );
+        }
+        changes.record(16, &writes(&[keys::relation_key("b", 1)]));
+        assert_eq!(changes.changed_at("b"), 16);
+
+        changes.reset(40);
+        for model in ["a", "b", "c"] {
+            assert_eq!(
+                changes.changed_at(model),
+                40,
+                "a snapshot replaced everything"
+            );
+        }
     }
 }

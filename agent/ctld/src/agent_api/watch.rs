@@ -1,5 +1,5 @@
-//! The agents' watch: each agent's desired state (computed once per applied index per model and
-//! shared by the model's watchers), the migration notice and the redirect, sent only when they
+//! The agents' watch: each agent's desired state (computed once per change of what it depends on
+//! per model, and shared by the model's watchers), the migration notice and the redirect, sent only when they
 //! changed; and charm downloads, limited to the charms of the agent's own units.
 
 use std::collections::HashMap;
@@ -30,14 +30,61 @@ pub type WatchStream = futures::stream::BoxStream<'static, Result<pb::AgentUpdat
 /// The stream type of `DownloadCharm`.
 pub type AgentChunkStream = futures::stream::BoxStream<'static, Result<pb::AgentChunk, Status>>;
 
-/// One model's desired state at the newest index any watcher asked for.
-type DesiredSlot = (u64, Arc<OnceCell<Arc<ModelDesired>>>);
+/// Values of one model shared by the model's watchers on this node: each computed once, by
+/// whichever watcher asks first, from reads that began at the applied index the slot names.
+/// std Mutex, not tokio's: it only guards the map lookup; the computation runs outside it, in
+/// the slot's `OnceCell`.
+struct Slots<T> {
+    models: Mutex<HashMap<String, (u64, Slot<T>)>>,
+}
 
-/// Per-model cache of `ModelDesired`. std Mutex, not tokio's: it only guards the map lookup;
-/// the computation runs outside it, once per index, in the slot's `OnceCell`.
+/// One shared value, computed at most once.
+type Slot<T> = Arc<OnceCell<Arc<T>>>;
+
+impl<T> Default for Slots<T> {
+    fn default() -> Self {
+        Slots {
+            models: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl<T> Slots<T> {
+    /// Model `uuid`'s slot if it was begun at `current_from` or later, else a new one begun at
+    /// `index` (a newer slot is only fresher).
+    fn slot(&self, uuid: &str, index: u64, current_from: u64) -> Slot<T> {
+        let mut models = self.models.lock().expect("watch slots lock");
+        match models.get(uuid) {
+            Some((at, cell)) if *at >= current_from => cell.clone(),
+            _ => {
+                let cell = Arc::new(OnceCell::new());
+                models.insert(uuid.to_owned(), (index, cell.clone()));
+                cell
+            }
+        }
+    }
+
+    /// Forgets a destroyed model's slot, so the map stays bounded by live models.
+    fn forget(&self, uuid: &str) {
+        self.models.lock().expect("watch slots lock").remove(uuid);
+    }
+}
+
+/// Where a model is going or went, as its agents are told: the redirect (from SUCCESS on)
+/// and, before it, the migration notice.
+#[derive(Debug, Default, PartialEq)]
+pub(super) struct Movement {
+    redirect: Option<pb::Redirect>,
+    migration: Option<pb::MigrationNotice>,
+}
+
+/// What the model's watchers on this node share: the desired state, recomputed only when
+/// something it depends on changed (`StateView::desired_inputs_changed_at`), and the
+/// movement, read once per applied index for all of them instead of once per watcher.
 #[derive(Default)]
 pub(super) struct DesiredCache {
-    models: Mutex<HashMap<String, DesiredSlot>>,
+    desired: Slots<ModelDesired>,
+    movement: Slots<Movement>,
 }
 
 impl DesiredCache {
@@ -46,19 +93,10 @@ impl DesiredCache {
         handle: &RaftHandle,
         model_uuid: &str,
     ) -> Result<Arc<ModelDesired>, Status> {
-        let index = handle.state().applied_index();
-        let cell = {
-            let mut models = self.models.lock().expect("desired cache lock");
-            match models.get(model_uuid) {
-                // A slot at this index or a newer one serves (newer is only fresher).
-                Some((at, cell)) if *at >= index => cell.clone(),
-                _ => {
-                    let cell = Arc::new(OnceCell::new());
-                    models.insert(model_uuid.to_owned(), (index, cell.clone()));
-                    cell
-                }
-            }
-        };
+        let state = handle.state();
+        let index = state.applied_index();
+        let changed = state.desired_inputs_changed_at(model_uuid);
+        let cell = self.desired.slot(model_uuid, index, changed);
         cell.get_or_try_init(|| async {
             let state = handle.state();
             let description =
@@ -67,11 +105,7 @@ impl DesiredCache {
             let interval_ms =
                 u64::try_from(agent_heartbeat_interval(&config).as_millis()).unwrap_or(u64::MAX);
             if description.is_none() {
-                // Forget a destroyed model's slot, so the map stays bounded by live models.
-                self.models
-                    .lock()
-                    .expect("desired cache lock")
-                    .remove(model_uuid);
+                self.desired.forget(model_uuid);
             }
             Ok(Arc::new(ModelDesired::compute(
                 description.as_ref(),
@@ -81,69 +115,104 @@ impl DesiredCache {
         .await
         .cloned()
     }
+
+    async fn movement(
+        &self,
+        handle: &RaftHandle,
+        model_uuid: &str,
+    ) -> Result<Arc<Movement>, Status> {
+        let index = handle.state().applied_index();
+        let cell = self.movement.slot(model_uuid, index, index);
+        cell.get_or_try_init(|| async {
+            let redirect = redirect_for(handle, model_uuid)?;
+            let migration = if redirect.is_some() {
+                None
+            } else {
+                migration_notice(handle, model_uuid)?
+            };
+            if redirect.is_none()
+                && migration.is_none()
+                && handle
+                    .state()
+                    .model(model_uuid)
+                    .map_err(storage_error)?
+                    .is_none()
+            {
+                self.movement.forget(model_uuid);
+            }
+            Ok(Arc::new(Movement {
+                redirect,
+                migration,
+            }))
+        })
+        .await
+        .cloned()
+    }
+}
+
+/// Where the agent should go instead of this controller: the model's redirect, from SUCCESS
+/// on.
+fn redirect_for(handle: &RaftHandle, model_uuid: &str) -> Result<Option<pb::Redirect>, Status> {
+    Ok(stored::read_redirect(handle.state().reader(), model_uuid)
+        .map_err(storage_error)?
+        .map(|r| pb::Redirect {
+            controller_name: r.controller_name,
+            controller_uuid: r.controller_uuid,
+            api_endpoints: r.endpoints,
+            ca_cert: r.ca_cert,
+        }))
+}
+
+/// The migration the model is in while its agents are told about it (CATCHUP, when they
+/// validate against the target, and the fence), as the agents see it.
+fn migration_notice(
+    handle: &RaftHandle,
+    model_uuid: &str,
+) -> Result<Option<pb::MigrationNotice>, Status> {
+    let reader = handle.state().reader();
+    let Some(record) = stored::latest_migration(reader, model_uuid).map_err(storage_error)? else {
+        return Ok(None);
+    };
+    let phase = Phase::parse(&record.phase);
+    if !phase.is_some_and(Phase::notifies_agents) {
+        return Ok(None);
+    }
+    let migration_id = stored::record_id(&record).to_string();
+    let target = record.target.unwrap_or_default();
+    Ok(Some(pb::MigrationNotice {
+        migration_id,
+        phase: record.phase,
+        target: Some(pb::Redirect {
+            controller_name: target.name,
+            controller_uuid: target.controller_uuid,
+            api_endpoints: target.endpoints,
+            ca_cert: target.ca_cert,
+        }),
+    }))
+}
+
+/// The last update a watch sent, with the desired state it was taken from.
+pub(super) struct Sent {
+    update: pb::AgentUpdate,
+    desired: Arc<ModelDesired>,
+    movement: Arc<Movement>,
 }
 
 impl AgentService {
-    /// Where the agent should go instead of this controller: the model's redirect, from
-    /// SUCCESS on.
-    pub(super) fn redirect_for(&self, model_uuid: &str) -> Result<Option<pb::Redirect>, Status> {
-        Ok(
-            stored::read_redirect(self.handle.state().reader(), model_uuid)
-                .map_err(storage_error)?
-                .map(|r| pb::Redirect {
-                    controller_name: r.controller_name,
-                    controller_uuid: r.controller_uuid,
-                    api_endpoints: r.endpoints,
-                    ca_cert: r.ca_cert,
-                }),
-        )
-    }
-
-    /// The migration the model is in while its agents are told about it (CATCHUP, when they
-    /// validate against the target, and the fence), as the agents see it.
-    pub(super) fn migration_notice(
-        &self,
-        model_uuid: &str,
-    ) -> Result<Option<pb::MigrationNotice>, Status> {
-        let reader = self.handle.state().reader();
-        let Some(record) = stored::latest_migration(reader, model_uuid).map_err(storage_error)?
-        else {
-            return Ok(None);
-        };
-        let phase = Phase::parse(&record.phase);
-        if !phase.is_some_and(Phase::notifies_agents) {
-            return Ok(None);
-        }
-        let migration_id = stored::record_id(&record).to_string();
-        let target = record.target.unwrap_or_default();
-        Ok(Some(pb::MigrationNotice {
-            migration_id,
-            phase: record.phase,
-            target: Some(pb::Redirect {
-                controller_name: target.name,
-                controller_uuid: target.controller_uuid,
-                api_endpoints: target.endpoints,
-                ca_cert: target.ca_cert,
-            }),
-        }))
-    }
-
     /// The update to send now, or `None` when the agent already has it.
     pub(super) async fn next_update(
         &self,
         agent: &AgentIdentity,
-        last_sent: &mut Option<pb::AgentUpdate>,
+        last_sent: &mut Option<Sent>,
     ) -> Result<Option<pb::AgentUpdate>, Status> {
         let revision = self.handle.state().applied_index();
         let desired = self.desired.get(&self.handle, &agent.model_uuid).await?;
-        let redirect = self.redirect_for(&agent.model_uuid)?;
-        let migration = if redirect.is_some() {
-            None
-        } else {
-            self.migration_notice(&agent.model_uuid)?
-        };
+        let movement = self
+            .desired
+            .movement(&self.handle, &agent.model_uuid)
+            .await?;
         // A migrated model: the agent needs nothing but where to go.
-        let (units, machine_removed) = if redirect.is_some() {
+        let (units, machine_removed) = if movement.redirect.is_some() {
             (&[][..], false)
         } else {
             (
@@ -151,14 +220,18 @@ impl AgentService {
                 desired.machine_removed(&agent.machine_id),
             )
         };
-        // Compared before anything is cloned: most applied entries change nothing an agent
-        // sees, and every watcher of the model asks at every one.
+        // Most applied entries change nothing an agent sees, and every watcher of the model
+        // asks at every one: the same shared values need no comparison, and nothing is cloned
+        // before a difference is found.
         let same = last_sent.as_ref().is_some_and(|sent| {
-            sent.units.as_slice() == units
-                && sent.heartbeat_interval_ms == desired.heartbeat_interval_ms
-                && sent.redirect == redirect
-                && sent.machine_removed == machine_removed
-                && sent.migration == migration
+            let same_source = Arc::ptr_eq(&sent.desired, &desired)
+                && sent.update.redirect.is_some() == movement.redirect.is_some();
+            (same_source || sent.update.units.as_slice() == units)
+                && sent.update.heartbeat_interval_ms == desired.heartbeat_interval_ms
+                && (Arc::ptr_eq(&sent.movement, &movement)
+                    || (sent.update.redirect == movement.redirect
+                        && sent.update.migration == movement.migration))
+                && sent.update.machine_removed == machine_removed
         });
         if same {
             return Ok(None);
@@ -167,11 +240,15 @@ impl AgentService {
             revision,
             units: units.to_vec(),
             heartbeat_interval_ms: desired.heartbeat_interval_ms,
-            redirect,
-            migration,
+            redirect: movement.redirect.clone(),
+            migration: movement.migration.clone(),
             machine_removed,
         };
-        *last_sent = Some(update.clone());
+        *last_sent = Some(Sent {
+            update: update.clone(),
+            desired,
+            movement,
+        });
         Ok(Some(update))
     }
 
