@@ -192,11 +192,13 @@ impl Driver {
     /// followers the new commit index at once, and a held write waits for the lock and then the
     /// redirect on whichever node it reached, often a follower.
     async fn step(&mut self) -> anyhow::Result<bool> {
+        let started = std::time::Instant::now();
         self.ctx
             .handle
             .linearizable_barrier()
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let barrier = started.elapsed();
         let Some(stored_record) =
             stored::read_migration(self.ctx.handle.state().reader(), &self.id)?
         else {
@@ -243,7 +245,22 @@ impl Driver {
         }
         let now = now_unix_ms();
         let action = next_action(&record, &self.obs, now, &limits(&self.ctx));
+        // Where a step's time goes (the barrier, reading the record, the action), for an
+        // operator tracing a slow fence with RUST_LOG=starling_ctld::migration=debug.
+        let acting = std::time::Instant::now();
+        let summary = tracing::enabled!(tracing::Level::DEBUG).then(|| format!("{action:?}"));
         self.act(&stored_record, &record, action).await?;
+        if let Some(summary) = summary {
+            debug!(
+                migration = %self.key,
+                phase = %record.phase,
+                action = %summary.chars().take(80).collect::<String>(),
+                barrier_us = barrier.as_micros() as u64,
+                read_us = (acting - started - barrier).as_micros() as u64,
+                act_us = acting.elapsed().as_micros() as u64,
+                "migration step"
+            );
+        }
         Ok(true)
     }
 
