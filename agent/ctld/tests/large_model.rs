@@ -153,14 +153,31 @@ async fn ten_thousand_units_reach_a_new_node_by_snapshot() {
         format!("127.0.0.1:{}", free_port()),
         format!("127.0.0.1:{}", free_port()),
     );
-    let added = client
-        .add_node(cluster.authed(AddNodeRequest {
-            address: address.clone(),
-            http_address,
-        }))
-        .await
-        .unwrap()
-        .into_inner();
+    // Membership changes are made on the leader, and the one elected at start-up can lose
+    // office to a concurrent campaign while the model is built: ask whoever leads now, again
+    // when a node answers that it no longer does.
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    let (leader, added) = loop {
+        let leader = cluster.wait_for_leader().await;
+        let answer = cluster
+            .client(leader)
+            .await
+            .add_node(cluster.authed(AddNodeRequest {
+                address: address.clone(),
+                http_address: http_address.clone(),
+            }))
+            .await;
+        match answer {
+            Ok(added) => break (leader, added.into_inner()),
+            Err(status)
+                if status.code() == tonic::Code::Unavailable
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                info!(leader, error = %status.message(), "add-node went to a former leader; again");
+            }
+            Err(status) => panic!("add-node via node {leader}: {status}"),
+        }
+    };
     let info = cluster.show(leader).await.unwrap();
     let purged = info
         .members
