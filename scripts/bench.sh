@@ -15,10 +15,12 @@
 #     load) and one follower SIGSTOPped for 1 s,
 #   - a rolling restart (SIGTERM, restart, one node at a time) under one writer: its longest pause,
 #   - live migration between two 3-node controllers of models of 1,000 and 10,000 units (one
-#     simulated agent per 100 units; cluster-tests' migration_bench): total time, each phase, the
-#     write-unavailability window seen by a client writing continuously, import MB/s and
-#     records/s (the IMPORT phase, and the staging of the description and a 64 MiB charm up to
-#     the import's commit), and the time until every agent is on the target,
+#     simulated agent per 100 units; cluster-tests' migration_bench), 10 migrations back and
+#     forth with 1 and then 64 clients writing continuously: the write pause (each migration's
+#     longest gap between two acknowledged writes of one client) p50/p99/max over the 10, and
+#     for the first migration total time, each phase, import MB/s and records/s (the IMPORT
+#     phase, and the staging of the description and a 64 MiB charm up to the import's commit),
+#     and the time until every agent is on the target,
 #   - agent fan-in: N simulated agents (default 10,000), each with its own TLS connection, Watch
 #     stream and heartbeats, held by a 1-node controller (cluster-tests' agent_load): the node's
 #     RSS per agent.
@@ -26,7 +28,8 @@
 #
 #   scripts/bench.sh [--duration SECS] [--failover-reps N] [--fsync-secs SECS] [--no-etcd] [--no-build]
 #                    [--stability-secs SECS] [--migration-units "1000 10000"]
-#                    [--migration-charm-mib 64] [--no-migration]
+#                    [--migration-charm-mib 64] [--migration-runs 10] [--migration-writers "1 64"]
+#                    [--no-migration]
 #                    [--only-migration] [--agents N] (0: no fan-in step)
 #   scripts/bench.sh --profile [--duration SECS]
 #       only the physics probe and the single-writer runs, with the stage breakdown of one write
@@ -49,6 +52,8 @@ build=true
 core=true
 migration_units="1000 10000"
 migration_charm_mib=64
+migration_runs=10
+migration_writers="1 64"
 agents=10000
 while (($#)); do
     case "$1" in
@@ -61,10 +66,12 @@ while (($#)); do
     --no-build) build=false; shift ;;
     --migration-units) migration_units="${2:?}"; shift 2 ;;
     --migration-charm-mib) migration_charm_mib="${2:?}"; shift 2 ;;
+    --migration-runs) migration_runs="${2:?}"; shift 2 ;;
+    --migration-writers) migration_writers="${2:?}"; shift 2 ;;
     --no-migration) migration_units=""; shift ;;
     --only-migration) core=false; use_etcd=false; agents=0; shift ;;
     --agents) agents="${2:?}"; shift 2 ;;
-    *) echo "usage: $0 [--duration SECS] [--failover-reps N] [--fsync-secs SECS] [--stability-secs SECS] [--no-etcd] [--no-build] [--migration-units \"N ...\"] [--migration-charm-mib N] [--no-migration] [--only-migration] [--agents N] [--profile]" >&2; exit 2 ;;
+    *) echo "usage: $0 [--duration SECS] [--failover-reps N] [--fsync-secs SECS] [--stability-secs SECS] [--no-etcd] [--no-build] [--migration-units \"N ...\"] [--migration-charm-mib N] [--migration-runs N] [--migration-writers \"N ...\"] [--no-migration] [--only-migration] [--agents N] [--profile]" >&2; exit 2 ;;
     esac
 done
 
@@ -162,19 +169,31 @@ step "fdatasync rate of $bench_dir (single writer, ${fsync_secs}s) and loopback 
 cat "$results/fsync.json" >&2
 
 # ---------------------------------------------------------------- live migration
+# Each size: --migration-runs migrations back and forth, once with each writer count of
+# --migration-writers (fresh controllers each time); the first writer count's run also gives
+# the per-phase figures (migration-UNITS.json).
 for units in $migration_units; do
-    step "migration of a $units-unit model between two 3-node controllers"
-    migration_clusters=(migsrc migdst)
-    "$scripts/bootstrap-cluster.sh" migsrc -n 3 >/dev/null
-    "$scripts/bootstrap-cluster.sh" migdst -n 3 >/dev/null
-    machines=$((units / 100 > 10 ? units / 100 : 10))
-    "$bin/migration_bench" --source "$(cluster_dir migsrc)/registration.yaml" \
-        --target "$(cluster_dir migdst)/registration.yaml" --units "$units" --machines "$machines" \
-        --charm-mib "$migration_charm_mib" --step-timeout 900 | tee "$results/migration-$units.txt" >&2
-    sed -n 's/^MIGRATION_BENCH_JSON //p' "$results/migration-$units.txt" >"$results/migration-$units.json"
-    "$scripts/stop-cluster.sh" migsrc >/dev/null 2>&1 || true
-    "$scripts/stop-cluster.sh" migdst >/dev/null 2>&1 || true
-    migration_clusters=()
+    first=true
+    for writers in $migration_writers; do
+        step "$migration_runs migrations of a $units-unit model between two 3-node controllers, $writers writer(s)"
+        migration_clusters=(migsrc migdst)
+        "$scripts/bootstrap-cluster.sh" migsrc -n 3 >/dev/null
+        "$scripts/bootstrap-cluster.sh" migdst -n 3 >/dev/null
+        machines=$((units / 100 > 10 ? units / 100 : 10))
+        "$bin/migration_bench" --source "$(cluster_dir migsrc)/registration.yaml" \
+            --target "$(cluster_dir migdst)/registration.yaml" --units "$units" --machines "$machines" \
+            --charm-mib "$migration_charm_mib" --migrations "$migration_runs" --writers "$writers" \
+            --step-timeout 900 | tee "$results/migration-$units-w$writers.txt" >&2
+        sed -n 's/^MIGRATION_BENCH_JSON //p' "$results/migration-$units-w$writers.txt" \
+            >"$results/migration-$units-w$writers.json"
+        if $first; then
+            cp "$results/migration-$units-w$writers.json" "$results/migration-$units.json"
+            first=false
+        fi
+        "$scripts/stop-cluster.sh" migsrc >/dev/null 2>&1 || true
+        "$scripts/stop-cluster.sh" migdst >/dev/null 2>&1 || true
+        migration_clusters=()
+    done
 done
 
 # ---------------------------------------------------------------- agent fan-in
@@ -413,10 +432,11 @@ read -r -a ctld_args <<<"${STARLING_CTLD_ARGS:-}"
 for ((i = 0; i < ${#ctld_args[@]}; i++)); do
     [[ "${ctld_args[i]}" != "--election-timeout-max-ms" ]] || election_timeout_max_ms="${ctld_args[i + 1]}"
 done
-python3 - "$results" "$etcd_note" "$election_timeout_max_ms" "$migration_units" <<'PY'
+python3 - "$results" "$etcd_note" "$election_timeout_max_ms" "$migration_units" "$migration_writers" <<'PY'
 import json, os, statistics, sys
 results, etcd_note, election_max = sys.argv[1], sys.argv[2], float(sys.argv[3])
 migration_units = [int(u) for u in sys.argv[4].split()]
+migration_writers = [int(w) for w in sys.argv[5].split()]
 def load(name):
     path = os.path.join(results, name)
     return json.load(open(path)) if os.path.exists(path) and os.path.getsize(path) else None
@@ -449,6 +469,8 @@ def stages(name):
 stage_leader, stage_follower = stages("stages-leader.txt"), stages("stages-follower.txt")
 phys_ms = 2 * fsync["p50_us"] / 1000 + fsync["loopback_rtt_p50_us"] / 1000
 migrations = {u: load(f"migration-{u}.json") for u in migration_units}
+# The write pause over every migration of a run: {units: {writers: figures}}.
+pauses = {u: {w: load(f"migration-{u}-w{w}.json") for w in migration_writers} for u in migration_units}
 fanin = load("fanin.json")
 ratio = lambda a, b: round(a / b, 3) if a is not None and b else None
 w = lambda r: r["writes_per_s"] if r else None
@@ -483,6 +505,9 @@ for u, m in migrations.items():
     rows.append((f"migration {u} units: import", f'{m["import_mb_per_s"]:.2f}', f'MB/s; {m["import_records_per_s"]:.0f} records/s; {m["description_bytes"]} bytes, {m["records"]} records'))
     rows.append((f"migration {u} units: staging + import commit", f'{m["staged_import_mb_per_s"]:.2f}', f'MB/s; {m["staged_import_records_per_s"]:.0f} records/s; {m["staged_bytes"]} bytes (description and a {m["charm_mib"]} MiB charm) in {m["staged_import_ms"]} ms'))
     rows.append((f"migration {u} units: agents on target (ms)", f'{m["agents_all_on_target_ms_after_success"]}', f'after SUCCESS; {m["agents_switched"]}/{m["machines"]} switched'))
+    for writers, p in pauses[u].items():
+        if p:
+            rows.append((f"migration {u} units: write pause p99 (ms), {writers} writer(s)", f'{p["write_pause_p99_ms"]}', f'over {p["migrations"]} migrations: p50 {p["write_pause_p50_ms"]}, max {p["write_pause_max_ms"]}; total p50 {p["total_p50_ms"]} ms; writes refused {p["writes_refused_all"]}'))
 if fanin:
     rows.append(("agent fan-in: KiB of controller RSS per agent", f'{fanin["kib_per_agent"]:.1f}', f'{fanin["connected"]}/{fanin["agents"]} agents connected over {fanin["connections"]} TLS connections, {fanin["errors"]} errors; RSS {fanin["rss_machines_kib"]} → {fanin["rss_agents_kib"]} KiB'))
 width = max(len(r[0]) for r in rows)
@@ -513,6 +538,7 @@ figures = {
     "ratio_starling_256_over_etcd_256": ratio(w(s256), w(e256)),
     "ratio_failover_p50_over_election_max": ratio(fo_p50, election_max),
     "migrations": {str(u): m for u, m in migrations.items()},
+    "migration_write_pause": {str(u): {str(w): p and {k: p[k] for k in ("migrations", "writers", "write_pause_p50_ms", "write_pause_p99_ms", "write_pause_max_ms", "write_pause_ms_each", "total_p50_ms", "writes_refused_all")} for w, p in ws.items()} for u, ws in pauses.items()},
     "fanin": fanin,
     "fanin_kib_per_agent": fanin and fanin["kib_per_agent"],
 }
