@@ -79,6 +79,11 @@ pub struct MigrationCounters {
     pub last_switch: Mutex<Option<Instant>>,
 }
 
+/// Validation logins a simulated agent makes against a target that is not ready, and the pause
+/// between them.
+const VALIDATION_ATTEMPTS: usize = 50;
+const VALIDATION_RETRY: Duration = Duration::from_millis(200);
+
 /// One simulated agent until `until`: watches through `channel`, heartbeats, and follows a
 /// migration.
 /// `target_channel` makes the channel to a controller named by a notice or redirect
@@ -148,26 +153,34 @@ pub async fn run_migrating_agent(
                         // (QUIESCE) asks nothing of them.
                         if notice.phase == "CATCHUP" && validated.as_deref() != Some(&id) {
                             let target = notice.target.unwrap_or_default();
-                            let outcome = match target
-                                .api_endpoints
-                                .first()
-                                .map(|e| target_channel(e, &target.ca_cert))
-                            {
-                                Some(Ok(target)) => {
-                                    let mut client = AgentClient::with_interceptor(target, auth.clone());
-                                    client
-                                        .validate_login(ValidateLoginRequest {
-                                            migration_id: id.clone(),
-                                        })
-                                        .await
-                                        .map(|_| ())
-                                        .map_err(|e| (e.code(), e.message().to_owned()))
+                            // As agentd does: a target that is not ready (it does not know this
+                            // machine yet, or its group is electing a leader) is asked again
+                            // after a pause, a bounded number of times, then on the next update.
+                            let mut outcome = Err((tonic::Code::Unavailable, String::new()));
+                            for _ in 0..VALIDATION_ATTEMPTS {
+                                outcome = match target
+                                    .api_endpoints
+                                    .first()
+                                    .map(|e| target_channel(e, &target.ca_cert))
+                                {
+                                    Some(Ok(target)) => {
+                                        let mut client = AgentClient::with_interceptor(target, auth.clone());
+                                        client
+                                            .validate_login(ValidateLoginRequest {
+                                                migration_id: id.clone(),
+                                            })
+                                            .await
+                                            .map(|_| ())
+                                            .map_err(|e| (e.code(), e.message().to_owned()))
+                                    }
+                                    _ => Err((tonic::Code::InvalidArgument, "no usable target endpoint".to_owned())),
+                                };
+                                if !matches!(&outcome, Err((tonic::Code::Unavailable, _))) {
+                                    break;
                                 }
-                                _ => Err((tonic::Code::InvalidArgument, "no usable target endpoint".to_owned())),
-                            };
+                                tokio::time::sleep(VALIDATION_RETRY).await;
+                            }
                             if matches!(&outcome, Err((tonic::Code::Unavailable, _))) {
-                                // The target does not know this machine yet (it arrives with a
-                                // later batch of changes): ask again on the next update.
                                 continue;
                             }
                             let outcome = outcome.map_err(|(_, message)| message);
