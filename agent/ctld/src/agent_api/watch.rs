@@ -1,6 +1,7 @@
-//! The agents' watch: each agent's desired state (computed once per change of what it depends on
-//! per model, and shared by the model's watchers), the migration notice and the redirect, sent only when they
-//! changed; and charm downloads, limited to the charms of the agent's own units.
+//! The agents' watch: each agent's desired state (computed once per change of what it depends
+//! on, per model, and shared by the model's watchers), the migration notice and the redirect,
+//! sent only when they changed; and charm downloads, limited to the charms of the agent's own
+//! units.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
