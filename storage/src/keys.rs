@@ -314,28 +314,27 @@ pub fn desired_input(key: &[u8]) -> Option<DesiredInput<'_>> {
     if key.starts_with(CONFIG_PREFIX) {
         return Some(DesiredInput::AllModels);
     }
-    let rest = key.strip_prefix(b"m/")?;
-    let slash = rest.iter().position(|b| *b == b'/')?;
-    let (uuid, tail) = rest.split_at(slash);
-    let tail = &tail[1..];
+    let (uuid, rest) = model_and_rest(key)?;
     [&b"machine/"[..], b"app/", b"unit/", b"rel/"]
         .iter()
-        .any(|kind| tail.starts_with(kind))
-        .then(|| std::str::from_utf8(uuid).ok().map(DesiredInput::Model))
-        .flatten()
+        .any(|kind| rest.starts_with(kind))
+        .then_some(DesiredInput::Model(uuid))
 }
 
 /// The model whose change feed records a write of `key`: every key under `m/<uuid>/` except the
 /// model's log (`m/<uuid>/log/`, transferred after SUCCESS). These are also the keys the model
 /// digest covers.
 pub fn fed_model(key: &[u8]) -> Option<&str> {
+    let (uuid, rest) = model_and_rest(key)?;
+    (!rest.starts_with(b"log/")).then_some(uuid)
+}
+
+/// `m/<uuid>/<rest>` split into the uuid and `rest`; `None` for any other key.
+fn model_and_rest(key: &[u8]) -> Option<(&str, &[u8])> {
     let rest = key.strip_prefix(b"m/")?;
     let slash = rest.iter().position(|b| *b == b'/')?;
-    let (uuid, tail) = rest.split_at(slash);
-    if tail[1..].starts_with(b"log/") {
-        return None;
-    }
-    std::str::from_utf8(uuid).ok()
+    let uuid = std::str::from_utf8(&rest[..slash]).ok()?;
+    Some((uuid, &rest[slash + 1..]))
 }
 
 #[cfg(test)]

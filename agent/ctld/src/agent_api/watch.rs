@@ -65,7 +65,8 @@ impl<T> Slots<T> {
         }
     }
 
-    /// Forgets a destroyed model's slot, so the map stays bounded by live models.
+    /// Forgets a destroyed model's slot, so the map stays bounded by live models (the desired
+    /// state's computation finds the model gone and forgets both of its slots).
     fn forget(&self, uuid: &str) {
         self.models.lock().expect("watch slots lock").remove(uuid);
     }
@@ -107,6 +108,7 @@ impl DesiredCache {
                 u64::try_from(agent_heartbeat_interval(&config).as_millis()).unwrap_or(u64::MAX);
             if description.is_none() {
                 self.desired.forget(model_uuid);
+                self.movement.forget(model_uuid);
             }
             Ok(Arc::new(ModelDesired::compute(
                 description.as_ref(),
@@ -131,16 +133,6 @@ impl DesiredCache {
             } else {
                 migration_notice(handle, model_uuid)?
             };
-            if redirect.is_none()
-                && migration.is_none()
-                && handle
-                    .state()
-                    .model(model_uuid)
-                    .map_err(storage_error)?
-                    .is_none()
-            {
-                self.movement.forget(model_uuid);
-            }
             Ok(Arc::new(Movement {
                 redirect,
                 migration,
