@@ -17,6 +17,7 @@ pub mod records;
 pub mod staging;
 pub mod state;
 pub mod store;
+mod wal;
 
 pub use apply::{ApplyBatch, ApplyLimits};
 pub use backend::{LogBackend, RaftMetaKey, StateBackend};

@@ -1,20 +1,26 @@
-//! `Store`: the sled database of one controller node under `<data_dir>/sled`, with the trees
-//! `meta` (which controller owns the dir), `log` (Raft log, big-endian index → encoded
-//! `LogEntry`), `raft_meta` (vote, committed, last purged) and `state` (the replicated state).
+//! `Store`: one controller node's persistent state. The Raft log is the segment files under
+//! `<data_dir>/wal` (`crate::wal`); everything else is the sled database under `<data_dir>/sled`,
+//! with the trees `meta` (which controller owns the dir), `raft_meta` (vote, committed, last
+//! purged, and the log's first live index) and `state` (the replicated state). Older versions
+//! kept the log in sled's `log` tree; the first open moves it to `wal/`.
 //!
-//! Durability: `sync` is sled's `flush` followed by `fdatasync` of sled's files, because on Linux
-//! sled's flush uses `sync_file_range`, which does not flush the device's write cache.
+//! Durability: a log append is one `pwrite` and one `fdatasync` of its segment. `sync` (for the
+//! vote, a purge, a snapshot) is sled's `flush` followed by `fdatasync` of sled's files, because
+//! on Linux sled's flush uses `sync_file_range`, which does not flush the device's write cache.
+//! The state tree is never synced on its own account: what a crash loses of it the log re-applies,
+//! and the log keeps every entry past the last sled sync (a purge syncs sled before it deletes).
 
 use std::collections::HashSet;
 use std::ffi::OsString;
 use std::fs::File;
-use std::ops::{Bound, RangeBounds};
+use std::ops::RangeBounds;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::backend::{LogBackend, RaftMetaKey, StateBackend};
 use crate::state::{self, KeyValues, StateImage, StateRead, WriteSet};
+use crate::wal::Wal;
 use crate::StorageError;
 
 const META_TREE: &str = "meta";
@@ -22,6 +28,10 @@ const LOG_TREE: &str = "log";
 const RAFT_META_TREE: &str = "raft_meta";
 const STATE_TREE: &str = "state";
 const CONTROLLER_UUID_KEY: &[u8] = b"controller_uuid";
+/// In `raft_meta`: the highest purged log index (big-endian u64), which the log's files cannot
+/// tell (they are purged by whole segments).
+const WAL_PURGED_THROUGH_KEY: &[u8] = b"wal_purged_through";
+const WAL_DIR: &str = "wal";
 
 /// The sled database of one node. Cheap to clone; clones share the database.
 #[derive(Clone)]
@@ -33,7 +43,7 @@ struct StoreInner {
     data_dir: PathBuf,
     sled_dir: PathBuf,
     db: sled::Db,
-    log: sled::Tree,
+    wal: Wal,
     raft_meta: sled::Tree,
     state: sled::Tree,
     // std Mutex, not tokio's: held only on the blocking pool, around fdatasync calls.
@@ -83,18 +93,21 @@ impl Store {
         let state = open_tree(STATE_TREE)?;
         let db_path = sled_dir.join("db");
         let db_file = File::open(&db_path).map_err(|e| StorageError::io("open", &db_path, e))?;
+        let mut files = SledFiles {
+            db_file,
+            synced: HashSet::new(),
+        };
+        let wal = open_wal(data_dir, &sled_dir, &db, &log, &raft_meta, &mut files)?;
+        drop(log);
         let store = Store {
             inner: Arc::new(StoreInner {
                 data_dir: data_dir.to_path_buf(),
                 sled_dir,
                 db,
-                log,
+                wal,
                 raft_meta,
                 state,
-                files: Mutex::new(SledFiles {
-                    db_file,
-                    synced: HashSet::new(),
-                }),
+                files: Mutex::new(files),
             }),
         };
         let found = meta
@@ -130,39 +143,98 @@ impl Store {
     /// any blob and snapshot file not yet synced, and of the directories that gained them.
     /// Blocks; returns how long it took.
     pub fn sync(&self) -> Result<Duration, StorageError> {
-        let started = Instant::now();
-        self.inner
-            .db
-            .flush()
-            .map_err(|e| StorageError::sled("db", "flush", e))?;
         let mut files = self.inner.files.lock().expect("sled file lock poisoned");
-        let db_path = || self.inner.sled_dir.join("db");
-        if crate::planted::armed("unsynced-ack") {
-            // Planted bug: acknowledge what is only in the page cache.
-            return Ok(started.elapsed());
-        }
-        files
-            .db_file
-            .sync_data()
-            .map_err(|e| StorageError::io("fdatasync", db_path(), e))?;
-        // sled writes large values to `blobs/<lsn>` and its page-table snapshots to `snap.*`
-        // without syncing the directory; a new name needs its file and its directory synced.
-        let SledFiles { synced, .. } = &mut *files;
-        if sync_new_files(&self.inner.sled_dir, synced, |name| {
-            name.to_string_lossy().starts_with("snap.") || name == "conf"
-        })? {
-            sync_dir(&self.inner.sled_dir)?;
-        }
-        let blobs = self.inner.sled_dir.join("blobs");
-        if blobs.is_dir() && sync_new_files(&blobs, synced, |_| true)? {
-            sync_dir(&blobs)?;
-        }
-        Ok(started.elapsed())
+        sync_sled(&self.inner.db, &self.inner.sled_dir, &mut files)
     }
 
     fn synced(&self) -> Result<Option<Duration>, StorageError> {
         self.sync().map(Some)
     }
+}
+
+/// sled's flush, then fdatasync of sled's data file, of any blob and snapshot file not yet
+/// synced, and of the directories that gained them; returns how long it took.
+fn sync_sled(
+    db: &sled::Db,
+    sled_dir: &Path,
+    files: &mut SledFiles,
+) -> Result<Duration, StorageError> {
+    let started = Instant::now();
+    db.flush()
+        .map_err(|e| StorageError::sled("db", "flush", e))?;
+    if crate::planted::armed("unsynced-ack") {
+        // Planted bug: acknowledge what is only in the page cache.
+        return Ok(started.elapsed());
+    }
+    files
+        .db_file
+        .sync_data()
+        .map_err(|e| StorageError::io("fdatasync", sled_dir.join("db"), e))?;
+    // sled writes large values to `blobs/<lsn>` and its page-table snapshots to `snap.*`
+    // without syncing the directory; a new name needs its file and its directory synced.
+    let SledFiles { synced, .. } = files;
+    if sync_new_files(sled_dir, synced, |name| {
+        name.to_string_lossy().starts_with("snap.") || name == "conf"
+    })? {
+        sync_dir(sled_dir)?;
+    }
+    let blobs = sled_dir.join("blobs");
+    if blobs.is_dir() && sync_new_files(&blobs, synced, |_| true)? {
+        sync_dir(&blobs)?;
+    }
+    Ok(started.elapsed())
+}
+
+/// Opens the log's segment files. A data dir without them (fresh, or written by a version that
+/// kept the log in sled's `log` tree) gets them built aside from that tree and moved in whole;
+/// the tree is emptied once the files hold the log.
+fn open_wal(
+    data_dir: &Path,
+    sled_dir: &Path,
+    db: &sled::Db,
+    log: &sled::Tree,
+    raft_meta: &sled::Tree,
+    files: &mut SledFiles,
+) -> Result<Wal, StorageError> {
+    let purged_through = raft_meta
+        .get(WAL_PURGED_THROUGH_KEY)
+        .map_err(|e| StorageError::sled(RAFT_META_TREE, "get", e))?
+        .map(|bytes| decode_index(&bytes))
+        .transpose()?;
+    let first_live = purged_through.map_or(0, |index| index + 1);
+    let dir = data_dir.join(WAL_DIR);
+    if !dir.is_dir() {
+        let staging = data_dir.join("wal.new");
+        if staging.exists() {
+            std::fs::remove_dir_all(&staging)
+                .map_err(|e| StorageError::io("remove dir", &staging, e))?;
+        }
+        let rows = log
+            .iter()
+            .map(|row| {
+                let (key, value) = row.map_err(|e| StorageError::sled(LOG_TREE, "iter", e))?;
+                Ok((decode_index(&key)?, value.to_vec()))
+            })
+            .collect::<Result<Vec<_>, StorageError>>()?;
+        let wal = Wal::open(&staging, first_live)?;
+        if !rows.is_empty() {
+            tracing::info!(
+                entries = rows.len(),
+                "moving the Raft log from sled into {}",
+                dir.display()
+            );
+            wal.append(rows)?;
+        }
+        drop(wal);
+        std::fs::rename(&staging, &dir).map_err(|e| StorageError::io("rename", &staging, e))?;
+        sync_dir(data_dir)?;
+    }
+    if !log.is_empty() {
+        log.clear()
+            .map_err(|e| StorageError::sled(LOG_TREE, "clear", e))?;
+        sync_sled(db, sled_dir, files)?;
+    }
+    Wal::open(&dir, first_live)
 }
 
 /// fdatasyncs each file in `dir` accepted by `wanted` whose name is not in `synced`; returns
@@ -221,67 +293,24 @@ fn decode_index(key: &[u8]) -> Result<u64, StorageError> {
         .map_err(|_| StorageError::corrupt(LOG_TREE, key, "log key is not a big-endian u64"))
 }
 
-fn index_bound(bound: Bound<&u64>) -> Bound<[u8; 8]> {
-    match bound {
-        Bound::Included(i) => Bound::Included(index_key(*i)),
-        Bound::Excluded(i) => Bound::Excluded(index_key(*i)),
-        Bound::Unbounded => Bound::Unbounded,
-    }
-}
-
 impl LogBackend for Store {
     fn log_append(&self, entries: Vec<(u64, Vec<u8>)>) -> Result<Option<Duration>, StorageError> {
-        let mut batch = sled::Batch::default();
-        for (index, bytes) in entries {
-            batch.insert(&index_key(index), bytes);
-        }
-        self.inner
-            .log
-            .apply_batch(batch)
-            .map_err(|e| StorageError::sled(LOG_TREE, "append", e))?;
-        self.synced()
+        self.inner.wal.append(entries)
     }
 
     fn log_range(&self, range: impl RangeBounds<u64>) -> Result<Vec<(u64, Vec<u8>)>, StorageError> {
         if crate::backend::is_empty_range(&range) {
             return Ok(Vec::new());
         }
-        let bounds = (
-            index_bound(range.start_bound()),
-            index_bound(range.end_bound()),
-        );
-        self.inner
-            .log
-            .range(bounds)
-            .map(|row| {
-                let (key, value) = row.map_err(|e| StorageError::sled(LOG_TREE, "range", e))?;
-                Ok((decode_index(&key)?, value.to_vec()))
-            })
-            .collect()
+        self.inner.wal.range(range)
     }
 
     fn log_last(&self) -> Result<Option<(u64, Vec<u8>)>, StorageError> {
-        match self
-            .inner
-            .log
-            .last()
-            .map_err(|e| StorageError::sled(LOG_TREE, "last", e))?
-        {
-            Some((key, value)) => Ok(Some((decode_index(&key)?, value.to_vec()))),
-            None => Ok(None),
-        }
+        self.inner.wal.last()
     }
 
     fn log_truncate_from(&self, index: u64) -> Result<Option<Duration>, StorageError> {
-        let mut batch = sled::Batch::default();
-        for key in self.inner.log.range(index_key(index)..).keys() {
-            batch.remove(key.map_err(|e| StorageError::sled(LOG_TREE, "range", e))?);
-        }
-        self.inner
-            .log
-            .apply_batch(batch)
-            .map_err(|e| StorageError::sled(LOG_TREE, "truncate", e))?;
-        self.synced()
+        self.inner.wal.truncate_from(index).map(Some)
     }
 
     fn log_purge_through(
@@ -289,21 +318,18 @@ impl LogBackend for Store {
         index: u64,
         last_purged: Vec<u8>,
     ) -> Result<Option<Duration>, StorageError> {
-        // The record first: sled recovers a prefix of its writes, so a crash can leave purged
-        // entries behind the record, never a hole in front of it.
+        // The records first, and sled synced (the state applied so far with them), then the
+        // files: a crash can leave purged entries behind the records, never a hole in front.
+        let mut batch = sled::Batch::default();
+        batch.insert(RaftMetaKey::LastPurged.as_bytes(), last_purged);
+        batch.insert(WAL_PURGED_THROUGH_KEY, &index_key(index));
         self.inner
             .raft_meta
-            .insert(RaftMetaKey::LastPurged.as_bytes(), last_purged)
-            .map_err(|e| StorageError::sled(RAFT_META_TREE, "insert last_purged", e))?;
-        let mut batch = sled::Batch::default();
-        for key in self.inner.log.range(..=index_key(index)).keys() {
-            batch.remove(key.map_err(|e| StorageError::sled(LOG_TREE, "range", e))?);
-        }
-        self.inner
-            .log
             .apply_batch(batch)
-            .map_err(|e| StorageError::sled(LOG_TREE, "purge", e))?;
-        self.synced()
+            .map_err(|e| StorageError::sled(RAFT_META_TREE, "insert last_purged", e))?;
+        let took = self.sync()?;
+        self.inner.wal.purge_through(index)?;
+        Ok(Some(took))
     }
 
     fn raft_meta_get(&self, key: RaftMetaKey) -> Result<Option<Vec<u8>>, StorageError> {

@@ -115,6 +115,41 @@ fn log_range_truncate_and_purge() {
 }
 
 #[test]
+fn a_log_an_older_version_kept_in_sled_moves_to_the_segment_files() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    drop(Store::open(dir.path(), UUID).expect("opens"));
+    // What an older version left: the log in sled's `log` tree, no `wal/` dir.
+    std::fs::remove_dir_all(dir.path().join("wal")).expect("removes the segment files");
+    {
+        let db = sled::open(dir.path().join("sled")).expect("opens sled");
+        let log = db.open_tree("log").expect("opens the log tree");
+        for index in 5u64..=9 {
+            log.insert(index.to_be_bytes(), format!("entry {index}").into_bytes())
+                .expect("inserts");
+        }
+        db.flush().expect("flushes");
+    }
+    let store = Store::open(dir.path(), UUID).expect("reopens");
+    let expected: Vec<(u64, Vec<u8>)> = (5u64..=9)
+        .map(|i| (i, format!("entry {i}").into_bytes()))
+        .collect();
+    assert_eq!(store.log_range(..).expect("reads"), expected);
+    store
+        .log_append(vec![(10, b"entry 10".to_vec())])
+        .expect("appends after the move");
+    drop(store);
+    let store = Store::open(dir.path(), UUID).expect("reopens again");
+    assert_eq!(store.log_last().expect("reads").map(|(i, _)| i), Some(10));
+    assert_eq!(store.log_range(..).expect("reads").len(), 6);
+    drop(store);
+    let db = sled::open(dir.path().join("sled")).expect("opens sled");
+    assert!(
+        db.open_tree("log").expect("opens").is_empty(),
+        "the sled log tree is emptied once the files hold the log"
+    );
+}
+
+#[test]
 fn data_dir_of_another_controller_is_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
     drop(Store::open(dir.path(), UUID).expect("opens"));
