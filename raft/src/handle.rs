@@ -459,13 +459,7 @@ impl RaftHandle {
     /// Waits at most `timeout` for this node to apply anything past `index`; returns the applied
     /// index then (unchanged on timeout).
     pub async fn wait_applied_past(&self, index: u64, timeout: Duration) -> u64 {
-        let _ = self
-            .inner
-            .raft
-            .wait(Some(timeout))
-            .applied_index_at_least(Some(index + 1), "watch")
-            .await;
-        self.inner.state.applied_index()
+        self.inner.state.wait_applied_past(index, timeout).await
     }
 
     /// The index a linearizable read must wait for; only the leader answers.

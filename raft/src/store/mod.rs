@@ -13,7 +13,6 @@ mod state_machine;
 mod state_view;
 
 use std::path::Path;
-use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -66,7 +65,7 @@ where
         .applied_state()?
         .last_applied
         .map_or(0, |log_id| log_id.index);
-    let applied_index = Arc::new(AtomicU64::new(applied));
+    let applied_index = Arc::new(state_view::AppliedIndex::new(applied));
     let gate = Arc::new(CommitGate::default());
     let timeline = Arc::new(WriteTimeline::default());
     let observers = Arc::new(ApplyObservers::new(applied));

@@ -17,7 +17,7 @@ use starling_storage::{
 };
 
 use super::snapshot_store::{check_snapshot_id, meta_of, SnapshotStore};
-use super::state_view::{ApplyObservers, CommitGate};
+use super::state_view::{AppliedIndex, ApplyObservers, CommitGate};
 use super::{blocking, record_sync};
 use crate::codec;
 use crate::stages::{Mark, WriteTimeline};
@@ -32,7 +32,7 @@ type SnapshotData = Cursor<Vec<u8>>;
 pub struct StateMachine<B> {
     backend: B,
     snapshots: SnapshotStore,
-    applied_index: Arc<AtomicU64>,
+    applied_index: Arc<AppliedIndex>,
     gate: Arc<CommitGate>,
     observers: Arc<ApplyObservers>,
     limits: ApplyLimits,
@@ -50,7 +50,7 @@ impl<B: StateBackend> StateMachine<B> {
     pub(super) fn new(
         backend: B,
         snapshots: SnapshotStore,
-        applied_index: Arc<AtomicU64>,
+        applied_index: Arc<AppliedIndex>,
         gate: Arc<CommitGate>,
         timeline: Arc<WriteTimeline>,
         observers: Arc<ApplyObservers>,
@@ -232,7 +232,7 @@ impl<B: StateBackend> RaftStateMachine<TypeConfig> for StateMachine<B> {
         .await
         .map_err(|e| StorageIOError::apply(last, e))?;
         self.timeline.mark(first, last.index, Mark::ApplyEnd);
-        self.applied_index.store(last.index, Ordering::Release);
+        self.applied_index.store(last.index);
         Ok(responses)
     }
 
@@ -280,7 +280,7 @@ impl<B: StateBackend> RaftStateMachine<TypeConfig> for StateMachine<B> {
         .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), e))?;
         record_sync("install_snapshot", took);
         self.applied_index
-            .store(meta.last_log_id.map_or(0, |l| l.index), Ordering::Release);
+            .store(meta.last_log_id.map_or(0, |l| l.index));
         Ok(())
     }
 

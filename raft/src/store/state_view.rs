@@ -127,12 +127,41 @@ impl DesiredChanges {
     }
 }
 
+/// This node's applied index, and a signal to wait on it. Waiters wake when the applied index
+/// moves, and for nothing else: openraft's metrics wait, which the watches used before, woke
+/// every waiter (and cloned the metrics for it) at every change of any Raft metric, which with
+/// ten thousand agents' watches on a node was more work than the node could do.
+#[derive(Debug)]
+pub(crate) struct AppliedIndex {
+    value: AtomicU64,
+    changed: tokio::sync::watch::Sender<u64>,
+}
+
+impl AppliedIndex {
+    pub(crate) fn new(applied: u64) -> Self {
+        AppliedIndex {
+            value: AtomicU64::new(applied),
+            changed: tokio::sync::watch::Sender::new(applied),
+        }
+    }
+
+    pub(crate) fn load(&self) -> u64 {
+        self.value.load(Ordering::Acquire)
+    }
+
+    /// Publishes `index` (after the state it names is readable) and wakes the waiters.
+    pub(crate) fn store(&self, index: u64) {
+        self.value.store(index, Ordering::Release);
+        self.changed.send_replace(index);
+    }
+}
+
 /// Read-only access to the applied state. Each read sees whole applied batches, never half of
 /// one; [`StateView::consistent`] makes several reads see the same applied state.
 #[derive(Clone)]
 pub struct StateView {
     reader: Arc<dyn StateRead + Send + Sync>,
-    applied_index: Arc<AtomicU64>,
+    applied_index: Arc<AppliedIndex>,
     gate: Arc<CommitGate>,
     timeline: Arc<WriteTimeline>,
     observers: Arc<ApplyObservers>,
@@ -149,7 +178,7 @@ impl std::fmt::Debug for StateView {
 impl StateView {
     pub(super) fn new(
         reader: Arc<dyn StateRead + Send + Sync>,
-        applied_index: Arc<AtomicU64>,
+        applied_index: Arc<AppliedIndex>,
         gate: Arc<CommitGate>,
         timeline: Arc<WriteTimeline>,
         observers: Arc<ApplyObservers>,
@@ -221,7 +250,15 @@ impl StateView {
 
     /// The index of the last applied log entry (0 before anything was applied).
     pub fn applied_index(&self) -> u64 {
-        self.applied_index.load(Ordering::Acquire)
+        self.applied_index.load()
+    }
+
+    /// Waits until the applied index is past `index`, at most `timeout`; returns the applied
+    /// index then.
+    pub async fn wait_applied_past(&self, index: u64, timeout: std::time::Duration) -> u64 {
+        let mut changed = self.applied_index.changed.subscribe();
+        let _ = tokio::time::timeout(timeout, changed.wait_for(|now| *now > index)).await;
+        self.applied_index()
     }
 
     /// The applied index at which model `uuid`'s desired-state inputs (its machines,
@@ -351,6 +388,47 @@ mod tests {
 
     use super::*;
 
+    /// A waiter wakes when the applied index moves past its index, not before; without a move
+    /// it returns at its timeout with the index unchanged.
+    #[tokio::test]
+    async fn waiting_for_the_applied_index_wakes_on_a_move_past_it() {
+        let applied = Arc::new(AppliedIndex::new(5));
+        let view = StateView::new(
+            Arc::new(MemStore::new()),
+            applied.clone(),
+            Arc::new(CommitGate::default()),
+            Arc::new(WriteTimeline::default()),
+            Arc::new(ApplyObservers::new(5)),
+        );
+        let short = std::time::Duration::from_millis(20);
+        assert_eq!(
+            view.wait_applied_past(5, short).await,
+            5,
+            "nothing applied: timeout"
+        );
+        assert_eq!(
+            view.wait_applied_past(4, short).await,
+            5,
+            "already past: at once"
+        );
+        let waiter = {
+            let view = view.clone();
+            tokio::spawn(async move {
+                view.wait_applied_past(6, std::time::Duration::from_secs(30))
+                    .await
+            })
+        };
+        applied.store(6);
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished(), "6 is not past 6");
+        applied.store(7);
+        let woke = tokio::time::timeout(std::time::Duration::from_secs(10), waiter)
+            .await
+            .expect("woke well before its own timeout")
+            .expect("joins");
+        assert_eq!(woke, 7);
+    }
+
     /// A writer commits `a` and `b` together, always equal; readers read them one after the
     /// other. Consistent reads never see them differ.
     #[test]
@@ -359,7 +437,7 @@ mod tests {
         let gate = Arc::new(CommitGate::default());
         let view = StateView::new(
             Arc::new(store.clone()),
-            Arc::new(AtomicU64::new(0)),
+            Arc::new(AppliedIndex::new(0)),
             gate.clone(),
             Arc::default(),
             Arc::new(ApplyObservers::new(0)),
