@@ -175,6 +175,17 @@ async fn writer(
                 log.sent.push((sent, redirected));
             }
             Err(status) => {
+                eprintln!(
+                    "write refused ({} ms after it was sent{}): {:?} {}",
+                    now_ms() - sent,
+                    if redirected.is_some() {
+                        ", retried on the target"
+                    } else {
+                        ""
+                    },
+                    status.code(),
+                    status.message()
+                );
                 log.lock().expect("lock").refused += 1;
                 if let Some(rest) = status.message().split("migrated to controller \"").nth(1) {
                     let next = rest.split('"').next().unwrap_or_default().to_owned();
