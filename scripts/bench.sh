@@ -503,7 +503,10 @@ for u, m in migrations.items():
     rows.append((f"migration {u} units: total (ms)", f'{m["total_ms"]}', f'precopy {m["precopy_ms"]}, catchup {m["catchup_ms"]}, fence {m["fence_ms"]}, activate {m["activate_ms"]}, log+reap {m["logtransfer_reap_ms"]}; {m["machines"]} agents'))
     rows.append((f"migration {u} units: lock→active (ms)", f'{m["lock_to_active_ms"]}', f'longest gap between acknowledged writes {m["write_unavailability_ms"]} ms; writes refused {m["writes_refused"]}, retried on the target {m["writes_retried_on_target"]}'))
     rows.append((f"migration {u} units: import", f'{m["import_mb_per_s"]:.2f}', f'MB/s; {m["import_records_per_s"]:.0f} records/s; {m["description_bytes"]} bytes, {m["records"]} records'))
-    rows.append((f"migration {u} units: staging + import commit", f'{m["staged_import_mb_per_s"]:.2f}', f'MB/s; {m["staged_import_records_per_s"]:.0f} records/s; {m["staged_bytes"]} bytes (description and a {m["charm_mib"]} MiB charm) in {m["staged_import_ms"]} ms'))
+    if m["staged_import_mb_per_s"] is None:
+        rows.append((f"migration {u} units: staging + import commit", "-", f'{m["staged_bytes"]} bytes, too quick for the bench to time'))
+    else:
+        rows.append((f"migration {u} units: staging + import commit", f'{m["staged_import_mb_per_s"]:.2f}', f'MB/s; {m["staged_import_records_per_s"]:.0f} records/s; {m["staged_bytes"]} bytes (description and a {m["charm_mib"]} MiB charm) in {m["staged_import_ms"]} ms'))
     rows.append((f"migration {u} units: agents on target (ms)", f'{m["agents_all_on_target_ms_after_success"]}', f'after SUCCESS; {m["agents_switched"]}/{m["machines"]} switched'))
     for writers, p in pauses[u].items():
         if p:

@@ -669,14 +669,22 @@ impl Bench<'_> {
             mb / import_secs,
             records as f64 / import_secs
         )?;
-        let staged_secs = (staged_ms as f64 / 1000.0).max(0.001);
+        let staged_secs = staged_ms as f64 / 1000.0;
         let staged_mb = staged_bytes as f64 / (1024.0 * 1024.0);
-        writeln!(
-            out,
-            "staging + import commit    {staged_mb:.2} MB in {staged_ms} ms: {:.2} MB/s, {:.0} records/s",
-            staged_mb / staged_secs,
-            records as f64 / staged_secs
-        )?;
+        // A staging that began and ended between two of the bench's polls has no duration to
+        // divide by: its rates are left out rather than made up.
+        let staged_rates =
+            (staged_ms > 0).then(|| (staged_mb / staged_secs, records as f64 / staged_secs));
+        match staged_rates {
+            Some((mb_per_s, records_per_s)) => writeln!(
+                out,
+                "staging + import commit    {staged_mb:.2} MB in {staged_ms} ms: {mb_per_s:.2} MB/s, {records_per_s:.0} records/s"
+            )?,
+            None => writeln!(
+                out,
+                "staging + import commit    {staged_mb:.2} MB, too quick for the bench's polls to time"
+            )?,
+        }
         writeln!(
             out,
             "agents on the target       {switched}/{} after {} ms from SUCCESS",
@@ -708,8 +716,8 @@ impl Bench<'_> {
             "charm_mib": args.charm_mib,
             "staged_bytes": staged_bytes,
             "staged_import_ms": staged_ms,
-            "staged_import_mb_per_s": staged_mb / staged_secs,
-            "staged_import_records_per_s": records as f64 / staged_secs,
+            "staged_import_mb_per_s": staged_rates.map(|r| r.0),
+            "staged_import_records_per_s": staged_rates.map(|r| r.1),
             "agents_switched": switched,
             "agents_all_on_target_ms_after_success": agents_ms,
             "setup_secs": self.setup_secs,
