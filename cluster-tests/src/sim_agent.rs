@@ -157,28 +157,30 @@ pub async fn run_migrating_agent(
                             // machine yet, or its group is electing a leader) is asked again
                             // after a pause, a bounded number of times, then on the next update.
                             let mut outcome = Err((tonic::Code::Unavailable, String::new()));
-                            for _ in 0..VALIDATION_ATTEMPTS {
-                                outcome = match target
-                                    .api_endpoints
-                                    .first()
-                                    .map(|e| target_channel(e, &target.ca_cert))
-                                {
-                                    Some(Ok(target)) => {
-                                        let mut client = AgentClient::with_interceptor(target, auth.clone());
-                                        client
+                            match target
+                                .api_endpoints
+                                .first()
+                                .map(|e| target_channel(e, &target.ca_cert))
+                            {
+                                Some(Ok(channel)) => {
+                                    let mut client = AgentClient::with_interceptor(channel, auth.clone());
+                                    for _ in 0..VALIDATION_ATTEMPTS {
+                                        outcome = client
                                             .validate_login(ValidateLoginRequest {
                                                 migration_id: id.clone(),
                                             })
                                             .await
                                             .map(|_| ())
-                                            .map_err(|e| (e.code(), e.message().to_owned()))
+                                            .map_err(|e| (e.code(), e.message().to_owned()));
+                                        if !matches!(&outcome, Err((tonic::Code::Unavailable, _))) {
+                                            break;
+                                        }
+                                        tokio::time::sleep(VALIDATION_RETRY).await;
                                     }
-                                    _ => Err((tonic::Code::InvalidArgument, "no usable target endpoint".to_owned())),
-                                };
-                                if !matches!(&outcome, Err((tonic::Code::Unavailable, _))) {
-                                    break;
                                 }
-                                tokio::time::sleep(VALIDATION_RETRY).await;
+                                _ => {
+                                    outcome = Err((tonic::Code::InvalidArgument, "no usable target endpoint".to_owned()));
+                                }
                             }
                             if matches!(&outcome, Err((tonic::Code::Unavailable, _))) {
                                 continue;

@@ -93,23 +93,7 @@ impl Store {
         let state = open_tree(STATE_TREE)?;
         let db_path = sled_dir.join("db");
         let db_file = File::open(&db_path).map_err(|e| StorageError::io("open", &db_path, e))?;
-        let mut files = SledFiles {
-            db_file,
-            synced: HashSet::new(),
-        };
-        let wal = open_wal(data_dir, &sled_dir, &db, &log, &raft_meta, &mut files)?;
-        drop(log);
-        let store = Store {
-            inner: Arc::new(StoreInner {
-                data_dir: data_dir.to_path_buf(),
-                sled_dir,
-                db,
-                wal,
-                raft_meta,
-                state,
-                files: Mutex::new(files),
-            }),
-        };
+        // The claim first: a dir of another controller is refused before anything in it moves.
         let found = meta
             .get(CONTROLLER_UUID_KEY)
             .map_err(|e| StorageError::sled(META_TREE, "get", e))?;
@@ -127,6 +111,23 @@ impl Store {
                     .map_err(|e| StorageError::sled(META_TREE, "insert", e))?;
             }
         }
+        let mut files = SledFiles {
+            db_file,
+            synced: HashSet::new(),
+        };
+        let wal = open_wal(data_dir, &sled_dir, &db, &log, &raft_meta, &mut files)?;
+        drop(log);
+        let store = Store {
+            inner: Arc::new(StoreInner {
+                data_dir: data_dir.to_path_buf(),
+                sled_dir,
+                db,
+                wal,
+                raft_meta,
+                state,
+                files: Mutex::new(files),
+            }),
+        };
         // Make the files sled created at open (and the claim) durable, directories included.
         store.sync()?;
         sync_dir(&store.inner.sled_dir)?;

@@ -152,7 +152,7 @@ impl Wal {
         let mut removed = false;
         for (position, (first, path)) in names.into_iter().enumerate() {
             let is_last = position + 1 == count;
-            let mut segment = scan_segment(first, path, is_last)?;
+            let segment = scan_segment(first, path, is_last)?;
             if let Some(previous) = list.last() {
                 if previous.next_index() != segment.first {
                     return Err(StorageError::corrupt(
@@ -176,7 +176,6 @@ impl Wal {
                 removed = true;
                 continue;
             }
-            segment.capacity = segment.capacity.max(segment.end);
             list.push(segment);
         }
         if removed {
@@ -402,13 +401,9 @@ impl Wal {
         let _writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
         let mut inner = self.lock();
         let mut removed = false;
-        while inner.list.last().is_some_and(|s| s.first >= index) {
+        // The oldest segment stays (emptied below) so its name still starts the log.
+        while inner.list.len() > 1 && inner.list.last().is_some_and(|s| s.first >= index) {
             let segment = inner.list.pop().expect("checked");
-            if inner.list.is_empty() {
-                // Keep the oldest segment file (emptied) so its name still starts the log.
-                inner.list.push(segment);
-                break;
-            }
             remove_file(&segment.path)?;
             removed = true;
         }
