@@ -599,15 +599,44 @@ impl Drop for LocalCluster {
 }
 
 /// `n` distinct free TCP ports on 127.0.0.1 (all listeners are held until every port is picked).
+///
+/// They are drawn below the kernel's ephemeral range when there is room there: a node that is
+/// restarted later binds its port again, and a port of the ephemeral range may meanwhile have
+/// become the source port of any outgoing connection on the machine.
 pub fn free_ports(n: usize) -> Result<Vec<u16>> {
-    let listeners = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0"))
-        .collect::<std::io::Result<Vec<_>>>()
-        .context("binding a free port")?;
+    let mut listeners = Vec::with_capacity(n);
+    if let Some((low, high)) = ports_below_ephemeral() {
+        let mut rng = rand::thread_rng();
+        for _ in 0..n * PORT_DRAWS_PER_PORT {
+            if listeners.len() == n {
+                break;
+            }
+            let port = rand::Rng::gen_range(&mut rng, low..high);
+            if let Ok(listener) = TcpListener::bind(("127.0.0.1", port)) {
+                listeners.push(listener);
+            }
+        }
+    }
+    while listeners.len() < n {
+        listeners.push(TcpListener::bind("127.0.0.1:0").context("binding a free port")?);
+    }
     listeners
         .iter()
         .map(|l| Ok(l.local_addr()?.port()))
         .collect()
+}
+
+/// How many random ports `free_ports` tries per port it needs before it lets the kernel pick.
+const PORT_DRAWS_PER_PORT: usize = 20;
+/// The lowest port `free_ports` draws from (clear of the well-known and registered services).
+const DRAWN_PORTS_FROM: u16 = 10_000;
+
+/// The ports between `DRAWN_PORTS_FROM` and the start of the ephemeral range, when there are a
+/// few thousand of them.
+fn ports_below_ephemeral() -> Option<(u16, u16)> {
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
+    let ephemeral_low: u16 = range.split_whitespace().next()?.parse().ok()?;
+    (ephemeral_low >= DRAWN_PORTS_FROM + 4_096).then_some((DRAWN_PORTS_FROM, ephemeral_low))
 }
 
 /// Runs `command` to completion with its output in `log`, killing it after `timeout`.

@@ -4,6 +4,8 @@
 //! - `remove-node` of the leader hands over first and is carried out by the new leader,
 //! - a follower paused for longer than the election timeout does not depose the leader when it
 //!   wakes up (pre-vote: the others still hear from their leader),
+//! - an initial member that starts after the others elected a leader joins it (it does not
+//!   bootstrap the group a second time),
 //! - a node whose gRPC server task ends stops with an error instead of running on unreachable
 //!   (needs `ctld` built with `--features starling-ctld/failpoints`, as `scripts/test.sh` does).
 //!
@@ -176,6 +178,46 @@ async fn a_follower_waking_from_a_pause_does_not_depose_the_leader() -> Result<(
         term_after == term_before && leader_after == Some(leader),
         "term {term_before} -> {term_after}, leader {leader} -> {leader_after:?}: an election \
          was held; what the nodes logged about elections:\n{}",
+        election_lines(&cluster)
+    );
+    Ok(())
+}
+
+/// The initial member that starts last, after the others have elected a leader (a slow start,
+/// a late operator), joins that leader's term instead of starting one of its own: a node that
+/// bootstraps the group once a leader exists would stand in the same first term with a vote that
+/// outranks the leader's, refuse its AppendEntries and depose it.
+#[tokio::test]
+async fn a_member_starting_after_the_election_joins_the_leader() -> Result<()> {
+    init_tracing();
+    let mut cluster = LocalCluster::init(ClusterOptions::new("latecomer", 3))?;
+    let latecomer = *cluster.node_ids().last().context("a node")?;
+    for id in cluster.node_ids() {
+        if id != latecomer {
+            cluster.start_node(id)?;
+        }
+    }
+    let leader = cluster.wait_for_leader(LEADER_WAIT).await?;
+    write(&cluster, leader, "before").await?;
+    let term_before = term(&mut cluster).await?;
+
+    info!(
+        latecomer,
+        leader, "--- the last member starts after the election"
+    );
+    cluster.start_node(latecomer)?;
+    let mut last = 0;
+    for i in 0..5 {
+        last = write(&cluster, leader, &format!("joined-{i}")).await?;
+    }
+    cluster.wait_applied(latecomer, last, LEADER_WAIT).await?;
+    write(&cluster, latecomer, "through-the-latecomer").await?;
+    let term_after = term(&mut cluster).await?;
+    let leader_after = cluster.leader().await;
+    ensure!(
+        term_after == term_before && leader_after == Some(leader),
+        "term {term_before} -> {term_after}, leader {leader} -> {leader_after:?}: the latecomer \
+         started an election; what the nodes logged about elections:\n{}",
         election_lines(&cluster)
     );
     Ok(())

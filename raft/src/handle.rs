@@ -19,6 +19,12 @@ use crate::store::StateView;
 use crate::type_config::{Node, NodeId, Raft, Vote};
 use crate::watchdog::{self, LeaderContact, WatchdogTiming};
 
+/// How often a bootstrapping node looks whether it has been reached.
+const BOOTSTRAP_POLL: Duration = Duration::from_millis(20);
+/// How many shortest election timeouts past its turn a bootstrapping node waits to be reached by
+/// the leader of a group another member reports, before it initializes anyway.
+const BOOTSTRAP_TURNS_MAX: u32 = 10;
+
 /// Raft timing and sizes; all configurable from `ctld run`.
 #[derive(Clone, Debug)]
 pub struct RaftTiming {
@@ -307,15 +313,46 @@ impl RaftHandle {
     }
 
     /// Initializes the group with `members` as voters if this node has never been part of one.
-    /// Every initial member may call this: the first to reach the others wins, and later calls on
-    /// an initialized node are no-ops.
+    /// Every initial member calls this; only a node that finds no other member already in the
+    /// group starts it, and the members go in turn (by their order in `members`, one shortest
+    /// election timeout apart). A node that initializes after a leader has been elected would
+    /// stand as a candidate of the same first term, and openraft 0.9 orders votes of one term by
+    /// node id: a higher-numbered latecomer's own vote outranks the leader's, so it refuses the
+    /// leader's AppendEntries and the leader steps down for nothing. Such a node waits to be
+    /// reached by the leader instead (its first message initializes it).
     pub async fn initialize_if_new(
         &self,
         members: BTreeMap<NodeId, Node>,
     ) -> Result<(), ProposeError> {
         let raft = &self.inner.raft;
-        if raft.is_initialized().await.map_err(fatal)? {
-            return Ok(());
+        let turn = Duration::from_millis(self.inner.timing.election_timeout_min_ms);
+        let rank = members
+            .keys()
+            .position(|id| *id == self.inner.node_id)
+            .unwrap_or(0);
+        let my_turn = Instant::now() + turn * rank as u32;
+        // A member that stays out of reach must not keep the others from starting the group.
+        let give_up = my_turn + turn * BOOTSTRAP_TURNS_MAX;
+        loop {
+            if raft.is_initialized().await.map_err(fatal)? {
+                return Ok(());
+            }
+            let now = Instant::now();
+            if now >= my_turn {
+                match self.member_in_a_group(&members).await {
+                    None => break,
+                    Some(peer) if now >= give_up => {
+                        warn!(
+                            peer,
+                            "a member is in the group but no leader has reached this node; \
+                             initializing"
+                        );
+                        break;
+                    }
+                    Some(peer) => debug!(peer, "a member is in the group; waiting to be reached"),
+                }
+            }
+            tokio::time::sleep(BOOTSTRAP_POLL).await;
         }
         match raft.initialize(members).await {
             Ok(()) => {
@@ -328,6 +365,39 @@ impl RaftHandle {
             }
             Err(RaftError::Fatal(e)) => Err(fatal(e)),
         }
+    }
+
+    /// Another of `members` that answers that it belongs to a group already, if any does.
+    async fn member_in_a_group(&self, members: &BTreeMap<NodeId, Node>) -> Option<NodeId> {
+        let timeout = Duration::from_millis(self.inner.timing.election_timeout_min_ms);
+        let mut asks: futures::stream::FuturesUnordered<_> = members
+            .iter()
+            .filter(|(id, _)| **id != self.inner.node_id)
+            .map(|(id, node)| async move {
+                let mut client = self.inner.channels.client(*id, &node.addr).ok()?;
+                let mut request = tonic::Request::new(pb::PreVoteRequest {
+                    controller_uuid: self.inner.controller_uuid.clone(),
+                    candidate_id: self.inner.node_id,
+                    last_log_index: 0,
+                });
+                request.set_timeout(timeout);
+                let answer = client.pre_vote(request).await.ok()?.into_inner();
+                answer.initialized.then_some(*id)
+            })
+            .collect();
+        while let Some(answer) = futures::StreamExt::next(&mut asks).await {
+            if answer.is_some() {
+                return answer;
+            }
+        }
+        None
+    }
+
+    /// Whether this node belongs to a group: its log holds an entry or it has voted.
+    pub fn in_a_group(&self) -> bool {
+        let watch = self.inner.raft.metrics();
+        let m = watch.borrow();
+        m.last_log_index.is_some() || m.vote != Vote::default()
     }
 
     /// Proposes `command` through the leader, forwarding from a follower, retrying (the request id

@@ -252,6 +252,7 @@ impl RaftRpc for RaftService {
         Ok(Response::new(pb::PreVoteResponse {
             granted: answer.is_ok(),
             reason: answer.err().unwrap_or_default(),
+            initialized: self.handle.in_a_group(),
         }))
     }
 
