@@ -335,6 +335,10 @@ impl<R: StateRead + ?Sized> StateRead for ApplyBatch<'_, R> {
     ) -> Result<KeyValues, StorageError> {
         self.overlay.scan_prefix_from(prefix, start, limit)
     }
+
+    fn scan_prefix_last(&self, prefix: &[u8], limit: usize) -> Result<KeyValues, StorageError> {
+        self.overlay.scan_prefix_last(prefix, limit)
+    }
 }
 
 #[cfg(test)]

@@ -121,6 +121,21 @@ impl StateRead for MemStore {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect())
     }
+
+    fn scan_prefix_last(&self, prefix: &[u8], limit: usize) -> Result<KeyValues, StorageError> {
+        let guard = self.lock();
+        let state = &guard.state;
+        let range: Box<dyn DoubleEndedIterator<Item = (&Vec<u8>, &Vec<u8>)>> =
+            match crate::state::prefix_end(prefix) {
+                Some(end) => Box::new(state.range(prefix.to_vec()..end)),
+                None => Box::new(state.range(prefix.to_vec()..)),
+            };
+        Ok(range
+            .rev()
+            .take(limit)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect())
+    }
 }
 
 impl StateBackend for MemStore {

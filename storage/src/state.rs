@@ -29,6 +29,25 @@ pub trait StateRead {
         start: &[u8],
         limit: usize,
     ) -> Result<KeyValues, StorageError>;
+
+    /// Up to `limit` pairs whose key starts with `prefix`, the last ones: in descending key
+    /// order. Deleting a large range from its end keeps sled merging the emptied nodes into
+    /// their neighbours inside the range; from its start, each merge rewrites the node before
+    /// the range, which may hold megabytes of blob data.
+    fn scan_prefix_last(&self, prefix: &[u8], limit: usize) -> Result<KeyValues, StorageError>;
+}
+
+/// The first key after every key that starts with `prefix`; `None` when there is none (the
+/// prefix is empty or all 0xff).
+pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
 }
 
 /// Reads through to a base state, keeping its own writes on top: later reads see earlier writes.
@@ -84,25 +103,49 @@ impl<R: StateRead + ?Sized> StateRead for Overlay<'_, R> {
         limit: usize,
     ) -> Result<KeyValues, StorageError> {
         let start = start.max(prefix);
-        let pending: Vec<(&Vec<u8>, &Option<Vec<u8>>)> = self
+        let (pending, deletes) = self.pending(prefix, start);
+        // Enough base rows that, after dropping the ones deleted here, `limit` remain if they exist.
+        let base = self
+            .base
+            .scan_prefix_from(prefix, start, limit.saturating_add(deletes))?;
+        Ok(merge(base, pending).into_iter().take(limit).collect())
+    }
+
+    fn scan_prefix_last(&self, prefix: &[u8], limit: usize) -> Result<KeyValues, StorageError> {
+        let (pending, deletes) = self.pending(prefix, prefix);
+        let base = self
+            .base
+            .scan_prefix_last(prefix, limit.saturating_add(deletes))?;
+        Ok(merge(base, pending).into_iter().rev().take(limit).collect())
+    }
+}
+
+/// An overlay's writes to keys of one prefix, in key order.
+type Pending<'w> = Vec<(&'w Vec<u8>, &'w Option<Vec<u8>>)>;
+
+impl<R: StateRead + ?Sized> Overlay<'_, R> {
+    /// This overlay's writes to keys of `prefix` from `start` on, and how many are deletes.
+    fn pending(&self, prefix: &[u8], start: &[u8]) -> (Pending<'_>, usize) {
+        let pending: Pending<'_> = self
             .writes
             .range(start.to_vec()..)
             .take_while(|(key, _)| key.starts_with(prefix))
             .collect();
         let deletes = pending.iter().filter(|(_, v)| v.is_none()).count();
-        // Enough base rows that, after dropping the ones deleted here, `limit` remain if they exist.
-        let base = self
-            .base
-            .scan_prefix_from(prefix, start, limit.saturating_add(deletes))?;
-        let mut merged: BTreeMap<Vec<u8>, Vec<u8>> = base.into_iter().collect();
-        for (key, value) in pending {
-            match value {
-                Some(value) => merged.insert(key.clone(), value.clone()),
-                None => merged.remove(key),
-            };
-        }
-        Ok(merged.into_iter().take(limit).collect())
+        (pending, deletes)
     }
+}
+
+/// `base` rows with `pending` writes on top.
+fn merge(base: KeyValues, pending: Pending<'_>) -> BTreeMap<Vec<u8>, Vec<u8>> {
+    let mut merged: BTreeMap<Vec<u8>, Vec<u8>> = base.into_iter().collect();
+    for (key, value) in pending {
+        match value {
+            Some(value) => merged.insert(key.clone(), value.clone()),
+            None => merged.remove(key),
+        };
+    }
+    merged
 }
 
 /// Keys and values, in key order.
@@ -294,5 +337,50 @@ mod tests {
         bad_version.entries.clear();
         let err = StateImage::decode(&bad_version.encode_to_vec()).expect_err("version");
         assert!(err.to_string().contains("format version 99"), "{err}");
+    }
+
+    #[test]
+    fn a_prefix_ends_past_its_last_byte_below_0xff() {
+        assert_eq!(prefix_end(b"m/"), Some(b"m0".to_vec()));
+        assert_eq!(prefix_end(b"a\xff\xff"), Some(b"b".to_vec()));
+        assert_eq!(prefix_end(b"\xff"), None);
+        assert_eq!(prefix_end(b""), None);
+    }
+
+    #[test]
+    fn the_last_rows_of_a_prefix_come_newest_first_through_an_overlay() {
+        use crate::backend::StateBackend;
+        let store = crate::mem::MemStore::new();
+        let rows = ["a", "m/1", "m/2", "m/3", "m/4", "m/~", "m0", "z"];
+        store
+            .state_commit(
+                rows.iter()
+                    .map(|k| (k.as_bytes().to_vec(), Some(k.as_bytes().to_vec())))
+                    .collect(),
+            )
+            .expect("commits");
+        let keys = |rows: KeyValues| {
+            rows.into_iter()
+                .map(|(k, _)| String::from_utf8(k).expect("utf-8"))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            keys(store.scan_prefix_last(b"m/", 3).expect("scans")),
+            ["m/~", "m/4", "m/3"]
+        );
+        let mut overlay = Overlay::new(&store);
+        overlay.delete(b"m/~".to_vec());
+        overlay.delete(b"m/4".to_vec());
+        overlay.put(b"m/25".to_vec(), b"new".to_vec());
+        assert_eq!(
+            keys(overlay.scan_prefix_last(b"m/", 3).expect("scans")),
+            ["m/3", "m/25", "m/2"]
+        );
+        let mut forward = keys(overlay.scan_prefix(b"m/", usize::MAX).expect("scans"));
+        forward.reverse();
+        assert_eq!(
+            keys(overlay.scan_prefix_last(b"m/", usize::MAX).expect("scans")),
+            forward
+        );
     }
 }

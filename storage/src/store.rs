@@ -386,6 +386,19 @@ impl StateRead for Store {
             })
             .collect()
     }
+
+    fn scan_prefix_last(&self, prefix: &[u8], limit: usize) -> Result<KeyValues, StorageError> {
+        self.inner
+            .state
+            .scan_prefix(prefix)
+            .rev()
+            .take(limit)
+            .map(|row| {
+                let (k, v) = row.map_err(|e| StorageError::sled(STATE_TREE, "scan", e))?;
+                Ok((k.to_vec(), v.to_vec()))
+            })
+            .collect()
+    }
 }
 
 impl StateBackend for Store {

@@ -698,6 +698,21 @@ fn success_makes_a_redirect_that_survives_reap_and_the_log_follows() {
         refusal,
         "model \"web\" has been migrated to controller \"beta\". To access it run 'ctl switch beta:web'."
     );
+    // The refusal carries the redirect (a forwarding node answers with it before it applied
+    // SUCCESS itself), without the agents' credential hashes.
+    let cmd::command_result::Result::Error(refused) = source.apply(add_machine()) else {
+        panic!("a write to a migrated model applied");
+    };
+    assert!(refused.migrated);
+    let carried = refused.redirect.expect("the refusal names the redirect");
+    assert!(!redirect.machine_credentials.is_empty() && carried.machine_credentials.is_empty());
+    assert_eq!(
+        carried,
+        mpb::Redirect {
+            machine_credentials: Default::default(),
+            ..redirect.clone()
+        }
+    );
     // Never aborted after SUCCESS.
     let late = source.refused(transition(&id, "ABORT"), Code::FailedPrecondition);
     assert!(late.contains("cannot be aborted"), "{late}");
@@ -744,21 +759,45 @@ fn success_makes_a_redirect_that_survives_reap_and_the_log_follows() {
     source.refused(
         Op::ReapModel(cmd::ReapModel {
             migration_id: id.clone(),
+            max_records: 2,
         }),
         Code::FailedPrecondition,
     );
     to(&mut source, &id, "REAP");
-    source.ok(Op::ReapModel(cmd::ReapModel {
-        migration_id: id.clone(),
-    }));
+    // REAP deletes a bounded chunk per command; the redirect stands throughout and the lock
+    // goes with the last chunk.
+    let stored_records = |h: &Harness| {
+        h.store
+            .scan_prefix(&keys::model_prefix(UUID), usize::MAX)
+            .unwrap()
+            .len()
+    };
+    let records = stored_records(&source);
+    assert!(records > 2, "a model of {records} records shows no chunks");
+    let mut chunks = 0;
+    loop {
+        let reaped = source.ok(Op::ReapModel(cmd::ReapModel {
+            migration_id: id.clone(),
+            max_records: 2,
+        }));
+        chunks += 1;
+        assert!(read_redirect(&source.store, UUID).unwrap().is_some());
+        assert!(source
+            .store
+            .get(&keys::model_name_key("alice", "web"))
+            .unwrap()
+            .is_none());
+        let lock = source.store.get(&keys::migration_lock_key(UUID)).unwrap();
+        if !reaped.more {
+            assert!(lock.is_none(), "the last chunk left the lock");
+            break;
+        }
+        assert!(lock.is_some(), "the lock went before the last chunk");
+        assert_eq!(stored_records(&source), records - 2 * chunks);
+    }
+    assert_eq!(chunks, records.div_ceil(2));
     to(&mut source, &id, "DONE");
     assert!(source.model_pairs().is_empty());
-    assert!(read_redirect(&source.store, UUID).unwrap().is_some());
-    assert!(source
-        .store
-        .get(&keys::model_name_key("alice", "web"))
-        .unwrap()
-        .is_none());
     // Migrating back: the model (now on the target) starts at the next attempt, and the old
     // source replaces its redirect when it activates the import.
     let back = target
@@ -971,8 +1010,10 @@ fn restores_never_make_a_second_owner_and_wait_for_migrations_to_end() {
         records: Vec::new(),
         complete: true,
     }));
+    // All at once, as a ReapModel of an older version's log (no `max_records`) meant.
     source.ok(Op::ReapModel(cmd::ReapModel {
         migration_id: id.clone(),
+        max_records: 0,
     }));
     to(&mut source, &id, "DONE");
 

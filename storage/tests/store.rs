@@ -309,3 +309,26 @@ fn torn_batches_never_half_apply() {
         );
     }
 }
+
+/// sled's reverse prefix scan: the last rows of a prefix, newest key first, nothing past it.
+#[test]
+fn the_last_rows_of_a_prefix_come_from_its_end() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = Store::open(dir.path(), UUID).expect("opens");
+    let rows = ["a", "m/1", "m/2", "m/3", "m0", "z"];
+    store
+        .state_commit(
+            rows.iter()
+                .map(|k| (k.as_bytes().to_vec(), Some(b"v".to_vec())))
+                .collect(),
+        )
+        .expect("commits");
+    let last: Vec<Vec<u8>> = store
+        .scan_prefix_last(b"m/", 2)
+        .expect("scans")
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    assert_eq!(last, [b"m/3".to_vec(), b"m/2".to_vec()]);
+    assert_eq!(store.scan_prefix_last(b"q/", 2).expect("scans"), vec![]);
+}

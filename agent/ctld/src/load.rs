@@ -705,7 +705,10 @@ mod tests {
             assert_eq!(m.agents, 1);
         }
         board.applied(
-            &command(Op::ReapModel(cmd::ReapModel { migration_id: id })),
+            &command(Op::ReapModel(cmd::ReapModel {
+                migration_id: id,
+                max_records: 0,
+            })),
             &ok(),
             arrived + secs(20.0),
         );

@@ -152,7 +152,7 @@ pub(super) fn apply_model_op<R: StateRead + ?Sized>(
             tx.requests,
         ),
         Err(Refusal::Rule(e)) => (
-            model_error_result(&e),
+            with_redirect(model_error_result(&e), &e, &tx.state)?,
             WriteSet::new(),
             Vec::new(),
             Vec::new(),
@@ -171,6 +171,25 @@ pub(super) fn apply_model_op<R: StateRead + ?Sized>(
         events,
         requests,
     })
+}
+
+/// `result` of a refusal because the model migrated away, with the redirect the state holds
+/// (without the agents' credential hashes, which can be many); any other result as it is.
+fn with_redirect(
+    mut result: CommandResult,
+    refusal: &ModelError,
+    state: &(impl StateRead + ?Sized),
+) -> Result<CommandResult, StorageError> {
+    let ModelError::ModelMigrated { uuid, .. } = refusal else {
+        return Ok(result);
+    };
+    if let Some(cmd::command_result::Result::Error(e)) = result.result.as_mut() {
+        e.redirect = crate::migration::read_redirect(state, uuid)?.map(|mut redirect| {
+            redirect.machine_credentials.clear();
+            redirect
+        });
+    }
+    Ok(result)
 }
 
 fn check_sha256_hex(what: &str, value: &str) -> Result<(), ModelError> {
@@ -215,6 +234,7 @@ impl<R: StateRead + ?Sized> Tx<'_, '_, R> {
         }
         if let Some(redirect) = crate::migration::read_redirect(&self.state, uuid)? {
             return Err(ModelError::ModelMigrated {
+                uuid: uuid.to_owned(),
                 model: redirect.model_name,
                 controller: redirect.controller_name,
             }

@@ -102,6 +102,8 @@ pub enum ModelError {
          'ctl switch {controller}:{model}'."
     )]
     ModelMigrated {
+        /// The model's uuid.
+        uuid: String,
         /// The model's name.
         model: String,
         /// The controller it lives on now.

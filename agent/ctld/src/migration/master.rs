@@ -559,13 +559,16 @@ impl Driver {
                 self.activity("removing the model's data from this controller");
                 let op = command::Op::ReapModel(ReapModel {
                     migration_id: self.key.clone(),
+                    max_records: stored::REAP_RECORDS_MAX,
                 });
-                self.obs.reap = Some(match self.propose(self.request_id("reap"), op).await? {
-                    Ok(_) => ReapResult::Done,
-                    Err(refused) => ReapResult::Failed {
+                // One bounded chunk per step; the next step reaps on while records remain.
+                self.obs.reap = match self.propose(self.request_id("reap"), op).await? {
+                    Ok(ok) if ok.more => None,
+                    Ok(_) => Some(ReapResult::Done),
+                    Err(refused) => Some(ReapResult::Failed {
                         reason: refused.message,
-                    },
-                });
+                    }),
+                };
             }
             Action::DropImportOnTarget => {
                 self.activity(format!(

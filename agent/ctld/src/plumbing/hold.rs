@@ -5,10 +5,13 @@
 //! migration aborted) it is proposed again under the same request id and applies here; when the
 //! redirect appears (SUCCESS) it is answered with the redirect and `retry_on_target`, and the
 //! client sends it once to the target under the same id; only a write that outlives the hold
-//! gets the "locked by migration" refusal. A write this node checked before it knew of the
+//! gets the "locked by migration" refusal. A node that applies behind the leader does not see
+//! the end in time: every 100 ms without it, the write is proposed again (a lock refusal is
+//! never kept as the request's result), and the leader's state machine answers. A write this node checked before it knew of the
 //! migration's SUCCESS reaches the log after it and is refused there because the model is a
-//! redirect (`CommandError.migrated`): nothing applied, so it is answered like a held write,
-//! with `retry_on_target`. On the target, a call for a model that is still an import but sealed
+//! redirect (`CommandError.migrated`, with the redirect): nothing applied, so it is answered like
+//! a held write, with `retry_on_target`, at once (this node may apply the log behind the
+//! leader). On the target, a call for a model that is still an import but sealed
 //! (the source holds the fence) waits the same way until Activate applies.
 
 use std::time::Duration;
@@ -44,6 +47,15 @@ fn locked_by(result: &CommandResult) -> Option<&str> {
 /// Whether the state machine refused `result` because the model had migrated away.
 fn refused_as_migrated(result: &CommandResult) -> bool {
     matches!(&result.result, Some(command_result::Result::Error(e)) if e.migrated)
+}
+
+/// The redirect a refusal because the model migrated away carries (entries of older versions
+/// carry none).
+fn refusal_redirect(result: &CommandResult) -> Option<&starling_proto::migration::Redirect> {
+    match &result.result {
+        Some(command_result::Result::Error(e)) if e.migrated => e.redirect.as_ref(),
+        _ => None,
+    }
 }
 
 /// How a fence ended for a held write.
@@ -119,7 +131,11 @@ pub async fn propose_model_write(
         let proposed = handle.propose(command).await.map_err(|e| proposal(&e))?;
         if refused_as_migrated(&proposed.result) {
             // SUCCESS came first in the log: the client sends the write to the target, once,
-            // under the same request id (it applied nowhere yet).
+            // under the same request id (it applied nowhere yet). The refusal names the target,
+            // so a follower that applies behind the leader need not catch up to answer.
+            if let Some(redirect) = refusal_redirect(&proposed.result) {
+                return Err(redirect_status(handle.state().reader(), redirect, true));
+            }
             handle
                 .wait_applied(proposed.log_index)
                 .await
@@ -139,21 +155,41 @@ pub async fn propose_model_write(
                 .map_err(|e| proposal(&e))?;
             return Ok(proposed.result);
         }
-        // This node must have applied the lock before it can watch for its end.
-        handle
-            .wait_applied(proposed.log_index)
-            .await
-            .map_err(|e| proposal(&e))?;
+        // This node watches for the fence's end in its applied state once it has applied the
+        // lock, a slice of the hold at a time; after a slice without the end it asks the
+        // leader's state machine again by proposing the write once more (a node that applies
+        // far behind the leader would otherwise hold the write past its bound, or miss the
+        // end altogether).
         let deadline = *deadline.get_or_insert_with(|| Instant::now() + fence_hold(handle));
-        match wait_for_fence(handle, uuid, deadline).await? {
-            FenceEnd::Released => continue,
-            FenceEnd::Redirected(status) => return Err(status),
-            FenceEnd::StillLocked => {
-                command_result_status(&proposed.result)?;
-                unreachable!("a lock refusal is an error");
+        let slice_end = (Instant::now() + FENCE_RECHECK).min(deadline);
+        if applied_by(handle, proposed.log_index, slice_end).await {
+            match wait_for_fence(handle, uuid, slice_end).await? {
+                FenceEnd::Released => continue,
+                FenceEnd::Redirected(status) => return Err(status),
+                FenceEnd::StillLocked => {}
             }
         }
+        if Instant::now() >= deadline {
+            command_result_status(&proposed.result)?;
+            unreachable!("a lock refusal is an error");
+        }
     }
+}
+
+/// How long a held write watches this node's applied state before it asks the leader again.
+const FENCE_RECHECK: Duration = Duration::from_millis(100);
+
+/// Whether this node has applied `index` by `until` (it waits until then at most).
+async fn applied_by(handle: &RaftHandle, index: u64, until: Instant) -> bool {
+    let mut applied = handle.state().applied_index();
+    while applied < index {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        applied = handle.wait_applied_past(applied, left).await;
+    }
+    true
 }
 
 /// On the target: when model `uuid` is an import that is sealed (its source is in the fence and

@@ -56,19 +56,34 @@ impl<R: StateRead + ?Sized> Tx<'_, '_, R> {
 
     /// Deletes every record of model `uuid` and its name index entry (if it still names it).
     fn delete_model_records(&mut self, uuid: &str) -> Result<(), StorageError> {
+        self.delete_model_records_up_to(uuid, usize::MAX)?;
+        Ok(())
+    }
+
+    /// Deletes at most `limit` of model `uuid`'s records, the last ones in key order (and its
+    /// name while its model record is still there, which every chunk looks at first); true when
+    /// some remain.
+    fn delete_model_records_up_to(
+        &mut self,
+        uuid: &str,
+        limit: usize,
+    ) -> Result<bool, StorageError> {
         if let Some(model) = records::read_model(&self.state, uuid)? {
             let name_key = keys::model_name_key(&model.owner, &model.name);
             if self.state.get(&name_key)?.as_deref() == Some(uuid.as_bytes()) {
                 self.state.delete(name_key);
             }
         }
-        for (key, _) in self
+        // From the end: see `StateRead::scan_prefix_last`.
+        let mut found = self
             .state
-            .scan_prefix(&keys::model_prefix(uuid), usize::MAX)?
-        {
+            .scan_prefix_last(&keys::model_prefix(uuid), limit.saturating_add(1))?;
+        let more = found.len() > limit;
+        found.truncate(limit);
+        for (key, _) in found {
             self.state.delete(key);
         }
-        Ok(())
+        Ok(more)
     }
 
     pub(super) fn start_migration(&mut self, start: &cmd::StartMigration) -> Outcome {
@@ -388,9 +403,18 @@ impl<R: StateRead + ?Sized> Tx<'_, '_, R> {
             ))
             .into());
         }
-        self.delete_model_records(uuid)?;
-        self.state.delete(keys::migration_lock_key(uuid));
-        Ok(cmd::Ok::default())
+        let limit = match reap.max_records {
+            0 => usize::MAX,
+            max => max as usize,
+        };
+        let more = self.delete_model_records_up_to(uuid, limit)?;
+        if !more {
+            self.state.delete(keys::migration_lock_key(uuid));
+        }
+        Ok(cmd::Ok {
+            more,
+            ..Default::default()
+        })
     }
 
     /// What this controller holds for model `uuid`, as the target's rules see it.
