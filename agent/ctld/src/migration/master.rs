@@ -50,6 +50,9 @@ const STREAM_BATCH_BYTES: usize = 1024 * 1024;
 const LOG_BATCH: usize = 500;
 /// Deadline of one call to the target.
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long one REAP step proposes chunk after chunk before the driver decides again (and
+/// looks at its deadline and leadership).
+const REAP_STEP_BUDGET: Duration = Duration::from_millis(500);
 
 /// Runs until `stop`: while this node leads, a driver for every migration that has not ended.
 pub async fn run_masters(ctx: NodeContext, stop: CancellationToken) {
@@ -557,17 +560,28 @@ impl Driver {
                     }
                 }
                 self.activity("removing the model's data from this controller");
-                let op = command::Op::ReapModel(ReapModel {
-                    migration_id: self.key.clone(),
-                    max_records: stored::REAP_RECORDS_MAX,
-                });
-                // One bounded chunk per step; the next step reaps on while records remain.
-                self.obs.reap = match self.propose(self.request_id("reap"), op).await? {
-                    Ok(ok) if ok.more => None,
-                    Ok(_) => Some(ReapResult::Done),
-                    Err(refused) => Some(ReapResult::Failed {
-                        reason: refused.message,
-                    }),
+                // Bounded chunks, each its own commit (other writes apply between them), one
+                // after the other for at most `REAP_STEP_BUDGET`; the next step reaps on while
+                // records remain.
+                let started = std::time::Instant::now();
+                self.obs.reap = loop {
+                    let op = command::Op::ReapModel(ReapModel {
+                        migration_id: self.key.clone(),
+                        max_records: stored::REAP_RECORDS_MAX,
+                    });
+                    match self.propose(self.request_id("reap"), op).await? {
+                        Ok(ok) if ok.more => {
+                            if self.stop.is_cancelled() || started.elapsed() >= REAP_STEP_BUDGET {
+                                break None;
+                            }
+                        }
+                        Ok(_) => break Some(ReapResult::Done),
+                        Err(refused) => {
+                            break Some(ReapResult::Failed {
+                                reason: refused.message,
+                            })
+                        }
+                    }
                 };
             }
             Action::DropImportOnTarget => {
