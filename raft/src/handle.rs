@@ -21,6 +21,9 @@ use crate::watchdog::{self, LeaderContact, WatchdogTiming};
 
 /// How often a bootstrapping node looks whether it has been reached.
 const BOOTSTRAP_POLL: Duration = Duration::from_millis(20);
+/// How often, from its turn on, a bootstrapping node asks the other members whether they are in
+/// the group.
+const BOOTSTRAP_ASK_EVERY: Duration = Duration::from_millis(100);
 /// How many shortest election timeouts past its turn a bootstrapping node waits to be reached by
 /// the leader of a group another member reports, before it initializes anyway.
 const BOOTSTRAP_TURNS_MAX: u32 = 10;
@@ -333,12 +336,14 @@ impl RaftHandle {
         let my_turn = Instant::now() + turn * rank as u32;
         // A member that stays out of reach must not keep the others from starting the group.
         let give_up = my_turn + turn * BOOTSTRAP_TURNS_MAX;
+        let mut next_ask = my_turn;
         loop {
             if raft.is_initialized().await.map_err(fatal)? {
                 return Ok(());
             }
             let now = Instant::now();
-            if now >= my_turn {
+            if now >= next_ask {
+                next_ask = now + BOOTSTRAP_ASK_EVERY;
                 match self.member_in_a_group(&members).await {
                     None => break,
                     Some(peer) if now >= give_up => {

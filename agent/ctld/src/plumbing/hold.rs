@@ -6,13 +6,15 @@
 //! redirect appears (SUCCESS) it is answered with the redirect and `retry_on_target`, and the
 //! client sends it once to the target under the same id; only a write that outlives the hold
 //! gets the "locked by migration" refusal. A node that applies behind the leader does not see
-//! the end in time: every 100 ms without it, the write is proposed again (a lock refusal is
-//! never kept as the request's result), and the leader's state machine answers. A write this node checked before it knew of the
-//! migration's SUCCESS reaches the log after it and is refused there because the model is a
-//! redirect (`CommandError.migrated`, with the redirect): nothing applied, so it is answered like
-//! a held write, with `retry_on_target`, at once (this node may apply the log behind the
-//! leader). On the target, a call for a model that is still an import but sealed
-//! (the source holds the fence) waits the same way until Activate applies.
+//! the end in time: every 100 ms without it, the write is proposed again and the leader's state
+//! machine answers.
+//!
+//! A write this node checked before it knew of the migration's SUCCESS reaches the log after it
+//! and is refused there because the model is a redirect (`CommandError.migrated`, with the
+//! redirect): nothing applied, so it is answered like a held write, with `retry_on_target`, at
+//! once (this node may apply the log behind the leader). On the target, a call for a model that
+//! is still an import but sealed (the source holds the fence) waits the same way until Activate
+//! applies.
 
 use std::time::Duration;
 
