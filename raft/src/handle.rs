@@ -19,8 +19,6 @@ use crate::store::StateView;
 use crate::type_config::{Node, NodeId, Raft, Vote};
 use crate::watchdog::{self, LeaderContact, WatchdogTiming};
 
-/// How often a bootstrapping node looks whether it has been reached.
-const BOOTSTRAP_POLL: Duration = Duration::from_millis(20);
 /// How often, from its turn on, a bootstrapping node asks the other members whether they are in
 /// the group.
 const BOOTSTRAP_ASK_EVERY: Duration = Duration::from_millis(100);
@@ -337,6 +335,7 @@ impl RaftHandle {
         // A member that stays out of reach must not keep the others from starting the group.
         let give_up = my_turn + turn * BOOTSTRAP_TURNS_MAX;
         let mut next_ask = my_turn;
+        let mut metrics = raft.metrics();
         loop {
             if raft.is_initialized().await.map_err(fatal)? {
                 return Ok(());
@@ -357,7 +356,13 @@ impl RaftHandle {
                     Some(peer) => debug!(peer, "a member is in the group; waiting to be reached"),
                 }
             }
-            tokio::time::sleep(BOOTSTRAP_POLL).await;
+            // A leader's first message (or a candidate's vote request) changes the node's Raft
+            // state; nothing else can make it initialized before the next ask.
+            let left = next_ask.saturating_duration_since(Instant::now());
+            if let Ok(Err(_closed)) = tokio::time::timeout(left, metrics.changed()).await {
+                // The node shut down: `initialize` says so.
+                break;
+            }
         }
         match raft.initialize(members).await {
             Ok(()) => {

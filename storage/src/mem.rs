@@ -2,7 +2,7 @@
 //! suite. Same byte layout and apply rules as the sled `Store`, no durability.
 
 use std::collections::BTreeMap;
-use std::ops::RangeBounds;
+use std::ops::{Bound, RangeBounds};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -123,14 +123,11 @@ impl StateRead for MemStore {
     }
 
     fn scan_prefix_last(&self, prefix: &[u8], limit: usize) -> Result<KeyValues, StorageError> {
-        let guard = self.lock();
-        let state = &guard.state;
-        let range: Box<dyn DoubleEndedIterator<Item = (&Vec<u8>, &Vec<u8>)>> =
-            match crate::state::prefix_end(prefix) {
-                Some(end) => Box::new(state.range(prefix.to_vec()..end)),
-                None => Box::new(state.range(prefix.to_vec()..)),
-            };
-        Ok(range
+        let end = state::prefix_end(prefix).map_or(Bound::Unbounded, Bound::Excluded);
+        Ok(self
+            .lock()
+            .state
+            .range((Bound::Included(prefix.to_vec()), end))
             .rev()
             .take(limit)
             .map(|(k, v)| (k.clone(), v.clone()))

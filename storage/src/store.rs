@@ -380,10 +380,7 @@ impl StateRead for Store {
             .range(start.max(prefix)..)
             .take_while(|row| row.as_ref().map_or(true, |(k, _)| k.starts_with(prefix)))
             .take(limit)
-            .map(|row| {
-                let (k, v) = row.map_err(|e| StorageError::sled(STATE_TREE, "scan", e))?;
-                Ok((k.to_vec(), v.to_vec()))
-            })
+            .map(owned_row)
             .collect()
     }
 
@@ -393,12 +390,17 @@ impl StateRead for Store {
             .scan_prefix(prefix)
             .rev()
             .take(limit)
-            .map(|row| {
-                let (k, v) = row.map_err(|e| StorageError::sled(STATE_TREE, "scan", e))?;
-                Ok((k.to_vec(), v.to_vec()))
-            })
+            .map(owned_row)
             .collect()
     }
+}
+
+/// A row of a scan of the state tree, as owned bytes.
+fn owned_row(
+    row: sled::Result<(sled::IVec, sled::IVec)>,
+) -> Result<(Vec<u8>, Vec<u8>), StorageError> {
+    let (k, v) = row.map_err(|e| StorageError::sled(STATE_TREE, "scan", e))?;
+    Ok((k.to_vec(), v.to_vec()))
 }
 
 impl StateBackend for Store {
