@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use starling_cluster_tests::init_tracing;
-use starling_cluster_tests::{ClusterOptions, LocalCluster};
+use starling_cluster_tests::{AuthedControllerClient, ClusterOptions, LocalCluster};
 use starling_proto::controller::{RemoveNodeRequest, SetControllerConfigRequest};
 use tracing::info;
 
@@ -44,6 +44,27 @@ async fn write(cluster: &LocalCluster, via: u64, key: &str) -> Result<u64> {
         .await
         .with_context(|| format!("write {key} through node {via}"))?;
     Ok(response.into_inner().log_index)
+}
+
+/// Writes through `client` one after another until `stop` (or 120 s); failures (a node
+/// stopping) are retried. Returns how many were acknowledged.
+async fn keep_writing(
+    mut client: AuthedControllerClient,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<u64> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    let mut acknowledged = 0;
+    while !*stop.borrow() && tokio::time::Instant::now() < deadline {
+        let request = SetControllerConfigRequest {
+            values: [("custom.stream".to_owned(), acknowledged.to_string())].into(),
+            request_id: String::new(),
+        };
+        match client.set_controller_config(request).await {
+            Ok(_) => acknowledged += 1,
+            Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+        }
+    }
+    Ok(acknowledged)
 }
 
 /// The leader once the group has settled, and its term: a leader elected at start-up can still
@@ -82,6 +103,11 @@ async fn a_stopping_leader_hands_over_to_a_caught_up_voter() -> Result<()> {
     }
     let term_before = term(&mut cluster).await?;
 
+    // A writer keeps a proposal in flight at the leader throughout, as a rolling restart under
+    // load does: the hand-off must not pick a voter that lacks the entry still being appended.
+    let (writer_stop, stopped) = tokio::sync::watch::channel(false);
+    let writer = tokio::spawn(keep_writing(cluster.client(survivor)?, stopped));
+    tokio::time::sleep(Duration::from_millis(500)).await;
     info!(leader, "--- SIGTERM the leader");
     let status = cluster.terminate(leader, STOP_WAIT)?;
     ensure!(status.success(), "the leader exited with {status}");
@@ -95,6 +121,9 @@ async fn a_stopping_leader_hands_over_to_a_caught_up_voter() -> Result<()> {
         .wait_for_leader_other_than(Some(leader), LEADER_WAIT)
         .await?;
     write(&cluster, survivor, "after").await?;
+    writer_stop.send_replace(true);
+    let acknowledged = writer.await??;
+    ensure!(acknowledged > 0, "the writer had no write acknowledged");
     let term_after = term(&mut cluster).await?;
     // One campaign, by the voter the leader chose: nobody timed out and campaigned on its own.
     ensure!(

@@ -11,7 +11,7 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use openraft::error::{ClientWriteError, RaftError};
 use prost::Message;
 use starling_proto::command::Command;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, instrument};
 
@@ -57,16 +57,35 @@ struct Proposal {
 #[derive(Clone)]
 pub(crate) struct ProposalBatcher {
     queue: mpsc::Sender<Proposal>,
-    /// While true, queued proposals wait (a leadership hand-off is under way).
-    held: Arc<tokio::sync::watch::Sender<bool>>,
+    gate: Arc<watch::Sender<Gate>>,
+}
+
+/// Whether proposals may go to Raft, and how many entries are there and not yet answered. One
+/// value, changed under the watch's lock, so a hold and a batch leaving cannot cross unseen.
+#[derive(Clone, Copy, Debug, Default)]
+struct Gate {
+    /// Holds alive; while any is, queued proposals wait (a leadership hand-off is under way).
+    holds: usize,
+    /// Entries handed to openraft whose `client_write` has not returned.
+    in_flight: usize,
 }
 
 /// Holds proposals back until dropped.
-pub(crate) struct Hold(Arc<tokio::sync::watch::Sender<bool>>);
+pub(crate) struct Hold(Arc<watch::Sender<Gate>>);
+
+impl Hold {
+    /// Waits until every entry proposed before the hold has been answered (committed and
+    /// applied, or failed): from then on this node's log grows only by what Raft itself adds.
+    pub(crate) async fn drained(&self) {
+        let mut gate = self.0.subscribe();
+        // The sender lives as long as this hold, so the wait cannot fail.
+        let _ = gate.wait_for(|g| g.in_flight == 0).await.map(drop);
+    }
+}
 
 impl Drop for Hold {
     fn drop(&mut self) {
-        self.0.send_replace(false);
+        self.0.send_modify(|g| g.holds -= 1);
     }
 }
 
@@ -89,18 +108,22 @@ impl ProposalBatcher {
         assert!(limits.queued_commands_max > 0 && limits.batch_commands_max > 0);
         assert!(limits.batches_in_flight_max > 0);
         let (queue, rx) = mpsc::channel(limits.queued_commands_max);
-        let (held, held_rx) = tokio::sync::watch::channel(false);
-        tokio::spawn(run(Writer { raft, timeline }, rx, held_rx, limits, stop));
-        ProposalBatcher {
-            queue,
-            held: Arc::new(held),
-        }
+        let gate = Arc::new(watch::Sender::new(Gate::default()));
+        tokio::spawn(run(
+            Writer { raft, timeline },
+            rx,
+            gate.clone(),
+            limits,
+            stop,
+        ));
+        ProposalBatcher { queue, gate }
     }
 
     /// Holds queued proposals back (they are not handed to Raft) until the guard is dropped.
+    /// Entries already handed to Raft still complete; `Hold::drained` waits for them.
     pub(crate) fn hold(&self) -> Hold {
-        self.held.send_replace(true);
-        Hold(self.held.clone())
+        self.gate.send_modify(|g| g.holds += 1);
+        Hold(self.gate.clone())
     }
 
     /// Proposes `command` in the next entry with room; `NotLeader` when this node does not lead.
@@ -125,10 +148,11 @@ fn stopped() -> ProposeError {
 async fn run(
     writer: Writer,
     mut queue: mpsc::Receiver<Proposal>,
-    mut held: tokio::sync::watch::Receiver<bool>,
+    gate: Arc<watch::Sender<Gate>>,
     limits: BatchLimits,
     stop: CancellationToken,
 ) {
+    let mut open = gate.subscribe();
     let mut in_flight = FuturesUnordered::new();
     // A proposal that did not fit the previous batch; it opens the next one.
     let mut carried: Option<Proposal> = None;
@@ -148,16 +172,35 @@ async fn run(
                 },
             },
         };
-        if *held.borrow() {
-            tokio::select! {
-                () = stop.cancelled() => break,
-                _ = held.wait_for(|held| !*held) => {}
+        // Counted in flight in the same step that finds the gate open, so a hold taken at the
+        // same moment either stops this batch or sees it in flight.
+        while !gate.send_if_modified(|g| {
+            let open = g.holds == 0;
+            g.in_flight += usize::from(open);
+            open
+        }) {
+            // Entries already in flight still finish meanwhile (a hold waits for them).
+            let stopped = tokio::select! {
+                () = stop.cancelled() => true,
+                Some(()) = in_flight.next(), if !in_flight.is_empty() => false,
+                _ = open.wait_for(|g| g.holds == 0) => false,
+            };
+            if stopped {
+                return answer_in_flight(in_flight).await;
             }
         }
         let batch = collect_batch(first, &mut queue, &mut carried, &limits);
-        in_flight.push(write_batch(writer.clone(), batch));
+        let (entry_writer, entry_gate) = (writer.clone(), gate.clone());
+        in_flight.push(async move {
+            write_batch(entry_writer, batch).await;
+            entry_gate.send_modify(|g| g.in_flight -= 1);
+        });
     }
-    // Answer what was taken; what is still queued is answered by dropping it (`stopped`).
+    answer_in_flight(in_flight).await;
+}
+
+/// Answers what was taken; what is still queued is answered by dropping it (`stopped`).
+async fn answer_in_flight<F: std::future::Future<Output = ()>>(mut in_flight: FuturesUnordered<F>) {
     while in_flight.next().await.is_some() {}
     debug!("proposal batcher stopped");
 }

@@ -937,20 +937,39 @@ impl RaftHandle {
             let grants_at = since + lease + Duration::from_millis(5);
             tokio::time::sleep_until(grants_at.min(deadline)).await;
         }
-        let _held = self.inner.batcher.hold();
+        let held = self.inner.batcher.hold();
         let started = Instant::now();
+        // Entries proposed just before the hold are still being appended: a target chosen now
+        // could lack the last of them, and the other voters would refuse it their votes (its
+        // log behind theirs) while this node had already stepped down for it.
+        if tokio::time::timeout_at(deadline, held.drained())
+            .await
+            .is_err()
+        {
+            warn!(
+                limit_ms = limit.as_millis() as u64,
+                "proposals in flight did not finish in time; keeping leadership"
+            );
+            return None;
+        }
         let mut watch = self.inner.raft.metrics();
-        let mut asked: Option<NodeId> = None;
+        // Whom this node asked to campaign, and in which of its terms.
+        let mut asked: Option<(NodeId, u64)> = None;
         loop {
-            let (state, leader, last, matched) = {
+            let (state, term, leader, last, matched) = {
                 let m = watch.borrow_and_update();
                 (
                     m.state,
+                    m.current_term,
                     m.current_leader,
                     m.last_log_index.unwrap_or(0),
                     m.replication.clone(),
                 )
             };
+            // Elected again after the target failed (its campaign lost): ask afresh.
+            if state == ServerState::Leader && asked.is_some_and(|(_, at)| term > at) {
+                asked = None;
+            }
             if state != ServerState::Leader {
                 // Stepped down. Keep holding until the new leader's first AppendEntries names
                 // it here, so what was held is forwarded to it at once instead of backing off
@@ -977,7 +996,7 @@ impl RaftHandle {
                     .map(|(_, id)| id);
                 if let Some(target) = target {
                     match self.ask_to_campaign(target, &nodes, last).await {
-                        Ok(()) => asked = Some(target),
+                        Ok(()) => asked = Some((target, term)),
                         Err(e) => warn!(target, error = %e, "leader hand-off refused"),
                     }
                 }
@@ -1002,6 +1021,7 @@ impl RaftHandle {
             );
             return None;
         }
+        let asked = asked.map(|(target, _)| target);
         warn!(
             limit_ms = limit.as_millis() as u64,
             ?asked,
