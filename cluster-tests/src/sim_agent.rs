@@ -51,6 +51,16 @@ impl Interceptor for AgentAuth {
 }
 
 impl AgentAuth {
+    /// Where this agent starts in a list of `count` controller endpoints, as `agentd` does
+    /// (`starling_proto::endpoints`).
+    pub fn first_endpoint(&self, count: usize) -> usize {
+        starling_proto::endpoints::first_endpoint(
+            self.model_uuid.to_str().unwrap_or_default(),
+            self.machine_id.to_str().unwrap_or_default(),
+            count,
+        )
+    }
+
     /// The headers of the agent `config` describes.
     pub fn new(config: &AgentConfigYaml) -> Result<Self> {
         Ok(Self {
@@ -136,7 +146,8 @@ pub async fn run_migrating_agent(
                         }
                     }
                     if let Some(redirect) = update.redirect.filter(|r| !r.api_endpoints.is_empty()) {
-                        match target_channel(&redirect.api_endpoints[0], &redirect.ca_cert) {
+                        let endpoint = &redirect.api_endpoints[auth.first_endpoint(redirect.api_endpoints.len())];
+                        match target_channel(endpoint, &redirect.ca_cert) {
                             Ok(next) => {
                                 channel = next;
                                 redirected = true;
@@ -159,7 +170,7 @@ pub async fn run_migrating_agent(
                             let mut outcome = Err((tonic::Code::Unavailable, String::new()));
                             match target
                                 .api_endpoints
-                                .first()
+                                .get(auth.first_endpoint(target.api_endpoints.len()))
                                 .map(|e| target_channel(e, &target.ca_cert))
                             {
                                 Some(Ok(channel)) => {

@@ -1,9 +1,11 @@
 //! Starling's wire format (gRPC services) and the durable encoding of Raft log entries,
 //! snapshots and commands. Generated from `proto/starling/*.proto`; nothing here is hand-written
 //! except this module tree, the services' codec (`codec`), the limits both ends of a connection
-//! enforce (`limits`) and the migration phases every side names (`phase`).
+//! enforce (`limits`), the migration phases every side names (`phase`) and which endpoint an
+//! agent dials first (`endpoints`).
 
 pub mod codec;
+pub mod endpoints;
 pub mod limits;
 pub mod phase;
 

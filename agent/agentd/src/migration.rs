@@ -285,7 +285,8 @@ pub async fn validate_login(
     }
     let deadline = Instant::now() + window;
     let mut backoff = Backoff::new(DIAL_RETRY_MIN, DIAL_RETRY_MAX);
-    let mut attempt = 0usize;
+    // The node this agent will use after the switch: validations spread over the nodes too.
+    let mut attempt = auth.first_endpoint(target.api_endpoints.len());
     loop {
         let endpoint = &target.api_endpoints[attempt % target.api_endpoints.len()];
         attempt += 1;

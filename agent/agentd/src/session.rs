@@ -18,6 +18,7 @@ use starling_proto::agent::agent_client::AgentClient;
 use starling_proto::agent::{
     AgentUpdate, HeartbeatRequest, MigrationNotice, Redirect, ReportRequest, WatchRequest,
 };
+use starling_proto::endpoints::first_endpoint;
 use starling_proto::limits::MESSAGE_BYTES_MAX;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -79,6 +80,16 @@ impl AuthMetadata {
                 .parse()
                 .context("the agent config's machine-id is not printable ASCII")?,
         })
+    }
+
+    /// Where this agent starts in a list of `count` controller endpoints (see
+    /// `starling_proto::endpoints`).
+    pub fn first_endpoint(&self, count: usize) -> usize {
+        first_endpoint(
+            self.model_uuid.to_str().unwrap_or_default(),
+            self.machine_id.to_str().unwrap_or_default(),
+            count,
+        )
     }
 
     /// Adds the credential to a call's metadata.
@@ -195,7 +206,15 @@ impl Session {
     /// Runs until the controller refuses the credential (the error) or the task is dropped.
     pub async fn run(mut self) -> Result<()> {
         let mut backoff = Backoff::new(RECONNECT_MIN, RECONNECT_MAX);
-        let mut endpoint_idx = 0usize;
+        // Each agent starts at its own endpoint, so a model's agents spread over the nodes.
+        let first = |config: &AgentConfig| {
+            first_endpoint(
+                &config.model_uuid,
+                &config.machine_id,
+                config.api_endpoints.len(),
+            )
+        };
+        let mut endpoint_idx = first(&self.config);
         loop {
             let endpoints = self.config.api_endpoints.clone();
             let endpoint = endpoints[endpoint_idx % endpoints.len()].clone();
@@ -216,7 +235,7 @@ impl Session {
             };
             match ended {
                 Ended::Redirected => {
-                    endpoint_idx = 0;
+                    endpoint_idx = first(&self.config);
                     let now = Instant::now();
                     let repeated = self
                         .last_redirect

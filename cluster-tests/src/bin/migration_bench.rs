@@ -320,8 +320,13 @@ async fn main() -> Result<()> {
     let channels = shared_channels(args.agents_per_connection, Duration::from_secs(60));
     let until = tokio::time::Instant::now() + 3 * step_timeout;
     let mut agents = JoinSet::new();
-    for (idx, config) in configs.iter().enumerate() {
-        let endpoint = &source.api_endpoints[idx % source.api_endpoints.len()];
+    for config in &configs {
+        // Each agent on its own node of the controller, as agentd picks it.
+        let endpoint = &source.api_endpoints[starling_proto::endpoints::first_endpoint(
+            &config.model_uuid,
+            &config.machine_id,
+            source.api_endpoints.len(),
+        )];
         agents.spawn(run_migrating_agent(
             channels(endpoint, &source.ca_cert)?,
             AgentAuth::new(config)?,
