@@ -17,10 +17,10 @@ use crate::records::{read_record, read_records};
 use crate::state::StateRead;
 use crate::StorageError;
 
-/// Most of a migrated model's records one REAP command deletes: each is one short apply (tens of
-/// milliseconds), so the writes of other models and the answers to late writes of this one never
-/// queue behind the removal of a large model.
-pub const REAP_RECORDS_MAX: u32 = 1_024;
+/// Most of a model's records one REAP or DropImport command deletes: each is one short apply
+/// (tens of milliseconds), so the writes of other models (and the answers to late writes of a
+/// migrated one) never queue behind the removal of a large model.
+pub const REMOVAL_RECORDS_MAX: u32 = 1_024;
 
 fn phase(name: &str, key: &[u8]) -> Result<Phase, StorageError> {
     Phase::parse(name).ok_or_else(|| StorageError::corrupt("state", key, "unknown phase"))

@@ -70,6 +70,14 @@ fn source() -> Harness {
     h
 }
 
+/// How many records of the model `h` holds (its copy, on a target).
+fn model_records(h: &Harness) -> usize {
+    h.store
+        .scan_prefix(&keys::model_prefix(UUID), usize::MAX)
+        .unwrap()
+        .len()
+}
+
 fn add_machine() -> Op {
     Op::AddMachine(cmd::AddMachine {
         model_uuid: UUID.into(),
@@ -672,6 +680,7 @@ fn activate_is_acknowledged_after_the_model_left_the_target() {
         Op::DropImport(cmd::DropImport {
             migration_id: id.clone(),
             reason: "late".into(),
+            max_records: 0,
         }),
         Code::FailedPrecondition,
     );
@@ -766,13 +775,7 @@ fn success_makes_a_redirect_that_survives_reap_and_the_log_follows() {
     to(&mut source, &id, "REAP");
     // REAP deletes a bounded chunk per command; the redirect stands throughout and the lock
     // goes with the last chunk.
-    let stored_records = |h: &Harness| {
-        h.store
-            .scan_prefix(&keys::model_prefix(UUID), usize::MAX)
-            .unwrap()
-            .len()
-    };
-    let records = stored_records(&source);
+    let records = model_records(&source);
     assert!(records > 2, "a model of {records} records shows no chunks");
     let mut chunks = 0;
     loop {
@@ -793,7 +796,7 @@ fn success_makes_a_redirect_that_survives_reap_and_the_log_follows() {
             break;
         }
         assert!(lock.is_some(), "the lock went before the last chunk");
-        assert_eq!(stored_records(&source), records - 2 * chunks);
+        assert_eq!(model_records(&source), records - 2 * chunks);
     }
     assert_eq!(chunks, records.div_ceil(2));
     to(&mut source, &id, "DONE");
@@ -1046,6 +1049,7 @@ fn restores_never_make_a_second_owner_and_wait_for_migrations_to_end() {
     target.ok(Op::DropImport(cmd::DropImport {
         migration_id: id.clone(),
         reason: "aborted".into(),
+        max_records: 0,
     }));
     to(&mut aborting, &id, "ABORTDONE");
     target.ok(restore(&mid_import));
@@ -1082,19 +1086,46 @@ fn drop_import_removes_only_its_own_attempt_and_a_newer_attempt_replaces_a_lefto
     let late = target.ok(Op::DropImport(cmd::DropImport {
         migration_id: first.clone(),
         reason: "late".into(),
+        max_records: 2,
     }));
     assert!(!late.dropped);
     assert!(read_import(&target.store, UUID).unwrap().is_some());
     // An Import of the older attempt is refused now.
     let stale = target.stage(&first, &description_bytes(&source.description()));
     target.refused(import_op(&first, vec![stale]), Code::NotFound);
-    let dropped = target.ok(Op::DropImport(cmd::DropImport {
+    // In bounded chunks: the import stands (invisible, read-only) until the last one.
+    let records = model_records(&target);
+    assert!(records > 2, "a copy of {records} records shows no chunks");
+    let mut chunks = 0;
+    loop {
+        let dropped = target.ok(Op::DropImport(cmd::DropImport {
+            migration_id: second.clone(),
+            reason: "aborted".into(),
+            max_records: 2,
+        }));
+        chunks += 1;
+        assert!(dropped.dropped);
+        let import = read_import(&target.store, UUID).unwrap();
+        if !dropped.more {
+            assert!(import.is_none(), "the last chunk left the import record");
+            break;
+        }
+        assert!(
+            import.is_some(),
+            "the import record went before the last chunk"
+        );
+        assert_eq!(model_records(&target), records - 2 * chunks);
+        target.refused(add_machine(), Code::NotFound);
+    }
+    assert_eq!(chunks, records.div_ceil(2));
+    assert!(target.model_pairs().is_empty());
+    // Dropping again finds nothing to drop.
+    let again = target.ok(Op::DropImport(cmd::DropImport {
         migration_id: second,
         reason: "aborted".into(),
+        max_records: 2,
     }));
-    assert!(dropped.dropped);
-    assert!(target.model_pairs().is_empty());
-    assert!(read_import(&target.store, UUID).unwrap().is_none());
+    assert!(!again.dropped && !again.more);
 }
 
 #[test]

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use prost::Message;
-use starling_proto::command::{command, DropImport, EndLogTransfer};
+use starling_proto::command::{command, command_result, DropImport, EndLogTransfer};
 use starling_proto::migration as pb;
 use starling_raft::{ProposeError, Proposed};
 use starling_storage::migration as stored;
@@ -96,13 +96,28 @@ pub async fn run_sweeper(ctx: NodeContext, stop: CancellationToken) {
                 }
                 TargetAction::Drop { reason } => {
                     info!(migration = %import.migration_id, reason, "dropping a leftover import");
-                    let op = command::Op::DropImport(DropImport {
-                        migration_id: import.migration_id.clone(),
-                        reason,
-                    });
-                    let request_id = format!("leftover-drop-{}", import.migration_id);
-                    if let Err(e) = propose(&ctx, request_id, op).await {
-                        warn!(error = %e, "cannot drop the leftover import yet");
+                    // Chunk after chunk, each its own short commit (`DropImport.max_records`).
+                    for chunk in 0u64.. {
+                        let op = command::Op::DropImport(DropImport {
+                            migration_id: import.migration_id.clone(),
+                            reason: reason.clone(),
+                            max_records: stored::REMOVAL_RECORDS_MAX,
+                        });
+                        let request_id = format!(
+                            "leftover-drop-{}/{chunk}/{}",
+                            import.migration_id,
+                            uuid::Uuid::new_v4()
+                        );
+                        match propose(&ctx, request_id, op).await {
+                            Ok(proposed)
+                                if matches!(&proposed.result.result,
+                                    Some(command_result::Result::Ok(ok)) if ok.more) => {}
+                            Ok(_) => break,
+                            Err(e) => {
+                                warn!(error = %e, "cannot drop the leftover import yet");
+                                break;
+                            }
+                        }
                     }
                 }
             }

@@ -567,7 +567,7 @@ impl Driver {
                 self.obs.reap = loop {
                     let op = command::Op::ReapModel(ReapModel {
                         migration_id: self.key.clone(),
-                        max_records: stored::REAP_RECORDS_MAX,
+                        max_records: stored::REMOVAL_RECORDS_MAX,
                     });
                     match self.propose(self.request_id("reap"), op).await? {
                         Ok(ok) if ok.more => {

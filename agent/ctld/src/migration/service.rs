@@ -288,20 +288,28 @@ impl Migration for MigrationService {
         failed("migration.target.drop")?;
         let message = request.into_inner();
         let id = parse_id(&message.migration_id)?;
-        let ok = self
-            .propose(
-                &caller,
-                format!("drop-{id}"),
-                command::Op::DropImport(DropImport {
-                    migration_id: id.to_string(),
-                    reason: message.reason,
-                }),
-            )
-            .await?;
-        info!(dropped = ok.dropped, "drop import");
-        Ok(Response::new(pb::DropImportResponse {
-            dropped: ok.dropped,
-        }))
+        // Chunk after chunk, each its own short commit (see `DropImport.max_records`); each has
+        // its own request id, and a repeated chunk only deletes what is still there.
+        let mut chunks = 0u32;
+        let dropped = loop {
+            let ok = self
+                .propose(
+                    &caller,
+                    format!("drop-{id}/{chunks}/{}", uuid::Uuid::new_v4()),
+                    command::Op::DropImport(DropImport {
+                        migration_id: id.to_string(),
+                        reason: message.reason.clone(),
+                        max_records: stored::REMOVAL_RECORDS_MAX,
+                    }),
+                )
+                .await?;
+            chunks += 1;
+            if !ok.more {
+                break ok.dropped;
+            }
+        };
+        info!(dropped, chunks, "drop import");
+        Ok(Response::new(pb::DropImportResponse { dropped }))
     }
 
     async fn transfer_log(

@@ -774,12 +774,20 @@ impl<R: StateRead + ?Sized> Tx<'_, '_, R> {
         self.events.push(StagingEvent::Ended {
             migration_id: id.to_string(),
         });
+        let mut more = false;
         if dropped {
-            self.delete_model_records(&uuid)?;
-            self.state.delete(keys::import_key(&uuid));
+            let limit = match drop.max_records {
+                0 => usize::MAX,
+                max => max as usize,
+            };
+            more = self.delete_model_records_up_to(&uuid, limit)?;
+            if !more {
+                self.state.delete(keys::import_key(&uuid));
+            }
         }
         Ok(cmd::Ok {
             dropped,
+            more,
             ..Default::default()
         })
     }
