@@ -98,6 +98,8 @@ pub struct NodeContext {
     pub load: LoadBoard,
     /// The node's staging area for bulk imports.
     pub staging: NodeStaging,
+    /// Applied commands that concern migrations, for the masters to wake on.
+    pub migration_changes: crate::migration::MigrationChanges,
 }
 
 impl NodeContext {

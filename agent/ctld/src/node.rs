@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -25,6 +26,7 @@ use crate::load::LoadBoard;
 use crate::migration::leftovers::{run_staging_sweeper, run_sweeper};
 use crate::migration::master::run_masters;
 use crate::migration::service::MigrationService;
+use crate::migration::MigrationChanges;
 use crate::pki::{self, CertKeyPem};
 use crate::plumbing::now_unix_ms;
 use crate::presence::{run_presence, PresenceTable};
@@ -144,7 +146,14 @@ pub async fn run(
 
     // Counted from the first command applied after the start.
     let load = LoadBoard::new(data_dir.root());
-    state.observe_applies(load.apply_observer());
+    let migration_changes = MigrationChanges::default();
+    {
+        let (counted, changes) = (load.apply_observer(), migration_changes.clone());
+        state.observe_applies(Arc::new(move |command, result| {
+            counted(command, result);
+            changes.applied(command);
+        }));
+    }
 
     // Bind both ports before starting Raft so a port clash fails fast.
     let grpc_listener = TcpListener::bind(&identity.address)
@@ -192,6 +201,7 @@ pub async fn run(
         bootstrap_users: auth_file.users.iter().map(|u| u.name.clone()).collect(),
         load,
         staging: staging.clone(),
+        migration_changes,
     };
     let migration_service = MigrationService::new(
         ctx.clone(),

@@ -57,11 +57,16 @@ const REAP_STEP_BUDGET: Duration = Duration::from_millis(500);
 /// Runs until `stop`: while this node leads, a driver for every migration that has not ended.
 pub async fn run_masters(ctx: NodeContext, stop: CancellationToken) {
     let mut drivers: BTreeMap<String, (CancellationToken, JoinHandle<()>)> = BTreeMap::new();
+    let mut changes = ctx.migration_changes.subscribe();
     loop {
+        // A migration started here is driven as soon as it applies; the scan interval covers
+        // the rest (this node becoming the leader of a group with migrations under way).
         tokio::select! {
             _ = stop.cancelled() => break,
             _ = tokio::time::sleep(SCAN_INTERVAL) => {}
+            _ = changes.changed() => {}
         }
+        changes.borrow_and_update();
         drivers.retain(|_, (_, task)| !task.is_finished());
         let leading = ctx.handle.current_leader() == Some(ctx.handle.node_id());
         if !leading {
@@ -130,6 +135,8 @@ struct Driver {
     id: MigrationId,
     key: String,
     stop: CancellationToken,
+    /// Marked at the start of every step: a change applied after it ends a wait early.
+    changes: tokio::sync::watch::Receiver<u64>,
     obs: Observations,
     peer: Option<Peer>,
     /// The copy this master exported in PRECOPY (lost with the master: a new one exports again).
@@ -143,6 +150,7 @@ impl Driver {
     fn new(ctx: NodeContext, id: MigrationId, stop: CancellationToken) -> Self {
         let key = id.to_string();
         Driver {
+            changes: ctx.migration_changes.subscribe(),
             ctx,
             id,
             key,
@@ -196,6 +204,7 @@ impl Driver {
     /// redirect on whichever node it reached, often a follower.
     async fn step(&mut self) -> anyhow::Result<bool> {
         let started = std::time::Instant::now();
+        self.changes.borrow_and_update();
         self.ctx
             .handle
             .linearizable_barrier()
@@ -611,10 +620,16 @@ impl Driver {
         Ok(())
     }
 
-    async fn wait_until(&self, until_unix_ms: i64) {
+    /// Waits until `until_unix_ms`, at most `POLL_INTERVAL`, and no longer than until a
+    /// migration command applies here after this step began (an agent's validation report, an
+    /// abort request): the next step then sees it at once.
+    async fn wait_until(&mut self, until_unix_ms: i64) {
         let left = until_unix_ms.saturating_sub(now_unix_ms()).max(0) as u64;
-        self.sleep(Duration::from_millis(left).min(POLL_INTERVAL))
-            .await;
+        tokio::select! {
+            _ = self.stop.cancelled() => {}
+            _ = tokio::time::sleep(Duration::from_millis(left).min(POLL_INTERVAL)) => {}
+            _ = self.changes.changed() => {}
+        }
     }
 
     async fn prechecks(&self, record: &MigrationRecord) -> anyhow::Result<Vec<String>> {

@@ -22,3 +22,71 @@ pub mod stager;
 pub mod staging;
 
 pub use crate::plumbing::{failpoint, failpoint_value};
+
+use starling_proto::command::{command, Command};
+use tokio::sync::watch;
+
+/// Counts the applied commands that can change what a migration master decides: a migration
+/// started, moved on or asked to abort, and facts reported (an agent validated against the
+/// target). The masters wait on it instead of polling, so an agent's report or a new
+/// migration is acted on when it applies, not up to a poll interval later.
+#[derive(Clone, Debug)]
+pub struct MigrationChanges(std::sync::Arc<watch::Sender<u64>>);
+
+impl Default for MigrationChanges {
+    fn default() -> Self {
+        MigrationChanges(std::sync::Arc::new(watch::Sender::new(0)))
+    }
+}
+
+impl MigrationChanges {
+    /// Notes `command`, just applied on this node (the state machine's apply observer: quick,
+    /// never blocks).
+    pub fn applied(&self, command: &Command) {
+        if matches!(
+            command.op,
+            Some(
+                command::Op::StartMigration(_)
+                    | command::Op::MigrationTransition(_)
+                    | command::Op::MigrationProgress(_)
+                    | command::Op::RequestMigrationAbort(_)
+            )
+        ) {
+            self.0.send_modify(|n| *n = n.wrapping_add(1));
+        }
+    }
+
+    /// A receiver that sees every change from now on.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.0.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use starling_proto::command::{MigrationProgress, SetControllerConfig};
+
+    fn with(op: command::Op) -> Command {
+        Command {
+            op: Some(op),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn only_migration_commands_wake_the_masters() {
+        let changes = MigrationChanges::default();
+        let mut seen = changes.subscribe();
+        changes.applied(&with(command::Op::SetControllerConfig(
+            SetControllerConfig::default(),
+        )));
+        assert!(!seen.has_changed().unwrap());
+        changes.applied(&with(command::Op::MigrationProgress(
+            MigrationProgress::default(),
+        )));
+        assert!(seen.has_changed().unwrap());
+        seen.borrow_and_update();
+        assert!(!seen.has_changed().unwrap());
+    }
+}
