@@ -7,7 +7,9 @@
 //! few HTTP/2 connections (`--agents-per-connection`), or each has its own
 //! (`--connections-per-agent`), as real agents do. It prints the controller node's RSS (VmRSS of
 //! `--ctld-pid`) after the machines exist and again with every agent connected, the KB per
-//! agent, and one JSON line. Everything is bounded by `--duration` and per-step deadlines.
+//! agent, and one JSON line. An agent whose watch fails opens it again after a pause, as
+//! `agentd` does, and the connect step prints its progress every 5 s. Everything is bounded by
+//! `--duration` and per-step deadlines.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -84,47 +86,63 @@ async fn run_agent(
     until: tokio::time::Instant,
 ) {
     let mut client = AgentClient::with_interceptor(channel, auth);
-    let mut stream = match client.watch(WatchRequest { known_revision: 0 }).await {
-        Ok(response) => response.into_inner(),
-        Err(_) => {
-            counters.errors.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
-    };
-    let mut interval = Duration::from_secs(10);
     let mut connected = false;
-    let mut next_heartbeat = tokio::time::Instant::now();
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep_until(until) => break,
-            message = stream.message() => match message {
-                Ok(Some(update)) => {
-                    counters.updates.fetch_add(1, Ordering::Relaxed);
-                    if update.heartbeat_interval_ms > 0 {
-                        interval = Duration::from_millis(update.heartbeat_interval_ms);
+    // As agentd does, a failed watch is opened again after a pause (1-2 s, jittered), until
+    // the run ends.
+    'watch: while tokio::time::Instant::now() < until {
+        if connected {
+            connected = false;
+            counters.connected.fetch_sub(1, Ordering::Relaxed);
+        }
+        let mut stream = match client.watch(WatchRequest { known_revision: 0 }).await {
+            Ok(response) => response.into_inner(),
+            Err(_) => {
+                counters.errors.fetch_add(1, Ordering::Relaxed);
+                retry_pause(until).await;
+                continue;
+            }
+        };
+        let mut interval = Duration::from_secs(10);
+        let mut next_heartbeat = tokio::time::Instant::now();
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(until) => break 'watch,
+                message = stream.message() => match message {
+                    Ok(Some(update)) => {
+                        counters.updates.fetch_add(1, Ordering::Relaxed);
+                        if update.heartbeat_interval_ms > 0 {
+                            interval = Duration::from_millis(update.heartbeat_interval_ms);
+                        }
+                        if !connected {
+                            connected = true;
+                            counters.connected.fetch_add(1, Ordering::Relaxed);
+                        }
                     }
-                    if !connected {
-                        connected = true;
-                        counters.connected.fetch_add(1, Ordering::Relaxed);
+                    _ => {
+                        counters.errors.fetch_add(1, Ordering::Relaxed);
+                        retry_pause(until).await;
+                        continue 'watch;
                     }
+                },
+                _ = tokio::time::sleep_until(next_heartbeat) => {
+                    match client.heartbeat(HeartbeatRequest {}).await {
+                        Ok(_) => counters.heartbeats.fetch_add(1, Ordering::Relaxed),
+                        Err(_) => counters.errors.fetch_add(1, Ordering::Relaxed),
+                    };
+                    next_heartbeat = tokio::time::Instant::now() + interval;
                 }
-                _ => {
-                    counters.errors.fetch_add(1, Ordering::Relaxed);
-                    break;
-                }
-            },
-            _ = tokio::time::sleep_until(next_heartbeat) => {
-                match client.heartbeat(HeartbeatRequest {}).await {
-                    Ok(_) => counters.heartbeats.fetch_add(1, Ordering::Relaxed),
-                    Err(_) => counters.errors.fetch_add(1, Ordering::Relaxed),
-                };
-                next_heartbeat = tokio::time::Instant::now() + interval;
             }
         }
     }
     if connected {
         counters.connected.fetch_sub(1, Ordering::Relaxed);
     }
+}
+
+/// 1-2 s, or less when the run ends sooner.
+async fn retry_pause(until: tokio::time::Instant) {
+    let pause = Duration::from_millis(1000 + rand::random::<u64>() % 1000);
+    tokio::time::sleep_until(until.min(tokio::time::Instant::now() + pause)).await;
 }
 
 #[tokio::main]
@@ -218,6 +236,7 @@ async fn main() -> Result<()> {
         ));
     }
     let connect_started = Instant::now();
+    let mut last_progress = Instant::now();
     while (counters.connected.load(Ordering::Relaxed) as usize) < args.agents {
         if Instant::now() > connect_deadline {
             eprintln!(
@@ -228,6 +247,16 @@ async fn main() -> Result<()> {
             break;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
+        if last_progress.elapsed() >= Duration::from_secs(5) {
+            last_progress = Instant::now();
+            eprintln!(
+                "{:.0}s: {} of {} agents connected, {} errors",
+                connect_started.elapsed().as_secs_f64(),
+                counters.connected.load(Ordering::Relaxed),
+                args.agents,
+                counters.errors.load(Ordering::Relaxed)
+            );
+        }
     }
     let connect_secs = connect_started.elapsed().as_secs_f64();
     eprintln!(
