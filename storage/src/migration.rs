@@ -22,6 +22,10 @@ use crate::StorageError;
 /// migrated one) never queue behind the removal of a large model.
 pub const REMOVAL_RECORDS_MAX: u32 = 1_024;
 
+/// How long one DropImport call (or one pass of the leftover rule) proposes chunk after chunk;
+/// what is left then stays an invisible import that the next call or pass finishes.
+pub const DROP_CALL_BUDGET: std::time::Duration = std::time::Duration::from_secs(30);
+
 fn phase(name: &str, key: &[u8]) -> Result<Phase, StorageError> {
     Phase::parse(name).ok_or_else(|| StorageError::corrupt("state", key, "unknown phase"))
 }

@@ -96,8 +96,13 @@ pub async fn run_sweeper(ctx: NodeContext, stop: CancellationToken) {
                 }
                 TargetAction::Drop { reason } => {
                     info!(migration = %import.migration_id, reason, "dropping a leftover import");
-                    // Chunk after chunk, each its own short commit (`DropImport.max_records`).
+                    // Chunk after chunk, each its own short commit (`DropImport.max_records`),
+                    // for at most `DROP_CALL_BUDGET`; the next pass drops the rest.
+                    let started = std::time::Instant::now();
                     for chunk in 0u64.. {
+                        if started.elapsed() >= stored::DROP_CALL_BUDGET {
+                            break;
+                        }
                         let op = command::Op::DropImport(DropImport {
                             migration_id: import.migration_id.clone(),
                             reason: reason.clone(),

@@ -289,7 +289,10 @@ impl Migration for MigrationService {
         let message = request.into_inner();
         let id = parse_id(&message.migration_id)?;
         // Chunk after chunk, each its own short commit (see `DropImport.max_records`); each has
-        // its own request id, and a repeated chunk only deletes what is still there.
+        // its own request id, and a repeated chunk only deletes what is still there. Bounded by
+        // `DROP_CALL_BUDGET`: what is left stays an invisible import, dropped by the next call
+        // or the leftover rule.
+        let started = std::time::Instant::now();
         let mut chunks = 0u32;
         let dropped = loop {
             let ok = self
@@ -304,7 +307,7 @@ impl Migration for MigrationService {
                 )
                 .await?;
             chunks += 1;
-            if !ok.more {
+            if !ok.more || started.elapsed() >= stored::DROP_CALL_BUDGET {
                 break ok.dropped;
             }
         };
