@@ -14,6 +14,7 @@ use anyhow::{anyhow, bail, ensure, Context, Result};
 use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::{getpgrp, Pid};
 use serde_json::Value;
+use starling_proto::endpoints::first_endpoint;
 use tracing::info;
 
 use crate::local_cluster::wait_bounded;
@@ -259,17 +260,28 @@ impl Machine {
     }
 }
 
-/// Rotates the `api-endpoints` of the agent config at `path` left by `by`, so the agents start
-/// on different nodes (each dials its endpoints in order) and a killed node always had one.
+/// Rotates the `api-endpoints` of the agent config at `path` so that the agent starts on the
+/// `by`-th endpoint of the list as written (modulo its length): agents given 0, 1, 2, ... start
+/// on different nodes, so a killed node always had one. An agent starts at the index its model
+/// and machine hash to (`starling_proto::endpoints::first_endpoint`), so the rotation is by `by`
+/// less that index.
 pub fn rotate_endpoints(path: &Path, by: usize) -> Result<()> {
     let text = std::fs::read_to_string(path)?;
     let mut config: Value =
         serde_saphyr::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    let text_of = |key: &str| -> Result<String> {
+        Ok(config[key]
+            .as_str()
+            .with_context(|| format!("no {key} in the agent config"))?
+            .to_owned())
+    };
+    let (model_uuid, machine_id) = (text_of("model-uuid")?, text_of("machine-id")?);
     let endpoints = config["api-endpoints"]
         .as_array_mut()
         .context("no api-endpoints in the agent config")?;
-    let n = endpoints.len();
-    endpoints.rotate_left(by % n.max(1));
+    let n = endpoints.len().max(1);
+    let start = first_endpoint(&model_uuid, &machine_id, n);
+    endpoints.rotate_left((by % n + n - start) % n);
     std::fs::write(path, serde_saphyr::to_string(&config)?)?;
     Ok(())
 }
