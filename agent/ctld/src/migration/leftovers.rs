@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use prost::Message;
-use starling_proto::command::{command, command_result, DropImport, EndLogTransfer};
+use starling_proto::command::{command, command_result, EndLogTransfer};
 use starling_proto::migration as pb;
 use starling_raft::{ProposeError, Proposed};
 use starling_storage::migration as stored;
@@ -24,6 +24,7 @@ use starling_storage::model::migration::{
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use super::drop_import_in_chunks;
 use super::peer::Peer;
 use crate::context::NodeContext;
 use crate::plumbing::{internal_command, now_unix_ms};
@@ -96,33 +97,26 @@ pub async fn run_sweeper(ctx: NodeContext, stop: CancellationToken) {
                 }
                 TargetAction::Drop { reason } => {
                     info!(migration = %import.migration_id, reason, "dropping a leftover import");
-                    // Chunk after chunk, each its own short commit (`DropImport.max_records`),
-                    // for at most `DROP_CALL_BUDGET`; the next pass drops the rest.
-                    let started = std::time::Instant::now();
-                    for chunk in 0u64.. {
-                        if started.elapsed() >= stored::DROP_CALL_BUDGET {
-                            break;
-                        }
-                        let op = command::Op::DropImport(DropImport {
-                            migration_id: import.migration_id.clone(),
-                            reason: reason.clone(),
-                            max_records: stored::REMOVAL_RECORDS_MAX,
-                        });
-                        let request_id = format!(
-                            "leftover-drop-{}/{chunk}/{}",
-                            import.migration_id,
-                            uuid::Uuid::new_v4()
-                        );
-                        match propose(&ctx, request_id, op).await {
-                            Ok(proposed)
-                                if matches!(&proposed.result.result,
-                                    Some(command_result::Result::Ok(ok)) if ok.more) => {}
-                            Ok(_) => break,
-                            Err(e) => {
-                                warn!(error = %e, "cannot drop the leftover import yet");
-                                break;
+                    let dropped = drop_import_in_chunks(
+                        &import.migration_id,
+                        &reason,
+                        "leftover-drop",
+                        |request_id, op| {
+                            let ctx = &ctx;
+                            async move {
+                                match propose(ctx, request_id, op).await {
+                                    Ok(proposed) => match proposed.result.result {
+                                        Some(command_result::Result::Ok(ok)) => Ok(ok),
+                                        other => Err(format!("refused: {other:?}")),
+                                    },
+                                    Err(e) => Err(e.to_string()),
+                                }
                             }
-                        }
+                        },
+                    )
+                    .await;
+                    if let Err(e) = dropped {
+                        warn!(error = %e, "cannot drop the leftover import yet");
                     }
                 }
             }

@@ -23,8 +23,44 @@ pub mod staging;
 
 pub use crate::plumbing::{failpoint, failpoint_value};
 
-use starling_proto::command::{command, Command};
+use std::future::Future;
+
+use starling_proto::command::{command, Command, DropImport};
+use starling_storage::migration as stored;
 use tokio::sync::watch;
+
+/// Drops the import of migration `id` chunk after chunk: each chunk is its own short commit of
+/// at most `REMOVAL_RECORDS_MAX` records (`DropImport.max_records`) under its own request id
+/// (`{request_prefix}-{id}/{chunk}/{uuid}`; a repeated chunk only deletes what is still there),
+/// for at most `DROP_CALL_BUDGET`; what is left stays an invisible import, dropped by the next
+/// call or the leftover rule. `propose` proposes one chunk and gives its result. Returns the
+/// last chunk's result and how many chunks were proposed.
+pub async fn drop_import_in_chunks<F, Fut, E>(
+    id: &str,
+    reason: &str,
+    request_prefix: &str,
+    mut propose: F,
+) -> Result<(starling_proto::command::Ok, u32), E>
+where
+    F: FnMut(String, command::Op) -> Fut,
+    Fut: Future<Output = Result<starling_proto::command::Ok, E>>,
+{
+    let started = std::time::Instant::now();
+    let mut chunks = 0u32;
+    loop {
+        let op = command::Op::DropImport(DropImport {
+            migration_id: id.to_owned(),
+            reason: reason.to_owned(),
+            max_records: stored::REMOVAL_RECORDS_MAX,
+        });
+        let request_id = format!("{request_prefix}-{id}/{chunks}/{}", uuid::Uuid::new_v4());
+        let ok = propose(request_id, op).await?;
+        chunks += 1;
+        if !ok.more || started.elapsed() >= stored::DROP_CALL_BUDGET {
+            return Ok((ok, chunks));
+        }
+    }
+}
 
 /// Counts the applied commands that can change what a migration master decides: a migration
 /// started, moved on or asked to abort, and facts reported (an agent validated against the

@@ -6,9 +6,7 @@
 //! import of (`SourceStatus`).
 
 use futures::StreamExt;
-use starling_proto::command::{
-    command, ActivateModel, ApplyModelChanges, DropImport, ImportLog, ImportModel,
-};
+use starling_proto::command::{command, ActivateModel, ApplyModelChanges, ImportLog, ImportModel};
 use starling_proto::limits::MESSAGE_BYTES_MAX;
 use starling_proto::migration as pb;
 use starling_proto::migration::migration_server::{Migration, MigrationServer};
@@ -19,7 +17,7 @@ use starling_storage::model::names;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{info, instrument};
 
-use super::failpoint;
+use super::{drop_import_in_chunks, failpoint};
 use crate::auth::{self, constant_time_eq, Authenticator, Caller};
 use crate::context::NodeContext;
 use crate::plumbing::{proposal, propose_and_wait, storage_error};
@@ -288,29 +286,14 @@ impl Migration for MigrationService {
         failed("migration.target.drop")?;
         let message = request.into_inner();
         let id = parse_id(&message.migration_id)?;
-        // Chunk after chunk, each its own short commit (see `DropImport.max_records`); each has
-        // its own request id, and a repeated chunk only deletes what is still there. Bounded by
-        // `DROP_CALL_BUDGET`: what is left stays an invisible import, dropped by the next call
-        // or the leftover rule.
-        let started = std::time::Instant::now();
-        let mut chunks = 0u32;
-        let dropped = loop {
-            let ok = self
-                .propose(
-                    &caller,
-                    format!("drop-{id}/{chunks}/{}", uuid::Uuid::new_v4()),
-                    command::Op::DropImport(DropImport {
-                        migration_id: id.to_string(),
-                        reason: message.reason.clone(),
-                        max_records: stored::REMOVAL_RECORDS_MAX,
-                    }),
-                )
-                .await?;
-            chunks += 1;
-            if !ok.more || started.elapsed() >= stored::DROP_CALL_BUDGET {
-                break ok.dropped;
-            }
-        };
+        let (ok, chunks) = drop_import_in_chunks(
+            &id.to_string(),
+            &message.reason,
+            "drop",
+            |request_id, op| self.propose(&caller, request_id, op),
+        )
+        .await?;
+        let dropped = ok.dropped;
         info!(dropped, chunks, "drop import");
         Ok(Response::new(pb::DropImportResponse { dropped }))
     }
