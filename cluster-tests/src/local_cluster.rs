@@ -59,8 +59,6 @@ pub struct ClusterOptions {
     pub rust_log: String,
     /// Extra environment of the nodes (e.g. `FAILPOINTS`).
     pub env: Vec<(String, String)>,
-    /// Extra `ctld run` arguments (e.g. `--snapshot-logs-since-last 200`).
-    pub run_args: Vec<String>,
     /// One network namespace per node (node `i` on `hosts[i - 1]`, fixed ports), for
     /// partitions inside the group; empty: every node on 127.0.0.1.
     pub hosts: Vec<crate::netns::NetHost>,
@@ -80,7 +78,6 @@ impl ClusterOptions {
             election_timeout_max_ms: None,
             rust_log: std::env::var("STARLING_NODE_LOG").unwrap_or_else(|_| "info".to_owned()),
             env: Vec::new(),
-            run_args: Vec::new(),
             hosts: Vec::new(),
         }
     }
@@ -239,7 +236,6 @@ impl LocalCluster {
                 command.arg(flag).arg(value.to_string());
             }
         }
-        command.args(&options.run_args);
         let child = command.spawn().context("spawning ctld run")?;
         info!(node_id = id, pid = child.id(), "node started");
         node.child = Some(child);

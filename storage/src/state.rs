@@ -195,29 +195,6 @@ impl StateImage {
         .encode_to_vec()
     }
 
-    /// Brings entries read while commits went on up to date: `writes` (every commit made since
-    /// the read began, merged in order, a later write of a key over an earlier one) replace,
-    /// add or remove entries. A key no commit touched was the same throughout the read, so the
-    /// result is the state after the last of those commits. The applied-state keys stay out
-    /// (`applied` is set by the caller, read with the last commit).
-    pub fn overlay(&mut self, writes: &WriteSet) {
-        if writes.is_empty() {
-            return;
-        }
-        let mut entries: BTreeMap<Vec<u8>, Vec<u8>> =
-            std::mem::take(&mut self.entries).into_iter().collect();
-        for (key, value) in writes {
-            if is_applied_state_key(key) {
-                continue;
-            }
-            match value {
-                Some(value) => entries.insert(key.clone(), value.clone()),
-                None => entries.remove(key),
-            };
-        }
-        self.entries = entries.into_iter().collect();
-    }
-
     /// Decodes and checks a protobuf `raft::Snapshot`: known format version, keys strictly
     /// increasing, no reserved `sys/last_*` key among the entries.
     pub fn decode(bytes: &[u8]) -> Result<StateImage, StorageError> {
@@ -324,30 +301,6 @@ pub(crate) fn applied_state_writes(applied: &AppliedState) -> Vec<(&'static [u8]
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Commits made during a read replace, add and remove entries; the applied-state keys
-    /// they wrote stay out of the entries.
-    #[test]
-    fn an_overlay_brings_a_read_up_to_the_last_commit() {
-        let kv = |k: &str, v: &str| (k.as_bytes().to_vec(), v.as_bytes().to_vec());
-        let mut image = StateImage {
-            applied: AppliedState::default(),
-            entries: vec![kv("a", "1"), kv("b", "1"), kv("c", "1")],
-        };
-        let writes: WriteSet = [
-            (b"a".to_vec(), Some(b"2".to_vec())),
-            (b"b".to_vec(), None),
-            (b"bb".to_vec(), Some(b"new".to_vec())),
-            (b"z".to_vec(), None),
-            (keys::LAST_APPLIED.to_vec(), Some(b"x".to_vec())),
-        ]
-        .into();
-        image.overlay(&writes);
-        assert_eq!(
-            image.entries,
-            vec![kv("a", "2"), kv("bb", "new"), kv("c", "1")]
-        );
-    }
 
     #[test]
     fn image_round_trips() {

@@ -79,14 +79,9 @@ enum Command {
         /// wider range makes split votes rarer and failover slower on average.
         #[arg(long, default_value_t = RaftTiming::default().election_timeout_max_ms)]
         election_timeout_max_ms: u64,
-        /// Build a snapshot after this many applied entries. The snapshot is read while writes
-        /// go on; fewer entries between snapshots means a smaller log and more snapshot work.
+        /// Build a snapshot after this many applied entries.
         #[arg(long, default_value_t = RaftTiming::default().snapshot_logs_since_last)]
         snapshot_logs_since_last: u64,
-        /// Entries kept in the log after a snapshot: a follower that fell fewer entries behind
-        /// catches up from the log, one further behind gets the whole snapshot.
-        #[arg(long, default_value_t = RaftTiming::default().logs_kept_after_snapshot)]
-        logs_kept_after_snapshot: u64,
     },
 }
 
@@ -121,7 +116,6 @@ fn main() -> ExitCode {
             election_timeout_min_ms,
             election_timeout_max_ms,
             snapshot_logs_since_last,
-            logs_kept_after_snapshot,
         } => {
             init_tracing(log_format, "info,openraft=warn");
             let options = RunOptions {
@@ -131,7 +125,6 @@ fn main() -> ExitCode {
                     election_timeout_min_ms,
                     election_timeout_max_ms,
                     snapshot_logs_since_last,
-                    logs_kept_after_snapshot,
                     ..RaftTiming::default()
                 },
             };

@@ -6,7 +6,7 @@
 
 use std::io::Cursor;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use openraft::storage::{RaftStateMachine, Snapshot};
@@ -41,105 +41,12 @@ pub struct StateMachine<B> {
     limits: ApplyLimits,
     timeline: Arc<WriteTimeline>,
     staged: Option<Arc<dyn StagedFiles>>,
-    recordings: Arc<Recordings>,
 }
 
-/// Builds a snapshot of the state as of its last commit before the build ends, read while
-/// applies go on (see [`Recordings`]).
-pub struct SnapshotBuilder<B> {
-    backend: B,
-    gate: Arc<CommitGate>,
-    recording: Arc<Mutex<Recording>>,
+/// Builds a snapshot from a copy of the state taken while no apply could run.
+pub struct SnapshotBuilder {
+    image: Result<StateImage, AnyError>,
     snapshots: SnapshotStore,
-}
-
-/// The commits made while a snapshot builder reads the state.
-#[derive(Default)]
-struct Recording {
-    /// Every key a commit wrote since the builder was made, with its last value.
-    writes: WriteSet,
-    /// The whole state was replaced meanwhile (a snapshot installed): what was read is void.
-    replaced: bool,
-    /// The builder has taken what it needed; nothing more is recorded.
-    done: bool,
-}
-
-/// The recordings of the snapshot builders reading the state now. sled has no point-in-time
-/// reads, so a builder reads the state while commits go on, and lays over what it read every
-/// write committed since it was made: a key no commit touched was the same throughout. Before,
-/// the state machine held applies back for the whole copy (hundreds of milliseconds for a state
-/// of tens of megabytes), and every write waited. Weak: a builder dropped unbuilt stops its own.
-#[derive(Default)]
-struct Recordings(Mutex<Vec<Weak<Mutex<Recording>>>>);
-
-impl Recordings {
-    /// A recording that sees every commit from now on. Call it while no commit runs.
-    fn start(&self) -> Arc<Mutex<Recording>> {
-        let recording = Arc::new(Mutex::new(Recording::default()));
-        lock(&self.0).push(Arc::downgrade(&recording));
-        recording
-    }
-
-    /// Whether a commit's writes must be kept for a builder.
-    fn active(&self) -> bool {
-        !lock(&self.0).is_empty()
-    }
-
-    /// Records a commit's `writes` (while the gate holds the state, after the commit).
-    fn committed(&self, writes: &WriteSet) {
-        self.each(|recording| {
-            for (key, value) in writes {
-                recording.writes.insert(key.clone(), value.clone());
-            }
-        });
-    }
-
-    /// Records that the state was replaced (while the gate holds the state).
-    fn replaced(&self) {
-        self.each(|recording| recording.replaced = true);
-    }
-
-    fn each(&self, mut note: impl FnMut(&mut Recording)) {
-        lock(&self.0).retain(|weak| {
-            let Some(recording) = weak.upgrade() else {
-                return false;
-            };
-            let mut recording = lock(&recording);
-            if recording.done {
-                return false;
-            }
-            note(&mut recording);
-            true
-        });
-    }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// The state as of the last commit before this returns, read without holding commits back:
-/// the entries are read while commits go on, then, with commits held back for a moment, the
-/// writes `recording` saw are laid over them and the applied state is read. If the state was
-/// replaced meanwhile, it is read again with commits held back.
-fn read_state(
-    backend: &impl StateBackend,
-    gate: &CommitGate,
-    recording: &Mutex<Recording>,
-) -> Result<StateImage, BackendError> {
-    let mut image = backend.export_state()?;
-    let _exclusive = gate.exclusive();
-    let (writes, replaced) = {
-        let mut recording = lock(recording);
-        recording.done = true;
-        (std::mem::take(&mut recording.writes), recording.replaced)
-    };
-    if replaced {
-        return backend.export_state();
-    }
-    image.overlay(&writes);
-    image.applied = backend.applied_state()?;
-    Ok(image)
 }
 
 impl<B: StateBackend> StateMachine<B> {
@@ -160,7 +67,6 @@ impl<B: StateBackend> StateMachine<B> {
             limits: ApplyLimits::default(),
             timeline,
             staged: None,
-            recordings: Arc::default(),
         }
     }
 
@@ -241,7 +147,6 @@ fn prepare(
 fn finish(
     backend: &impl StateBackend,
     exclusive: Exclusive<'_>,
-    recordings: &Recordings,
     observers: &ApplyObservers,
     staged: Option<&dyn StagedFiles>,
     entries: &[Entry],
@@ -255,12 +160,9 @@ fn finish(
     if let Some(last) = entries.last() {
         observers.desired.record(last.log_id.index, &writes);
     }
-    let recorded = recordings.active().then(|| writes.clone());
-    backend.state_commit(writes)?;
-    if let Some(writes) = recorded {
-        recordings.committed(&writes);
-    }
+    let committed = backend.state_commit(writes);
     drop(exclusive);
+    committed?;
     for (entry, response) in entries.iter().zip(&responses) {
         match &entry.payload {
             EntryPayload::Normal(Request::Command(command)) => {
@@ -339,15 +241,16 @@ fn new_snapshot_id(last_applied: Option<&LogId>) -> String {
     }
 }
 
-impl<B: StateBackend> RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder<B> {
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
-        let backend = self.backend.clone();
-        let gate = self.gate.clone();
-        let recording = self.recording.clone();
+        let image = self
+            .image
+            .as_ref()
+            .map_err(|e| StorageIOError::read_state_machine(e.clone()))?
+            .clone();
         let snapshots = self.snapshots.clone();
-        // Reading, encoding and writing happen here, off the state machine task.
+        // Encoding and writing happen here, off the state machine task.
         let (meta, bytes) = blocking(move || {
-            let image = read_state(&backend, &gate, &recording)?;
             let meta = meta_of(&image, String::new())?;
             let meta = SnapshotMeta {
                 snapshot_id: new_snapshot_id(meta.last_log_id.as_ref()),
@@ -367,7 +270,7 @@ impl<B: StateBackend> RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder<B> {
 }
 
 impl<B: StateBackend> RaftStateMachine<TypeConfig> for StateMachine<B> {
-    type SnapshotBuilder = SnapshotBuilder<B>;
+    type SnapshotBuilder = SnapshotBuilder;
 
     async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
         let applied = self
@@ -405,7 +308,6 @@ impl<B: StateBackend> RaftStateMachine<TypeConfig> for StateMachine<B> {
                 let responses = finish(
                     &self.backend,
                     exclusive,
-                    &self.recordings,
                     &self.observers,
                     staged.as_deref(),
                     &entries,
@@ -420,7 +322,6 @@ impl<B: StateBackend> RaftStateMachine<TypeConfig> for StateMachine<B> {
         let backend = self.backend.clone();
         let gate = self.gate.clone();
         let observers = self.observers.clone();
-        let recordings = self.recordings.clone();
         let limits = self.limits;
         let responses = blocking(move || {
             let prepared = match prepared {
@@ -430,7 +331,6 @@ impl<B: StateBackend> RaftStateMachine<TypeConfig> for StateMachine<B> {
             finish(
                 &backend,
                 gate.exclusive(),
-                &recordings,
                 &observers,
                 staged.as_deref(),
                 &entries,
@@ -443,11 +343,10 @@ impl<B: StateBackend> RaftStateMachine<TypeConfig> for StateMachine<B> {
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        // `&mut self`: no apply runs, so the recording sees every commit after this point.
+        // `&mut self` keeps apply out while the state is copied: sled has no point-in-time reads.
+        let backend = self.backend.clone();
         SnapshotBuilder {
-            backend: self.backend.clone(),
-            gate: self.gate.clone(),
-            recording: self.recordings.start(),
+            image: blocking(move || backend.export_state()).await,
             snapshots: self.snapshots.clone(),
         }
     }
@@ -465,7 +364,6 @@ impl<B: StateBackend> RaftStateMachine<TypeConfig> for StateMachine<B> {
         let backend = self.backend.clone();
         let gate = self.gate.clone();
         let observers = self.observers.clone();
-        let recordings = self.recordings.clone();
         let snapshots = self.snapshots.clone();
         let meta_given = meta.clone();
         let took = blocking(move || {
@@ -482,11 +380,7 @@ impl<B: StateBackend> RaftStateMachine<TypeConfig> for StateMachine<B> {
             observers
                 .desired
                 .reset(meta_given.last_log_id.map_or(0, |l| l.index));
-            gate.commit(|| {
-                let replaced = backend.replace_state(&image);
-                recordings.replaced();
-                replaced
-            })
+            gate.commit(|| backend.replace_state(&image))
         })
         .await
         .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), e))?;
@@ -578,42 +472,6 @@ mod tests {
         )]));
         let big = "x".repeat(INLINE_BYTES_MAX);
         assert!(!applies_inline(&[entry(1, one(set_config("r", &big)))]));
-    }
-
-    /// A snapshot builder made before some applies and run after them (as openraft runs it,
-    /// in its own task while applies go on) holds the state of its last applied entry, the
-    /// same state a replay of the log up to that entry gives.
-    #[tokio::test]
-    async fn a_snapshot_read_while_applies_go_on_is_the_state_at_its_index() {
-        let (_log, mut sm, _view) = open_memory();
-        let values = |from: u64, to: u64| {
-            (from..=to)
-                .map(|i| entry(i, one(set_config(&format!("r{i}"), &i.to_string()))))
-                .collect::<Vec<_>>()
-        };
-        sm.apply(values(1, 5)).await.expect("applies");
-        let mut builder = sm.get_snapshot_builder().await;
-        sm.apply(values(6, 9)).await.expect("applies");
-        let snapshot = builder.build_snapshot().await.expect("builds");
-        assert_eq!(snapshot.meta.last_log_id.map(|l| l.index), Some(9));
-
-        let (_log, mut replay, _view) = open_memory();
-        replay.apply(values(1, 9)).await.expect("applies");
-        let expected = replay
-            .get_snapshot_builder()
-            .await
-            .build_snapshot()
-            .await
-            .expect("builds");
-        let image =
-            |s: Snapshot<TypeConfig>| StateImage::decode(s.snapshot.get_ref()).expect("decodes");
-        assert_eq!(image(snapshot), image(expected));
-        // The next commit drops the finished recording.
-        sm.apply(values(10, 10)).await.expect("applies");
-        assert!(
-            !sm.recordings.active(),
-            "a finished recording is still kept"
-        );
     }
 
     /// A light apply that meets a locked read neither blocks the runtime's thread nor commits
