@@ -1,6 +1,6 @@
 //! The HTTPS side port of real `ctld` nodes: `/healthz`, `/readyz` and the Prometheus
 //! `/metrics`, verified against the controller's CA; readiness follows the group's leader and
-//! the Raft metrics follow a leader change; a lone write's entry reaches the followers early.
+//! the Raft metrics follow a leader change.
 
 use std::time::{Duration, Instant};
 
@@ -147,18 +147,6 @@ async fn health_readiness_and_metrics_follow_the_group() -> Result<()> {
             "no {family} samples in:\n{metrics}"
         );
     }
-
-    info!("--- the leader sends a lone write's entry to its followers before its own sync");
-    for i in 0..5 {
-        client
-            .set_controller_config(SetControllerConfigRequest {
-                values: [("custom.probe".to_owned(), format!("early-{i}"))].into(),
-                request_id: String::new(),
-            })
-            .await?;
-    }
-    let early = sample(&cluster, leader, "starling_raft_early_appends_total").await?;
-    ensure!(early >= 2.0, "early appends sent by the leader: {early}");
 
     info!("--- the leader is SIGKILLed: a follower sees the new term and another leader change");
     let follower = cluster

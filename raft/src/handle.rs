@@ -237,9 +237,6 @@ impl RaftHandle {
         } = options;
         let config = Arc::new(timing.to_config(&controller_uuid)?);
         let timeline = state.timeline();
-        state
-            .early()
-            .link(node_id, &controller_uuid, channels.clone());
         let network = Network::new(&controller_uuid, channels.clone(), timeline.clone());
         let raft = Raft::new(node_id, config, network, log_store, state_machine)
             .await
@@ -1139,7 +1136,6 @@ impl RaftHandle {
         let mut rx = self.inner.raft.metrics();
         let node_id = self.inner.node_id;
         let leading_since = self.inner.leading_since.clone();
-        let early = self.inner.state.early();
         // Weak: the exporter must not keep a shut-down node's state alive.
         let inner = Arc::downgrade(&self.inner);
         tokio::spawn(async move {
@@ -1147,16 +1143,6 @@ impl RaftHandle {
             loop {
                 {
                     let m = rx.borrow_and_update().clone();
-                    let leads = m.state == ServerState::Leader;
-                    early.route(
-                        leads.then_some(m.current_term),
-                        m.membership_config
-                            .membership()
-                            .nodes()
-                            .filter(|(id, _)| leads && **id != node_id)
-                            .map(|(id, node)| (*id, node.addr.clone()))
-                            .collect(),
-                    );
                     {
                         let mut since = leading_since.lock().unwrap_or_else(|e| e.into_inner());
                         match *since {

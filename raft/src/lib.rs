@@ -6,7 +6,6 @@
 
 pub mod batcher;
 pub mod codec;
-mod early;
 pub mod handle;
 pub mod network;
 pub mod service;

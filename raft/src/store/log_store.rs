@@ -15,7 +15,6 @@ use starling_storage::{LogBackend, RaftMetaKey};
 
 use super::{blocking, record_sync};
 use crate::codec;
-use crate::early::EarlyReplication;
 use crate::stages::{Mark, WriteTimeline};
 use crate::type_config::{Entry, LogId, StorageError, TypeConfig, Vote};
 
@@ -24,7 +23,6 @@ use crate::type_config::{Entry, LogId, StorageError, TypeConfig, Vote};
 pub struct LogStore<B> {
     backend: B,
     timeline: Arc<WriteTimeline>,
-    early: Arc<EarlyReplication>,
 }
 
 /// A reader of the log for replication tasks. Cheap to clone.
@@ -34,16 +32,8 @@ pub struct LogReader<B> {
 }
 
 impl<B: LogBackend> LogStore<B> {
-    pub(super) fn new(
-        backend: B,
-        timeline: Arc<WriteTimeline>,
-        early: Arc<EarlyReplication>,
-    ) -> Self {
-        LogStore {
-            backend,
-            timeline,
-            early,
-        }
+    pub(super) fn new(backend: B, timeline: Arc<WriteTimeline>) -> Self {
+        LogStore { backend, timeline }
     }
 }
 
@@ -181,22 +171,20 @@ impl<B: LogBackend> RaftLogStorage<TypeConfig> for LogStore<B> {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let entries: Vec<Entry> = entries.into_iter().collect();
-        let encoded: Vec<pb::LogEntry> = entries.iter().map(codec::entry_to_pb).collect();
-        let (first, last) = match (entries.first(), entries.last()) {
-            (Some(first), Some(last)) => {
-                // Followers may append these while this node syncs them (a leader's own).
-                self.early.appending(&first.log_id, &last.log_id, &encoded);
-                (first.log_id.index, last.log_id.index)
-            }
+        let rows: Vec<(u64, Vec<u8>)> = entries
+            .into_iter()
+            .map(|entry| {
+                (
+                    entry.log_id.index,
+                    codec::entry_to_pb(&entry).encode_to_vec(),
+                )
+            })
+            .collect();
+        let (first, last) = match (rows.first(), rows.last()) {
+            (Some((first, _)), Some((last, _))) => (*first, *last),
             _ => (1, 0),
         };
         self.timeline.mark(first, last, Mark::AppendStart);
-        let rows: Vec<(u64, Vec<u8>)> = entries
-            .iter()
-            .zip(&encoded)
-            .map(|(entry, encoded)| (entry.log_id.index, encoded.encode_to_vec()))
-            .collect();
         let backend = self.backend.clone();
         // One batch, one sync; the callback only after the sync.
         match blocking(move || backend.log_append(rows)).await {
@@ -214,7 +202,6 @@ impl<B: LogBackend> RaftLogStorage<TypeConfig> for LogStore<B> {
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        self.early.forget_last();
         let backend = self.backend.clone();
         let took = blocking(move || backend.log_truncate_from(log_id.index))
             .await
@@ -224,7 +211,6 @@ impl<B: LogBackend> RaftLogStorage<TypeConfig> for LogStore<B> {
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        self.early.forget_last();
         let backend = self.backend.clone();
         let bytes = codec::log_id_to_pb(&log_id).encode_to_vec();
         let took = blocking(move || backend.log_purge_through(log_id.index, bytes))

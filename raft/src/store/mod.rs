@@ -5,9 +5,7 @@
 //! `StateView` is the daemon's read-only view of the applied state.
 //!
 //! Blocking storage calls (sled I/O, fdatasync) run on tokio's blocking pool, never on an async
-//! worker, with one exception: the apply of a few light commands (configuration, status,
-//! reports), which takes less than the hop to the pool and back, runs on the state machine's
-//! task. Every sync's latency is recorded in the `starling_storage_sync_seconds` histogram.
+//! worker; every sync's latency is recorded in the `starling_storage_sync_seconds` histogram.
 
 mod log_store;
 mod snapshot_store;
@@ -21,7 +19,6 @@ use std::time::Duration;
 use openraft::AnyError;
 use starling_storage::{MemStore, StorageError as BackendError, Store};
 
-use crate::early::EarlyReplication;
 use crate::stages::WriteTimeline;
 
 pub use log_store::{LogReader, LogStore};
@@ -72,17 +69,15 @@ where
     let gate = Arc::new(CommitGate::default());
     let timeline = Arc::new(WriteTimeline::default());
     let observers = Arc::new(ApplyObservers::new(applied));
-    let early = Arc::new(EarlyReplication::default());
     let view = StateView::new(
         Arc::new(backend.clone()),
         applied_index.clone(),
         gate.clone(),
         timeline.clone(),
         observers.clone(),
-        early.clone(),
     );
     Ok((
-        LogStore::new(backend.clone(), timeline.clone(), early),
+        LogStore::new(backend.clone(), timeline.clone()),
         StateMachine::new(backend, snapshots, applied_index, gate, timeline, observers),
         view,
     ))

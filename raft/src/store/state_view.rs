@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockWriteGuard, TryLockError};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use starling_proto::command::{Command, CommandResult};
 use starling_proto::model::{
@@ -13,7 +13,6 @@ use starling_storage::keys::DesiredInput;
 use starling_storage::state::{read_effective_config, WriteSet};
 use starling_storage::{keys, records, StateRead, StorageError as BackendError};
 
-use crate::early::EarlyReplication;
 use crate::stages::WriteTimeline;
 
 /// Orders state commits against readers that need several reads of one applied state. A commit
@@ -29,63 +28,16 @@ pub(crate) struct CommitGate {
 impl CommitGate {
     /// Runs `commit` (one atomic change of the state) while no locked read runs.
     pub(crate) fn commit<T>(&self, commit: impl FnOnce() -> T) -> T {
-        let _exclusive = self.exclusive();
-        commit()
-    }
-
-    /// Holds the state for one commit, waiting for locked reads to end.
-    pub(crate) fn exclusive(&self) -> Exclusive<'_> {
-        Exclusive::new(
-            self,
-            self.lock.write().unwrap_or_else(PoisonError::into_inner),
-        )
-    }
-
-    /// Holds the state for one commit if no locked read runs now; `None` instead of waiting.
-    pub(crate) fn try_exclusive(&self) -> Option<Exclusive<'_>> {
-        match self.lock.try_write() {
-            Ok(guard) => Some(Exclusive::new(self, guard)),
-            Err(TryLockError::Poisoned(poisoned)) => {
-                Some(Exclusive::new(self, poisoned.into_inner()))
-            }
-            Err(TryLockError::WouldBlock) => None,
-        }
-    }
-
-    /// Holds the lock as a locked read does (tests).
-    #[cfg(test)]
-    pub(crate) fn locked_read(&self) -> std::sync::RwLockReadGuard<'_, ()> {
-        self.lock.read().unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
-/// A commit's hold on the state: the generation is odd while it lives.
-pub(crate) struct Exclusive<'g> {
-    gate: &'g CommitGate,
-    _guard: RwLockWriteGuard<'g, ()>,
-}
-
-impl<'g> Exclusive<'g> {
-    fn new(gate: &'g CommitGate, guard: RwLockWriteGuard<'g, ()>) -> Self {
-        gate.generation.fetch_add(1, Ordering::SeqCst);
-        Exclusive {
-            gate,
-            _guard: guard,
-        }
-    }
-}
-
-impl Drop for Exclusive<'_> {
-    fn drop(&mut self) {
-        // Before the guard (a field) is released: readers never see an even generation while a
-        // commit still holds the lock.
-        self.gate.generation.fetch_add(1, Ordering::SeqCst);
+        let _exclusive = self.lock.write().unwrap_or_else(PoisonError::into_inner);
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        let result = commit();
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        result
     }
 }
 
 /// Called with every command a node applied and its result, after the write set that holds
-/// it was committed (on the state machine's task or the blocking pool: it must be quick and
-/// must not block).
+/// it was committed (on the blocking pool: it must be quick and must not block).
 pub type ApplyObserver = Arc<dyn Fn(&Command, &CommandResult) + Send + Sync>;
 
 /// The observer of applied commands a node's state machine calls, set once the daemon has
@@ -213,7 +165,6 @@ pub struct StateView {
     gate: Arc<CommitGate>,
     timeline: Arc<WriteTimeline>,
     observers: Arc<ApplyObservers>,
-    early: Arc<EarlyReplication>,
 }
 
 impl std::fmt::Debug for StateView {
@@ -231,7 +182,6 @@ impl StateView {
         gate: Arc<CommitGate>,
         timeline: Arc<WriteTimeline>,
         observers: Arc<ApplyObservers>,
-        early: Arc<EarlyReplication>,
     ) -> Self {
         StateView {
             reader,
@@ -239,13 +189,7 @@ impl StateView {
             gate,
             timeline,
             observers,
-            early,
         }
-    }
-
-    /// The node's early replication (shared with its log store).
-    pub(crate) fn early(&self) -> Arc<EarlyReplication> {
-        self.early.clone()
     }
 
     /// The node's write timeline (shared with its log store and state machine).
@@ -444,27 +388,6 @@ mod tests {
 
     use super::*;
 
-    /// A commit's hold keeps the generation odd and excludes locked reads; `try_exclusive`
-    /// gives up instead of waiting for one.
-    #[test]
-    fn a_commit_holds_the_generation_odd_and_excludes_locked_reads() {
-        let gate = CommitGate::default();
-        {
-            let _exclusive = gate.try_exclusive().expect("nothing reads");
-            assert_eq!(gate.generation.load(Ordering::SeqCst), 1);
-            assert!(gate.lock.try_read().is_err(), "a read waits for the commit");
-        }
-        assert_eq!(gate.generation.load(Ordering::SeqCst), 2);
-        let shared = gate.locked_read();
-        assert!(
-            gate.try_exclusive().is_none(),
-            "a commit does not run under a read"
-        );
-        drop(shared);
-        assert_eq!(gate.commit(|| gate.generation.load(Ordering::SeqCst)), 3);
-        assert_eq!(gate.generation.load(Ordering::SeqCst), 4);
-    }
-
     /// A waiter wakes when the applied index moves past its index, not before; without a move
     /// it returns at its timeout with the index unchanged.
     #[tokio::test]
@@ -476,7 +399,6 @@ mod tests {
             Arc::new(CommitGate::default()),
             Arc::new(WriteTimeline::default()),
             Arc::new(ApplyObservers::new(5)),
-            Arc::default(),
         );
         let short = std::time::Duration::from_millis(20);
         assert_eq!(
@@ -519,7 +441,6 @@ mod tests {
             gate.clone(),
             Arc::default(),
             Arc::new(ApplyObservers::new(0)),
-            Arc::default(),
         );
         let stop = Arc::new(AtomicBool::new(false));
         let written = Arc::new(AtomicU64::new(0));
